@@ -1,0 +1,316 @@
+//! The internal cache (our kernel's flows) and the external cache (the
+//! peer's flows): a map by [`FlowKey`] with a bounded size and counters.
+//!
+//! Memory is the constraint: entries live densely in a `Vec`, and the hash
+//! index holds only a `u32` position per flow, so a million common flows
+//! cost the `Flow` itself plus about 10 bytes of index.
+
+use std::hash::{BuildHasher, Hash};
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as TableEntry;
+
+use crate::flow::{Flow, FlowKey};
+
+/// Counters of one cache, as `-s cache` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    pub active: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub destroyed: u64,
+    /// Inserts refused because the cache was full.
+    pub failed_full: u64,
+}
+
+/// What an upsert did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upsert {
+    Created,
+    /// The flow was there; `changed` is false when the new state equals the
+    /// old one.
+    Updated {
+        changed: bool,
+    },
+    /// The cache is at its limit; the flow was not stored.
+    Full,
+}
+
+/// One cached flow and its per-entry metadata.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub flow: Flow,
+    /// Monotonic stamp of the last change: the external cache stores the
+    /// unwrapped sequence number of the message that wrote the entry (used by
+    /// the end-of-bulk sweep and to commit the most recent flows first); the
+    /// internal cache stores the local event counter.
+    pub stamp: u64,
+}
+
+/// A bounded map from flow identity to flow.
+pub struct Cache {
+    entries: Vec<Entry>,
+    index: HashTable<u32>,
+    hasher: foldhash::fast::FixedState,
+    limit: usize,
+    stats: CacheStats,
+}
+
+impl Cache {
+    /// An empty cache that holds at most `limit` flows.
+    pub fn new(limit: usize) -> Cache {
+        Cache {
+            entries: Vec::new(),
+            index: HashTable::new(),
+            hasher: foldhash::fast::FixedState::with_seed(0x6374_7379_6e63),
+            limit,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// Number of flows held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no flow is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The configured limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Counters, with `active` filled in.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats { active: self.entries.len() as u64, ..self.stats }
+    }
+
+    /// Pre-allocate room for `additional` more flows.
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+        let entries = &self.entries;
+        let hasher = &self.hasher;
+        self.index.reserve(additional, |&i| hash_flow(hasher, &entries[i as usize].flow));
+    }
+
+    /// The flow with this identity.
+    pub fn get(&self, key: &FlowKey) -> Option<&Entry> {
+        let hash = self.hasher.hash_one(key);
+        self.index
+            .find(hash, |&i| self.entries[i as usize].flow.matches(key))
+            .map(|&i| &self.entries[i as usize])
+    }
+
+    /// Insert or replace a flow, stamping it with `stamp`.
+    pub fn upsert(&mut self, flow: Flow, stamp: u64) -> Upsert {
+        let hash = hash_flow(&self.hasher, &flow);
+        let entries = &mut self.entries;
+        let hasher = &self.hasher;
+        let key = flow.key();
+        match self.index.entry(
+            hash,
+            |&i| entries[i as usize].flow.matches(&key),
+            |&i| hash_flow(hasher, &entries[i as usize].flow),
+        ) {
+            TableEntry::Occupied(slot) => {
+                let entry = &mut entries[*slot.get() as usize];
+                let changed = entry.flow != flow;
+                entry.flow = flow;
+                entry.stamp = stamp;
+                self.stats.updated += 1;
+                Upsert::Updated { changed }
+            }
+            TableEntry::Vacant(slot) => {
+                if entries.len() >= self.limit {
+                    self.stats.failed_full += 1;
+                    return Upsert::Full;
+                }
+                slot.insert(entries.len() as u32);
+                entries.push(Entry { flow, stamp });
+                self.stats.created += 1;
+                Upsert::Created
+            }
+        }
+    }
+
+    /// Remove a flow; returns it if it was there.
+    pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
+        let hash = self.hasher.hash_one(key);
+        let entries = &self.entries;
+        let slot = self.index.find_entry(hash, |&i| entries[i as usize].flow.matches(key)).ok()?;
+        let (pos, _) = slot.remove();
+        self.stats.destroyed += 1;
+        Some(self.take_at(pos as usize))
+    }
+
+    /// Remove every flow for which `keep` returns false; returns how many.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|e| keep(e));
+        let removed = before - self.entries.len();
+        if removed > 0 {
+            self.stats.destroyed += removed as u64;
+            self.rebuild_index();
+        }
+        removed
+    }
+
+    /// Remove everything (counted as destroyed).
+    pub fn clear(&mut self) {
+        self.stats.destroyed += self.entries.len() as u64;
+        self.entries.clear();
+        self.index.clear();
+    }
+
+    /// All entries, in no particular order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Entry> {
+        self.entries.iter()
+    }
+
+    /// Heap bytes held by the cache (entries, index and out-of-line flow
+    /// fields), for `-s` and for the memory benchmark.
+    pub fn heap_bytes(&self) -> usize {
+        let extra: usize = self
+            .entries
+            .iter()
+            .map(|e| {
+                let mut n = 0;
+                if let crate::flow::Addrs::V6(_) = e.flow.addrs {
+                    n += std::mem::size_of::<[std::net::Ipv6Addr; 4]>();
+                }
+                if let Some(x) = e.flow.extra() {
+                    n += std::mem::size_of::<crate::flow::FlowExtra>();
+                    n += x.helper.as_ref().map_or(0, |h| h.len());
+                }
+                n
+            })
+            .sum();
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.index.allocation_size()
+            + extra
+    }
+
+    /// Swap-remove the entry at `pos` and repoint the index at the entry
+    /// that moved into its place.
+    fn take_at(&mut self, pos: usize) -> Flow {
+        let last = self.entries.len() - 1;
+        if pos != last {
+            let moved_hash = hash_flow(&self.hasher, &self.entries[last].flow);
+            if let Some(slot) = self.index.find_mut(moved_hash, |&i| i as usize == last) {
+                *slot = pos as u32;
+            }
+        }
+        self.entries.swap_remove(pos).flow
+    }
+
+    fn rebuild_index(&mut self) {
+        self.index.clear();
+        let entries = &self.entries;
+        let hasher = &self.hasher;
+        for (i, e) in entries.iter().enumerate() {
+            self.index.insert_unique(hash_flow(hasher, &e.flow), i as u32, |&j| {
+                hash_flow(hasher, &entries[j as usize].flow)
+            });
+        }
+    }
+}
+
+fn hash_flow(hasher: &foldhash::fast::FixedState, flow: &Flow) -> u64 {
+    let mut state = hasher.build_hasher();
+    flow.key().hash(&mut state);
+    std::hash::Hasher::finish(&state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::proto;
+    use std::net::Ipv4Addr;
+
+    fn flow(i: u32) -> Flow {
+        let proto = if i % 2 == 0 { proto::TCP } else { proto::UDP };
+        Flow::new_v4(
+            proto,
+            Ipv4Addr::from(0x0a00_0000 + i),
+            Ipv4Addr::new(192, 0, 2, 1),
+            (i % 60000) as u16 + 1024,
+            443,
+        )
+    }
+
+    #[test]
+    fn upsert_get_remove_keep_the_index_consistent() {
+        let mut c = Cache::new(1000);
+        for i in 0..100 {
+            assert_eq!(c.upsert(flow(i), 0), Upsert::Created);
+        }
+        assert_eq!(c.upsert(flow(5), 1), Upsert::Updated { changed: false });
+        let mut changed = flow(6);
+        changed.mark = 9;
+        assert_eq!(c.upsert(changed, 2), Upsert::Updated { changed: true });
+        // Remove from the middle so that the last entry moves.
+        for i in (0..100).step_by(3) {
+            assert!(c.remove(&flow(i).key()).is_some(), "{i}");
+        }
+        assert!(c.remove(&flow(0).key()).is_none());
+        for i in 0..100 {
+            assert_eq!(c.get(&flow(i).key()).is_some(), i % 3 != 0, "{i}");
+        }
+        assert_eq!(c.get(&flow(7).key()).unwrap().flow, flow(7));
+        assert_eq!(c.len(), 66);
+        assert_eq!(c.stats().destroyed, 34);
+    }
+
+    #[test]
+    fn a_full_cache_refuses_and_counts() {
+        let mut c = Cache::new(2);
+        c.upsert(flow(1), 0);
+        c.upsert(flow(2), 0);
+        assert_eq!(c.upsert(flow(3), 0), Upsert::Full);
+        assert_eq!(c.upsert(flow(2), 0), Upsert::Updated { changed: false });
+        assert_eq!(c.stats().failed_full, 1);
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn retain_rebuilds_the_index() {
+        let mut c = Cache::new(100);
+        for i in 0..50 {
+            c.upsert(flow(i), u64::from(i));
+        }
+        assert_eq!(c.retain(|e| e.stamp >= 20), 20);
+        for i in 0..50 {
+            assert_eq!(c.get(&flow(i).key()).is_some(), i >= 20);
+        }
+    }
+
+    /// The memory target: 1M common flows in at most 150 bytes each,
+    /// map overhead included. Run with `cargo test --release -- --ignored
+    /// bytes_per_flow --nocapture` to see the figure.
+    #[test]
+    #[ignore = "allocates a million flows; run in release"]
+    fn bytes_per_flow_of_a_million_common_flows() {
+        const N: u32 = 1_000_000;
+        let mut c = Cache::new(N as usize);
+        for i in 0..N {
+            c.upsert(flow(i), 0);
+        }
+        let per_flow = c.heap_bytes() as f64 / f64::from(N);
+        println!("cache of {N} IPv4 TCP/UDP flows: {per_flow:.1} bytes per flow");
+        assert!(per_flow <= 150.0, "{per_flow}");
+    }
+
+    #[test]
+    fn bytes_per_flow_at_scale_is_bounded() {
+        const N: u32 = 100_000;
+        let mut c = Cache::new(N as usize);
+        for i in 0..N {
+            c.upsert(flow(i), 0);
+        }
+        let per_flow = c.heap_bytes() as f64 / f64::from(N);
+        assert!(per_flow <= 150.0, "{per_flow}");
+    }
+}

@@ -1,0 +1,1 @@
+//! UDP sync channels (unicast, multicast) with failover between links.

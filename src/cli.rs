@@ -1,0 +1,1 @@
+//! conntrackd-compatible command-line flags and their long forms.

@@ -1,0 +1,1 @@
+//! Configuration: the YAML schema, defaults, validation, and conntrackd.conf.

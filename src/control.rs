@@ -1,0 +1,1 @@
+//! The UNIX-socket request/response protocol between the CLI and the daemon.

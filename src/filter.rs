@@ -1,0 +1,1 @@
+//! Accept/ignore flows by protocol, address and TCP state.

@@ -1,0 +1,1 @@
+//! The FTFW protocol state machine: no sockets, no clock.

@@ -1,0 +1,18 @@
+//! ctsync: keeps the Linux connection-tracking tables of two firewalls in
+//! sync, so that established flows survive a keepalived failover.
+//!
+//! Layers, from the kernel to the peer:
+//! [`netlink`] ⇄ [`flow::Flow`] ⇄ [`cache`] ⇄ [`ftfw`] ⇄ [`wire`] ⇄ [`channel`].
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod filter;
+pub mod flow;
+pub mod ftfw;
+pub mod netlink;
+pub mod reactor;
+pub mod wire;

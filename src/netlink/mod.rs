@@ -1,0 +1,1 @@
+//! The kernel adapter: ctnetlink events, dumps and batched commits.

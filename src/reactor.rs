@@ -1,0 +1,1 @@
+//! The mio reactor: reads sockets, calls the layers, arms timers. Glue only.

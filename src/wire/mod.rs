@@ -1,0 +1,1 @@
+//! Byte codecs for the sync link: the native format and conntrackd's.
