@@ -1,1 +1,472 @@
 //! UDP sync channels (unicast, multicast) with failover between links.
+//!
+//! Several links are configured in preference order; one is active and
+//! sends. A link is usable when its interface (if one is named) is up and
+//! running and its last send did not fail. The most preferred usable link is
+//! active, so traffic moves to the next link when the active one fails and
+//! back when it recovers. All links share one sequence space (the protocol
+//! core does not know about links). Datagrams are accepted on every link,
+//! but only from the configured peer address (unicast) — conntrackd accepts
+//! anything that reaches its port.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Interest, Registry, Token};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// What kind of link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// Unicast UDP to one peer.
+    Unicast { peer: IpAddr },
+    /// Multicast UDP to a group.
+    Multicast { group: IpAddr },
+}
+
+/// One configured link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSpec {
+    pub kind: LinkKind,
+    /// Address to bind (and, for multicast, the interface address).
+    pub local: Option<IpAddr>,
+    /// Interface to bind to (`SO_BINDTODEVICE`) and whose state decides
+    /// whether the link is usable.
+    pub interface: Option<String>,
+    pub port: u16,
+    pub sndbuf: Option<usize>,
+    pub rcvbuf: Option<usize>,
+}
+
+/// Counters of one link, as `-s link` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LinkStats {
+    pub bytes_sent: u64,
+    pub packets_sent: u64,
+    pub bytes_recv: u64,
+    pub packets_recv: u64,
+    pub send_errors: u64,
+    pub recv_errors: u64,
+    /// Datagrams from an address that is not the configured peer.
+    pub foreign_source: u64,
+}
+
+/// A link's state for statistics.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LinkStatus {
+    pub name: String,
+    pub up: bool,
+    pub active: bool,
+    #[serde(flatten)]
+    pub stats: LinkStats,
+}
+
+/// A link could not be opened.
+#[derive(Debug)]
+pub struct ChannelError {
+    pub link: String,
+    pub what: &'static str,
+    pub source: io::Error,
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sync link {}: {} failed: {} (check sync.channels in the config: address, interface, port)",
+            self.link, self.what, self.source
+        )
+    }
+}
+
+impl std::error::Error for ChannelError {}
+
+/// How long a link that failed to send stays out of use before it is
+/// tried again.
+const SEND_FAILURE_HOLDOFF: Duration = Duration::from_secs(1);
+
+struct Link {
+    spec: LinkSpec,
+    name: String,
+    socket: UdpSocket,
+    dest: SocketAddr,
+    interface_up: bool,
+    failed_until: Option<Instant>,
+    stats: LinkStats,
+}
+
+/// The set of links and which one is active.
+pub struct Channels {
+    links: Vec<Link>,
+    active: usize,
+    switches: u64,
+}
+
+impl Channels {
+    /// Open every link. Fails on the first link that cannot be opened, naming it.
+    pub fn open(specs: &[LinkSpec]) -> Result<Channels, ChannelError> {
+        let mut links = Vec::with_capacity(specs.len());
+        for spec in specs {
+            links.push(Link::open(spec)?);
+        }
+        let mut channels = Channels { links, active: 0, switches: 0 };
+        channels.refresh(Instant::now());
+        Ok(channels)
+    }
+
+    /// Register link `i` under token `first.0 + i`.
+    pub fn register(&mut self, registry: &Registry, first: Token) -> io::Result<()> {
+        for (i, link) in self.links.iter_mut().enumerate() {
+            registry.register(&mut link.socket, Token(first.0 + i), Interest::READABLE)?;
+        }
+        Ok(())
+    }
+
+    /// Number of links.
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    /// True when no link is configured.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Index of the active link.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// How many times the active link changed.
+    pub fn switches(&self) -> u64 {
+        self.switches
+    }
+
+    /// Send one datagram on the active link. A hard error takes the link out
+    /// of use for a while and retries once on the next usable link;
+    /// `WouldBlock` is returned as is so the caller can send the same bytes
+    /// later.
+    pub fn send(&mut self, now: Instant, datagram: &[u8]) -> io::Result<()> {
+        let first = self.active;
+        match self.links[first].send(datagram) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            Err(e) => {
+                self.links[first].failed_until = Some(now + SEND_FAILURE_HOLDOFF);
+                self.refresh(now);
+                if self.active != first {
+                    return self.links[self.active].send(datagram);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Read one datagram from link `index` into `buf`. Returns `Ok(None)`
+    /// when the socket is drained; datagrams from anyone but the peer are
+    /// counted and skipped.
+    pub fn recv(&mut self, index: usize, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let Some(link) = self.links.get_mut(index) else { return Ok(None) };
+        loop {
+            match link.socket.recv_from(buf) {
+                Ok((n, from)) => {
+                    if !link.accepts_from(from) {
+                        link.stats.foreign_source += 1;
+                        continue;
+                    }
+                    link.stats.packets_recv += 1;
+                    link.stats.bytes_recv += n as u64;
+                    return Ok(Some(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here
+                    // (ECONNREFUSED when the peer's daemon is down); they
+                    // say nothing about this read, so count and go on.
+                    link.stats.recv_errors += 1;
+                    if link.stats.recv_errors % 1000 == 1 {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-read interface states and pick the most preferred usable link.
+    /// Returns `Some((from, to))` when the active link changed.
+    pub fn refresh(&mut self, now: Instant) -> Option<(usize, usize)> {
+        let ifaces = interface_states();
+        for link in &mut self.links {
+            if let Some(name) = &link.spec.interface {
+                link.interface_up = ifaces.iter().any(|(n, up)| n == name && *up);
+            }
+            if link.failed_until.is_some_and(|t| t <= now) {
+                link.failed_until = None;
+            }
+        }
+        let best = self.links.iter().position(|l| l.usable()).unwrap_or(self.active);
+        if best != self.active {
+            let from = self.active;
+            self.active = best;
+            self.switches += 1;
+            return Some((from, best));
+        }
+        None
+    }
+
+    /// Name of link `i` for logs.
+    pub fn name(&self, i: usize) -> &str {
+        self.links.get(i).map_or("?", |l| l.name.as_str())
+    }
+
+    /// True when at least one link is usable.
+    pub fn any_usable(&self) -> bool {
+        self.links.iter().any(Link::usable)
+    }
+
+    /// Per-link state and counters.
+    pub fn status(&self) -> Vec<LinkStatus> {
+        self.links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LinkStatus {
+                name: l.name.clone(),
+                up: l.usable(),
+                active: i == self.active,
+                stats: l.stats,
+            })
+            .collect()
+    }
+
+    /// Addresses this node uses on the sync links (flows to and from them are
+    /// sync traffic, not worth replicating).
+    pub fn local_addrs(&self) -> Vec<IpAddr> {
+        self.links.iter().filter_map(|l| l.spec.local).collect()
+    }
+}
+
+impl Link {
+    fn open(spec: &LinkSpec) -> Result<Link, ChannelError> {
+        let name = link_name(spec);
+        let err = |what: &'static str| {
+            let name = name.clone();
+            move |source| ChannelError { link: name, what, source }
+        };
+        let (remote, v6) = match spec.kind {
+            LinkKind::Unicast { peer } => (peer, peer.is_ipv6()),
+            LinkKind::Multicast { group } => (group, group.is_ipv6()),
+        };
+        let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        let socket =
+            Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(err("socket"))?;
+        socket.set_reuse_address(true).map_err(err("SO_REUSEADDR"))?;
+        socket.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
+        if let Some(iface) = &spec.interface {
+            socket.bind_device(Some(iface.as_bytes())).map_err(err("SO_BINDTODEVICE"))?;
+        }
+        if let Some(bytes) = spec.rcvbuf {
+            force_buffer(&socket, bytes, true).map_err(err("SO_RCVBUFFORCE"))?;
+        }
+        if let Some(bytes) = spec.sndbuf {
+            force_buffer(&socket, bytes, false).map_err(err("SO_SNDBUFFORCE"))?;
+        }
+        let unspecified =
+            if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+        let bind_addr = match spec.kind {
+            LinkKind::Unicast { .. } => spec.local.unwrap_or(unspecified),
+            // A multicast socket must be bound to the group (or the wildcard)
+            // to receive it; binding to the group keeps unrelated unicast out.
+            LinkKind::Multicast { group } => group,
+        };
+        if let LinkKind::Multicast { group } = spec.kind {
+            match (group, spec.local) {
+                (IpAddr::V4(g), local) => {
+                    let iface = match local {
+                        Some(IpAddr::V4(a)) => a,
+                        _ => Ipv4Addr::UNSPECIFIED,
+                    };
+                    socket.join_multicast_v4(&g, &iface).map_err(err("IP_ADD_MEMBERSHIP"))?;
+                    socket.set_multicast_if_v4(&iface).map_err(err("IP_MULTICAST_IF"))?;
+                    socket.set_multicast_loop_v4(false).map_err(err("IP_MULTICAST_LOOP"))?;
+                }
+                (IpAddr::V6(g), _) => {
+                    let index = spec
+                        .interface
+                        .as_deref()
+                        .map(nix::net::if_::if_nametoindex)
+                        .transpose()
+                        .map_err(|e| err("if_nametoindex")(io::Error::from(e)))?
+                        .unwrap_or(0);
+                    socket.join_multicast_v6(&g, index).map_err(err("IPV6_ADD_MEMBERSHIP"))?;
+                    socket.set_multicast_if_v6(index).map_err(err("IPV6_MULTICAST_IF"))?;
+                    socket.set_multicast_loop_v6(false).map_err(err("IPV6_MULTICAST_LOOP"))?;
+                }
+            }
+        }
+        socket.bind(&SocketAddr::new(bind_addr, spec.port).into()).map_err(err("bind"))?;
+        let socket = UdpSocket::from_std(socket.into());
+        Ok(Link {
+            spec: spec.clone(),
+            name,
+            socket,
+            dest: SocketAddr::new(remote, spec.port),
+            interface_up: true,
+            failed_until: None,
+            stats: LinkStats::default(),
+        })
+    }
+
+    fn usable(&self) -> bool {
+        self.interface_up && self.failed_until.is_none()
+    }
+
+    fn send(&mut self, datagram: &[u8]) -> io::Result<()> {
+        loop {
+            match self.socket.send_to(datagram, self.dest) {
+                Ok(_) => {
+                    self.stats.packets_sent += 1;
+                    self.stats.bytes_sent += datagram.len() as u64;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                // The peer's port was closed when an earlier datagram arrived
+                // (its daemon restarts): the link itself is fine.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(()),
+                Err(e) => {
+                    self.stats.send_errors += 1;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn accepts_from(&self, from: SocketAddr) -> bool {
+        match self.spec.kind {
+            LinkKind::Unicast { peer } => canonical(from.ip()) == canonical(peer),
+            // Multicast members are not known in advance; the protocol's
+            // session and (with a key) authentication decide.
+            LinkKind::Multicast { .. } => Some(from.ip()) != self.spec.local,
+        }
+    }
+}
+
+fn link_name(spec: &LinkSpec) -> String {
+    let target = match spec.kind {
+        LinkKind::Unicast { peer } => format!("udp {peer}:{}", spec.port),
+        LinkKind::Multicast { group } => format!("multicast {group}:{}", spec.port),
+    };
+    match &spec.interface {
+        Some(i) => format!("{target} dev {i}"),
+        None => target,
+    }
+}
+
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn force_buffer(socket: &Socket, bytes: usize, receive: bool) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let result = if receive {
+        setsockopt(socket, sockopt::RcvBufForce, &bytes)
+    } else {
+        setsockopt(socket, sockopt::SndBufForce, &bytes)
+    };
+    match result {
+        Ok(()) => Ok(()),
+        // Without CAP_NET_ADMIN, fall back to the capped variant.
+        Err(nix::errno::Errno::EPERM) if receive => socket.set_recv_buffer_size(bytes),
+        Err(nix::errno::Errno::EPERM) => socket.set_send_buffer_size(bytes),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `(name, up and running)` of every interface in our network namespace.
+fn interface_states() -> Vec<(String, bool)> {
+    use nix::net::if_::InterfaceFlags;
+    let mut out: Vec<(String, bool)> = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            let up = ifa.flags.contains(InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING);
+            if !out.iter().any(|(n, _)| *n == ifa.interface_name) {
+                out.push((ifa.interface_name, up));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unicast(local: &str, peer: &str, port: u16) -> LinkSpec {
+        LinkSpec {
+            kind: LinkKind::Unicast { peer: peer.parse().unwrap() },
+            local: Some(local.parse().unwrap()),
+            interface: None,
+            port,
+            sndbuf: None,
+            rcvbuf: None,
+        }
+    }
+
+    #[test]
+    fn loopback_pair_exchanges_and_filters_sources() {
+        // Two links on loopback addresses, each other's peer.
+        let port = 40000 + (std::process::id() % 20000) as u16;
+        let mut a = Channels::open(&[unicast("127.0.0.1", "127.0.0.2", port)]).unwrap();
+        let mut b = Channels::open(&[unicast("127.0.0.2", "127.0.0.1", port)]).unwrap();
+        let now = Instant::now();
+        a.send(now, b"hello").unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = None;
+        for _ in 0..100 {
+            if let Some(n) = b.recv(0, &mut buf).unwrap() {
+                got = Some(n);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(&buf[..got.expect("datagram")], b"hello");
+        // A stranger on loopback is refused and counted.
+        let stranger = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
+        stranger.send_to(b"forged", ("127.0.0.2", port)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(b.recv(0, &mut buf).unwrap(), None);
+        assert_eq!(b.status()[0].stats.foreign_source, 1);
+    }
+
+    #[test]
+    fn a_link_whose_interface_is_missing_is_not_used() {
+        let port = 40000 + (std::process::id() % 20000) as u16 + 1;
+        let mut down = unicast("127.0.0.1", "127.0.0.2", port);
+        down.interface = Some("ctsync-nonexistent0".into());
+        // SO_BINDTODEVICE on a missing device fails at open, naming the link.
+        let err = Channels::open(&[down]).err().expect("must fail");
+        assert!(err.to_string().contains("SO_BINDTODEVICE"), "{err}");
+    }
+
+    #[test]
+    fn failover_prefers_the_first_usable_link() {
+        let port = 40000 + (std::process::id() % 20000) as u16 + 2;
+        let mut lo = unicast("127.0.0.1", "127.0.0.2", port);
+        lo.interface = Some("lo".into());
+        let second = unicast("127.0.0.1", "127.0.0.2", port + 1);
+        let mut ch = Channels::open(&[lo, second]).unwrap();
+        assert_eq!(ch.active(), 0);
+        let now = Instant::now();
+        ch.links[0].failed_until = Some(now + Duration::from_secs(1));
+        assert_eq!(ch.refresh(now), Some((0, 1)));
+        assert_eq!(ch.refresh(now + Duration::from_secs(2)), Some((1, 0)));
+        assert_eq!(ch.switches(), 2);
+    }
+}
