@@ -231,7 +231,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn flow(i: u32) -> Flow {
-        let proto = if i % 2 == 0 { proto::TCP } else { proto::UDP };
+        let proto = if i.is_multiple_of(2) { proto::TCP } else { proto::UDP };
         Flow::new_v4(
             proto,
             Ipv4Addr::from(0x0a00_0000 + i),

@@ -13,6 +13,8 @@ pub mod control;
 pub mod filter;
 pub mod flow;
 pub mod ftfw;
+pub mod logging;
 pub mod netlink;
 pub mod reactor;
+pub mod systemd;
 pub mod wire;
