@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what ctsync's build, demo and tests need on a fresh Debian 12 (as root).
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+need=()
+for pkg in conntrack conntrackd keepalived nftables iproute2 socat tcpdump python3 procps gcc; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# conntrackd's package enables a service that would compete for the sync
+# port and the conntrack table; the tests start their own instances.
+systemctl disable --now conntrackd >/dev/null 2>&1 || true
+systemctl disable --now keepalived >/dev/null 2>&1 || true
+if ! command -v cargo >/dev/null; then
+  [ -x "$HOME/.cargo/bin/cargo" ] || {
+    apt-get install -y -qq curl ca-certificates >/dev/null
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+  }
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+modprobe nf_conntrack 2>/dev/null || true

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: unit, simulation and property tests, and the tests
+# against the real kernel, conntrack tools and daemons in network namespaces.
+# Needs root (namespaces, netlink). Usage: scripts/test.sh [nextest filter...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --bins
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+else
+  cargo test --no-fail-fast -- "$@"
+fi
