@@ -10,6 +10,7 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod filter;
 pub mod flow;
 pub mod ftfw;

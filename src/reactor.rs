@@ -1,1 +1,798 @@
 //! The mio reactor: reads sockets, calls the layers, arms timers. Glue only.
+//!
+//! One thread, one `Poll`. Each turn reads the clock once, drains every
+//! ready source until `WouldBlock`, feeds the protocol core, then drains the
+//! core's outputs in its documented order (transmit, events, timeout).
+//! Decisions about the protocol live in [`crate::ftfw`]; about flows in
+//! [`crate::cache`] and [`crate::filter`]; about the kernel in
+//! [`crate::netlink`].
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mio::net::{UnixListener, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::cache::{Cache, CacheStats, Upsert};
+use crate::channel::{Channels, LinkSpec};
+use crate::control::{self, CacheSel, Request};
+use crate::filter::Filter;
+use crate::flow::Flow;
+use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
+use crate::logging::RateLimit;
+use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
+use crate::systemd;
+
+/// What the reactor needs from the configuration, already validated.
+pub struct DaemonConfig {
+    pub control_socket: PathBuf,
+    pub cache_limit: usize,
+    pub events: EventConfig,
+    /// The event socket's buffer doubles on each overrun up to this.
+    pub rcvbuf_max: usize,
+    /// Delay between an overrun and the reconciling dump.
+    pub overrun_resync: Duration,
+    pub ftfw: FtfwConfig,
+    pub links: Vec<LinkSpec>,
+    /// Timeout given to committed flows; `None` keeps what the peer sent.
+    pub commit_timeout: Option<u32>,
+    /// Timeout `-t` gives every kernel entry.
+    pub purge_timeout: u32,
+    /// Mark committed TCP flows `BE_LIBERAL` (no window tracking).
+    pub be_liberal: bool,
+    pub filter: Filter,
+}
+
+/// Daemon-wide counters, as `-s runtime` shows them.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct RuntimeStats {
+    pub events_received: u64,
+    pub events_filtered: u64,
+    pub events_own: u64,
+    pub netlink_overruns: u64,
+    pub kernel_resyncs: u64,
+    pub commits: u64,
+    pub commit_failures: u64,
+    pub control_requests: u64,
+    pub control_errors: u64,
+    pub datagrams_unsent: u64,
+}
+
+const EVENTS: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const CONTROL: Token = Token(2);
+const LINKS: Token = Token(16);
+const CLIENTS: usize = 1024;
+
+/// How many kernel events one turn handles before it serves the network and
+/// the control socket again, so a storm cannot starve them.
+const EVENT_BATCH: usize = 8192;
+const LINK_CHECK: Duration = Duration::from_secs(1);
+const MAX_REQUEST: usize = 4096;
+
+/// The running daemon.
+pub struct Daemon {
+    cfg: DaemonConfig,
+    poll: Poll,
+    events: EventSocket,
+    kernel: Kernel,
+    channels: Channels,
+    control: UnixListener,
+    clients: HashMap<Token, Client>,
+    next_client: usize,
+    signals: Signals,
+    ftfw: Ftfw,
+    internal: Cache,
+    external: Cache,
+    stats: RuntimeStats,
+    started: Instant,
+    internal_stamp: u64,
+    event_buf: Vec<netlink::EventItem>,
+    unsent: Option<Vec<u8>>,
+    resync_at: Option<Instant>,
+    next_link_check: Instant,
+    watchdog: Option<(Duration, Instant)>,
+    full_log: RateLimit,
+    events_pending: bool,
+    stop: bool,
+}
+
+struct Client {
+    stream: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    /// Close after the output is flushed.
+    done: bool,
+}
+
+impl Daemon {
+    /// Open every socket and fill the internal cache from the kernel.
+    ///
+    /// The event socket is opened before the dump, so that a flow that
+    /// changes during the dump is not lost (conntrackd dumps first).
+    pub fn open(cfg: DaemonConfig, session_id: u32, initial_seq: u32) -> Result<Daemon, String> {
+        let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
+        let mut events = EventSocket::open(&cfg.events).map_err(|e| {
+            format!("cannot subscribe to conntrack events: {e} (needs root or CAP_NET_ADMIN and the nf_conntrack_netlink module)")
+        })?;
+        let kernel = Kernel::open().map_err(|e| format!("cannot open a ctnetlink socket: {e}"))?;
+        let mut channels = Channels::open(&cfg.links).map_err(|e| e.to_string())?;
+        let mut control = bind_control(&cfg.control_socket)?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let registry = poll.registry();
+        let reg = |e: io::Error| format!("cannot register a socket with the event loop: {e}");
+        registry.register(&mut events, EVENTS, Interest::READABLE).map_err(reg)?;
+        registry.register(&mut signals, SIGNALS, Interest::READABLE).map_err(reg)?;
+        registry.register(&mut control, CONTROL, Interest::READABLE).map_err(reg)?;
+        channels.register(registry, LINKS).map_err(reg)?;
+        let now = Instant::now();
+        let ftfw = Ftfw::new(cfg.ftfw.clone(), session_id, initial_seq, now);
+        let mut daemon = Daemon {
+            internal: Cache::new(cfg.cache_limit),
+            external: Cache::new(cfg.cache_limit),
+            cfg,
+            poll,
+            events,
+            kernel,
+            channels,
+            control,
+            clients: HashMap::new(),
+            next_client: 0,
+            signals,
+            ftfw,
+            stats: RuntimeStats::default(),
+            started: now,
+            internal_stamp: 0,
+            event_buf: Vec::with_capacity(EVENT_BATCH),
+            unsent: None,
+            resync_at: None,
+            next_link_check: now + LINK_CHECK,
+            watchdog: systemd::watchdog_interval().map(|d| (d, now)),
+            full_log: RateLimit::new(Duration::from_secs(10)),
+            events_pending: false,
+            stop: false,
+        };
+        daemon.resync_kernel(false).map_err(|e| format!("cannot dump the conntrack table: {e}"))?;
+        Ok(daemon)
+    }
+
+    /// Run until SIGTERM, SIGINT or `-k`.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(256);
+        systemd::notify_ready(&self.status_line());
+        log::info!(
+            "ctsyncd started: {} flows in the internal cache, sync via {}",
+            self.internal.len(),
+            self.channels.name(self.channels.active())
+        );
+        while !self.stop {
+            let now = Instant::now();
+            let timeout = self.next_deadline().map(|t| t.saturating_duration_since(now));
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    EVENTS => self.on_kernel_events(now),
+                    SIGNALS => self.on_signals(),
+                    CONTROL => self.accept_clients(),
+                    t if t.0 >= LINKS.0 && t.0 < LINKS.0 + self.channels.len() => {
+                        self.on_datagrams(now, t.0 - LINKS.0)
+                    }
+                    t => self.on_client(t, event.is_readable(), event.is_writable()),
+                }
+            }
+            // A storm may have left events unread (batch limit); mio is
+            // edge-triggered, so read on until the socket is drained.
+            if self.events_pending {
+                self.on_kernel_events(now);
+            }
+            self.on_timers(now);
+            self.drive_protocol(now);
+        }
+        log::info!("ctsyncd stopping");
+        systemd::notify_stopping();
+        // Flush what the protocol still has to say, best effort.
+        self.drive_protocol(Instant::now());
+        let _ = std::fs::remove_file(&self.cfg.control_socket);
+        Ok(())
+    }
+}
+
+// Kernel side.
+impl Daemon {
+    fn on_kernel_events(&mut self, now: Instant) {
+        let mut items = std::mem::take(&mut self.event_buf);
+        items.clear();
+        let result = self.events.recv(&mut items, EVENT_BATCH);
+        self.events_pending = matches!(result, Ok(n) if n >= EVENT_BATCH);
+        if let Err(e) = result {
+            self.events_pending = false;
+            log::warn!("reading conntrack events failed: {e}");
+        }
+        let own = self.kernel.port_id();
+        for item in items.drain(..) {
+            self.stats.events_received += 1;
+            if item.origin_pid == own && own != 0 {
+                // Our own commit: the peer already has these flows.
+                self.stats.events_own += 1;
+                continue;
+            }
+            match item.event {
+                CtEvent::New(flow) | CtEvent::Update(flow) => self.local_upsert(flow),
+                CtEvent::Destroy(flow) => self.local_destroy(&flow),
+                CtEvent::Overrun => self.on_overrun(now),
+            }
+        }
+        self.event_buf = items;
+    }
+
+    fn local_upsert(&mut self, flow: Flow) {
+        if !self.cfg.filter.accepts(&flow) {
+            self.stats.events_filtered += 1;
+            // A flow that moved into an ignored state leaves the peer too.
+            let key = flow.key();
+            if self.internal.remove(&key).is_some() {
+                self.ftfw.queue(LocalChange::Destroy(key));
+            }
+            return;
+        }
+        self.internal_stamp += 1;
+        match self.internal.upsert(flow.clone(), self.internal_stamp) {
+            Upsert::Created | Upsert::Updated { changed: true } => {
+                self.ftfw.queue(LocalChange::Upsert(flow));
+            }
+            Upsert::Updated { changed: false } => {}
+            Upsert::Full => self.log_full("internal", Instant::now()),
+        }
+    }
+
+    fn local_destroy(&mut self, flow: &Flow) {
+        let key = flow.key();
+        if self.internal.remove(&key).is_some() {
+            self.ftfw.queue(LocalChange::Destroy(key));
+        } else {
+            self.stats.events_filtered += 1;
+        }
+    }
+
+    fn on_overrun(&mut self, now: Instant) {
+        self.stats.netlink_overruns += 1;
+        let current = self.events.rcvbuf();
+        if current < self.cfg.rcvbuf_max {
+            let grown = (current * 2).min(self.cfg.rcvbuf_max);
+            if let Err(e) = self.events.set_rcvbuf(grown) {
+                log::warn!("cannot grow the netlink event buffer to {grown} bytes: {e}");
+            }
+        }
+        if self.resync_at.is_none() {
+            log::warn!(
+                "conntrack events were lost (netlink overrun, buffer {} bytes); resyncing with the kernel in {:?}",
+                self.events.rcvbuf(),
+                self.cfg.overrun_resync
+            );
+            self.resync_at = Some(now + self.cfg.overrun_resync);
+        }
+    }
+
+    /// Dump the kernel table and reconcile the internal cache with it: new
+    /// and changed flows are upserted, flows that vanished are destroyed;
+    /// when `tell_peer`, every difference is queued for the peer.
+    fn resync_kernel(&mut self, tell_peer: bool) -> io::Result<(usize, usize)> {
+        self.stats.kernel_resyncs += 1;
+        let floor = self.internal_stamp + 1;
+        let mut changed = 0usize;
+        let mut dumped = Vec::new();
+        self.kernel.dump_into(|flow| dumped.push(flow))?;
+        for flow in dumped {
+            if !self.cfg.filter.accepts(&flow) {
+                continue;
+            }
+            self.internal_stamp += 1;
+            match self.internal.upsert(flow.clone(), self.internal_stamp) {
+                Upsert::Created | Upsert::Updated { changed: true } => {
+                    changed += 1;
+                    if tell_peer {
+                        self.ftfw.queue(LocalChange::Upsert(flow));
+                    }
+                }
+                Upsert::Updated { changed: false } => {}
+                Upsert::Full => self.log_full("internal", Instant::now()),
+            }
+        }
+        let mut vanished = Vec::new();
+        self.internal.retain(|e| {
+            let keep = e.stamp >= floor;
+            if !keep {
+                vanished.push(e.flow.key());
+            }
+            keep
+        });
+        let gone = vanished.len();
+        if tell_peer {
+            for key in vanished {
+                self.ftfw.queue(LocalChange::Destroy(key));
+            }
+        }
+        Ok((changed, gone))
+    }
+
+    fn log_full(&mut self, which: &str, now: Instant) {
+        if let Some(repeats) = self.full_log.allow(now) {
+            log::warn!(
+                "{which} cache is full ({} flows): new flows are not replicated ({repeats} more refused since the last message); raise general.cache_limit",
+                self.cfg.cache_limit
+            );
+        }
+    }
+}
+
+// Peer side.
+impl Daemon {
+    fn on_datagrams(&mut self, now: Instant, link: usize) {
+        let mut buf = [0u8; 65536];
+        loop {
+            match self.channels.recv(link, &mut buf) {
+                Ok(Some(n)) => self.ftfw.handle_datagram(now, &buf[..n]),
+                Ok(None) => break,
+                Err(e) => {
+                    log::debug!("sync link {}: {e}", self.channels.name(link));
+                }
+            }
+        }
+    }
+
+    /// Drain the protocol core: transmit, apply peer events, and let it
+    /// re-arm its timer.
+    fn drive_protocol(&mut self, now: Instant) {
+        if self.ftfw.poll_timeout().is_some_and(|t| t <= now) {
+            self.ftfw.handle_timeout(now);
+        }
+        let mut buf = [0u8; 65536];
+        if let Some(bytes) = self.unsent.take()
+            && !self.send(now, &bytes)
+        {
+            return;
+        }
+        while let Some(n) = self.ftfw.poll_transmit(now, &mut buf) {
+            if !self.send(now, &buf[..n]) {
+                break;
+            }
+        }
+        while let Some(event) = self.ftfw.poll_event() {
+            self.on_peer_event(now, event);
+        }
+        // Events may have queued more output (a bulk send).
+        if self.unsent.is_none() {
+            while let Some(n) = self.ftfw.poll_transmit(now, &mut buf) {
+                if !self.send(now, &buf[..n]) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Send one datagram; false when the socket is full and the bytes were
+    /// kept for the next turn.
+    fn send(&mut self, now: Instant, bytes: &[u8]) -> bool {
+        match self.channels.send(now, bytes) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.unsent = Some(bytes.to_vec());
+                false
+            }
+            Err(_) => {
+                // Every link failed: the datagram is lost like on a lossy
+                // wire, and the protocol repairs it once a link is back.
+                self.stats.datagrams_unsent += 1;
+                true
+            }
+        }
+    }
+
+    fn on_peer_event(&mut self, now: Instant, event: PeerEvent) {
+        match event {
+            PeerEvent::Upsert { flow, stamp } => {
+                if self.external.upsert(flow, stamp) == Upsert::Full {
+                    self.log_full("external", now);
+                }
+            }
+            PeerEvent::Destroy { key } => {
+                self.external.remove(&key);
+            }
+            PeerEvent::BulkEnd { floor } => {
+                let stale = self.external.retain(|e| e.stamp >= floor);
+                log::info!(
+                    "bulk update from the peer complete: {} flows in the external cache, {stale} stale ones removed",
+                    self.external.len()
+                );
+            }
+            PeerEvent::BulkRequested => {
+                log::info!("sending all {} internal flows to the peer", self.internal.len());
+                self.ftfw.bulk_send(self.internal.iter().map(|e| &e.flow));
+            }
+            PeerEvent::PeerUp => log::info!("peer is up"),
+            PeerEvent::PeerDown => log::warn!("peer is down: no datagram for {:?}", self.cfg.ftfw.peer_timeout),
+            PeerEvent::PeerRestarted => log::info!("peer restarted: exchanging full tables"),
+        }
+    }
+}
+
+// Timers and signals.
+impl Daemon {
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next = self.next_link_check;
+        for t in [
+            self.ftfw.poll_timeout(),
+            self.resync_at,
+            self.watchdog.map(|(interval, last)| last + interval),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            next = next.min(t);
+        }
+        if self.unsent.is_some() || self.events_pending {
+            next = next.min(Instant::now() + Duration::from_millis(1));
+        }
+        Some(next)
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        if self.resync_at.is_some_and(|t| t <= now) {
+            self.resync_at = None;
+            match self.resync_kernel(true) {
+                Ok((changed, gone)) => log::info!(
+                    "resynced with the kernel after an overrun: {changed} flows new or changed, {gone} gone"
+                ),
+                Err(e) => {
+                    log::error!("resync with the kernel failed: {e}; retrying in {:?}", self.cfg.overrun_resync);
+                    self.resync_at = Some(now + self.cfg.overrun_resync);
+                }
+            }
+        }
+        if self.next_link_check <= now {
+            self.next_link_check = now + LINK_CHECK;
+            if let Some((from, to)) = self.channels.refresh(now) {
+                log::warn!(
+                    "sync link {} is down, now using {}",
+                    self.channels.name(from),
+                    self.channels.name(to)
+                );
+            }
+        }
+        if let Some((interval, last)) = self.watchdog
+            && last + interval <= now
+        {
+            systemd::notify_watchdog();
+            self.watchdog = Some((interval, now));
+        }
+    }
+
+    fn on_signals(&mut self) {
+        for signal in self.signals.pending() {
+            match signal {
+                SIGTERM | SIGINT => self.stop = true,
+                SIGHUP => log::info!("SIGHUP: nothing to reload in this version"),
+                _ => {}
+            }
+        }
+    }
+
+    fn status_line(&self) -> String {
+        format!(
+            "{} internal, {} external flows; peer {}",
+            self.internal.len(),
+            self.external.len(),
+            if self.ftfw.is_synced() { "in sync" } else { "not in sync" }
+        )
+    }
+}
+
+// Control socket.
+impl Daemon {
+    fn accept_clients(&mut self) {
+        loop {
+            match self.control.accept() {
+                Ok((mut stream, _)) => {
+                    if self.clients.len() >= CLIENTS {
+                        continue;
+                    }
+                    let token = Token(LINKS.0 + 64 + self.next_client % (1 << 20));
+                    self.next_client += 1;
+                    if self.poll.registry().register(&mut stream, token, Interest::READABLE).is_ok() {
+                        self.clients.insert(
+                            token,
+                            Client { stream, input: Vec::new(), output: Vec::new(), written: 0, done: false },
+                        );
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("control socket accept failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_client(&mut self, token: Token, readable: bool, writable: bool) {
+        let Some(mut client) = self.clients.remove(&token) else { return };
+        let mut keep = true;
+        if readable && !client.done {
+            let mut buf = [0u8; 1024];
+            loop {
+                match client.stream.read(&mut buf) {
+                    Ok(0) => {
+                        keep = false;
+                        break;
+                    }
+                    Ok(n) => client.input.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        keep = false;
+                        break;
+                    }
+                }
+            }
+            if let Some(frame_len) = control::request_frame_len(&client.input) {
+                let reply = match control::decode_request(&client.input[..frame_len]) {
+                    Ok((request, json)) => {
+                        self.stats.control_requests += 1;
+                        self.execute(request, json)
+                    }
+                    Err(e) => {
+                        self.stats.control_errors += 1;
+                        Err(format!("bad request: {e}"))
+                    }
+                };
+                match reply {
+                    Ok(body) => {
+                        for chunk in body.as_bytes().chunks(60 * 1024) {
+                            client.output.extend_from_slice(&control::encode_chunk(chunk));
+                        }
+                        client.output.extend_from_slice(&control::encode_status(true, ""));
+                    }
+                    Err(msg) => client.output.extend_from_slice(&control::encode_status(false, &msg)),
+                }
+                client.done = true;
+                keep = true;
+            } else if client.input.len() > MAX_REQUEST {
+                keep = false;
+            }
+        }
+        let _ = writable;
+        if keep && client.written < client.output.len() {
+            loop {
+                match client.stream.write(&client.output[client.written..]) {
+                    Ok(n) => {
+                        client.written += n;
+                        if client.written == client.output.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        keep = false;
+                        break;
+                    }
+                }
+            }
+        }
+        let flushed = client.done && client.written >= client.output.len();
+        if !keep || flushed {
+            let _ = self.poll.registry().deregister(&mut client.stream);
+            return;
+        }
+        let interest = if client.written < client.output.len() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let _ = self.poll.registry().reregister(&mut client.stream, token, interest);
+        self.clients.insert(token, client);
+    }
+
+    /// Carry out one operator request; the text (or JSON) to print, or an
+    /// error line.
+    fn execute(&mut self, request: Request, json: bool) -> Result<String, String> {
+        match request {
+            Request::Commit => self.commit(),
+            Request::FlushCache(which) => {
+                let (i, e) = match which {
+                    Some(CacheSel::Internal) => (true, false),
+                    Some(CacheSel::External) => (false, true),
+                    None => (true, true),
+                };
+                let mut out = String::new();
+                if i {
+                    let _ = writeln!(out, "flushed {} flows from the internal cache", self.internal.len());
+                    self.internal.clear();
+                }
+                if e {
+                    let _ = writeln!(out, "flushed {} flows from the external cache", self.external.len());
+                    self.external.clear();
+                }
+                Ok(out)
+            }
+            Request::FlushKernel => {
+                self.kernel.flush().map_err(|e| format!("flushing the kernel table failed: {e}"))?;
+                Ok("kernel conntrack table flushed\n".into())
+            }
+            Request::ResyncKernel => {
+                let (changed, gone) = self
+                    .resync_kernel(true)
+                    .map_err(|e| format!("dumping the kernel table failed: {e}"))?;
+                Ok(format!(
+                    "internal cache resynced with the kernel: {} flows, {changed} new or changed, {gone} gone\n",
+                    self.internal.len()
+                ))
+            }
+            Request::BulkSend => {
+                self.ftfw.bulk_send(self.internal.iter().map(|e| &e.flow));
+                Ok(format!("bulk send of {} flows queued\n", self.internal.len()))
+            }
+            Request::RequestResync => {
+                self.ftfw.request_resync();
+                Ok("resync requested from the peer\n".into())
+            }
+            Request::Purge => {
+                let n = self
+                    .kernel
+                    .set_timeout_all(self.cfg.purge_timeout)
+                    .map_err(|e| format!("setting kernel timeouts failed: {e}"))?;
+                Ok(format!("{n} kernel flows now expire in {} s unless traffic refreshes them\n", self.cfg.purge_timeout))
+            }
+            Request::Kill => {
+                self.stop = true;
+                Ok("ctsyncd stopping\n".into())
+            }
+            Request::Stats(section) => Ok(self.stats_report(section, json)),
+            Request::DumpInternal => Ok(dump(&self.internal, json)),
+            Request::DumpExternal => Ok(dump(&self.external, json)),
+            Request::Reload => Ok("nothing to reload in this version\n".into()),
+        }
+    }
+
+    fn commit(&mut self) -> Result<String, String> {
+        // Most recently updated first: the flows carrying traffic now reach
+        // the kernel before a long tail of idle ones.
+        let mut order: Vec<(u64, &Flow)> = self.external.iter().map(|e| (e.stamp, &e.flow)).collect();
+        order.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let opts = CommitOptions { timeout: self.cfg.commit_timeout, be_liberal: self.cfg.be_liberal };
+        let report = self
+            .kernel
+            .commit(order.into_iter().map(|(_, f)| f), &opts)
+            .map_err(|e| format!("commit to the kernel failed: {e}"))?;
+        self.stats.commits += 1;
+        self.stats.commit_failures += report.failed.len() as u64;
+        for (key, errno) in report.failed.iter().take(5) {
+            log::warn!("commit of {key} failed: {}", io::Error::from_raw_os_error(*errno));
+        }
+        let line = format!(
+            "committed {} flows in {:.3} s: {} created, {} updated, {} failed",
+            report.created + report.updated + report.failed.len(),
+            report.elapsed.as_secs_f64(),
+            report.created,
+            report.updated,
+            report.failed.len()
+        );
+        log::info!("{line}");
+        Ok(line + "\n")
+    }
+
+    fn stats_report(&self, section: Option<control::StatsSection>, json: bool) -> String {
+        let links = self.channels.status();
+        let report = StatsReport {
+            uptime_seconds: self.started.elapsed().as_secs(),
+            synced: self.ftfw.is_synced(),
+            internal: self.internal.stats(),
+            external: self.external.stats(),
+            runtime: self.stats,
+            netlink: self.events.stats(),
+            netlink_rcvbuf: self.events.rcvbuf(),
+            protocol: self.ftfw.stats().clone(),
+            links,
+        };
+        if json {
+            return serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
+        }
+        let _ = section;
+        report.to_text()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct StatsReport {
+    uptime_seconds: u64,
+    synced: bool,
+    internal: CacheStats,
+    external: CacheStats,
+    runtime: RuntimeStats,
+    netlink: netlink::EventStats,
+    netlink_rcvbuf: usize,
+    protocol: crate::ftfw::FtfwStats,
+    links: Vec<crate::channel::LinkStatus>,
+}
+
+impl StatsReport {
+    fn to_text(&self) -> String {
+        let mut out = String::new();
+        let json = serde_json::to_value(self).unwrap_or_default();
+        if let serde_json::Value::Object(sections) = json {
+            for (name, value) in sections {
+                text_section(&mut out, &name, &value, 0);
+            }
+        }
+        out
+    }
+}
+
+fn text_section(out: &mut String, name: &str, value: &serde_json::Value, depth: usize) {
+    let pad = "  ".repeat(depth);
+    match value {
+        serde_json::Value::Object(map) => {
+            let _ = writeln!(out, "{pad}{name}:");
+            for (k, v) in map {
+                text_section(out, k, v, depth + 1);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                text_section(out, &format!("{name}[{i}]"), v, depth);
+            }
+        }
+        v => {
+            let _ = writeln!(out, "{pad}{:<32}{v}", format!("{name}:"));
+        }
+    }
+}
+
+fn dump(cache: &Cache, json: bool) -> String {
+    let mut out = String::with_capacity(cache.len() * 160);
+    for entry in cache.iter() {
+        if json {
+            let _ = writeln!(out, "{}", serde_json::json!({ "flow": entry.flow.to_string() }));
+        } else {
+            let _ = writeln!(out, "{}", entry.flow);
+        }
+    }
+    out
+}
+
+/// Bind the control socket with mode 0600. A socket file left by a dead
+/// daemon is replaced; one that answers belongs to a running daemon.
+fn bind_control(path: &Path) -> Result<UnixListener, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "control socket {} is in use: another ctsyncd runs with this config (stop it with ctsyncd -k)",
+                path.display()
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(|e| format!("cannot bind control socket {}: {e}", path.display()))?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    Ok(listener)
+}

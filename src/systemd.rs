@@ -84,6 +84,17 @@ impl LockFile {
     }
 }
 
+impl LockFile {
+    /// Rewrite the pid after forking into the background.
+    pub fn write_pid(&self) -> io::Result<()> {
+        let mut file: &File = &self._lock;
+        file.set_len(0)?;
+        use std::io::Seek;
+        file.seek(io::SeekFrom::Start(0))?;
+        writeln!(file, "{}", std::process::id())
+    }
+}
+
 impl Drop for LockFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
