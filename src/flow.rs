@@ -463,6 +463,65 @@ impl fmt::Display for FlowKey {
     }
 }
 
+/// The JSON form of a flow for `-i --json` / `-e --json`. Field names are a
+/// stable interface for scripts: new fields may be added, none renamed.
+impl serde::Serialize for Flow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("family", if self.is_ipv6() { "ipv6" } else { "ipv4" })?;
+        map.serialize_entry("proto", proto_name(self.l4proto))?;
+        map.serialize_entry("l4proto", &self.l4proto)?;
+        map.serialize_entry("timeout", &self.timeout)?;
+        if self.l4proto == proto::TCP {
+            map.serialize_entry("state", tcp_state::name(self.proto_state))?;
+        } else if self.proto_state != 0 {
+            map.serialize_entry("state", &self.proto_state)?;
+        }
+        map.serialize_entry("orig", &TupleJson(self, Dir::Orig))?;
+        map.serialize_entry("reply", &TupleJson(self, Dir::Reply))?;
+        map.serialize_entry("status", &self.status)?;
+        map.serialize_entry("assured", &(self.status & status::ASSURED != 0))?;
+        map.serialize_entry("mark", &self.mark)?;
+        map.serialize_entry("zone", &self.zone)?;
+        if let Some(nat) = self.snat() {
+            map.serialize_entry("snat", &nat.addr)?;
+        }
+        if let Some(nat) = self.dnat() {
+            map.serialize_entry("dnat", &nat.addr)?;
+        }
+        if let Some(helper) = self.helper() {
+            map.serialize_entry("helper", helper)?;
+        }
+        if let Some(labels) = self.labels() {
+            map.serialize_entry("labels", &format!("0x{labels:x}"))?;
+        }
+        map.end()
+    }
+}
+
+struct TupleJson<'a>(&'a Flow, Dir);
+
+impl serde::Serialize for TupleJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (flow, dir) = (self.0, self.1);
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("src", &flow.src(dir))?;
+        map.serialize_entry("dst", &flow.dst(dir))?;
+        if matches!(flow.l4proto, proto::ICMP | proto::ICMPV6) {
+            let (t, c, id) = flow.icmp(dir);
+            map.serialize_entry("type", &t)?;
+            map.serialize_entry("code", &c)?;
+            map.serialize_entry("id", &id)?;
+        } else if flow.has_ports() {
+            map.serialize_entry("sport", &flow.sport(dir))?;
+            map.serialize_entry("dport", &flow.dport(dir))?;
+        }
+        map.end()
+    }
+}
+
 fn dir_index(dir: Dir) -> usize {
     match dir {
         Dir::Orig => 0,
@@ -553,5 +612,19 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("[ASSURED] mark=0"), "{s}");
+    }
+
+    #[test]
+    fn json_has_stable_field_names() {
+        let mut f = Flow::new_v4(proto::TCP, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1000, 80);
+        f.proto_state = tcp_state::ESTABLISHED;
+        f.set_addrs(Dir::Reply, [10, 0, 0, 2].into(), [203, 0, 113, 5].into());
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(v["proto"], "tcp");
+        assert_eq!(v["state"], "ESTABLISHED");
+        assert_eq!(v["orig"]["sport"], 1000);
+        assert_eq!(v["reply"]["dst"], "203.0.113.5");
+        assert_eq!(v["snat"], "203.0.113.5");
+        assert!(v.get("dnat").is_none());
     }
 }

@@ -766,7 +766,9 @@ fn dump(cache: &Cache, json: bool) -> String {
     let mut out = String::with_capacity(cache.len() * 160);
     for entry in cache.iter() {
         if json {
-            let _ = writeln!(out, "{}", serde_json::json!({ "flow": entry.flow.to_string() }));
+            // One JSON object per line, so a million flows stream and parse
+            // line by line.
+            let _ = writeln!(out, "{}", serde_json::to_string(&entry.flow).unwrap_or_default());
         } else {
             let _ = writeln!(out, "{}", entry.flow);
         }

@@ -1,0 +1,418 @@
+//! Two `ctsyncd` daemons in two firewall namespaces joined by a sync link,
+//! against the real kernel: replication, commit, restarts, operator flags,
+//! hostile datagrams and netlink overruns.
+//!
+//! Needs root. Every test builds its own namespaces and removes them.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ctsync::flow::{Dir, Flow, proto, status, tcp_state};
+use ctsync::netlink::{CommitOptions, Kernel};
+
+mod common;
+use common::{Netns, in_netns};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ctsyncd");
+
+/// fw1 and fw2, each with a daemon, joined by `sync0` (10.255.0.1/.2).
+struct Pair {
+    fw: [Netns; 2],
+    dir: PathBuf,
+    daemons: [Option<Child>; 2],
+}
+
+impl Pair {
+    fn new(tag: &str) -> Pair {
+        Pair::with_config(tag, "")
+    }
+
+    /// `extra` is YAML appended under `general:` of both configs.
+    fn with_config(tag: &str, extra_general: &str) -> Pair {
+        let fw = [Netns::new(&format!("{tag}-fw1")), Netns::new(&format!("{tag}-fw2"))];
+        let dir = std::env::temp_dir().join(format!("ctsync-test-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        run(Command::new("ip").args(["link", "add", "sync0", "netns", fw[0].name()])
+            .args(["type", "veth", "peer", "name", "sync0", "netns", fw[1].name()]));
+        for (i, ns) in fw.iter().enumerate() {
+            ns.exec(&["ip", "addr", "add", &format!("10.255.0.{}/30", i + 1), "dev", "sync0"]);
+            ns.exec(&["ip", "link", "set", "sync0", "up"]);
+            let peer = 2 - i;
+            std::fs::write(
+                dir.join(format!("fw{}.yaml", i + 1)),
+                format!(
+                    "general:\n  lock_file: {d}/fw{n}.lock\n  control_socket: {d}/fw{n}.sock\n{extra_general}\
+                     sync:\n  channels:\n    - type: udp\n      local: 10.255.0.{n}\n      peer: 10.255.0.{peer}\n      interface: sync0\n",
+                    d = dir.display(),
+                    n = i + 1,
+                ),
+            )
+            .unwrap();
+        }
+        let mut pair = Pair { fw, dir, daemons: [None, None] };
+        pair.start(0);
+        pair.start(1);
+        pair
+    }
+
+    fn config(&self, i: usize) -> String {
+        self.dir.join(format!("fw{}.yaml", i + 1)).display().to_string()
+    }
+
+    fn start(&mut self, i: usize) {
+        let log = std::fs::File::create(self.dir.join(format!("fw{}.log", i + 1))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.fw[i].name(), BIN, "-C", &self.config(i)])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ctsyncd");
+        self.daemons[i] = Some(child);
+        wait_for(Duration::from_secs(10), || self.cli(i, &["-s"]).status.success())
+            .unwrap_or_else(|| panic!("fw{} daemon did not start: {}", i + 1, self.log(i)));
+    }
+
+    /// Stop a daemon with SIGTERM and wait for it.
+    fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.daemons[i].take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("fw{}.log", i + 1))).unwrap_or_default()
+    }
+
+    fn cli(&self, i: usize, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", self.fw[i].name(), BIN, "-C", &self.config(i)])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn cli_ok(&self, i: usize, args: &[&str]) -> String {
+        let out = self.cli(i, args);
+        assert!(
+            out.status.success(),
+            "ctsyncd {args:?} on fw{} failed: {}{}\nlog: {}",
+            i + 1,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log(i)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The flows of a cache (`-i` or `-e`) as sorted conntrack-style lines
+    /// without the timeout, which ticks.
+    fn cache_lines(&self, i: usize, flag: &str) -> BTreeSet<String> {
+        self.cli_ok(i, &[flag]).lines().filter(|l| !l.is_empty()).map(strip_timeout).collect()
+    }
+
+    /// Flows of fw`i`'s kernel as the same kind of lines, without the sync
+    /// link's own flow (the daemons ignore it by default).
+    fn kernel_lines(&self, i: usize) -> BTreeSet<String> {
+        in_netns(self.fw[i].name(), || {
+            let mut k = Kernel::open().unwrap();
+            k.dump()
+                .unwrap()
+                .iter()
+                .map(|f| strip_timeout(&f.to_string()))
+                .filter(|l| !l.contains("src=10.255.0."))
+                .collect()
+        })
+    }
+
+    fn delete_flows(&self, i: usize, flows: Vec<Flow>) {
+        in_netns(self.fw[i].name(), move || {
+            let keys: Vec<_> = flows.iter().map(Flow::key).collect();
+            let report = Kernel::open().unwrap().delete(keys.iter()).unwrap();
+            assert!(report.failed.is_empty(), "{:?}", &report.failed[..report.failed.len().min(5)]);
+        })
+    }
+
+    fn commit_flows(&self, i: usize, flows: Vec<Flow>) {
+        in_netns(self.fw[i].name(), move || {
+            let mut k = Kernel::open().unwrap();
+            let report = k.commit(flows.iter(), &CommitOptions { timeout: None, be_liberal: false }).unwrap();
+            assert!(report.failed.is_empty(), "{:?}", &report.failed[..report.failed.len().min(5)]);
+        })
+    }
+
+    /// Wait until fw2's external cache equals fw1's kernel table.
+    fn converge(&self, from: usize, within: Duration) {
+        let to = 1 - from;
+        let mut last = (BTreeSet::new(), BTreeSet::new());
+        let ok = wait_for(within, || {
+            last = (self.kernel_lines(from), self.cache_lines(to, "-e"));
+            last.0 == last.1
+        });
+        if ok.is_none() {
+            let missing: Vec<_> = last.0.difference(&last.1).take(5).collect();
+            let extra: Vec<_> = last.1.difference(&last.0).take(5).collect();
+            panic!(
+                "fw{}'s external cache did not converge to fw{}'s kernel ({} vs {} flows)\nmissing: {missing:#?}\nextra: {extra:#?}\nlog fw1: {}\nlog fw2: {}",
+                to + 1,
+                from + 1,
+                last.1.len(),
+                last.0.len(),
+                self.log(0),
+                self.log(1)
+            );
+        }
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.stop(0);
+        self.stop(1);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn wait_for(within: Duration, mut check: impl FnMut() -> bool) -> Option<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return Some(());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Drop the timeout (third field), which differs between a kernel and a
+/// cache snapshot of the same flow.
+fn strip_timeout(line: &str) -> String {
+    let mut fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.len() > 2 {
+        fields.remove(2);
+    }
+    fields.join(" ")
+}
+
+fn tcp_flow(i: u32) -> Flow {
+    let mut f = Flow::new_v4(
+        proto::TCP,
+        Ipv4Addr::from(0x0a01_0000 + i),
+        Ipv4Addr::new(198, 51, 100, 7),
+        (1024 + i % 60000) as u16,
+        443,
+    );
+    f.proto_state = tcp_state::ESTABLISHED;
+    f.status = status::CONFIRMED | status::SEEN_REPLY | status::ASSURED;
+    f.timeout = 600;
+    f.mark = i % 7;
+    f
+}
+
+fn snat_flow(i: u32) -> Flow {
+    let mut f = tcp_flow(i);
+    f.set_addrs(Dir::Reply, Ipv4Addr::new(198, 51, 100, 7).into(), Ipv4Addr::new(203, 0, 113, 5).into());
+    f.l4[3] = 30000 + (i % 30000) as u16;
+    f
+}
+
+#[test]
+fn flows_updates_and_destroys_reach_the_peer_and_commit_into_its_kernel() {
+    let pair = Pair::new("repl");
+    let mut flows: Vec<Flow> = (0..50).map(tcp_flow).collect();
+    flows.extend((50..60).map(snat_flow));
+    let mut udp = Flow::new_v4(proto::UDP, [10, 2, 0, 1].into(), [198, 51, 100, 53].into(), 5000, 53);
+    udp.timeout = 120;
+    flows.push(udp);
+    pair.commit_flows(0, flows.clone());
+    // conntrack's own CLI, as an operator would.
+    run(Command::new("ip").args(["netns", "exec", pair.fw[0].name(), "conntrack", "-I", "-p", "udp", "-s", "10.3.0.1", "-d", "10.3.0.2", "--sport", "4000", "--dport", "4001", "-t", "100"]));
+    pair.converge(0, Duration::from_secs(10));
+    assert_eq!(pair.cache_lines(1, "-e").len(), 62);
+
+    // Updates (mark) and destroys follow.
+    run(Command::new("ip").args(["netns", "exec", pair.fw[0].name(), "conntrack", "-U", "-s", "10.1.0.3", "-m", "42"]));
+    run(Command::new("ip").args(["netns", "exec", pair.fw[0].name(), "conntrack", "-D", "-s", "10.1.0.4"]));
+    pair.converge(0, Duration::from_secs(10));
+    let ext = pair.cache_lines(1, "-e");
+    assert!(ext.iter().any(|l| l.contains("src=10.1.0.3 ") && l.contains("mark=42")), "{ext:#?}");
+    assert!(!ext.iter().any(|l| l.contains("src=10.1.0.4 ")));
+
+    // Commit into fw2's kernel: same tuples (NAT included), states, marks.
+    let before = pair.kernel_lines(1);
+    assert!(before.is_empty(), "{before:#?}");
+    let out = pair.cli_ok(1, &["-c"]);
+    assert!(out.contains("61 created"), "{out}");
+    let committed = pair.kernel_lines(1);
+    let source = pair.kernel_lines(0);
+    // Committed TCP flows are BE_LIBERAL and get the commit timeout; the
+    // one-line form shows neither, so the sets must be equal.
+    assert_eq!(committed, source);
+}
+
+#[test]
+fn a_hundred_thousand_flows_converge_exactly_and_commit() {
+    let pair = Pair::new("bulk");
+    let flows: Vec<Flow> = (0..100_000).map(|i| if i % 10 == 0 { snat_flow(i) } else { tcp_flow(i) }).collect();
+    pair.commit_flows(0, flows);
+    pair.converge(0, Duration::from_secs(60));
+    let out = pair.cli_ok(1, &["-c"]);
+    println!("fw2 -c of 100k flows: {out}");
+    assert!(out.contains("100000 created"), "{out}");
+    assert_eq!(pair.kernel_lines(1), pair.kernel_lines(0));
+}
+
+#[test]
+fn restarts_of_either_daemon_reconverge() {
+    let mut pair = Pair::new("rst");
+    pair.commit_flows(0, (0..200).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+
+    // fw2 restarts: it comes back empty and must get everything again.
+    pair.stop(1);
+    pair.commit_flows(0, (200..300).map(tcp_flow).collect());
+    pair.start(1);
+    pair.converge(0, Duration::from_secs(15));
+
+    // fw1 restarts while flows die: fw2 must drop what fw1 lost meanwhile.
+    pair.stop(0);
+    pair.delete_flows(0, (0..100).map(tcp_flow).collect());
+    pair.start(0);
+    pair.converge(0, Duration::from_secs(15));
+    assert_eq!(pair.cache_lines(1, "-e").len(), 200);
+}
+
+#[test]
+fn operator_flags_do_what_they_say() {
+    let pair = Pair::new("ops");
+    pair.commit_flows(0, (0..20).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+
+    // -f external empties fw2's external cache; -n asks fw1 for everything.
+    pair.cli_ok(1, &["-f", "external"]);
+    assert!(pair.cache_lines(1, "-e").is_empty());
+    pair.cli_ok(1, &["-n"]);
+    pair.converge(0, Duration::from_secs(10));
+
+    // -f internal then -B: fw1 sends nothing it does not hold...
+    pair.cli_ok(0, &["-f", "i"]);
+    assert!(pair.cache_lines(0, "-i").is_empty());
+    // ... -R refills the internal cache from the kernel, -B sends it.
+    pair.cli_ok(0, &["-R"]);
+    assert_eq!(pair.cache_lines(0, "-i").len(), 20);
+    pair.cli_ok(1, &["-f", "external"]);
+    pair.cli_ok(0, &["-B"]);
+    pair.converge(0, Duration::from_secs(10));
+
+    // -c then -t: committed flows get the purge timeout (60 s).
+    pair.cli_ok(1, &["-c"]);
+    pair.cli_ok(1, &["-t"]);
+    let timeouts: Vec<u32> = in_netns(pair.fw[1].name(), || {
+        Kernel::open().unwrap().dump().unwrap().iter().map(|f| f.timeout).collect()
+    });
+    assert_eq!(timeouts.len(), 20);
+    assert!(timeouts.iter().all(|&t| t <= 60), "{timeouts:?}");
+
+    // -F flushes fw2's kernel table.
+    pair.cli_ok(1, &["-F"]);
+    assert!(pair.kernel_lines(1).is_empty());
+
+    // -s --json is machine-readable and counts what happened.
+    let stats: serde_json::Value = serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
+    assert_eq!(stats["external"]["active"], 20, "{stats:#}");
+
+    // -k stops the daemon; the CLI then says so and fails.
+    pair.cli_ok(1, &["-k"]);
+    wait_for(Duration::from_secs(5), || !pair.cli(1, &["-s"]).status.success()).expect("daemon still answers");
+}
+
+#[test]
+fn the_cli_without_a_daemon_fails_clearly() {
+    let dir = std::env::temp_dir().join(format!("ctsync-nodaemon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "general:\n  control_socket: {}/none.sock\nsync:\n  channels:\n    - type: udp\n      local: 127.0.0.1\n      peer: 127.0.0.2\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["-C", cfg.to_str().unwrap(), "-s"]).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is ctsyncd running"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_bad_config_is_refused_with_file_line_and_key() {
+    let dir = std::env::temp_dir().join(format!("ctsync-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bad.yaml");
+    std::fs::write(&cfg, "general:\n  cache_limit: 10\nsync:\n  ack_windw: 3\n").unwrap();
+    let out = Command::new(BIN).args(["-C", cfg.to_str().unwrap()]).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:4") && err.contains("ack_windw"), "{err}");
+}
+
+#[test]
+fn garbage_datagrams_are_dropped_and_counted_and_sync_goes_on() {
+    let pair = Pair::new("junk");
+    pair.commit_flows(0, (0..10).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+    // From the peer's own address (so the source check lets them through):
+    // random bytes, a truncated header, and a valid-looking header with a
+    // bad checksum.
+    let script = "import os,socket\n\
+        s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+        s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+        s.bind(('10.255.0.1',0))\n\
+        for i in range(200):\n    s.sendto(os.urandom(i*7%1400+1),('10.255.0.2',3780))\n\
+        s.sendto(b'CT\\x01',('10.255.0.2',3780))\n";
+    run(Command::new("ip").args(["netns", "exec", pair.fw[0].name(), "python3", "-c", script]));
+    pair.commit_flows(0, (10..30).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+    let stats: serde_json::Value = serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
+    let proto = &stats["protocol"];
+    let dropped: u64 = proto
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.contains("drop") || k.contains("bad") || k.contains("malformed"))
+        .filter_map(|(_, v)| v.as_u64())
+        .sum();
+    assert!(dropped >= 200, "{proto:#}");
+}
+
+#[test]
+fn a_netlink_overrun_ends_in_exact_convergence() {
+    // A tiny event buffer that cannot grow: a burst must overrun it.
+    let pair = Pair::with_config(
+        "ovr",
+        "  netlink:\n    rcvbuf: 4096\n    rcvbuf_max: 4096\n    overrun_resync: 200ms\n",
+    );
+    pair.commit_flows(0, (0..20_000).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(60));
+    let stats: serde_json::Value = serde_json::from_str(&pair.cli_ok(0, &["-s", "--json"])).unwrap();
+    assert!(stats["runtime"]["netlink_overruns"].as_u64().unwrap() >= 1, "{stats:#}");
+    assert!(stats["runtime"]["kernel_resyncs"].as_u64().unwrap() >= 2, "{stats:#}");
+}
