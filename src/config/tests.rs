@@ -307,3 +307,10 @@ fn control_characters_in_input_do_not_reach_the_message() {
     let e = err("general:\n  \"bo\\x1bgus\": 1\n");
     assert!(!e.to_string().contains('\x1b'), "{e}");
 }
+
+#[test]
+fn duplicate_keys_are_refused() {
+    let e = err("sync:\n  ack_window: 10\n  ack_window: 20\n");
+    assert_eq!(e.line(), Some(3), "{e}");
+    assert_eq!(e.key(), Some("sync.ack_window"), "{e}");
+}
