@@ -1,1 +1,518 @@
 //! conntrackd-compatible command-line flags and their long forms.
+//!
+//! The same binary is the daemon and its client, as with conntrackd:
+//! `ctsyncd -C FILE -d` runs the daemon; `ctsyncd -c`, `-s`, ... send one
+//! request to the running daemon over its control socket. Keepalived notify
+//! scripts written for conntrackd work unchanged.
+//!
+//! Compatibility details (conntrackd's `src/main.c`):
+//! * sub-arguments are prefix-matched in conntrackd's order, so `-s n` is
+//!   `network`, `-s c` is `cache`, `-f i` is `internal`, `-i e` is `expect`;
+//! * an optional sub-argument is taken only if the next word does not start
+//!   with `-`, so `-s -C FILE` and `-C FILE -s` both work;
+//! * giving a daemon flag and a client action, or two client actions, is
+//!   "Invalid parameters".
+//!
+//! Differences: `-v` prints the version and exits 0; `-x` (XML) is refused
+//! with a pointer to `--json`; expectations are not replicated, so the
+//! `expect` variants of `-c`, `-i`, `-e`, `-F` and `-R` are refused.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::error::ErrorKind;
+use clap::{ArgAction, CommandFactory, Parser};
+
+use crate::config::DEFAULT_PATH;
+use crate::control::{CacheSel, Request, StatsSection};
+
+/// What this run of the binary does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invocation {
+    /// Run the daemon (`-d` detaches; without it, it stays in the
+    /// foreground, as systemd's `Type=notify` wants).
+    Daemon {
+        /// The configuration file.
+        config: PathBuf,
+        /// Fork into the background.
+        daemonize: bool,
+    },
+    /// Send one request to the running daemon and print the answer.
+    Client {
+        /// The configuration file, read to find the control socket.
+        config: PathBuf,
+        /// What to ask.
+        request: Request,
+        /// Ask for JSON instead of text.
+        json: bool,
+    },
+    /// Print the effective configuration as YAML and exit.
+    PrintConfig {
+        /// The configuration file.
+        config: PathBuf,
+    },
+}
+
+/// Parse the process's arguments; print usage and exit on error, or on
+/// `-h` / `-v`.
+pub fn parse() -> Invocation {
+    match parse_from(std::env::args_os()) {
+        Ok(invocation) => invocation,
+        Err(e) => e.exit(),
+    }
+}
+
+/// Parse `args` (the first is the program name).
+pub fn parse_from<I, T>(args: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    Args::try_parse_from(args)?.into_invocation()
+}
+
+/// The clap command, for generating the man page and shell completions.
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
+/// Which table a conntrackd sub-argument `ct|expect` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Table {
+    Ct,
+    Expect,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ctsyncd",
+    version,
+    about = "Replicates the conntrack table between firewalls (conntrackd-compatible)",
+    long_about = "Replicates the conntrack table between firewalls.\n\n\
+        Without a client action, runs the daemon (in the foreground unless -d).\n\
+        With one, sends it to the running daemon and prints the answer.",
+    disable_version_flag = true,
+    after_help = "Examples:\n  ctsyncd -C /etc/ctsync/ctsyncd.yaml -d   run the daemon\n  \
+        ctsyncd -c                                commit the external cache (on failover)\n  \
+        ctsyncd -s cache --json                   cache statistics as JSON"
+)]
+struct Args {
+    /// Configuration file (YAML).
+    #[arg(short = 'C', long = "config", value_name = "FILE", default_value = DEFAULT_PATH)]
+    config: PathBuf,
+
+    /// Run the daemon in the background.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+
+    /// Commit the external cache into the kernel.
+    #[arg(short = 'c', long = "commit", value_name = "ct", num_args = 0..=1, value_parser = table)]
+    commit: Option<Option<Table>>,
+
+    /// Flush the internal and/or external cache.
+    #[arg(
+        short = 'f',
+        long = "flush-cache",
+        value_name = "internal|external",
+        num_args = 0..=1,
+        value_parser = cache_sel
+    )]
+    flush_cache: Option<Option<CacheSel>>,
+
+    /// Flush the kernel conntrack table.
+    #[arg(
+        short = 'F',
+        long = "flush-kernel",
+        value_name = "ct",
+        num_args = 0..=1,
+        value_parser = table
+    )]
+    flush_kernel: Option<Option<Table>>,
+
+    /// Refill the internal cache from the kernel table.
+    #[arg(
+        short = 'R',
+        long = "resync-kernel",
+        value_name = "ct",
+        num_args = 0..=1,
+        value_parser = table
+    )]
+    resync_kernel: Option<Option<Table>>,
+
+    /// Send the whole internal cache to the peers.
+    #[arg(short = 'B', long = "bulk-send")]
+    bulk_send: bool,
+
+    /// Ask the peers to send their whole internal cache.
+    #[arg(short = 'n', long = "request-resync")]
+    request_resync: bool,
+
+    /// Flush the kernel table after sync.purge_timeout (stale flows left from
+    /// the time this node was master).
+    #[arg(short = 't', long = "purge")]
+    purge: bool,
+
+    /// Stop the daemon.
+    #[arg(short = 'k', long = "kill")]
+    kill: bool,
+
+    /// Show statistics: all, or one section.
+    #[arg(
+        short = 's',
+        long = "stats",
+        value_name = "network|cache|runtime|link|rsqueue|process|queue|ct|expect",
+        num_args = 0..=1,
+        value_parser = stats_section
+    )]
+    stats: Option<Option<StatsSection>>,
+
+    /// Dump the internal cache (this firewall's flows).
+    #[arg(
+        short = 'i',
+        long = "dump-internal",
+        value_name = "ct",
+        num_args = 0..=1,
+        value_parser = table
+    )]
+    dump_internal: Option<Option<Table>>,
+
+    /// Dump the external cache (the peers' flows).
+    #[arg(
+        short = 'e',
+        long = "dump-external",
+        value_name = "ct",
+        num_args = 0..=1,
+        value_parser = table
+    )]
+    dump_external: Option<Option<Table>>,
+
+    /// Re-read the configuration file.
+    #[arg(long = "reload")]
+    reload: bool,
+
+    /// XML output (not supported: use --json).
+    #[arg(short = 'x', long = "xml", hide = true)]
+    xml: bool,
+
+    /// JSON output for -s, -i and -e.
+    #[arg(long = "json")]
+    json: bool,
+
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long = "print-config")]
+    print_config: bool,
+
+    /// Print the version.
+    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
+    version: (),
+}
+
+impl Args {
+    fn into_invocation(self) -> Result<Invocation, clap::Error> {
+        let invalid = |msg: String| Args::command().error(ErrorKind::ArgumentConflict, msg);
+        if self.xml {
+            return Err(Args::command()
+                .error(ErrorKind::InvalidValue, "XML output (-x) is not supported; use --json"));
+        }
+        let no_expect = |flag: &str, table: Option<Option<Table>>| match table {
+            Some(Some(Table::Expect)) => Err(Args::command().error(
+                ErrorKind::InvalidValue,
+                format!("{flag} expect: ctsyncd does not replicate expectations"),
+            )),
+            _ => Ok(table.is_some()),
+        };
+        let mut actions: Vec<(&str, Request)> = Vec::new();
+        if no_expect("-c", self.commit)? {
+            actions.push(("-c", Request::Commit));
+        }
+        if let Some(sel) = self.flush_cache {
+            actions.push(("-f", Request::FlushCache(sel)));
+        }
+        if no_expect("-F", self.flush_kernel)? {
+            actions.push(("-F", Request::FlushKernel));
+        }
+        if no_expect("-R", self.resync_kernel)? {
+            actions.push(("-R", Request::ResyncKernel));
+        }
+        if self.bulk_send {
+            actions.push(("-B", Request::BulkSend));
+        }
+        if self.request_resync {
+            actions.push(("-n", Request::RequestResync));
+        }
+        if self.purge {
+            actions.push(("-t", Request::Purge));
+        }
+        if self.kill {
+            actions.push(("-k", Request::Kill));
+        }
+        if let Some(section) = self.stats {
+            actions.push(("-s", Request::Stats(section)));
+        }
+        if no_expect("-i", self.dump_internal)? {
+            actions.push(("-i", Request::DumpInternal));
+        }
+        if no_expect("-e", self.dump_external)? {
+            actions.push(("-e", Request::DumpExternal));
+        }
+        if self.reload {
+            actions.push(("--reload", Request::Reload));
+        }
+        let json_ok = matches!(
+            actions.as_slice(),
+            [(_, Request::Stats(_) | Request::DumpInternal | Request::DumpExternal)]
+        );
+        if self.json && !json_ok {
+            return Err(invalid("Invalid parameters: --json goes with -s, -i or -e".into()));
+        }
+        match (actions.as_slice(), self.daemon, self.print_config) {
+            ([], false, true) => Ok(Invocation::PrintConfig { config: self.config }),
+            ([], daemonize, false) => Ok(Invocation::Daemon { config: self.config, daemonize }),
+            ([], true, true) => {
+                Err(invalid("Invalid parameters: --print-config cannot be combined with -d".into()))
+            }
+            ([(_, request)], false, false) => {
+                Ok(Invocation::Client { config: self.config, request: *request, json: self.json })
+            }
+            ([(flag, _)], true, _) => Err(invalid(format!(
+                "Invalid parameters: -d runs the daemon, {flag} talks to a running one"
+            ))),
+            ([(flag, _)], false, true) => Err(invalid(format!(
+                "Invalid parameters: --print-config cannot be combined with {flag}"
+            ))),
+            ([(first, _), (second, _), ..], _, _) => Err(invalid(format!(
+                "Invalid parameters: one action at a time ({first} and {second} given)"
+            ))),
+        }
+    }
+}
+
+/// conntrackd's matching: `arg` is a non-empty prefix of the first name in
+/// `names` that it fits.
+fn prefix_match<T: Copy>(arg: &str, names: &[(&str, T)]) -> Result<T, String> {
+    names
+        .iter()
+        .find(|(name, _)| !arg.is_empty() && name.starts_with(arg))
+        .map(|&(_, v)| v)
+        .ok_or_else(|| {
+            let all: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+            format!("expected one of {}", all.join(", "))
+        })
+}
+
+fn table(arg: &str) -> Result<Table, String> {
+    prefix_match(arg, &[("ct", Table::Ct), ("expect", Table::Expect)])
+}
+
+fn cache_sel(arg: &str) -> Result<CacheSel, String> {
+    prefix_match(arg, &[("internal", CacheSel::Internal), ("external", CacheSel::External)])
+}
+
+fn stats_section(arg: &str) -> Result<StatsSection, String> {
+    use StatsSection::*;
+    // conntrackd's order decides ambiguous prefixes: `c` is cache, not ct.
+    prefix_match(
+        arg,
+        &[
+            ("network", Network),
+            ("cache", Cache),
+            ("runtime", Runtime),
+            ("multicast", Link),
+            ("link", Link),
+            ("rsqueue", Rsqueue),
+            ("process", Process),
+            ("queue", Queue),
+            ("ct", Ct),
+            ("expect", Expect),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &str) -> Result<Invocation, clap::Error> {
+        parse_from(std::iter::once("ctsyncd").chain(args.split_whitespace()))
+    }
+
+    fn client(args: &str) -> (Request, bool) {
+        match run(args) {
+            Ok(Invocation::Client { request, json, .. }) => (request, json),
+            other => panic!("{args}: {other:?}"),
+        }
+    }
+
+    fn request(args: &str) -> Request {
+        client(args).0
+    }
+
+    fn fails(args: &str, needle: &str) {
+        match run(args) {
+            Ok(i) => panic!("{args}: accepted as {i:?}"),
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains(needle), "{args}: {text:?} lacks {needle:?}");
+            }
+        }
+    }
+
+    fn default_config() -> PathBuf {
+        PathBuf::from(DEFAULT_PATH)
+    }
+
+    #[test]
+    fn daemon_modes() {
+        assert_eq!(
+            run("").unwrap(),
+            Invocation::Daemon { config: default_config(), daemonize: false }
+        );
+        assert_eq!(
+            run("-d").unwrap(),
+            Invocation::Daemon { config: default_config(), daemonize: true }
+        );
+        let expected = Invocation::Daemon { config: "/tmp/a.yaml".into(), daemonize: true };
+        assert_eq!(run("-C /tmp/a.yaml -d").unwrap(), expected);
+        assert_eq!(run("-d -C /tmp/a.yaml").unwrap(), expected);
+        assert_eq!(run("--daemon --config /tmp/a.yaml").unwrap(), expected);
+        assert_eq!(run("--config=/tmp/a.yaml -d").unwrap(), expected);
+        assert_eq!(
+            run("-C /x.yaml --print-config").unwrap(),
+            Invocation::PrintConfig { config: "/x.yaml".into() }
+        );
+    }
+
+    #[test]
+    fn every_client_flag() {
+        for (args, req) in [
+            ("-c", Request::Commit),
+            ("-c ct", Request::Commit),
+            ("-c c", Request::Commit),
+            ("--commit", Request::Commit),
+            ("-f", Request::FlushCache(None)),
+            ("-f internal", Request::FlushCache(Some(CacheSel::Internal))),
+            ("-f i", Request::FlushCache(Some(CacheSel::Internal))),
+            ("-f ext", Request::FlushCache(Some(CacheSel::External))),
+            ("--flush-cache external", Request::FlushCache(Some(CacheSel::External))),
+            ("-F", Request::FlushKernel),
+            ("-F ct", Request::FlushKernel),
+            ("--flush-kernel", Request::FlushKernel),
+            ("-R", Request::ResyncKernel),
+            ("--resync-kernel", Request::ResyncKernel),
+            ("-B", Request::BulkSend),
+            ("--bulk-send", Request::BulkSend),
+            ("-n", Request::RequestResync),
+            ("--request-resync", Request::RequestResync),
+            ("-t", Request::Purge),
+            ("--purge", Request::Purge),
+            ("-k", Request::Kill),
+            ("--kill", Request::Kill),
+            ("-s", Request::Stats(None)),
+            ("--stats", Request::Stats(None)),
+            ("-i", Request::DumpInternal),
+            ("-i ct", Request::DumpInternal),
+            ("--dump-internal", Request::DumpInternal),
+            ("-e", Request::DumpExternal),
+            ("-e c", Request::DumpExternal),
+            ("--dump-external", Request::DumpExternal),
+            ("--reload", Request::Reload),
+        ] {
+            assert_eq!(request(args), req, "{args}");
+        }
+    }
+
+    #[test]
+    fn stats_sections_are_prefix_matched_in_conntrackd_order() {
+        use StatsSection::*;
+        for (arg, section) in [
+            ("network", Network),
+            ("n", Network),
+            ("cache", Cache),
+            ("c", Cache),
+            ("ct", Ct),
+            ("runtime", Runtime),
+            ("r", Runtime),
+            ("link", Link),
+            ("l", Link),
+            ("multicast", Link),
+            ("rsqueue", Rsqueue),
+            ("rs", Rsqueue),
+            ("process", Process),
+            ("queue", Queue),
+            ("q", Queue),
+            ("expect", Expect),
+            ("e", Expect),
+        ] {
+            assert_eq!(request(&format!("-s {arg}")), Request::Stats(Some(section)), "{arg}");
+        }
+        fails("-s bogus", "expected one of network, cache");
+        fails("-s networks", "expected one of");
+        fails("-f both", "expected one of internal, external");
+        fails("-c all", "expected one of ct, expect");
+    }
+
+    #[test]
+    fn config_and_optional_values_in_any_order() {
+        for args in ["-C /a.yaml -s", "-s -C /a.yaml", "-s cache -C /a.yaml", "-C /a.yaml -s cache"]
+        {
+            match run(args).unwrap() {
+                Invocation::Client { config, .. } => assert_eq!(config, PathBuf::from("/a.yaml")),
+                other => panic!("{args}: {other:?}"),
+            }
+        }
+        assert_eq!(request("-s -C /a.yaml"), Request::Stats(None));
+        assert_eq!(request("-C /a.yaml -s cache"), Request::Stats(Some(StatsSection::Cache)));
+        assert_eq!(request("-f -C /a.yaml"), Request::FlushCache(None));
+        match run("-c").unwrap() {
+            Invocation::Client { config, .. } => assert_eq!(config, default_config()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_goes_with_stats_and_dumps_only() {
+        assert_eq!(client("-s --json"), (Request::Stats(None), true));
+        assert_eq!(client("--json -s cache"), (Request::Stats(Some(StatsSection::Cache)), true));
+        assert_eq!(client("-i --json"), (Request::DumpInternal, true));
+        assert_eq!(client("-e --json"), (Request::DumpExternal, true));
+        assert_eq!(client("-s"), (Request::Stats(None), false));
+        fails("-c --json", "--json goes with -s, -i or -e");
+        fails("--json", "--json goes with");
+        fails("-d --json", "--json goes with");
+    }
+
+    #[test]
+    fn invalid_combinations() {
+        fails("-d -c", "Invalid parameters: -d runs the daemon, -c talks to a running one");
+        fails("-s -d", "Invalid parameters");
+        fails("-c -f", "Invalid parameters: one action at a time (-c and -f given)");
+        fails("-B -n", "one action at a time");
+        fails("-k -s cache", "one action at a time");
+        fails("--print-config -c", "--print-config cannot be combined with -c");
+        fails("--print-config -d", "--print-config cannot be combined with -d");
+        fails("-s -s", "cannot be used multiple times");
+    }
+
+    #[test]
+    fn refused_features_say_why() {
+        fails("-i -x", "XML output (-x) is not supported; use --json");
+        fails("-x", "use --json");
+        fails("-c expect", "-c expect: ctsyncd does not replicate expectations");
+        fails("-c e", "does not replicate expectations");
+        fails("-i expect", "does not replicate expectations");
+        fails("-e exp", "does not replicate expectations");
+        fails("-F expect", "does not replicate expectations");
+        fails("-R expect", "does not replicate expectations");
+        fails("-q", "unexpected argument");
+        fails("-C", "a value is required");
+    }
+
+    #[test]
+    fn version_and_help_are_reported_as_such() {
+        assert_eq!(run("-v").unwrap_err().kind(), ErrorKind::DisplayVersion);
+        assert_eq!(run("--version").unwrap_err().kind(), ErrorKind::DisplayVersion);
+        assert_eq!(run("-h").unwrap_err().kind(), ErrorKind::DisplayHelp);
+        assert_eq!(run("--help").unwrap_err().kind(), ErrorKind::DisplayHelp);
+        command().debug_assert();
+    }
+}

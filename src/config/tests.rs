@@ -1,0 +1,316 @@
+use super::*;
+use crate::flow::{proto, tcp_state};
+
+const FILE: &str = "/etc/ctsync/ctsyncd.yaml";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    from_str(text, Path::new(FILE))
+}
+
+fn err(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(c) => panic!("accepted: {c:?}"),
+        Err(e) => e,
+    }
+}
+
+/// Asserts the error's key, line and that its text contains `needle`.
+fn assert_err(text: &str, key: &str, line: Option<u64>, needle: &str) {
+    let e = err(text);
+    let shown = e.to_string();
+    assert_eq!(e.key(), Some(key), "{shown}");
+    assert_eq!(e.line(), line, "{shown}");
+    assert!(shown.starts_with(FILE), "{shown}");
+    assert!(shown.contains(needle), "{shown:?} lacks {needle:?}");
+    assert!(!shown.contains('\n'), "{shown:?}");
+}
+
+const MINIMAL: &str = "sync:\n  channels:\n    - local: 10.0.0.1\n      peer: 10.0.0.2\n";
+
+fn with_sync(extra: &str) -> String {
+    format!("{MINIMAL}  {extra}\n")
+}
+
+#[test]
+fn minimal_file_gets_the_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.general.lock_file, Path::new("/run/ctsync/ctsyncd.lock"));
+    assert_eq!(c.general.control_socket, Path::new("/run/ctsync/ctsyncd.sock"));
+    assert_eq!(c.general.control_group, None);
+    assert_eq!(c.general.log.target, LogTarget::Stderr);
+    assert_eq!(c.general.log.level, LogLevel::Info);
+    assert_eq!(c.general.log.syslog_facility, SyslogFacility::Daemon);
+    assert_eq!(c.general.cache_limit.get(), 1_048_576);
+    assert_eq!(c.general.netlink.rcvbuf.get(), 8_388_608);
+    assert_eq!(c.general.netlink.rcvbuf_max.get(), 134_217_728);
+    assert!(!c.general.netlink.reliable_events);
+    assert_eq!(c.general.netlink.overrun_resync, Duration::from_secs(1));
+    assert_eq!(c.general.filter, FilterConfig::default());
+    assert_eq!(c.sync.mode, SyncMode::Ftfw);
+    assert_eq!(c.sync.wire, WireFormat::Native);
+    assert_eq!(c.sync.resend_queue.get(), 131_072);
+    assert_eq!(c.sync.ack_window.get(), 300);
+    assert_eq!(c.sync.alive_interval, Duration::from_secs(1));
+    assert_eq!(c.sync.peer_timeout, Duration::from_secs(4));
+    assert_eq!(c.sync.max_datagram, 1472);
+    assert_eq!(c.sync.commit_timeout, Some(Duration::from_secs(180)));
+    assert_eq!(c.sync.purge_timeout, Duration::from_secs(60));
+    assert!(!c.sync.tcp_window_tracking);
+    assert!(c.sync.startup_resync);
+    let ch = &c.sync.channels[0];
+    assert_eq!(ch.kind, ChannelKind::Udp { peer: "10.0.0.2".parse().unwrap() });
+    assert_eq!(ch.local_addr(), "10.0.0.1:3780".parse().unwrap());
+    assert_eq!(ch.remote_addr(), "10.0.0.2:3780".parse().unwrap());
+    assert_eq!((ch.interface.as_deref(), ch.sndbuf, ch.rcvbuf), (None, None, None));
+}
+
+#[test]
+fn example_files_are_valid_and_mirror_each_other() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let primary = load(&dir.join("primary.yaml")).unwrap();
+    let backup = load(&dir.join("backup.yaml")).unwrap();
+    let (p, b) = (&primary.sync.channels[0], &backup.sync.channels[0]);
+    assert_eq!(p.local, b.remote());
+    assert_eq!(b.local, p.remote());
+    assert_eq!(p.interface.as_deref(), Some("sync0"));
+    // Apart from the addresses, the two files say the same thing.
+    let mut b2 = backup.clone();
+    b2.sync.channels = primary.sync.channels.clone();
+    b2.general.filter.addresses = primary.general.filter.addresses.clone();
+    assert_eq!(b2, primary);
+}
+
+#[test]
+fn print_config_round_trips() {
+    let text = "
+general:
+  control_group: ctsync
+  log: { target: file, file: /var/log/ctsyncd.log, level: debug, syslog_facility: local3 }
+  cache_limit: 2M
+  netlink: { rcvbuf: 1M, rcvbuf_max: 1G, reliable_events: true, overrun_resync: 1m30s }
+  filter:
+    ignore_loopback: false
+    protocols: { accept: [tcp, 17, ipv6-icmp], ignore: [gre] }
+    addresses: { ignore: [10.0.0.0/8, 'fe80::/10', 192.0.2.7] }
+    tcp_states: { accept: [ESTABLISHED], ignore: [closed, TIME_WAIT] }
+sync:
+  wire: conntrackd
+  resend_queue: 1000
+  ack_window: 10
+  alive_interval: 250ms
+  peer_timeout: 1500ms
+  max_datagram: 9000
+  commit_timeout: 0
+  purge_timeout: 5
+  tcp_window_tracking: true
+  startup_resync: false
+  channels:
+    - { type: multicast, local: 10.1.0.1, group: 225.0.0.50, interface: sync1, port: 3781 }
+    - { local: 'fd00::1', peer: 'fd00::2', sndbuf: 4M, rcvbuf: 8388608 }
+";
+    let c = parse(text).unwrap();
+    assert_eq!(c.general.cache_limit.get(), 2 << 20);
+    assert_eq!(c.general.netlink.overrun_resync, Duration::from_secs(90));
+    assert_eq!(c.general.filter.protocols.accept, vec![proto::TCP, proto::UDP, proto::ICMPV6]);
+    assert_eq!(c.general.filter.tcp_states.ignore, vec![tcp_state::CLOSE, tcp_state::TIME_WAIT]);
+    assert_eq!(c.general.filter.addresses.ignore[2], "192.0.2.7/32".parse().unwrap());
+    assert_eq!(c.sync.commit_timeout, None);
+    assert_eq!(c.sync.alive_interval, Duration::from_millis(250));
+    assert_eq!(c.sync.channels[0].remote_addr(), "225.0.0.50:3781".parse().unwrap());
+    assert_eq!(c.sync.channels[1].sndbuf.map(|n| n.get()), Some(4 << 20));
+    let printed = c.to_yaml();
+    let again = parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(again, c);
+    let default = Config::default_for_tests();
+    assert_eq!(parse(&default.to_yaml()).unwrap(), default);
+}
+
+#[test]
+fn empty_and_comment_only_files_need_a_channel() {
+    for text in ["", "# nothing\n", "---\n"] {
+        assert_err(text, "sync.channels", None, "at least one channel");
+    }
+    assert_err("sync:\n  channels: []\n", "sync.channels", Some(2), "at least one channel");
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_line() {
+    assert_err(
+        "general:\n  lock_file: /x\n  bogus: 1\n",
+        "general.bogus",
+        Some(3),
+        ":3:3: general.bogus: unknown key `bogus`",
+    );
+    assert_err(&with_sync("typo: 1"), "sync.typo", Some(5), "unknown key `typo`");
+    assert_err(
+        "sync:\n  channels:\n    - local: 10.0.0.1\n      peer: 10.0.0.2\n      prot: 1\n",
+        "sync.channels[0].prot",
+        Some(5),
+        "expected one of type, local, peer",
+    );
+    assert_err("extra: 1\n", "extra", Some(1), "unknown key `extra`");
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    assert_err("general:\n  log:\n    level: loud\n", "general.log.level", Some(3), "`loud`");
+    assert_err(&with_sync("mode: alarm"), "sync.mode", Some(5), "ftfw");
+    assert_err(&with_sync("startup_resync: maybe"), "sync.startup_resync", Some(5), "");
+    assert_err("sync:\n  ack_window: [1]\n", "sync.ack_window", Some(2), "sequence");
+    assert_err("general: [\n", "general", Some(1), "");
+}
+
+#[test]
+fn bad_values_point_at_the_value() {
+    let text = "sync:\n  channels:\n    - local: 10.0.0.1\n      peer: 10.0.0.x\n";
+    let e = err(text);
+    assert_eq!(
+        e.to_string(),
+        "/etc/ctsync/ctsyncd.yaml:4:13: sync.channels[0].peer: invalid IP address \"10.0.0.x\""
+    );
+    assert_err(&with_sync("alive_interval: 1 s"), "sync.alive_interval", Some(5), "500ms");
+    assert_err(&with_sync("resend_queue: 0"), "sync.resend_queue", Some(5), "\"0\"");
+    assert_err(&with_sync("max_datagram: 100"), "sync.max_datagram", Some(5), "512 to 65507");
+    assert_err(
+        "general:\n  netlink:\n    rcvbuf: lots\n",
+        "general.netlink.rcvbuf",
+        Some(3),
+        "invalid size \"lots\"",
+    );
+    assert_err("general:\n  cache_limit: 0\n", "general.cache_limit", Some(2), "");
+    assert_err(
+        "general:\n  filter:\n    addresses:\n      ignore: [10.0.0.0/8, 10.1.2.3/16]\n",
+        "general.filter.addresses.ignore[1]",
+        Some(4),
+        "beyond the prefix",
+    );
+    assert_err(
+        "general:\n  filter:\n    protocols: { accept: [tcp, tcpp] }\n",
+        "general.filter.protocols.accept[1]",
+        Some(3),
+        "unknown protocol \"tcpp\"",
+    );
+    assert_err(
+        "general:\n  filter:\n    tcp_states:\n      ignore:\n        - OPEN\n",
+        "general.filter.tcp_states.ignore[0]",
+        Some(5),
+        "unknown TCP state",
+    );
+    assert_err("general:\n  lock_file: run/x\n", "general.lock_file", Some(2), "absolute");
+}
+
+#[test]
+fn relations_between_values_are_checked() {
+    assert_err(
+        &with_sync("resend_queue: 100\n  ack_window: 100"),
+        "sync.ack_window",
+        Some(6),
+        "smaller than sync.resend_queue (100)",
+    );
+    assert_err(
+        &with_sync("alive_interval: 2s\n  peer_timeout: 2s"),
+        "sync.peer_timeout",
+        Some(6),
+        "longer than sync.alive_interval (2s)",
+    );
+    assert_err(&with_sync("alive_interval: 0"), "sync.alive_interval", Some(5), "zero");
+    assert_err(
+        "general:\n  netlink: { rcvbuf: 2M, rcvbuf_max: 1M }\n",
+        "general.netlink.rcvbuf_max",
+        Some(2),
+        "at least",
+    );
+    assert_err(
+        "general:\n  log:\n    target: file\n",
+        "general.log.file",
+        Some(2),
+        "required when general.log.target is file",
+    );
+}
+
+#[test]
+fn channels_are_checked() {
+    let ch = |body: &str| format!("sync:\n  channels:\n    - {body}\n");
+    assert_err(&ch("{ peer: 10.0.0.2 }"), "sync.channels[0].local", Some(3), "required");
+    assert_err(&ch("{ local: 10.0.0.1 }"), "sync.channels[0].peer", Some(3), "required");
+    assert_err(
+        &ch("{ local: 10.0.0.1, peer: 10.0.0.1 }"),
+        "sync.channels[0].peer",
+        Some(3),
+        "differ",
+    );
+    assert_err(
+        &ch("{ local: 10.0.0.1, peer: 224.0.0.1 }"),
+        "sync.channels[0].peer",
+        Some(3),
+        "type: multicast",
+    );
+    assert_err(
+        &ch("{ local: 10.0.0.1, peer: 'fd00::2' }"),
+        "sync.channels[0].peer",
+        Some(3),
+        "same IP family",
+    );
+    assert_err(
+        &ch("{ local: 10.0.0.1, peer: 10.0.0.2, group: 225.0.0.1 }"),
+        "sync.channels[0].group",
+        Some(3),
+        "only for type: multicast",
+    );
+    assert_err(
+        &ch("{ type: multicast, local: 10.0.0.1, group: 10.0.0.9 }"),
+        "sync.channels[0].group",
+        Some(3),
+        "not a multicast",
+    );
+    assert_err(
+        &ch("{ type: multicast, local: 10.0.0.1 }"),
+        "sync.channels[0].group",
+        Some(3),
+        "required",
+    );
+    assert_err(
+        &ch("{ local: 10.0.0.1, peer: 10.0.0.2, port: 0 }"),
+        "sync.channels[0].port",
+        Some(3),
+        "invalid port",
+    );
+    assert_err(
+        &ch("{ local: 10.0.0.1, peer: 10.0.0.2, interface: this-name-is-too-long }"),
+        "sync.channels[0].interface",
+        Some(3),
+        "15 characters",
+    );
+    assert_err(
+        &ch("{ local: 10.0.0.1, peer: 10.0.0.2 }\n    - { local: 10.0.0.1, peer: 10.0.0.2 }"),
+        "sync.channels[1]",
+        Some(4),
+        "earlier channel",
+    );
+    assert_err(
+        &ch("{ local: 10.0.0.1, peer: 10.0.0.2, sndbuf: 0 }"),
+        "sync.channels[0].sndbuf",
+        Some(3),
+        "",
+    );
+}
+
+#[test]
+fn read_errors_name_the_file() {
+    let e = load(Path::new("/nonexistent/ctsyncd.yaml")).unwrap_err();
+    let shown = e.to_string();
+    assert!(shown.starts_with("/nonexistent/ctsyncd.yaml: cannot read: "), "{shown}");
+}
+
+#[test]
+fn control_characters_in_input_do_not_reach_the_message() {
+    let e = err("general:\n  \"bo\\x1bgus\": 1\n");
+    assert!(!e.to_string().contains('\x1b'), "{e}");
+}
+
+#[test]
+fn duplicate_keys_are_refused() {
+    let e = err("sync:\n  ack_window: 10\n  ack_window: 20\n");
+    assert_eq!(e.line(), Some(3), "{e}");
+    assert_eq!(e.key(), Some("sync.ack_window"), "{e}");
+}
