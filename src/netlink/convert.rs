@@ -20,7 +20,7 @@ use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple, Tuple,
 };
 
-use crate::flow::{Addrs, Flow, FlowKey, SeqAdj, proto, status, tcp_flag};
+use crate::flow::{Addrs, Dir, Flow, FlowKey, SeqAdj, proto, status, tcp_flag};
 
 /// Top-level `CTA_*` attribute numbers.
 pub mod cta {
@@ -214,13 +214,26 @@ pub fn flow_from_attrs(attrs: &[ConntrackAttribute]) -> Result<Flow, ConvertErro
 /// Append a flow's create attributes: both tuples, NAT, status with
 /// `IPS_CONFIRMED`, timeout, mark, zone, protoinfo, labels, helper and
 /// sequence adjustment.
+///
+/// A NAT flow is sent with the reply tuple of the same flow without NAT,
+/// plus `CTA_NAT_SRC`/`CTA_NAT_DST`: the kernel then rewrites the reply
+/// tuple itself and sets `IPS_SRC_NAT`/`IPS_DST_NAT`, which is what makes it
+/// translate packets. Given the translated reply tuple instead, it keeps
+/// that tuple but, seeing nothing to change, sets no NAT bit, and the
+/// entry's packets would go out untranslated.
 pub fn emit_create(w: &mut AttrWriter<'_>, flow: &Flow, opts: &EmitOptions) {
     emit_tuple(w, cta::TUPLE_ORIG, flow, 0);
-    emit_tuple(w, cta::TUPLE_REPLY, flow, 2);
-    if let Some(nat) = flow.snat() {
+    let snat = flow.snat();
+    let dnat = flow.dnat();
+    if snat.is_some() || dnat.is_some() {
+        emit_untranslated_reply(w, flow);
+    } else {
+        emit_tuple(w, cta::TUPLE_REPLY, flow, 2);
+    }
+    if let Some(nat) = snat {
         emit_nat(w, cta::NAT_SRC, nat.addr, nat.port);
     }
-    if let Some(nat) = flow.dnat() {
+    if let Some(nat) = dnat {
         emit_nat(w, cta::NAT_DST, nat.addr, nat.port);
     }
     if let Some(helper) = flow.helper() {
@@ -296,6 +309,23 @@ fn emit_tuple(w: &mut AttrWriter<'_>, kind: u16, flow: &Flow, i: usize) {
     emit_proto(w, flow.l4proto, flow.is_ipv6(), [flow.l4[i], flow.l4[i + 1]]);
     if let Some(zones) = flow.extra().and_then(|e| e.tuple_zones) {
         w.put_u16_be(tuple::ZONE, zones[i / 2]);
+    }
+    w.end_nest(t);
+}
+
+/// The reply tuple as if there were no NAT: the inverse of the original.
+fn emit_untranslated_reply(w: &mut AttrWriter<'_>, flow: &Flow) {
+    let t = w.begin_nest(cta::TUPLE_REPLY);
+    emit_addrs(w, flow.dst(Dir::Orig), flow.src(Dir::Orig));
+    let l4 = if flow.has_ports() {
+        [flow.dport(Dir::Orig), flow.sport(Dir::Orig)]
+    } else {
+        // ICMP: the id of the original and the reply's own type and code.
+        [flow.sport(Dir::Orig), flow.dport(Dir::Reply)]
+    };
+    emit_proto(w, flow.l4proto, flow.is_ipv6(), l4);
+    if let Some(zones) = flow.extra().and_then(|e| e.tuple_zones) {
+        w.put_u16_be(tuple::ZONE, zones[1]);
     }
     w.end_nest(t);
 }
@@ -695,7 +725,8 @@ impl<'a> AttrWriter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{Dir, FlowExtra, TcpInfo, tcp_state};
+    use crate::flow::Dir;
+    use crate::flow::{FlowExtra, TcpInfo, tcp_state};
     use std::net::Ipv4Addr;
 
     fn emit(f: impl FnOnce(&mut AttrWriter<'_>)) -> Vec<u8> {
@@ -824,7 +855,13 @@ mod tests {
                 6, 0, 2, 0, 0xc8, 0x22, 0, 0, // PORT_MAX
         ];
         assert!(bytes.windows(nat.len()).any(|w| w == nat), "{bytes:?}");
-        assert_eq!(round_trip(&f), expected_after_trip(&f));
+        // The reply tuple sent is the untranslated one; the kernel derives
+        // the translated one from CTA_NAT_SRC.
+        let sent = round_trip(&f);
+        assert_eq!(sent.snat(), None);
+        assert_eq!(sent.dst(Dir::Reply), f.src(Dir::Orig));
+        assert_eq!(sent.dport(Dir::Reply), 40000);
+        assert_eq!(sent.key(), f.key());
         // An update carries neither the reply tuple nor NAT.
         let upd = emit(|w| emit_update(w, &f, &EmitOptions::default()));
         let back = parse_flow(&upd).unwrap();
@@ -846,7 +883,9 @@ mod tests {
         let mut nat = vec![44, 0, 13, 0x80, 20, 0, 4, 0];
         nat.extend_from_slice(&"fd00::53".parse::<std::net::Ipv6Addr>().unwrap().octets());
         assert!(bytes.windows(nat.len()).any(|w| w == nat));
-        assert_eq!(round_trip(&f), expected_after_trip(&f));
+        let sent = round_trip(&f);
+        assert_eq!(sent.dnat(), None);
+        assert_eq!(sent.src(Dir::Reply), f.dst(Dir::Orig));
     }
 
     #[test]
