@@ -680,7 +680,8 @@ impl<'a> AttrWriter<'a> {
         let len = 4 + value.len();
         self.header(kind, len);
         self.buf.extend_from_slice(value);
-        self.pad();
+        let pad = len.next_multiple_of(4) - len;
+        self.buf.extend_from_slice(&[0; 3][..pad]);
     }
 
     /// A big-endian u16 attribute.
@@ -708,17 +709,13 @@ impl<'a> AttrWriter<'a> {
         nla.set_length(u16::try_from(len).unwrap_or(u16::MAX));
     }
 
+    /// `struct nlattr { u16 nla_len; u16 nla_type; }` in host order, written
+    /// directly: this runs about fifteen times per committed flow.
     fn header(&mut self, kind: u16, len: usize) {
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&[0; 4]);
-        let mut nla = NlaBuffer::new(&mut self.buf[at..at + 4]);
-        nla.set_kind(kind);
-        nla.set_length(u16::try_from(len).unwrap_or(u16::MAX));
-    }
-
-    fn pad(&mut self) {
-        let padded = self.buf.len().next_multiple_of(4);
-        self.buf.resize(padded, 0);
+        let len = u16::try_from(len).unwrap_or(u16::MAX);
+        let [l0, l1] = len.to_ne_bytes();
+        let [k0, k1] = kind.to_ne_bytes();
+        self.buf.extend_from_slice(&[l0, l1, k0, k1]);
     }
 }
 
