@@ -470,3 +470,22 @@ fn delete_set_timeout_all_and_flush() {
     assert_eq!(left, 0);
     assert_eq!(ns.exec("conntrack -C").trim(), "0");
 }
+
+#[test]
+fn reliable_mode_reports_no_overrun() {
+    // NETLINK_NO_ENOBUFS: the same burst into a tiny buffer loses events
+    // silently (destroy events are kept and re-sent by the kernel) instead
+    // of failing recvmsg.
+    let ns = Netns::new("reliable");
+    let (seen, stats) = ns.run(|| {
+        let cfg = EventConfig { rcvbuf: 4096, reliable: true };
+        let mut sock = EventSocket::open(&cfg).unwrap();
+        Kernel::open().unwrap().commit(&many_flows(20_000), &Default::default()).unwrap();
+        let mut seen = Vec::new();
+        sock.recv(&mut seen, usize::MAX).unwrap();
+        (seen, sock.stats())
+    });
+    assert!(seen.iter().all(|e| e.event != CtEvent::Overrun));
+    assert_eq!(stats.overruns, 0);
+    assert!(stats.received > 0 && stats.received < 20_000, "{stats:?}");
+}

@@ -204,6 +204,12 @@ pub fn flow_from_attrs(attrs: &[ConntrackAttribute]) -> Result<Flow, ConvertErro
         }
         _ => return Err(ConvertError::MixedFamilies),
     };
+    // Only ports, GRE keys and ICMP fields are part of a tuple; anything
+    // else a message carries for other protocols is dropped, so that the
+    // flow reads back the same after a commit.
+    if !flow.has_ports() && !matches!(flow.l4proto, proto::ICMP | proto::ICMPV6) {
+        flow.l4 = [0; 4];
+    }
     if orig.zone.is_some() || reply.zone.is_some() {
         flow.extra_mut().tuple_zones = Some([orig.zone.unwrap_or(0), reply.zone.unwrap_or(0)]);
     }

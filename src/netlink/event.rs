@@ -241,3 +241,85 @@ pub(super) fn set_rcvbuf(sock: &Socket, bytes: usize) -> io::Result<()> {
 pub(super) fn ctx(e: io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{proto, status};
+    use crate::netlink::convert::{AttrWriter, EmitOptions, emit_create, emit_key};
+    use crate::netlink::msg::{NLM_F_EXCL, NLM_F_REQUEST, ct_message};
+    use proptest::prelude::*;
+
+    /// An event stream as the kernel sends it: NEW (with NLM_F_CREATE),
+    /// UPDATE, DESTROY (tuple only), and a message of another subsystem.
+    fn stream() -> (Vec<u8>, Flow) {
+        let mut f = Flow::new_v4(proto::TCP, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1, 2);
+        f.status |= status::SEEN_REPLY;
+        f.timeout = 30;
+        let mut buf = Vec::new();
+        let eo = EmitOptions::default();
+        let create = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL;
+        ct_message(&mut buf, IPCTNL_MSG_CT_NEW, create, 0, 2, |w| emit_create(w, &f, &eo));
+        ct_message(&mut buf, IPCTNL_MSG_CT_NEW, 0, 0, 2, |w| emit_create(w, &f, &eo));
+        ct_message(&mut buf, IPCTNL_MSG_CT_DELETE, 0, 0, 2, |w| emit_key(w, &f.key()));
+        // nfnetlink subsystem 2 (ctnetlink expectations): ignored.
+        let start = buf.len();
+        ct_message(&mut buf, IPCTNL_MSG_CT_NEW, 0, 0, 2, |_| {});
+        buf[start + 5] = 2;
+        (buf, f)
+    }
+
+    #[test]
+    fn new_update_destroy_and_origin() {
+        let (mut buf, f) = stream();
+        buf[12..16].copy_from_slice(&77u32.to_ne_bytes()); // nlmsg_pid of the NEW
+        let mut out = Vec::new();
+        let stats = decode_events(&buf, &mut out);
+        assert_eq!(stats, DecodeStats { events: 3, errors: 0, ignored: 1 });
+        let mut sent = f.clone();
+        sent.status = crate::netlink::convert::status_to_send(f.status);
+        assert_eq!(out[0], EventItem { event: CtEvent::New(sent.clone()), origin_pid: 77 });
+        assert_eq!(out[1], EventItem { event: CtEvent::Update(sent), origin_pid: 0 });
+        let CtEvent::Destroy(d) = &out[2].event else { panic!("{out:?}") };
+        assert_eq!(d.key(), f.key());
+    }
+
+    #[test]
+    fn a_bad_message_is_counted_and_skipped() {
+        let (good, _) = stream();
+        let mut buf = Vec::new();
+        // A NEW whose only attribute is a truncated CTA_TIMEOUT.
+        ct_message(&mut buf, IPCTNL_MSG_CT_NEW, 0, 0, 2, |w: &mut AttrWriter<'_>| {
+            w.put(7, &[0, 0])
+        });
+        buf.extend_from_slice(&good);
+        let mut out = Vec::new();
+        let stats = decode_events(&buf, &mut out);
+        assert_eq!((stats.events, stats.errors), (3, 1));
+        // A truncated tail: what came before is kept.
+        let mut out = Vec::new();
+        let stats = decode_events(&good[..good.len() - 3], &mut out);
+        assert_eq!((stats.events, stats.errors), (3, 1));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut out = Vec::new();
+            let stats = decode_events(&bytes, &mut out);
+            prop_assert_eq!(stats.events, out.len());
+        }
+
+        #[test]
+        fn never_panics_on_mutated_events(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let (mut buf, _) = stream();
+            for (at, byte) in flips {
+                let i = at % buf.len();
+                buf[i] = byte;
+            }
+            let mut out = Vec::new();
+            let stats = decode_events(&buf, &mut out);
+            prop_assert_eq!(stats.events, out.len());
+        }
+    }
+}
