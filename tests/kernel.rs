@@ -180,7 +180,7 @@ fn gre_flow_if_the_kernel_tracks_gre() {
         return;
     }
     let ns = firewall_ns("gre");
-    let mut gre = Flow::new_v4(proto::GRE, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 0, 0);
+    let mut gre = Flow::new_v4(proto::GRE, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 0x10, 0x20);
     gre.status |= status::SEEN_REPLY;
     gre.timeout = 100;
     let f = gre.clone();
@@ -498,4 +498,23 @@ fn reliable_mode_reports_no_overrun() {
     assert!(seen.iter().all(|e| e.event != CtEvent::Overrun));
     assert_eq!(stats.overruns, 0);
     assert!(stats.received > 0 && stats.received < 20_000, "{stats:?}");
+}
+
+#[test]
+fn failures_are_reported_per_flow_across_batches() {
+    let ns = Netns::new("failures");
+    let mut flows: Vec<Flow> = (0..1000)
+        .map(|i| tcp_established([10, 0, (i >> 8) as u8, i as u8], [10, 1, 0, 1], 1000, 80))
+        .collect();
+    // An impossible TCP state: the attribute policy refuses it (ERANGE).
+    let bad = [3usize, 500, 999];
+    for &i in &bad {
+        flows[i].proto_state = 200;
+    }
+    let want: Vec<_> = bad.iter().map(|&i| (flows[i].key(), libc::ERANGE)).collect();
+    let report =
+        ns.run(move || Kernel::open().unwrap().commit(&flows, &Default::default()).unwrap());
+    assert_eq!(report.created, 997);
+    assert_eq!(report.failed, want);
+    assert_eq!(ns.exec("conntrack -C").trim(), "997");
 }
