@@ -114,6 +114,10 @@ fn sample_flows() -> Vec<(Flow, Vec<&'static str>)> {
     let mut labelled = tcp_established([10, 0, 0, 1], [10, 0, 0, 2], 40004, 80);
     labelled.extra_mut().labels = Some((1 << 1) | (1 << 70));
     out.push((labelled, vec!["sport=40004"]));
+    // A helper (the FTP one), when the kernel has it.
+    let mut ftp = tcp_established([10, 0, 0, 1], [10, 0, 0, 2], 40005, 21);
+    ftp.extra_mut().helper = Some("ftp".into());
+    out.push((ftp, vec!["sport=40005"]));
     out
 }
 
