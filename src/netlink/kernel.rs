@@ -1,0 +1,315 @@
+//! The request socket: dump, batched commit, delete, timeout update, flush.
+//!
+//! Batching: messages are packed into one buffer of about [`BATCH_BYTES`]
+//! and sent with one `sendmsg`. Each message has its own sequence number and
+//! no `NLM_F_ACK`, so the kernel answers only failures, each carrying the
+//! failing message's sequence number; the last message of a batch has
+//! `NLM_F_ACK`, so its answer (ack or error) always comes, after all the
+//! others, and tells that the batch is done.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+use super::convert::{
+    EmitOptions, emit_create, emit_key, emit_timeout_update, emit_update, parse_flow,
+};
+use super::event::{ctx, set_rcvbuf};
+use super::msg::{
+    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_NEW, Messages, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, add_flags, ct_message,
+};
+use crate::flow::{Flow, FlowKey};
+
+/// Bytes of messages per `sendmsg`: well under the default socket send
+/// buffer (212992), and small enough that the errors of a batch that fails
+/// entirely fit the receive buffer.
+pub const BATCH_BYTES: usize = 64 << 10;
+
+/// Receive buffer of the request socket: room for every error of a batch.
+const REQUEST_RCVBUF: usize = 8 << 20;
+
+/// How a commit writes flows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitOptions {
+    /// Override every flow's timeout (seconds).
+    pub timeout: Option<u32>,
+    /// Add `IP_CT_TCP_FLAG_BE_LIBERAL` (flag and mask) to both TCP
+    /// directions, because ctnetlink cannot carry the TCP window.
+    pub be_liberal: bool,
+}
+
+/// What a commit or delete did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Entries created.
+    pub created: usize,
+    /// Entries that existed and were updated.
+    pub updated: usize,
+    /// Entries deleted ([`Kernel::delete`] only).
+    pub deleted: usize,
+    /// Flows the kernel refused, with its errno.
+    pub failed: Vec<(FlowKey, i32)>,
+    /// Wall time of the whole operation.
+    pub elapsed: Duration,
+}
+
+/// A blocking ctnetlink request socket.
+pub struct Kernel {
+    sock: Socket,
+    port_id: u32,
+    seq: u32,
+    send_buf: Vec<u8>,
+    recv_buf: Vec<u8>,
+    decode_errors: u64,
+}
+
+impl Kernel {
+    /// Open a request socket in the current network namespace.
+    pub fn open() -> io::Result<Kernel> {
+        let mut sock = Socket::new(NETLINK_NETFILTER)
+            .map_err(|e| ctx(e, "cannot open a NETLINK_NETFILTER socket"))?;
+        let addr = sock.bind_auto().map_err(|e| ctx(e, "cannot bind the request socket"))?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        // Errors then carry only the failing header, not the whole request.
+        sock.set_cap_ack(true).map_err(|e| ctx(e, "cannot set NETLINK_CAP_ACK"))?;
+        set_rcvbuf(&sock, REQUEST_RCVBUF)?;
+        Ok(Kernel {
+            sock,
+            port_id: addr.port_number(),
+            seq: 1,
+            send_buf: Vec::with_capacity(BATCH_BYTES + 4096),
+            recv_buf: Vec::with_capacity(1 << 20),
+            decode_errors: 0,
+        })
+    }
+
+    /// Our netlink port id: events whose `origin_pid` equals it were caused
+    /// by this socket.
+    pub fn port_id(&self) -> u32 {
+        self.port_id
+    }
+
+    /// Dumped entries that could not be decoded and were skipped, since open.
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    /// The whole table of both families.
+    pub fn dump(&mut self) -> io::Result<Vec<Flow>> {
+        let mut flows = Vec::new();
+        self.dump_into(|f| flows.push(f))?;
+        Ok(flows)
+    }
+
+    /// The whole table of both families, one flow at a time.
+    pub fn dump_into(&mut self, mut f: impl FnMut(Flow)) -> io::Result<()> {
+        let seq = self.next_seq();
+        self.send_buf.clear();
+        let flags = NLM_F_REQUEST | NLM_F_DUMP;
+        ct_message(
+            &mut self.send_buf,
+            IPCTNL_MSG_CT_GET,
+            flags,
+            seq,
+            libc::AF_UNSPEC as u8,
+            |_| {},
+        );
+        self.sock.send(&self.send_buf, 0).map_err(|e| ctx(e, "cannot request a conntrack dump"))?;
+        loop {
+            self.recv_buf.clear();
+            let n = recv(&self.sock, &mut self.recv_buf).map_err(|e| ctx(e, "conntrack dump"))?;
+            for msg in Messages::new(&self.recv_buf[..n]) {
+                let Ok((_, msg)) = msg else {
+                    self.decode_errors += 1;
+                    break;
+                };
+                if msg.seq != seq {
+                    continue;
+                }
+                match msg.msg_type {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => match msg.errno() {
+                        Some(0) | None => {}
+                        Some(errno) => {
+                            return Err(ctx(io::Error::from_raw_os_error(errno), "conntrack dump"));
+                        }
+                    },
+                    _ => match msg.ctnetlink().map(|(_, attrs)| parse_flow(attrs)) {
+                        Some(Ok(flow)) => f(flow),
+                        _ => self.decode_errors += 1,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Create each flow; a flow that exists already (EEXIST) is updated
+    /// instead, without its reply tuple, NAT and helper, which the kernel
+    /// does not let an update change.
+    pub fn commit<'a>(
+        &mut self,
+        flows: impl IntoIterator<Item = &'a Flow>,
+        opts: &CommitOptions,
+    ) -> io::Result<CommitReport> {
+        let start = Instant::now();
+        let eo = EmitOptions { timeout: opts.timeout, be_liberal: opts.be_liberal };
+        let create_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL;
+        let (created, refused) = self.batched(flows, |buf, seq, flow: &Flow| {
+            ct_message(buf, IPCTNL_MSG_CT_NEW, create_flags, seq, flow.family(), |w| {
+                emit_create(w, flow, &eo)
+            })
+        })?;
+        let mut report = CommitReport { created, ..CommitReport::default() };
+        let mut existing = Vec::new();
+        for (flow, errno) in refused {
+            if errno == libc::EEXIST {
+                existing.push(flow);
+            } else {
+                report.failed.push((flow.key(), errno));
+            }
+        }
+        let (updated, refused) = self.batched(existing, |buf, seq, flow: &Flow| {
+            ct_message(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST, seq, flow.family(), |w| {
+                emit_update(w, flow, &eo)
+            })
+        })?;
+        report.updated = updated;
+        report.failed.extend(refused.into_iter().map(|(f, e)| (f.key(), e)));
+        report.elapsed = start.elapsed();
+        Ok(report)
+    }
+
+    /// Delete the entries with these keys; missing ones fail with ENOENT.
+    pub fn delete<'a>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'a FlowKey>,
+    ) -> io::Result<CommitReport> {
+        let start = Instant::now();
+        let (deleted, refused) = self.batched(keys, |buf, seq, key: &FlowKey| {
+            let family = if key.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET } as u8;
+            ct_message(buf, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST, seq, family, |w| emit_key(w, key))
+        })?;
+        Ok(CommitReport {
+            deleted,
+            failed: refused.into_iter().map(|(k, e)| (*k, e)).collect(),
+            elapsed: start.elapsed(),
+            ..CommitReport::default()
+        })
+    }
+
+    /// Set the timeout of every entry to `secs`; returns how many entries
+    /// were changed (entries that vanished meanwhile are not counted).
+    pub fn set_timeout_all(&mut self, secs: u32) -> io::Result<usize> {
+        let flows = self.dump()?;
+        let (changed, _gone) = self.batched(&flows, |buf, seq, flow: &Flow| {
+            ct_message(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST, seq, flow.family(), |w| {
+                emit_timeout_update(w, flow, secs)
+            })
+        })?;
+        Ok(changed)
+    }
+
+    /// Remove every entry of both families.
+    pub fn flush(&mut self) -> io::Result<()> {
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            let (_, refused) = self.batched([&family], |buf, seq, family: &u8| {
+                ct_message(buf, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST, seq, *family, |_| {})
+            })?;
+            if let Some((_, errno)) = refused.first() {
+                return Err(ctx(io::Error::from_raw_os_error(*errno), "conntrack flush"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Send one message per item, batched; returns how many succeeded and
+    /// the items the kernel refused with their errno.
+    fn batched<'i, T: ?Sized + 'i>(
+        &mut self,
+        items: impl IntoIterator<Item = &'i T>,
+        mut emit: impl FnMut(&mut Vec<u8>, u32, &T),
+    ) -> io::Result<(usize, Vec<(&'i T, i32)>)> {
+        let mut ok = 0;
+        let mut refused = Vec::new();
+        let mut pending: Vec<&'i T> = Vec::new();
+        let mut first_seq = 0;
+        let mut last_start = 0;
+        self.send_buf.clear();
+        for item in items {
+            let seq = self.next_seq();
+            if pending.is_empty() {
+                first_seq = seq;
+            }
+            last_start = self.send_buf.len();
+            emit(&mut self.send_buf, seq, item);
+            pending.push(item);
+            if self.send_buf.len() >= BATCH_BYTES {
+                ok += self.send_batch(first_seq, last_start, &pending, &mut refused)?;
+                pending.clear();
+                self.send_buf.clear();
+            }
+        }
+        if !pending.is_empty() {
+            ok += self.send_batch(first_seq, last_start, &pending, &mut refused)?;
+            self.send_buf.clear();
+        }
+        Ok((ok, refused))
+    }
+
+    /// Send `send_buf` (messages with sequence numbers `first_seq..`, the
+    /// last one starting at `last_start`) and collect the answers.
+    fn send_batch<'i, T: ?Sized>(
+        &mut self,
+        first_seq: u32,
+        last_start: usize,
+        pending: &[&'i T],
+        refused: &mut Vec<(&'i T, i32)>,
+    ) -> io::Result<usize> {
+        add_flags(&mut self.send_buf, last_start, NLM_F_ACK);
+        let last_seq = first_seq.wrapping_add(pending.len() as u32 - 1);
+        self.sock.send(&self.send_buf, 0).map_err(|e| ctx(e, "cannot send conntrack requests"))?;
+        let mut failures = 0;
+        loop {
+            self.recv_buf.clear();
+            let n = recv(&self.sock, &mut self.recv_buf).map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOBUFS) {
+                    ctx(e, "answers to a conntrack batch were lost")
+                } else {
+                    ctx(e, "cannot read conntrack answers")
+                }
+            })?;
+            let mut done = false;
+            for msg in Messages::new(&self.recv_buf[..n]) {
+                let Ok((_, msg)) = msg else { break };
+                let Some(errno) = msg.errno() else { continue };
+                let index = msg.seq.wrapping_sub(first_seq) as usize;
+                if let (Some(item), true) = (pending.get(index), errno != 0) {
+                    refused.push((*item, errno));
+                    failures += 1;
+                }
+                done |= msg.seq == last_seq;
+            }
+            if done {
+                return Ok(pending.len() - failures);
+            }
+        }
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+}
+
+/// One blocking `recv`, retried on EINTR.
+fn recv(sock: &Socket, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        match sock.recv(buf, 0) {
+            Ok(n) => return Ok(n.min(buf.len())),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
