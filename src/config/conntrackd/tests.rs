@@ -462,3 +462,15 @@ fn unsupported_setups_are_refused() {
         "NOTRACK",
     );
 }
+
+#[test]
+fn error_lines_read_as_documented() {
+    let e = err(
+        "Sync {\n\tUDP { IPv4_Destination_Address 10.0.0.2 }\n}\nGeneral {\n\thashlimit 5\n}\n",
+    );
+    assert_eq!(
+        e.to_string(),
+        "/etc/conntrackd/conntrackd.conf:5:2: hashlimit: unknown keyword \"hashlimit\" in General \
+         (keywords are case-sensitive: did you mean HashLimit?)"
+    );
+}
