@@ -474,3 +474,19 @@ fn error_lines_read_as_documented() {
          (keywords are case-sensitive: did you mean HashLimit?)"
     );
 }
+
+#[test]
+fn truncated_and_mangled_files_give_errors_not_panics() {
+    let text = std::fs::read_to_string(fixture("primary.conf")).unwrap();
+    let full = parse(&text).unwrap();
+    for (cut, _) in text.char_indices() {
+        if let Ok(c) = parse(&text[..cut]) {
+            // Only a cut after the last block can still hold the whole file.
+            assert_eq!(c.sync, full.sync, "cut at {cut}");
+        }
+    }
+    for junk in ["}", "{", "Sync", "Sync {", "Sync { UDP Default", "Sync { Mode }", "General { {"] {
+        let e = err(junk);
+        assert!(e.line().is_some(), "{junk:?}: {e}");
+    }
+}
