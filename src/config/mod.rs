@@ -10,7 +10,12 @@
 //!
 //! The schema is written out with its defaults in `config/primary.yaml`;
 //! option names follow conntrackd's (see `conntrackd-protocol.md`).
+//!
+//! An existing conntrackd.conf is read too: [`from_str`] recognises its
+//! syntax and hands it to [`conntrackd`], which maps it onto the same
+//! `Config`.
 
+pub mod conntrackd;
 mod locate;
 mod raw;
 mod value;
@@ -31,7 +36,8 @@ use raw::{ChannelType, RawChannel, RawConfig, RawLists, Scalar};
 /// The default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/ctsync/ctsyncd.yaml";
 
-/// Read and validate the configuration file at `path`.
+/// Read and validate the configuration file at `path`: our YAML or a
+/// conntrackd.conf.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
@@ -39,8 +45,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Parse and validate `text` as if it had been read from `origin` (which
-/// only appears in error messages).
+/// only appears in error messages): as conntrackd.conf if
+/// [`conntrackd::is_conntrackd_syntax`] says so, as YAML otherwise.
 pub fn from_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    if conntrackd::is_conntrackd_syntax(text) {
+        return conntrackd::from_str(text, origin);
+    }
     let locations = Locations::scan(text);
     let ctx = Ctx { file: origin, locations: &locations };
     let raw: RawConfig = if is_blank(text) {
@@ -58,6 +68,10 @@ pub struct Config {
     pub general: GeneralConfig,
     /// Replication settings.
     pub sync: SyncConfig,
+    /// Options of a conntrackd.conf that were read but are not acted on,
+    /// each naming the file, line and option; the daemon logs them at
+    /// start. Always empty for YAML, and not part of [`Config::to_yaml`].
+    pub warnings: Vec<String>,
 }
 
 /// The `general` section.
@@ -621,7 +635,7 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         startup_resync: s.startup_resync,
         channels,
     };
-    Ok(Config { general, sync })
+    Ok(Config { general, sync, warnings: Vec::new() })
 }
 
 fn channel(ctx: &Ctx<'_>, key: &str, c: &RawChannel) -> Result<ChannelConfig, ConfigError> {
