@@ -3,8 +3,12 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::Config;
-use crate::logging;
+use crate::channel::{LinkKind, LinkSpec};
+use crate::config::{self, ChannelKind, Config};
+use crate::filter::Filter;
+use crate::ftfw::FtfwConfig;
+use crate::logging::{self, LogTarget};
+use crate::netlink::EventConfig;
 use crate::reactor::{Daemon, DaemonConfig};
 use crate::systemd::LockFile;
 
@@ -19,12 +23,18 @@ pub fn run(path: &Path, daemonize: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = logging::init(&cfg.log_target(), cfg.log_level()) {
+    if let Err(e) = logging::init(&log_target(&cfg), log_level(&cfg)) {
         eprintln!("ctsyncd: cannot open the log: {e}");
         return ExitCode::from(2);
     }
-    for warning in cfg.warnings() {
-        log::warn!("{}: {warning}", path.display());
+    for warning in &cfg.warnings {
+        log::warn!("{warning}");
+    }
+    if cfg.sync.wire == config::WireFormat::Conntrackd {
+        log::warn!(
+            "{}: conntrackd's wire format is not available in this version; speaking the native format, so the peer must run ctsyncd",
+            path.display()
+        );
     }
     let lock = match LockFile::acquire(&cfg.general.lock_file) {
         Ok(lock) => lock,
@@ -60,6 +70,66 @@ pub fn run(path: &Path, daemonize: bool) -> ExitCode {
     }
 }
 
+/// Translate the validated config into what the reactor needs.
 fn daemon_config(cfg: &Config) -> DaemonConfig {
-    cfg.daemon_config()
+    let sync = &cfg.sync;
+    let links: Vec<LinkSpec> = sync
+        .channels
+        .iter()
+        .map(|c| LinkSpec {
+            kind: match c.kind {
+                ChannelKind::Udp { peer } => LinkKind::Unicast { peer },
+                ChannelKind::Multicast { group } => LinkKind::Multicast { group },
+            },
+            local: Some(c.local),
+            interface: c.interface.clone(),
+            port: c.port,
+            sndbuf: c.sndbuf.map(|n| n.get()),
+            rcvbuf: c.rcvbuf.map(|n| n.get()),
+        })
+        .collect();
+    DaemonConfig {
+        control_socket: cfg.general.control_socket.clone(),
+        cache_limit: cfg.general.cache_limit.get(),
+        events: EventConfig {
+            rcvbuf: cfg.general.netlink.rcvbuf.get(),
+            reliable: cfg.general.netlink.reliable_events,
+        },
+        rcvbuf_max: cfg.general.netlink.rcvbuf_max.get(),
+        overrun_resync: cfg.general.netlink.overrun_resync,
+        ftfw: FtfwConfig {
+            resend_queue: sync.resend_queue.get() as usize,
+            ack_window: sync.ack_window.get(),
+            alive_interval: sync.alive_interval,
+            peer_timeout: sync.peer_timeout,
+            max_datagram: usize::from(sync.max_datagram),
+            max_seq_jump: sync.resend_queue.get(),
+        },
+        links,
+        commit_timeout: sync.commit_timeout.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32),
+        purge_timeout: sync.purge_timeout.as_secs().min(u64::from(u32::MAX)) as u32,
+        be_liberal: !sync.tcp_window_tracking,
+        filter: Filter::from_config(cfg),
+    }
+}
+
+fn log_target(cfg: &Config) -> LogTarget {
+    let log = &cfg.general.log;
+    match log.target {
+        config::LogTarget::Stderr => LogTarget::Stderr,
+        config::LogTarget::Syslog => LogTarget::Syslog { facility: (log.syslog_facility.code() / 8) as u8 },
+        config::LogTarget::File => LogTarget::File(
+            log.file.clone().unwrap_or_else(|| "/var/log/ctsyncd.log".into()),
+        ),
+    }
+}
+
+fn log_level(cfg: &Config) -> log::LevelFilter {
+    match cfg.general.log.level {
+        config::LogLevel::Error => log::LevelFilter::Error,
+        config::LogLevel::Warn => log::LevelFilter::Warn,
+        config::LogLevel::Info => log::LevelFilter::Info,
+        config::LogLevel::Debug => log::LevelFilter::Debug,
+        config::LogLevel::Trace => log::LevelFilter::Trace,
+    }
 }

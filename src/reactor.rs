@@ -548,8 +548,16 @@ impl Daemon {
                     }
                 }
             }
-            if let Some(frame_len) = control::request_frame_len(&client.input) {
-                let reply = match control::decode_request(&client.input[..frame_len]) {
+            let frame = control::request_frame_len(&client.input);
+            if let Ok(None) = frame {
+                if client.input.len() > MAX_REQUEST {
+                    keep = false;
+                }
+            } else {
+                let decoded = frame.and_then(|n| {
+                    control::decode_request(&client.input[..n.unwrap_or(client.input.len())])
+                });
+                let reply = match decoded {
                     Ok((request, json)) => {
                         self.stats.control_requests += 1;
                         self.execute(request, json)
@@ -570,8 +578,6 @@ impl Daemon {
                 }
                 client.done = true;
                 keep = true;
-            } else if client.input.len() > MAX_REQUEST {
-                keep = false;
             }
         }
         let _ = writable;

@@ -38,8 +38,7 @@ impl Pair {
         run(Command::new("ip").args(["link", "add", "sync0", "netns", fw[0].name()])
             .args(["type", "veth", "peer", "name", "sync0", "netns", fw[1].name()]));
         for (i, ns) in fw.iter().enumerate() {
-            ns.exec(&["ip", "addr", "add", &format!("10.255.0.{}/30", i + 1), "dev", "sync0"]);
-            ns.exec(&["ip", "link", "set", "sync0", "up"]);
+            ns.exec(&format!("ip addr add 10.255.0.{}/30 dev sync0 && ip link set sync0 up", i + 1));
             let peer = 2 - i;
             std::fs::write(
                 dir.join(format!("fw{}.yaml", i + 1)),
@@ -240,13 +239,13 @@ fn flows_updates_and_destroys_reach_the_peer_and_commit_into_its_kernel() {
     flows.push(udp);
     pair.commit_flows(0, flows.clone());
     // conntrack's own CLI, as an operator would.
-    run(Command::new("ip").args(["netns", "exec", pair.fw[0].name(), "conntrack", "-I", "-p", "udp", "-s", "10.3.0.1", "-d", "10.3.0.2", "--sport", "4000", "--dport", "4001", "-t", "100"]));
+    pair.fw[0].exec("conntrack -I -p udp -s 10.3.0.1 -d 10.3.0.2 --sport 4000 --dport 4001 -t 100");
     pair.converge(0, Duration::from_secs(10));
     assert_eq!(pair.cache_lines(1, "-e").len(), 62);
 
     // Updates (mark) and destroys follow.
-    run(Command::new("ip").args(["netns", "exec", pair.fw[0].name(), "conntrack", "-U", "-s", "10.1.0.3", "-m", "42"]));
-    run(Command::new("ip").args(["netns", "exec", pair.fw[0].name(), "conntrack", "-D", "-s", "10.1.0.4"]));
+    pair.fw[0].exec("conntrack -U -s 10.1.0.3 -m 42");
+    pair.fw[0].exec("conntrack -D -s 10.1.0.4");
     pair.converge(0, Duration::from_secs(10));
     let ext = pair.cache_lines(1, "-e");
     assert!(ext.iter().any(|l| l.contains("src=10.1.0.3 ") && l.contains("mark=42")), "{ext:#?}");
@@ -388,7 +387,11 @@ fn garbage_datagrams_are_dropped_and_counted_and_sync_goes_on() {
         s.bind(('10.255.0.1',0))\n\
         for i in range(200):\n    s.sendto(os.urandom(i*7%1400+1),('10.255.0.2',3780))\n\
         s.sendto(b'CT\\x01',('10.255.0.2',3780))\n";
-    run(Command::new("ip").args(["netns", "exec", pair.fw[0].name(), "python3", "-c", script]));
+    let out = Command::new("ip")
+        .args(["netns", "exec", pair.fw[0].name(), "python3", "-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     pair.commit_flows(0, (10..30).map(tcp_flow).collect());
     pair.converge(0, Duration::from_secs(10));
     let stats: serde_json::Value = serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
