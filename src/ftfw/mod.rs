@@ -137,7 +137,7 @@ pub struct FtfwStats {
     /// NACKs sent / received.
     pub nacks_sent: u64,
     pub nacks_received: u64,
-    /// Datagrams carrying nothing but ALIVE.
+    /// Keepalive datagrams (ALIVE, or the ACK that stands for it).
     pub alive_sent: u64,
     /// Gaps seen in the peer's sequence (each answered by a NACK).
     pub gaps: u64,
@@ -421,7 +421,7 @@ impl Ftfw {
         if let Some(rx) = &mut self.rx
             && (rx.ack_due || keepalive_due)
         {
-            let msg = MessageRef::Ack { from: rx.run_start.0, to: rx.expected.sub(1).0 };
+            let msg = MessageRef::Ack { from: rx.run_start.0, to: rx.expected.minus(1).0 };
             if dg.push(&*self.codec, &msg, buf) {
                 rx.ack_due = false;
                 rx.since_ack = 0;
@@ -437,6 +437,8 @@ impl Ftfw {
                 return None;
             }
             dg.push(&*self.codec, &MessageRef::Alive, buf);
+        }
+        if keepalive_due {
             self.stats.alive_sent += 1;
         }
         let sequenced = dg.seq.diff(first_seq) > 0;
@@ -525,7 +527,7 @@ impl Ftfw {
 
     // ----- receiving -----------------------------------------------------
 
-    fn process(&mut self, now: Instant, hdr: &DatagramHeader, msgs: &mut Vec<Received>) {
+    fn process(&mut self, now: Instant, hdr: &DatagramHeader, msgs: &mut [Received]) {
         // Handshake first: a HELLO sets the base for the rest.
         for r in msgs.iter() {
             match r.msg {
@@ -578,7 +580,8 @@ impl Ftfw {
     }
 
     fn process_control(&mut self, msgs: &[Received]) {
-        for r in msgs {
+        // Sequenced slots were counted by `on_sequenced`.
+        for r in msgs.iter().filter(|r| !r.sequenced) {
             match &r.msg {
                 Ok(Message::Ack { from, to }) => {
                     self.stats.acks_received += 1;
@@ -610,9 +613,9 @@ impl Ftfw {
             // Gap: acknowledge the run so far, report the hole, move on.
             self.stats.gaps += 1;
             if rx.expected.diff(rx.run_start) > 0 {
-                self.ranges.push_back(Range::Ack(rx.run_start, rx.expected.sub(1)));
+                self.ranges.push_back(Range::Ack(rx.run_start, rx.expected.minus(1)));
             }
-            self.ranges.push_back(Range::Nack(rx.expected, seq.sub(1)));
+            self.ranges.push_back(Range::Nack(rx.expected, seq.minus(1)));
             while self.ranges.len() > MAX_PENDING_RANGES {
                 // Advisory only: the next cumulative ACK repairs a lost one.
                 self.ranges.pop_front();
@@ -750,7 +753,8 @@ impl Ftfw {
         } else {
             self.resend.nack(from, to, &mut self.lost);
         }
-        for item in self.lost.drain(..) {
+        // Requeued at the front in reverse, so that they go in seq order.
+        for item in self.lost.drain(..).rev() {
             if self.tx.requeue(item) {
                 self.stats.resent += 1;
             } else {

@@ -236,7 +236,7 @@ impl ResendQueue {
 
     /// The seq after the last held entry.
     pub fn next(&self) -> Seq {
-        self.first.add(self.ring.len() as u32)
+        self.first.plus(self.ring.len() as u32)
     }
 
     /// Hold a message sent with `seq`, which must be [`ResendQueue::next`].
@@ -286,7 +286,7 @@ impl ResendQueue {
         let Some(end) = to.distance_from(self.first) else { return };
         let end = (end as usize + 1).min(self.ring.len());
         for i in start..end {
-            let seq = self.first.add(i as u32);
+            let seq = self.first.plus(i as u32);
             let Some(held) = self.ring.get_mut(i) else { break };
             if held.live {
                 held.live = false;
@@ -395,27 +395,27 @@ mod tests {
         let mut rs = ResendQueue::new(16, base);
         for i in 0..6u32 {
             let port = if i == 4 { 1 } else { i as u16 + 10 };
-            rs.push(base.add(i), Item::Upsert { flow: flow(port), new: false });
+            rs.push(base.plus(i), Item::Upsert { flow: flow(port), new: false });
         }
         // seq base+0 was port 10, base+4 supersedes nothing (port 1 is new).
         assert_eq!(rs.live(), 6);
-        rs.push(base.add(6), Item::Destroy(flow(10).key())); // supersedes base+0
+        rs.push(base.plus(6), Item::Destroy(flow(10).key())); // supersedes base+0
         assert_eq!(rs.live(), 6);
         let mut lost = Vec::new();
-        rs.nack(base.add(1), base.add(2), &mut lost);
+        rs.nack(base.plus(1), base.plus(2), &mut lost);
         assert_eq!(lost.len(), 2);
         // base+0 is superseded, base+1 and +2 were nacked: trimmed away.
         assert_eq!(rs.len(), 4);
         lost.clear();
         // Accepted [base+4, base+5]; base+3 is lost.
-        rs.ack(base.add(4), base.add(5), &mut lost);
+        rs.ack(base.plus(4), base.plus(5), &mut lost);
         assert_eq!(lost, vec![Item::Upsert { flow: flow(13), new: false }]);
         assert_eq!(rs.len(), 1);
         assert_eq!(rs.live(), 1);
         // An ACK for seqs no longer held changes nothing.
         lost.clear();
-        rs.ack(base, base.add(2), &mut lost);
+        rs.ack(base, base.plus(2), &mut lost);
         assert!(lost.is_empty());
-        assert_eq!(rs.next(), base.add(7));
+        assert_eq!(rs.next(), base.plus(7));
     }
 }

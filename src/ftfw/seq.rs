@@ -12,18 +12,18 @@ pub struct Seq(pub u32);
 
 impl Seq {
     /// `self + n`, wrapping.
-    pub fn add(self, n: u32) -> Seq {
+    pub fn plus(self, n: u32) -> Seq {
         Seq(self.0.wrapping_add(n))
     }
 
     /// `self - n`, wrapping.
-    pub fn sub(self, n: u32) -> Seq {
+    pub fn minus(self, n: u32) -> Seq {
         Seq(self.0.wrapping_sub(n))
     }
 
     /// The next number.
     pub fn next(self) -> Seq {
-        self.add(1)
+        self.plus(1)
     }
 
     /// Signed distance `self - other`: positive when `self` is after.
@@ -62,12 +62,12 @@ mod tests {
     #[test]
     fn compares_across_the_wrap() {
         let a = Seq(u32::MAX - 1);
-        let b = a.add(3);
+        let b = a.plus(3);
         assert_eq!(b, Seq(1));
         assert!(a < b);
         assert_eq!(b.diff(a), 3);
         assert_eq!(b.distance_from(a), Some(3));
         assert_eq!(a.distance_from(b), None);
-        assert_eq!(b.sub(3), a);
+        assert_eq!(b.minus(3), a);
     }
 }

@@ -114,9 +114,15 @@ impl Ord for Packet {
 /// Outcome of a run, for assertions beyond convergence.
 pub(crate) struct Outcome {
     pub stats: [FtfwStats; 2],
+    /// Virtual time to convergence.
     pub virtual_time: Duration,
+    /// Datagrams both sides sent during [`IDLE_CHECK`] after convergence.
+    pub idle_datagrams: u64,
     pub delivered_flow_msgs: u64,
 }
+
+/// How long a converged pair is watched.
+const IDLE_CHECK: Duration = Duration::from_secs(10);
 
 pub(crate) fn config(resend_queue: usize) -> FtfwConfig {
     FtfwConfig {
@@ -129,7 +135,7 @@ pub(crate) fn config(resend_queue: usize) -> FtfwConfig {
 
 fn flow_for(side: usize, port: u16, rng: &mut Rng) -> Flow {
     let src = [10, side as u8, 0, 1];
-    let mut f = if port % 7 == 0 {
+    let mut f = if port.is_multiple_of(7) {
         let mut f = Flow::new(
             proto::TCP,
             format!("2001:db8::{side}").parse().unwrap(),
@@ -187,10 +193,13 @@ pub(crate) fn run(sc: &Scenario) -> Outcome {
         .max(sc.restarts.iter().map(|r| r.0).max().unwrap_or(0));
     let deadline = Duration::from_millis(quiet_from + 600_000);
     let mut session_counter = 1000u32;
+    let mut converged_at = None;
+    let mut sent_at_convergence = 0;
 
     loop {
         // Drain outputs: transmit, then events (a bulk request feeds
         // transmit again).
+        #[allow(clippy::needless_range_loop)] // `1 - i` addresses the other side
         for i in 0..2 {
             loop {
                 let mut progressed = false;
@@ -250,8 +259,20 @@ pub(crate) fn run(sc: &Scenario) -> Outcome {
             && ops.peek().is_none()
             && restarts.peek().is_none()
             && forge.is_none();
-        if quiet && link.is_empty() && converged(&sides) {
-            break;
+        if quiet && converged(&sides) {
+            // Stay a while: the views must stay equal and an idle pair must
+            // only exchange keepalives.
+            match converged_at {
+                None => {
+                    converged_at = Some(now);
+                    sent_at_convergence =
+                        sides[0].core.stats().datagrams_sent + sides[1].core.stats().datagrams_sent;
+                }
+                Some(t) if now >= t + IDLE_CHECK => break,
+                Some(_) => {}
+            }
+        } else if converged_at.is_some() && quiet {
+            panic!("views diverged after converging in {sc:?}");
         }
         if now > deadline {
             let [a, b] = [&sides[0], &sides[1]];
@@ -351,9 +372,13 @@ pub(crate) fn run(sc: &Scenario) -> Outcome {
             sides[1].core.handle_datagram(t0 + now, &buf[..n]);
         }
     }
+    let idle_datagrams = sides[0].core.stats().datagrams_sent
+        + sides[1].core.stats().datagrams_sent
+        - sent_at_convergence;
     Outcome {
         stats: [sides[0].core.stats().clone(), sides[1].core.stats().clone()],
-        virtual_time: now,
+        virtual_time: converged_at.unwrap_or(now),
+        idle_datagrams,
         delivered_flow_msgs: delivered,
     }
 }
@@ -378,6 +403,8 @@ mod tests {
         assert!(out.delivered_flow_msgs > 100, "{}", out.delivered_flow_msgs);
         assert!(out.virtual_time < Duration::from_secs(10));
         assert_eq!(out.stats[0].resent, 0);
+        // docs/PROTOCOL.md, "Keepalive": one datagram per interval each way.
+        assert!(out.idle_datagrams <= 2 * 11, "{}", out.idle_datagrams);
         assert_eq!(out.stats[1].drop_bad_crc, 0);
     }
 

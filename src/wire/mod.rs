@@ -187,8 +187,12 @@ pub trait Codec: Send {
     /// an unsequenced message, the next one). Returns the bytes written, or
     /// [`WireError::BufferTooSmall`] without side effects when it does not
     /// fit.
-    fn emit_message(&self, msg: &MessageRef<'_>, seq: u32, buf: &mut [u8])
-    -> Result<usize, WireError>;
+    fn emit_message(
+        &self,
+        msg: &MessageRef<'_>,
+        seq: u32,
+        buf: &mut [u8],
+    ) -> Result<usize, WireError>;
     /// Write header and trailer around `count` messages that occupy
     /// `buf[header_len()..end]`; returns the datagram's total length.
     fn finish(

@@ -435,7 +435,8 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Received>) -> Result<DatagramHeader, W
     if !cfg!(fuzzing) {
         packet.check_crc()?;
     }
-    let hdr = DatagramHeader { flags: packet.flags(), session: packet.session(), seq: packet.seq() };
+    let hdr =
+        DatagramHeader { flags: packet.flags(), session: packet.session(), seq: packet.seq() };
     let start = out.len();
     for m in packet.messages() {
         let m = m?;
@@ -471,7 +472,9 @@ pub fn message_len(msg: &MessageRef<'_>) -> usize {
                 ATTR_HEADER_LEN + if k.is_ipv6() { KEY_V6_LEN } else { KEY_V4_LEN }
             }
             MessageRef::Ack { .. } | MessageRef::Nack { .. } => 8,
-            MessageRef::BulkEnd { .. } | MessageRef::Hello { .. } | MessageRef::HelloBack { .. } => 4,
+            MessageRef::BulkEnd { .. }
+            | MessageRef::Hello { .. }
+            | MessageRef::HelloBack { .. } => 4,
             MessageRef::ResyncRequest | MessageRef::Alive => 0,
         }
 }
@@ -649,7 +652,8 @@ fn parse_flow(body: &[u8]) -> Result<Flow, WireError> {
     let mut tcp = TcpInfo::default();
     for a in AttrIter::new(body) {
         let (kind, v) = a?;
-        let want = |n: usize| if v.len() == n { Ok(()) } else { Err(WireError::BadAttribute(kind)) };
+        let want =
+            |n: usize| if v.len() == n { Ok(()) } else { Err(WireError::BadAttribute(kind)) };
         match kind {
             attr::CORE_V4 | attr::CORE_V6 => {
                 if flow.is_some() {
@@ -666,7 +670,12 @@ fn parse_flow(body: &[u8]) -> Result<Flow, WireError> {
                 };
                 flow = Some(Flow {
                     addrs,
-                    l4: [be16(&tail[0..2]), be16(&tail[2..4]), be16(&tail[4..6]), be16(&tail[6..8])],
+                    l4: [
+                        be16(&tail[0..2]),
+                        be16(&tail[2..4]),
+                        be16(&tail[4..6]),
+                        be16(&tail[6..8]),
+                    ],
                     l4proto: tail[8],
                     proto_state: tail[9],
                     zone: be16(&tail[10..12]),
@@ -881,16 +890,15 @@ mod tests {
         assert_eq!(len, 28);
         assert_eq!(
             &buf[..24],
-            &[
-                b'C', b'T', 1, 2, 1, 2, 3, 4, 0, 0, 0, 9, 0, 28, 0, 1, 0, 0, 0, 0, 66, 0, 0, 4
-            ]
+            &[b'C', b'T', 1, 2, 1, 2, 3, 4, 0, 0, 0, 9, 0, 28, 0, 1, 0, 0, 0, 0, 66, 0, 0, 4]
         );
         assert_eq!(&buf[24..28], &crc32fast::hash(&buf[..24]).to_be_bytes());
     }
 
     #[test]
     fn every_flow_field_round_trips() {
-        let mut icmp = Flow::new_v4(proto::ICMP, [1, 2, 3, 4].into(), [5, 6, 7, 8].into(), 77, 0x0800);
+        let mut icmp =
+            Flow::new_v4(proto::ICMP, [1, 2, 3, 4].into(), [5, 6, 7, 8].into(), 77, 0x0800);
         icmp.status = 0;
         let mut weird = full_v6_flow();
         weird.extra_mut().helper = Some("".into());
