@@ -1,1 +1,830 @@
-//! The FTFW protocol state machine: no sockets, no clock.
+//! The FTFW protocol state machine: no sockets, no clock, no randomness.
+//!
+//! [`Ftfw`] is sans-IO in the manner of quinn-proto. Its API has four kinds
+//! of methods:
+//! - inputs: [`Ftfw::handle_datagram`], [`Ftfw::handle_timeout`];
+//! - commands: [`Ftfw::queue`], [`Ftfw::bulk_send`], [`Ftfw::request_resync`];
+//! - outputs: [`Ftfw::poll_transmit`], [`Ftfw::poll_event`],
+//!   [`Ftfw::poll_timeout`];
+//! - getters: [`Ftfw::stats`], [`Ftfw::peer_state`], [`Ftfw::is_synced`].
+//!
+//! **Drain order**: after any input or command, call `poll_transmit` until
+//! it returns `None` (sending each datagram), then `poll_event` until
+//! `None` (applying each event; a [`PeerEvent::BulkRequested`] is answered
+//! with `bulk_send`, after which `poll_transmit` has work again), then arm
+//! a timer for `poll_timeout` and call `handle_timeout` when it expires.
+//!
+//! The rules (sequencing, ACK, NACK, bulk, handshake) are written in
+//! `docs/PROTOCOL.md`; the tests cite them.
+
+mod queues;
+mod seq;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+pub use seq::Seq;
+
+use crate::flow::{Flow, FlowKey};
+use crate::wire::native::{self, NativeCodec};
+use crate::wire::{Codec, DatagramHeader, Message, MessageRef, Received, WireError};
+use queues::{Front, Item, ResendQueue, TxQueue};
+
+/// Tunables of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FtfwConfig {
+    /// Most sent messages held awaiting acknowledgment; when full, sending
+    /// new data pauses (backpressure), nothing is dropped.
+    pub resend_queue: usize,
+    /// The receiver acknowledges every `ack_window` accepted messages.
+    pub ack_window: u32,
+    /// An idle side sends one ALIVE (with its latest ACK) this often.
+    pub alive_interval: Duration,
+    /// No datagram from the peer for this long: the peer is down.
+    pub peer_timeout: Duration,
+    /// Largest datagram built.
+    pub max_datagram: usize,
+    /// A sequence number further ahead of the expected one than this is
+    /// ignored (a corrupted or forged datagram must not derail tracking).
+    pub max_seq_jump: u32,
+}
+
+impl Default for FtfwConfig {
+    fn default() -> FtfwConfig {
+        FtfwConfig {
+            resend_queue: 131072,
+            ack_window: 300,
+            alive_interval: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(4),
+            max_datagram: native::DEFAULT_MAX_DATAGRAM,
+            max_seq_jump: 131072,
+        }
+    }
+}
+
+/// A change of our internal cache, to be sent to the peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalChange {
+    /// The kernel created this flow: the peer cannot know it yet, so a
+    /// DESTROY before it was sent cancels both.
+    New(Flow),
+    /// The flow's current state (created or changed).
+    Upsert(Flow),
+    /// The flow is gone.
+    Destroy(FlowKey),
+}
+
+/// What the peer told us, for the external cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// Store this state; `stamp` is the message's sequence number unwrapped
+    /// to 64 bits (monotonic, also across peer restarts).
+    Upsert { flow: Flow, stamp: u64 },
+    /// Remove this flow.
+    Destroy { key: FlowKey },
+    /// End of a bulk from the peer: remove every external entry whose stamp
+    /// < floor.
+    BulkEnd { floor: u64 },
+    /// The peer asked for our whole table: the caller must call
+    /// [`Ftfw::bulk_send`] with the internal cache.
+    BulkRequested,
+    /// The peer is heard from again (or for the first time).
+    PeerUp,
+    /// Nothing heard from the peer for `peer_timeout`.
+    PeerDown,
+    /// The peer restarted (new session id). Its bulk will sweep what it no
+    /// longer has; nothing needs to be flushed.
+    PeerRestarted,
+}
+
+/// Handshake phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// Sending HELLO, waiting for a HELLO_BACK that echoes our session.
+    HelloSent,
+    /// The peer knows our session; data flows.
+    Established,
+    /// Established, but the peer has been silent for `peer_timeout`.
+    Silent,
+}
+
+/// Counters, as `-s` and the metrics show them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FtfwStats {
+    /// Datagrams built by `poll_transmit`.
+    pub datagrams_sent: u64,
+    /// Datagrams handed to `handle_datagram`.
+    pub datagrams_received: u64,
+    /// Messages sent (all types).
+    pub msgs_sent: u64,
+    /// Messages decoded from valid datagrams.
+    pub msgs_received: u64,
+    /// Flow messages sent (NEW, UPDATE, DESTROY), resends included.
+    pub flow_msgs_sent: u64,
+    /// Flow messages accepted from the peer.
+    pub flow_msgs_accepted: u64,
+    /// Messages put back in the transmit queue after a loss.
+    pub resent: u64,
+    /// Lost messages not resent because a newer change was pending.
+    pub resend_superseded: u64,
+    /// ACKs sent / received.
+    pub acks_sent: u64,
+    pub acks_received: u64,
+    /// NACKs sent / received.
+    pub nacks_sent: u64,
+    pub nacks_received: u64,
+    /// Keepalive datagrams (ALIVE, or the ACK that stands for it).
+    pub alive_sent: u64,
+    /// Gaps seen in the peer's sequence (each answered by a NACK).
+    pub gaps: u64,
+    /// Dropped: shorter than its header or length fields.
+    pub drop_truncated: u64,
+    /// Dropped: not our magic number.
+    pub drop_bad_magic: u64,
+    /// Dropped: unsupported version.
+    pub drop_bad_version: u64,
+    /// Dropped: CRC mismatch.
+    pub drop_bad_crc: u64,
+    /// Dropped datagrams (bad framing) or skipped messages (bad body,
+    /// unknown type).
+    pub drop_malformed: u64,
+    /// Dropped: authentication requested but unsupported.
+    pub drop_auth: u64,
+    /// Dropped: from a session we have no handshake with.
+    pub drop_unknown_session: u64,
+    /// Sequenced messages older than the expected seq (late or duplicate).
+    pub drop_late: u64,
+    /// Datagrams whose seq was more than `max_seq_jump` ahead (ignored).
+    pub drop_far_ahead: u64,
+    /// ACK/NACK ranges that made no sense (ignored).
+    pub bad_acks: u64,
+    /// Times the peer acknowledged seqs we had not sent yet, and we jumped
+    /// our sequence past them.
+    pub seq_jumps: u64,
+    /// Local changes absorbed by coalescing.
+    pub coalesced: u64,
+    /// NEW+DESTROY pairs dropped before sending.
+    pub cancelled: u64,
+    /// Times `poll_transmit` stopped because the resend queue was full.
+    pub backpressure: u64,
+    /// Gauge: pending distinct changes in the transmit queue.
+    pub tx_queue_len: u64,
+    /// Gauge: entries in the resend queue.
+    pub resend_queue_len: u64,
+    /// Peer liveness transitions.
+    pub peer_up: u64,
+    pub peer_down: u64,
+    /// New peer session ids seen after a first one.
+    pub peer_restarts: u64,
+    /// Bulks we started / BULK_ENDs accepted from the peer.
+    pub bulks_sent: u64,
+    pub bulks_received: u64,
+    /// RESYNC_REQUESTs sent / accepted.
+    pub resync_requests_sent: u64,
+    pub resync_requests_received: u64,
+}
+
+/// Receive-side tracking of one peer session.
+#[derive(Clone, Copy, Debug)]
+struct Rx {
+    session: u32,
+    /// Next seq we accept.
+    expected: Seq,
+    /// The stamp `expected` gets when accepted.
+    expected_stamp: u64,
+    /// First seq of the run accepted since the last gap: ACKs cover
+    /// `[run_start, expected - 1]`.
+    run_start: Seq,
+    /// Accepted since the last ACK was sent.
+    since_ack: u32,
+    /// An ACK must go out with the next datagram.
+    ack_due: bool,
+}
+
+/// Timers, a table indexed by this enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    /// Send ALIVE (or HELLO while handshaking).
+    Keepalive = 0,
+    /// Declare the peer down.
+    PeerTimeout = 1,
+}
+
+/// The FTFW protocol core for one peer.
+pub struct Ftfw {
+    cfg: FtfwConfig,
+    codec: Box<dyn Codec>,
+    session: u32,
+    phase: PeerState,
+    next_seq: Seq,
+    tx: TxQueue,
+    resend: ResendQueue,
+    rx: Option<Rx>,
+    /// Stamp base for the next peer session.
+    next_epoch_stamp: u64,
+    hello_back: Option<u32>,
+    /// ACK and NACK ranges produced by gaps, sent before anything else.
+    ranges: VecDeque<Range>,
+    /// We sent a RESYNC_REQUEST and have not yet seen the BULK_END.
+    awaiting_bulk: bool,
+    peer_alive: bool,
+    last_tx: Option<Instant>,
+    timers: [Option<Instant>; 2],
+    events: VecDeque<PeerEvent>,
+    decoded: Vec<Received>,
+    lost: Vec<Item>,
+    stats: FtfwStats,
+}
+
+impl Ftfw {
+    /// A core with our `session_id` (random per start) and first sequence
+    /// number `initial_seq` (random), speaking the native format.
+    pub fn new(cfg: FtfwConfig, session_id: u32, initial_seq: u32, now: Instant) -> Ftfw {
+        Ftfw::with_codec(cfg, session_id, initial_seq, now, Box::new(NativeCodec))
+    }
+
+    /// As [`Ftfw::new`] with another datagram format.
+    pub fn with_codec(
+        cfg: FtfwConfig,
+        session_id: u32,
+        initial_seq: u32,
+        now: Instant,
+        codec: Box<dyn Codec>,
+    ) -> Ftfw {
+        let next_seq = Seq(initial_seq);
+        let resend = ResendQueue::new(cfg.resend_queue, next_seq);
+        let mut core = Ftfw {
+            cfg,
+            codec,
+            session: session_id,
+            phase: PeerState::HelloSent,
+            next_seq,
+            tx: TxQueue::default(),
+            resend,
+            rx: None,
+            next_epoch_stamp: 1 << 32,
+            hello_back: None,
+            ranges: VecDeque::new(),
+            awaiting_bulk: false,
+            peer_alive: false,
+            last_tx: None,
+            timers: [None; 2],
+            events: VecDeque::new(),
+            decoded: Vec::new(),
+            lost: Vec::new(),
+            stats: FtfwStats::default(),
+        };
+        core.timers[Timer::Keepalive as usize] = Some(now);
+        core
+    }
+
+    // ----- getters -------------------------------------------------------
+
+    /// Counters.
+    pub fn stats(&self) -> &FtfwStats {
+        &self.stats
+    }
+
+    /// Handshake phase.
+    pub fn peer_state(&self) -> PeerState {
+        match self.phase {
+            PeerState::Established if !self.peer_alive => PeerState::Silent,
+            p => p,
+        }
+    }
+
+    /// Our session id.
+    pub fn session_id(&self) -> u32 {
+        self.session
+    }
+
+    /// The seq the next sequenced message will get.
+    pub fn next_seq(&self) -> u32 {
+        self.next_seq.0
+    }
+
+    /// Handshake done, no gap waiting to be reported, nothing unsent or
+    /// unacknowledged, and the last bulk we asked the peer for is complete.
+    pub fn is_synced(&self) -> bool {
+        self.phase == PeerState::Established
+            && self.rx.is_some()
+            && self.ranges.is_empty()
+            && self.tx.is_empty()
+            && self.resend.live() == 0
+            && !self.awaiting_bulk
+    }
+
+    // ----- inputs --------------------------------------------------------
+
+    /// Process one datagram from the peer.
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
+        self.stats.datagrams_received += 1;
+        let mut decoded = std::mem::take(&mut self.decoded);
+        decoded.clear();
+        match self.codec.decode(bytes, &mut decoded) {
+            Ok(hdr) => self.process(now, &hdr, &mut decoded),
+            Err(e) => self.count_error(e),
+        }
+        decoded.clear();
+        self.decoded = decoded;
+        self.update_gauges();
+    }
+
+    /// Fire expired timers. A spurious call does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(t) = self.timers[Timer::PeerTimeout as usize]
+            && now >= t
+        {
+            self.timers[Timer::PeerTimeout as usize] = None;
+            if self.peer_alive {
+                self.peer_alive = false;
+                self.stats.peer_down += 1;
+                self.events.push_back(PeerEvent::PeerDown);
+            }
+        }
+    }
+
+    // ----- commands ------------------------------------------------------
+
+    /// Queue a local change for the peer.
+    pub fn queue(&mut self, change: LocalChange) {
+        let item = match change {
+            LocalChange::New(flow) => Item::Upsert { flow, new: true },
+            LocalChange::Upsert(flow) => Item::Upsert { flow, new: false },
+            LocalChange::Destroy(key) => Item::Destroy(key),
+        };
+        self.tx.push_change(item);
+        self.update_gauges();
+    }
+
+    /// Send our whole table, then a BULK_END that lets the peer sweep what
+    /// we no longer have (see docs/PROTOCOL.md, "Bulk").
+    pub fn bulk_send<'a>(&mut self, flows: impl IntoIterator<Item = &'a Flow>) {
+        let start = self.next_seq;
+        for f in flows {
+            self.tx.push_change(Item::Upsert { flow: f.clone(), new: false });
+        }
+        self.tx.push_marker(Item::BulkEnd(start), false);
+        self.stats.bulks_sent += 1;
+        self.update_gauges();
+    }
+
+    /// Ask the peer for its whole table.
+    pub fn request_resync(&mut self) {
+        if !self.tx.has_resync() {
+            self.tx.push_marker(Item::Resync, false);
+        }
+        self.awaiting_bulk = true;
+        self.update_gauges();
+    }
+
+    // ----- outputs -------------------------------------------------------
+
+    /// Build the next datagram into `buf`; `None` when nothing is due.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let max = buf.len().min(self.cfg.max_datagram).min(usize::from(u16::MAX));
+        let header = self.codec.header_len();
+        let limit = max.checked_sub(self.codec.trailer_len())?;
+        if limit < header {
+            return None;
+        }
+        let keepalive_due = self.timers[Timer::Keepalive as usize].is_some_and(|t| now >= t);
+        let first_seq = self.next_seq;
+        let mut dg = Builder { at: header, limit, count: 0, seq: first_seq };
+
+        if self.phase == PeerState::HelloSent && keepalive_due {
+            dg.push(&*self.codec, &MessageRef::Hello { session: self.session }, buf);
+        }
+        if let Some(s) = self.hello_back
+            && dg.push(&*self.codec, &MessageRef::HelloBack { session: s }, buf)
+        {
+            self.hello_back = None;
+        }
+        while let Some(&range) = self.ranges.front() {
+            let msg = match range {
+                Range::Ack(from, to) => MessageRef::Ack { from: from.0, to: to.0 },
+                Range::Nack(from, to) => MessageRef::Nack { from: from.0, to: to.0 },
+            };
+            if !dg.push(&*self.codec, &msg, buf) {
+                break;
+            }
+            self.ranges.pop_front();
+            match range {
+                Range::Ack(..) => self.stats.acks_sent += 1,
+                Range::Nack(..) => self.stats.nacks_sent += 1,
+            }
+        }
+        if let Some(rx) = &mut self.rx
+            && (rx.ack_due || keepalive_due)
+        {
+            let msg = MessageRef::Ack { from: rx.run_start.0, to: rx.expected.minus(1).0 };
+            if dg.push(&*self.codec, &msg, buf) {
+                rx.ack_due = false;
+                rx.since_ack = 0;
+                self.stats.acks_sent += 1;
+            }
+        }
+        let mut blocked = false;
+        if self.phase == PeerState::Established {
+            blocked = self.push_data(&mut dg, buf);
+        }
+        if dg.count == 0 {
+            if !keepalive_due {
+                return None;
+            }
+            dg.push(&*self.codec, &MessageRef::Alive, buf);
+        }
+        if keepalive_due {
+            self.stats.alive_sent += 1;
+        }
+        let sequenced = dg.seq.diff(first_seq) > 0;
+        let mut flags = 0;
+        // Ask for a prompt ACK when the resend queue fills or waits, but
+        // only from datagrams that carry data or from the keepalive timer:
+        // an ACK sent in reply never asks for one, so no ping-pong.
+        if (sequenced || keepalive_due)
+            && (blocked || self.resend.len() * 2 >= self.resend.capacity() || !sequenced)
+            && self.resend.live() > 0
+        {
+            flags |= native::flags::ACK_REQUEST;
+        }
+        let hdr = DatagramHeader { flags, session: self.session, seq: first_seq.0 };
+        let len = self.codec.finish(&hdr, dg.count, dg.at, buf).ok()?;
+        self.stats.datagrams_sent += 1;
+        self.stats.msgs_sent += u64::from(dg.count);
+        self.last_tx = Some(now);
+        // Unacknowledged data is probed faster than an idle link.
+        let interval = if self.resend.live() > 0 {
+            self.cfg.alive_interval / 5
+        } else {
+            self.cfg.alive_interval
+        };
+        self.timers[Timer::Keepalive as usize] = Some(now + interval);
+        self.update_gauges();
+        Some(len)
+    }
+
+    /// The next event for the caller.
+    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` (and `poll_transmit`) must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.iter().flatten().min().copied()
+    }
+
+    // ----- sending -------------------------------------------------------
+
+    /// Append sequenced messages from the transmit queue. Returns true when
+    /// sending stopped for backpressure or at a bulk barrier.
+    fn push_data(&mut self, dg: &mut Builder, buf: &mut [u8]) -> bool {
+        loop {
+            if self.resend.is_full() {
+                self.stats.backpressure += 1;
+                return true;
+            }
+            let fits = match self.tx.front() {
+                Front::Empty => return false,
+                Front::BulkEnd(start) => {
+                    // Barrier: everything before it must be acknowledged.
+                    if self.resend.live() > 0 {
+                        return true;
+                    }
+                    dg.push(&*self.codec, &MessageRef::BulkEnd { bulk_start: start.0 }, buf)
+                }
+                Front::Resync => dg.push(&*self.codec, &MessageRef::ResyncRequest, buf),
+                Front::Flow(item) => {
+                    let msg = match item {
+                        Item::Upsert { flow, new: true } => MessageRef::FlowNew(flow),
+                        Item::Upsert { flow, new: false } => MessageRef::FlowUpdate(flow),
+                        Item::Destroy(key) => MessageRef::FlowDestroy(key),
+                        Item::BulkEnd(_) | Item::Resync => return false,
+                    };
+                    let ok = dg.push(&*self.codec, &msg, buf);
+                    if ok {
+                        self.stats.flow_msgs_sent += 1;
+                    }
+                    ok
+                }
+            };
+            if !fits {
+                return false;
+            }
+            let Some(item) = self.tx.pop() else { return false };
+            if item == Item::Resync {
+                self.stats.resync_requests_sent += 1;
+            }
+            let seq = self.next_seq;
+            self.next_seq = seq.next();
+            self.resend.push(seq, item);
+        }
+    }
+
+    // ----- receiving -----------------------------------------------------
+
+    fn process(&mut self, now: Instant, hdr: &DatagramHeader, msgs: &mut [Received]) {
+        // Handshake first: a HELLO sets the base for the rest.
+        for r in msgs.iter() {
+            match r.msg {
+                Ok(Message::Hello { session }) if session == hdr.session => {
+                    self.on_hello(now, hdr);
+                }
+                Ok(Message::HelloBack { session }) => self.on_hello_back(hdr, session),
+                _ => {}
+            }
+        }
+        let Some(rx) = self.rx.filter(|rx| rx.session == hdr.session) else {
+            self.stats.drop_unknown_session += 1;
+            return;
+        };
+        self.stats.msgs_received += msgs.len() as u64;
+        self.timers[Timer::PeerTimeout as usize] = Some(now + self.cfg.peer_timeout);
+        if !self.peer_alive {
+            self.peer_alive = true;
+            self.stats.peer_up += 1;
+            self.events.push_back(PeerEvent::PeerUp);
+        }
+        let first = Seq(hdr.seq);
+        // One far-ahead test per datagram: all its seqs are first + i.
+        if first.diff(rx.expected) > 0 && first.diff(rx.expected) as u32 > self.cfg.max_seq_jump {
+            self.stats.drop_far_ahead += 1;
+            self.process_control(msgs);
+            return;
+        }
+        if hdr.flags & native::flags::ACK_REQUEST != 0
+            && let Some(rx) = &mut self.rx
+        {
+            rx.ack_due = true;
+        }
+        let mut seq = first;
+        let mut any_sequenced = false;
+        for r in msgs.iter_mut() {
+            if !r.sequenced {
+                continue;
+            }
+            any_sequenced = true;
+            let msg = std::mem::replace(&mut r.msg, Err(WireError::BadMessage));
+            self.on_sequenced(seq, msg);
+            seq = seq.next();
+        }
+        if !any_sequenced {
+            // The header carries the sender's next seq: a lost tail shows.
+            self.admit(first);
+        }
+        self.process_control(msgs);
+    }
+
+    fn process_control(&mut self, msgs: &[Received]) {
+        // Sequenced slots were counted by `on_sequenced`.
+        for r in msgs.iter().filter(|r| !r.sequenced) {
+            match &r.msg {
+                Ok(Message::Ack { from, to }) => {
+                    self.stats.acks_received += 1;
+                    self.on_ack(Seq(*from), Seq(*to), true);
+                }
+                Ok(Message::Nack { from, to }) => {
+                    self.stats.nacks_received += 1;
+                    self.on_ack(Seq(*from), Seq(*to), false);
+                }
+                Ok(_) => {}
+                Err(e) => self.count_error(*e),
+            }
+        }
+    }
+
+    /// Apply the receive rules to `seq` (docs/PROTOCOL.md, "Receiving");
+    /// returns the stamp `seq` gets when it may be accepted.
+    fn admit(&mut self, seq: Seq) -> Option<u64> {
+        let rx = self.rx.as_mut()?;
+        let d = seq.diff(rx.expected);
+        if d < 0 {
+            return None;
+        }
+        if d as u32 > self.cfg.max_seq_jump {
+            self.stats.drop_far_ahead += 1;
+            return None;
+        }
+        if d > 0 {
+            // Gap: acknowledge the run so far, report the hole, move on.
+            self.stats.gaps += 1;
+            if rx.expected.diff(rx.run_start) > 0 {
+                self.ranges.push_back(Range::Ack(rx.run_start, rx.expected.minus(1)));
+            }
+            self.ranges.push_back(Range::Nack(rx.expected, seq.minus(1)));
+            while self.ranges.len() > MAX_PENDING_RANGES {
+                // Advisory only: the next cumulative ACK repairs a lost one.
+                self.ranges.pop_front();
+            }
+            rx.expected_stamp += d as u64;
+            rx.expected = seq;
+            rx.run_start = seq;
+            rx.since_ack = 0;
+            rx.ack_due = false;
+        }
+        Some(rx.expected_stamp)
+    }
+
+    fn on_sequenced(&mut self, seq: Seq, msg: Result<Message, WireError>) {
+        let late = self.rx.is_some_and(|rx| seq.diff(rx.expected) < 0);
+        let Some(stamp) = self.admit(seq) else {
+            if late {
+                self.stats.drop_late += 1;
+            }
+            return;
+        };
+        let Some(rx) = self.rx.as_mut() else { return };
+        rx.expected = seq.next();
+        rx.expected_stamp = stamp + 1;
+        rx.since_ack += 1;
+        if rx.since_ack >= self.cfg.ack_window {
+            rx.ack_due = true;
+        }
+        let (expected, expected_stamp) = (rx.expected, rx.expected_stamp);
+        match msg {
+            Ok(Message::FlowNew(flow) | Message::FlowUpdate(flow)) => {
+                self.stats.flow_msgs_accepted += 1;
+                self.events.push_back(PeerEvent::Upsert { flow, stamp });
+            }
+            Ok(Message::FlowDestroy(key)) => {
+                self.stats.flow_msgs_accepted += 1;
+                self.events.push_back(PeerEvent::Destroy { key });
+            }
+            Ok(Message::BulkEnd { bulk_start }) => {
+                let back = i64::from(Seq(bulk_start).diff(expected));
+                let floor = (expected_stamp as i64).saturating_add(back).max(0) as u64;
+                self.stats.bulks_received += 1;
+                self.awaiting_bulk = false;
+                self.events.push_back(PeerEvent::BulkEnd { floor });
+            }
+            Ok(Message::ResyncRequest) => {
+                self.stats.resync_requests_received += 1;
+                self.events.push_back(PeerEvent::BulkRequested);
+            }
+            Ok(_) => {}
+            Err(e) => self.count_error(e),
+        }
+    }
+
+    fn on_hello(&mut self, now: Instant, hdr: &DatagramHeader) {
+        self.hello_back = Some(hdr.session);
+        if self.adopt(hdr) && self.phase != PeerState::HelloSent {
+            // A restarted peer does not know our session: handshake again.
+            self.phase = PeerState::HelloSent;
+            self.timers[Timer::Keepalive as usize] = Some(now);
+        }
+    }
+
+    fn on_hello_back(&mut self, hdr: &DatagramHeader, echoed: u32) {
+        if echoed != self.session || self.phase != PeerState::HelloSent {
+            return;
+        }
+        // The answer proves the peer knows us; it also tells us its session
+        // and next seq, in case its own HELLO was lost.
+        self.adopt(hdr);
+        self.phase = PeerState::Established;
+        self.request_resync();
+    }
+
+    /// Track the peer session of `hdr` if it is not the one tracked: from
+    /// its current seq, with stamps above everything an older incarnation
+    /// produced. Returns true when it replaced another session (a restart).
+    fn adopt(&mut self, hdr: &DatagramHeader) -> bool {
+        if self.rx.is_some_and(|rx| rx.session == hdr.session) {
+            return false;
+        }
+        let base = self.next_epoch_stamp;
+        self.next_epoch_stamp = base + (1 << 32);
+        let restarted = self.rx.is_some();
+        if restarted {
+            self.stats.peer_restarts += 1;
+            self.events.push_back(PeerEvent::PeerRestarted);
+            // Data in flight to the old incarnation is moot: the new one
+            // asks for a bulk once the handshake is done.
+            self.lost.clear();
+            self.resend.drain_all(self.next_seq, &mut self.lost);
+            self.lost.clear();
+            self.ranges.clear();
+        }
+        let expected = Seq(hdr.seq);
+        self.rx = Some(Rx {
+            session: hdr.session,
+            expected,
+            expected_stamp: base,
+            run_start: expected,
+            since_ack: 0,
+            ack_due: false,
+        });
+        restarted
+    }
+
+    /// ACK `[from, to]` (`is_ack`) or NACK `[from, to]` from the peer.
+    fn on_ack(&mut self, from: Seq, to: Seq, is_ack: bool) {
+        let next = self.next_seq;
+        // An empty ACK range is to == from - 1.
+        let Some(width) = to.next().distance_from(from) else {
+            self.stats.bad_acks += 1;
+            return;
+        };
+        if width == 0 && !is_ack {
+            self.stats.bad_acks += 1;
+            return;
+        }
+        self.lost.clear();
+        if let Some(ahead) = to.next().distance_from(next)
+            && ahead > 0
+        {
+            if ahead > self.cfg.max_seq_jump {
+                self.stats.bad_acks += 1;
+                return;
+            }
+            // The peer tracks seqs we never sent (a forged or corrupted
+            // datagram moved it): jump past them and resend everything
+            // unacknowledged with fresh seqs. Nothing is lost.
+            self.stats.seq_jumps += 1;
+            self.next_seq = to.next();
+            self.resend.drain_all(self.next_seq, &mut self.lost);
+        } else if is_ack {
+            self.resend.ack(from, to, &mut self.lost);
+        } else {
+            self.resend.nack(from, to, &mut self.lost);
+        }
+        // Requeued at the front in reverse, so that they go in seq order.
+        for item in self.lost.drain(..).rev() {
+            if self.tx.requeue(item) {
+                self.stats.resent += 1;
+            } else {
+                self.stats.resend_superseded += 1;
+            }
+        }
+    }
+
+    fn count_error(&mut self, e: WireError) {
+        let c = &mut self.stats;
+        match e {
+            WireError::Truncated => c.drop_truncated += 1,
+            WireError::BadMagic => c.drop_bad_magic += 1,
+            WireError::BadVersion(_) => c.drop_bad_version += 1,
+            WireError::BadCrc => c.drop_bad_crc += 1,
+            WireError::AuthUnsupported => c.drop_auth += 1,
+            WireError::BadLength
+            | WireError::BadMessage
+            | WireError::BadAttribute(_)
+            | WireError::UnknownMessage(_)
+            | WireError::BufferTooSmall => c.drop_malformed += 1,
+        }
+    }
+
+    fn update_gauges(&mut self) {
+        self.stats.tx_queue_len = self.tx.len() as u64;
+        self.stats.resend_queue_len = self.resend.len() as u64;
+        self.stats.coalesced = self.tx.coalesced;
+        self.stats.cancelled = self.tx.cancelled;
+    }
+}
+
+/// Bound on gap-produced ranges waiting to be sent (forged input must not
+/// grow memory).
+const MAX_PENDING_RANGES: usize = 64;
+
+/// An ACK or NACK range produced by a gap.
+#[derive(Clone, Copy, Debug)]
+enum Range {
+    Ack(Seq, Seq),
+    Nack(Seq, Seq),
+}
+
+/// A datagram being filled.
+struct Builder {
+    at: usize,
+    limit: usize,
+    count: u16,
+    /// Seq of the next sequenced message.
+    seq: Seq,
+}
+
+impl Builder {
+    /// Append `msg` if it fits.
+    fn push(&mut self, codec: &dyn Codec, msg: &MessageRef<'_>, buf: &mut [u8]) -> bool {
+        let len = codec.message_len(msg);
+        if self.at + len > self.limit || self.count == u16::MAX {
+            return false;
+        }
+        let Some(out) = buf.get_mut(self.at..self.limit) else { return false };
+        match codec.emit_message(msg, self.seq.0, out) {
+            Ok(n) => {
+                self.at += n;
+                self.count += 1;
+                if msg.is_sequenced() {
+                    self.seq = self.seq.next();
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}

@@ -1,1 +1,207 @@
 //! Byte codecs for the sync link: the native format and conntrackd's.
+//!
+//! The protocol core ([`crate::ftfw`]) speaks in [`Message`]s and
+//! [`DatagramHeader`]s and reaches the bytes only through the [`Codec`]
+//! trait, so a second codec (conntrackd 1.4's format, where every message
+//! carries its own header and sequence number) can be plugged in without
+//! touching the core. [`native`] is the format described in
+//! `docs/PROTOCOL.md`.
+//!
+//! Decoders never panic, whatever the input; every failure is a small
+//! [`WireError`] that the core counts.
+
+pub mod native;
+
+use crate::flow::{Flow, FlowKey};
+
+/// Why bytes from the peer were refused. Each variant feeds its own drop
+/// counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WireError {
+    /// Fewer bytes than a header or a length field promised.
+    Truncated,
+    /// Not our magic number: not a ctsync datagram.
+    BadMagic,
+    /// A protocol version this build does not speak.
+    BadVersion(u8),
+    /// The checksum does not match: corrupted on the way.
+    BadCrc,
+    /// A length field contradicts the bytes around it.
+    BadLength,
+    /// A message body that does not make sense (missing attribute, bad
+    /// UTF-8, duplicate core attribute).
+    BadMessage,
+    /// A known attribute with the wrong length.
+    BadAttribute(u16),
+    /// A message type this build does not know (skipped, not fatal).
+    UnknownMessage(u8),
+    /// The datagram says it is authenticated, which this build cannot check.
+    AuthUnsupported,
+    /// The output buffer is too small for what was to be written.
+    BufferTooSmall,
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Truncated => f.write_str("truncated"),
+            WireError::BadMagic => f.write_str("bad magic"),
+            WireError::BadVersion(v) => write!(f, "unsupported version {v}"),
+            WireError::BadCrc => f.write_str("checksum mismatch"),
+            WireError::BadLength => f.write_str("inconsistent length"),
+            WireError::BadMessage => f.write_str("malformed message"),
+            WireError::BadAttribute(a) => write!(f, "attribute {a} has a wrong length"),
+            WireError::UnknownMessage(t) => write!(f, "unknown message type {t}"),
+            WireError::AuthUnsupported => f.write_str("authenticated datagram not supported"),
+            WireError::BufferTooSmall => f.write_str("output buffer too small"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// The per-datagram fields the protocol core reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatagramHeader {
+    /// Flag bits, see [`native::flags`].
+    pub flags: u8,
+    /// The sender's session id (random per start).
+    pub session: u32,
+    /// Sequence number of the first sequenced message in the datagram, or
+    /// the sender's next sequence number when there is none.
+    pub seq: u32,
+}
+
+/// One decoded message, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A flow the peer's kernel created (sequenced).
+    FlowNew(Flow),
+    /// The full current state of a flow (sequenced).
+    FlowUpdate(Flow),
+    /// A flow the peer's kernel destroyed (sequenced).
+    FlowDestroy(FlowKey),
+    /// End of a bulk that started at `bulk_start` (sequenced).
+    BulkEnd { bulk_start: u32 },
+    /// The sender wants our whole table (sequenced, so that it is reliable).
+    ResyncRequest,
+    /// `[from, to]` were accepted; everything before `from` will never be.
+    Ack { from: u32, to: u32 },
+    /// `[from, to]` were lost.
+    Nack { from: u32, to: u32 },
+    /// Keepalive; the header's seq is the sender's next seq.
+    Alive,
+    /// The sender's session is `session` and it does not yet know ours.
+    Hello { session: u32 },
+    /// Answer to a HELLO, echoing the session it came from.
+    HelloBack { session: u32 },
+}
+
+/// A message to emit, borrowing its flow so that sending does not clone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageRef<'a> {
+    /// See [`Message::FlowNew`].
+    FlowNew(&'a Flow),
+    /// See [`Message::FlowUpdate`].
+    FlowUpdate(&'a Flow),
+    /// See [`Message::FlowDestroy`].
+    FlowDestroy(&'a FlowKey),
+    /// See [`Message::BulkEnd`].
+    BulkEnd { bulk_start: u32 },
+    /// See [`Message::ResyncRequest`].
+    ResyncRequest,
+    /// See [`Message::Ack`].
+    Ack { from: u32, to: u32 },
+    /// See [`Message::Nack`].
+    Nack { from: u32, to: u32 },
+    /// See [`Message::Alive`].
+    Alive,
+    /// See [`Message::Hello`].
+    Hello { session: u32 },
+    /// See [`Message::HelloBack`].
+    HelloBack { session: u32 },
+}
+
+impl Message {
+    /// The borrowed form, for emitting.
+    pub fn as_ref(&self) -> MessageRef<'_> {
+        match self {
+            Message::FlowNew(f) => MessageRef::FlowNew(f),
+            Message::FlowUpdate(f) => MessageRef::FlowUpdate(f),
+            Message::FlowDestroy(k) => MessageRef::FlowDestroy(k),
+            Message::BulkEnd { bulk_start } => MessageRef::BulkEnd { bulk_start: *bulk_start },
+            Message::ResyncRequest => MessageRef::ResyncRequest,
+            Message::Ack { from, to } => MessageRef::Ack { from: *from, to: *to },
+            Message::Nack { from, to } => MessageRef::Nack { from: *from, to: *to },
+            Message::Alive => MessageRef::Alive,
+            Message::Hello { session } => MessageRef::Hello { session: *session },
+            Message::HelloBack { session } => MessageRef::HelloBack { session: *session },
+        }
+    }
+
+    /// True for messages that consume a sequence number.
+    pub fn is_sequenced(&self) -> bool {
+        self.as_ref().is_sequenced()
+    }
+}
+
+impl MessageRef<'_> {
+    /// True for messages that consume a sequence number.
+    pub fn is_sequenced(&self) -> bool {
+        matches!(
+            self,
+            MessageRef::FlowNew(_)
+                | MessageRef::FlowUpdate(_)
+                | MessageRef::FlowDestroy(_)
+                | MessageRef::BulkEnd { .. }
+                | MessageRef::ResyncRequest
+        )
+    }
+}
+
+/// One message slot of a decoded datagram. A message that could not be
+/// parsed still says whether it consumed a sequence number, so that one bad
+/// message does not shift the numbering of the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// True when the slot consumed a sequence number.
+    pub sequenced: bool,
+    /// The message, or why it was skipped.
+    pub msg: Result<Message, WireError>,
+}
+
+/// A datagram format. The protocol core owns one as `Box<dyn Codec>`.
+///
+/// Building a datagram: the core reserves [`Codec::header_len`] bytes and
+/// [`Codec::trailer_len`] bytes, emits messages one by one with
+/// [`Codec::emit_message`] after the header, then calls
+/// [`Codec::finish`] to write header and trailer.
+pub trait Codec: Send {
+    /// Bytes before the first message.
+    fn header_len(&self) -> usize;
+    /// Bytes after the last message.
+    fn trailer_len(&self) -> usize;
+    /// Bytes `msg` takes.
+    fn message_len(&self, msg: &MessageRef<'_>) -> usize;
+    /// Write `msg` at the start of `buf`; `seq` is its sequence number (for
+    /// an unsequenced message, the next one). Returns the bytes written, or
+    /// [`WireError::BufferTooSmall`] without side effects when it does not
+    /// fit.
+    fn emit_message(
+        &self,
+        msg: &MessageRef<'_>,
+        seq: u32,
+        buf: &mut [u8],
+    ) -> Result<usize, WireError>;
+    /// Write header and trailer around `count` messages that occupy
+    /// `buf[header_len()..end]`; returns the datagram's total length.
+    fn finish(
+        &self,
+        hdr: &DatagramHeader,
+        count: u16,
+        end: usize,
+        buf: &mut [u8],
+    ) -> Result<usize, WireError>;
+    /// Check and decode one datagram, appending its messages to `out`.
+    fn decode(&self, bytes: &[u8], out: &mut Vec<Received>) -> Result<DatagramHeader, WireError>;
+}

@@ -1,0 +1,421 @@
+//! The two sender queues: the coalescing transmit queue and the resend
+//! queue indexed by sequence number.
+
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
+
+use super::Seq;
+use crate::flow::{Flow, FlowKey};
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// A change waiting to be sent, or a sent message kept for resending.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Item {
+    /// Full flow state; `new` while the peer cannot know the flow yet.
+    Upsert { flow: Flow, new: bool },
+    /// The flow is gone.
+    Destroy(FlowKey),
+    /// End of a bulk that started at this seq (a barrier in the tx queue).
+    BulkEnd(Seq),
+    /// Ask the peer for its table.
+    Resync,
+}
+
+impl Item {
+    fn key(&self) -> Option<FlowKey> {
+        match self {
+            Item::Upsert { flow, .. } => Some(flow.key()),
+            Item::Destroy(k) => Some(*k),
+            Item::BulkEnd(_) | Item::Resync => None,
+        }
+    }
+}
+
+/// One place in the transmit order. Flow slots refer to the pending map by
+/// generation, so a slot whose change was dropped or re-queued is skipped.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    Flow(FlowKey, u64),
+    BulkEnd(Seq),
+    Resync,
+}
+
+/// The transmit queue: per flow, only the latest unsent change, kept at the
+/// position of the first one.
+#[derive(Default)]
+pub(crate) struct TxQueue {
+    pending: Map<FlowKey, (Item, u64)>,
+    order: VecDeque<Slot>,
+    next_gen: u64,
+    /// Changes absorbed by coalescing (including NEW+DESTROY pairs).
+    pub coalesced: u64,
+    /// NEW+DESTROY pairs dropped before anything was sent.
+    pub cancelled: u64,
+}
+
+/// What [`TxQueue::front`] found.
+pub(crate) enum Front<'a> {
+    Empty,
+    Flow(&'a Item),
+    BulkEnd(Seq),
+    Resync,
+}
+
+impl TxQueue {
+    /// Number of distinct pending changes and markers (may over-count
+    /// stale slots not yet skipped).
+    pub fn len(&self) -> usize {
+        self.pending.len() + self.order.iter().filter(|s| !matches!(s, Slot::Flow(..))).count()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty() && !self.order.iter().any(|s| !matches!(s, Slot::Flow(..)))
+    }
+
+    /// Queue a local change, coalescing with a pending one for the same
+    /// flow (the rules are in docs/PROTOCOL.md, "Transmit queue").
+    pub fn push_change(&mut self, item: Item) {
+        let Some(key) = item.key() else { return self.push_marker(item, false) };
+        if let Some((old, _)) = self.pending.get_mut(&key) {
+            self.coalesced += 1;
+            let merged = match (&*old, item) {
+                (Item::Upsert { new, .. }, Item::Upsert { flow, .. }) => {
+                    Some(Item::Upsert { flow, new: *new })
+                }
+                (Item::Upsert { new: true, .. }, Item::Destroy(_)) => None,
+                (Item::Upsert { new: false, .. }, d @ Item::Destroy(_)) => Some(d),
+                // The peer may still hold an older incarnation: overwrite it.
+                (Item::Destroy(_), Item::Upsert { flow, .. }) => {
+                    Some(Item::Upsert { flow, new: false })
+                }
+                (_, other) => Some(other),
+            };
+            match merged {
+                Some(m) => *old = m,
+                None => {
+                    self.cancelled += 1;
+                    self.pending.remove(&key);
+                }
+            }
+            return;
+        }
+        let generation = self.bump();
+        self.pending.insert(key, (item, generation));
+        self.order.push_back(Slot::Flow(key, generation));
+    }
+
+    /// Put back a message whose transmission was lost, ahead of everything
+    /// else, unless a newer change for the same flow is already pending.
+    /// Returns false when it was superseded.
+    pub fn requeue(&mut self, item: Item) -> bool {
+        let Some(key) = item.key() else {
+            self.push_marker(item, true);
+            return true;
+        };
+        if self.pending.contains_key(&key) {
+            return false;
+        }
+        let item = match item {
+            Item::Upsert { flow, .. } => Item::Upsert { flow, new: false },
+            other => other,
+        };
+        let generation = self.bump();
+        self.pending.insert(key, (item, generation));
+        self.order.push_front(Slot::Flow(key, generation));
+        true
+    }
+
+    /// Queue a BULK_END barrier or a RESYNC_REQUEST.
+    pub fn push_marker(&mut self, item: Item, front: bool) {
+        let slot = match item {
+            Item::BulkEnd(s) => Slot::BulkEnd(s),
+            Item::Resync => Slot::Resync,
+            _ => return,
+        };
+        if front { self.order.push_front(slot) } else { self.order.push_back(slot) }
+    }
+
+    /// True when a RESYNC_REQUEST waits.
+    pub fn has_resync(&self) -> bool {
+        self.order.iter().any(|s| matches!(s, Slot::Resync))
+    }
+
+    /// The next thing to send, skipping stale slots.
+    pub fn front(&mut self) -> Front<'_> {
+        loop {
+            match self.order.front() {
+                None => return Front::Empty,
+                Some(Slot::BulkEnd(s)) => return Front::BulkEnd(*s),
+                Some(Slot::Resync) => return Front::Resync,
+                Some(Slot::Flow(key, generation)) => {
+                    let live = matches!(self.pending.get(key), Some((_, g)) if g == generation);
+                    if live {
+                        break;
+                    }
+                    self.order.pop_front();
+                }
+            }
+        }
+        match self.order.front() {
+            Some(Slot::Flow(key, _)) => match self.pending.get(key) {
+                Some((item, _)) => Front::Flow(item),
+                None => Front::Empty,
+            },
+            _ => Front::Empty,
+        }
+    }
+
+    /// Remove what [`TxQueue::front`] returned.
+    pub fn pop(&mut self) -> Option<Item> {
+        match self.order.pop_front()? {
+            Slot::Flow(key, _) => self.pending.remove(&key).map(|(item, _)| item),
+            Slot::BulkEnd(s) => Some(Item::BulkEnd(s)),
+            Slot::Resync => Some(Item::Resync),
+        }
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.next_gen += 1;
+        self.next_gen
+    }
+}
+
+/// A sent message awaiting acknowledgment.
+struct Held {
+    item: Item,
+    /// False once a newer message for the same flow was sent, or once the
+    /// entry was re-queued: it is then never resent.
+    live: bool,
+}
+
+/// The resend queue: a ring indexed by sequence number, offset by the
+/// oldest unacknowledged seq. It never drops an entry on its own: when it
+/// is full, the sender stops sending new data.
+pub(crate) struct ResendQueue {
+    ring: VecDeque<Held>,
+    /// Seq of `ring[0]`; when the ring is empty, the next seq to be sent.
+    first: Seq,
+    latest: Map<FlowKey, Seq>,
+    live: usize,
+    capacity: usize,
+}
+
+impl ResendQueue {
+    pub fn new(capacity: usize, next: Seq) -> ResendQueue {
+        ResendQueue {
+            ring: VecDeque::new(),
+            first: next,
+            latest: Map::default(),
+            live: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Entries held (live or superseded).
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Entries that would be resent if lost.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// True when no new sequenced message may be sent.
+    pub fn is_full(&self) -> bool {
+        self.ring.len() >= self.capacity
+    }
+
+    /// Capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The seq after the last held entry.
+    pub fn next(&self) -> Seq {
+        self.first.plus(self.ring.len() as u32)
+    }
+
+    /// Hold a message sent with `seq`, which must be [`ResendQueue::next`].
+    pub fn push(&mut self, seq: Seq, item: Item) {
+        if self.ring.is_empty() {
+            self.first = seq;
+        }
+        debug_assert_eq!(seq, self.next());
+        if let Some(key) = item.key()
+            && let Some(old) = self.latest.insert(key, seq)
+            && let Some(i) = old.distance_from(self.first)
+            && let Some(held) = self.ring.get_mut(i as usize)
+            && held.live
+        {
+            held.live = false;
+            self.live -= 1;
+        }
+        self.ring.push_back(Held { item, live: true });
+        self.live += 1;
+    }
+
+    /// The peer accepted `[from, to]` and will never accept anything before
+    /// `from`: drop everything up to `to`, returning the live entries
+    /// before `from` as lost. `to` must not be after the last held seq.
+    pub fn ack(&mut self, from: Seq, to: Seq, lost: &mut Vec<Item>) {
+        let end = to.next();
+        let Some(n) = end.distance_from(self.first) else { return };
+        let n = (n as usize).min(self.ring.len());
+        let lost_n = from.distance_from(self.first).map_or(0, |d| (d as usize).min(n));
+        for i in 0..n {
+            let Some(held) = self.ring.pop_front() else { break };
+            let seq = self.first;
+            self.first = self.first.next();
+            if held.live {
+                self.forget(&held.item, seq);
+                if i < lost_n {
+                    lost.push(held.item);
+                }
+            }
+        }
+        self.trim();
+    }
+
+    /// The peer lost `[from, to]`: return the live entries in it as lost.
+    pub fn nack(&mut self, from: Seq, to: Seq, lost: &mut Vec<Item>) {
+        let start = from.distance_from(self.first).unwrap_or(0) as usize;
+        let Some(end) = to.distance_from(self.first) else { return };
+        let end = (end as usize + 1).min(self.ring.len());
+        for i in start..end {
+            let seq = self.first.plus(i as u32);
+            let Some(held) = self.ring.get_mut(i) else { break };
+            if held.live {
+                held.live = false;
+                let item = held.item.clone();
+                self.live -= 1;
+                if let Some(key) = item.key()
+                    && self.latest.get(&key) == Some(&seq)
+                {
+                    self.latest.remove(&key);
+                }
+                lost.push(item);
+            }
+        }
+        self.trim();
+    }
+
+    /// Empty the queue, returning the live entries; the next seq becomes
+    /// `next`.
+    pub fn drain_all(&mut self, next: Seq, lost: &mut Vec<Item>) {
+        for held in self.ring.drain(..) {
+            if held.live {
+                lost.push(held.item);
+            }
+        }
+        self.latest.clear();
+        self.live = 0;
+        self.first = next;
+    }
+
+    fn forget(&mut self, item: &Item, seq: Seq) {
+        self.live -= 1;
+        if let Some(key) = item.key()
+            && self.latest.get(&key) == Some(&seq)
+        {
+            self.latest.remove(&key);
+        }
+    }
+
+    /// Superseded entries at the front will never be resent: let them go
+    /// so that they do not hold capacity.
+    fn trim(&mut self) {
+        while self.ring.front().is_some_and(|h| !h.live) {
+            self.ring.pop_front();
+            self.first = self.first.next();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::proto;
+
+    fn flow(port: u16) -> Flow {
+        Flow::new_v4(proto::TCP, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), port, 80)
+    }
+
+    fn drain(q: &mut TxQueue) -> Vec<Item> {
+        let mut v = Vec::new();
+        while !matches!(q.front(), Front::Empty) {
+            v.extend(q.pop());
+        }
+        v
+    }
+
+    #[test]
+    fn coalescing_rules() {
+        // docs/PROTOCOL.md, "Transmit queue".
+        let mut q = TxQueue::default();
+        let mut f1 = flow(1);
+        q.push_change(Item::Upsert { flow: f1.clone(), new: true });
+        f1.mark = 9;
+        q.push_change(Item::Upsert { flow: f1.clone(), new: false });
+        q.push_change(Item::Upsert { flow: flow(2), new: false });
+        q.push_change(Item::Upsert { flow: flow(3), new: true });
+        q.push_change(Item::Destroy(flow(3).key()));
+        q.push_change(Item::Destroy(flow(2).key()));
+        q.push_change(Item::Destroy(flow(4).key()));
+        q.push_change(Item::Upsert { flow: flow(4), new: true });
+        assert_eq!(
+            drain(&mut q),
+            vec![
+                Item::Upsert { flow: f1, new: true },
+                Item::Destroy(flow(2).key()),
+                Item::Upsert { flow: flow(4), new: false },
+            ]
+        );
+        assert!(q.is_empty());
+        assert_eq!(q.cancelled, 1);
+    }
+
+    #[test]
+    fn requeue_goes_first_unless_superseded() {
+        let mut q = TxQueue::default();
+        q.push_change(Item::Upsert { flow: flow(1), new: false });
+        assert!(q.requeue(Item::Upsert { flow: flow(2), new: true }));
+        assert!(!q.requeue(Item::Destroy(flow(1).key())));
+        let got = drain(&mut q);
+        assert_eq!(got[0], Item::Upsert { flow: flow(2), new: false });
+        assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn resend_queue_ack_nack_and_supersede_across_the_wrap() {
+        let base = Seq(u32::MAX - 2);
+        let mut rs = ResendQueue::new(16, base);
+        for i in 0..6u32 {
+            let port = if i == 4 { 1 } else { i as u16 + 10 };
+            rs.push(base.plus(i), Item::Upsert { flow: flow(port), new: false });
+        }
+        // seq base+0 was port 10, base+4 supersedes nothing (port 1 is new).
+        assert_eq!(rs.live(), 6);
+        rs.push(base.plus(6), Item::Destroy(flow(10).key())); // supersedes base+0
+        assert_eq!(rs.live(), 6);
+        let mut lost = Vec::new();
+        rs.nack(base.plus(1), base.plus(2), &mut lost);
+        assert_eq!(lost.len(), 2);
+        // base+0 is superseded, base+1 and +2 were nacked: trimmed away.
+        assert_eq!(rs.len(), 4);
+        lost.clear();
+        // Accepted [base+4, base+5]; base+3 is lost.
+        rs.ack(base.plus(4), base.plus(5), &mut lost);
+        assert_eq!(lost, vec![Item::Upsert { flow: flow(13), new: false }]);
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs.live(), 1);
+        // An ACK for seqs no longer held changes nothing.
+        lost.clear();
+        rs.ack(base, base.plus(2), &mut lost);
+        assert!(lost.is_empty());
+        assert_eq!(rs.next(), base.plus(7));
+    }
+}

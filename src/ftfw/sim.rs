@@ -1,0 +1,517 @@
+//! Deterministic simulation: two cores joined by a lossy, reordering,
+//! duplicating, corrupting link on a virtual clock. Each side has an
+//! internal set (its "kernel") that random changes hit, and an external view
+//! built only from [`PeerEvent`]s. After a quiet period each side's external
+//! view must equal the other side's internal set exactly.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::flow::{Flow, FlowKey, proto};
+use crate::wire::native;
+
+/// splitmix64: small, seeded, good enough for schedules.
+#[derive(Clone)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
+    }
+}
+
+/// Faults and events of one run.
+#[derive(Clone, Debug)]
+pub(crate) struct Scenario {
+    pub seed: u64,
+    pub loss: f64,
+    pub dup: f64,
+    pub corrupt: f64,
+    /// One-way delay is `delay_ms + jitter` with jitter up to this (reorders).
+    pub jitter_ms: u64,
+    pub delay_ms: u64,
+    pub ops: usize,
+    /// Distinct flows per side the ops pick from.
+    pub flows: u16,
+    pub resend_queue: usize,
+    pub initial_seq: [u32; 2],
+    /// Link down between these times (ms).
+    pub partition: Option<(u64, u64)>,
+    /// Restart side `.1` at `.0` ms.
+    pub restarts: Vec<(u64, usize)>,
+    /// Inject a forged datagram for side 1 `.1` seqs ahead at `.0` ms.
+    pub forge: Option<(u64, u32)>,
+    /// Ops are spread over this many ms.
+    pub op_period_ms: u64,
+}
+
+impl Default for Scenario {
+    fn default() -> Scenario {
+        Scenario {
+            seed: 1,
+            loss: 0.0,
+            dup: 0.0,
+            corrupt: 0.0,
+            jitter_ms: 0,
+            delay_ms: 1,
+            ops: 300,
+            flows: 100,
+            resend_queue: 1024,
+            initial_seq: [1000, 5000],
+            partition: None,
+            restarts: Vec::new(),
+            forge: None,
+            op_period_ms: 2000,
+        }
+    }
+}
+
+struct Side {
+    core: Ftfw,
+    internal: HashMap<FlowKey, Flow>,
+    external: HashMap<FlowKey, (Flow, u64)>,
+}
+
+struct Packet {
+    at: Duration,
+    id: u64,
+    to: usize,
+    bytes: Vec<u8>,
+}
+
+impl PartialEq for Packet {
+    fn eq(&self, o: &Packet) -> bool {
+        (self.at, self.id) == (o.at, o.id)
+    }
+}
+impl Eq for Packet {}
+impl PartialOrd for Packet {
+    fn partial_cmp(&self, o: &Packet) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Packet {
+    fn cmp(&self, o: &Packet) -> std::cmp::Ordering {
+        (self.at, self.id).cmp(&(o.at, o.id))
+    }
+}
+
+/// Outcome of a run, for assertions beyond convergence.
+pub(crate) struct Outcome {
+    pub stats: [FtfwStats; 2],
+    /// Virtual time to convergence.
+    pub virtual_time: Duration,
+    /// Datagrams both sides sent during [`IDLE_CHECK`] after convergence.
+    pub idle_datagrams: u64,
+    pub delivered_flow_msgs: u64,
+}
+
+/// How long a converged pair is watched.
+const IDLE_CHECK: Duration = Duration::from_secs(10);
+
+pub(crate) fn config(resend_queue: usize) -> FtfwConfig {
+    FtfwConfig {
+        resend_queue,
+        max_seq_jump: resend_queue as u32,
+        ack_window: 32,
+        ..FtfwConfig::default()
+    }
+}
+
+fn flow_for(side: usize, port: u16, rng: &mut Rng) -> Flow {
+    let src = [10, side as u8, 0, 1];
+    let mut f = if port.is_multiple_of(7) {
+        let mut f = Flow::new(
+            proto::TCP,
+            format!("2001:db8::{side}").parse().unwrap(),
+            "2001:db8::ff".parse().unwrap(),
+            port,
+            443,
+        );
+        f.extra_mut().labels = Some(u128::from(port));
+        f
+    } else {
+        Flow::new_v4(proto::TCP, src.into(), [10, 9, 9, 9].into(), port, 80)
+    };
+    f.timeout = rng.below(1000) as u32;
+    f.mark = rng.below(4) as u32;
+    f.proto_state = 3;
+    f
+}
+
+/// Run a scenario to convergence; panics with diagnostics if it does not.
+pub(crate) fn run(sc: &Scenario) -> Outcome {
+    let t0 = Instant::now();
+    let mut rng = Rng::new(sc.seed);
+    let cfg = config(sc.resend_queue);
+    let mut sides: Vec<Side> = (0..2)
+        .map(|i| Side {
+            core: Ftfw::new(cfg.clone(), 100 + i as u32, sc.initial_seq[i], t0),
+            internal: HashMap::new(),
+            external: HashMap::new(),
+        })
+        .collect();
+    let mut ops: Vec<(u64, usize, u16, u8)> = (0..sc.ops)
+        .map(|_| {
+            (
+                rng.below(sc.op_period_ms.max(1)),
+                rng.below(2) as usize,
+                1 + rng.below(u64::from(sc.flows)) as u16,
+                rng.below(10) as u8,
+            )
+        })
+        .collect();
+    ops.sort();
+    let mut ops = ops.into_iter().peekable();
+    let mut restarts = sc.restarts.clone();
+    restarts.sort();
+    let mut restarts = restarts.into_iter().peekable();
+    let mut forge = sc.forge;
+    let mut link: BinaryHeap<Reverse<Packet>> = BinaryHeap::new();
+    let mut packet_id = 0u64;
+    let mut now = Duration::ZERO;
+    let mut buf = vec![0u8; 1500];
+    let mut delivered = 0u64;
+    let quiet_from = sc
+        .op_period_ms
+        .max(sc.partition.map_or(0, |p| p.1))
+        .max(sc.restarts.iter().map(|r| r.0).max().unwrap_or(0));
+    let deadline = Duration::from_millis(quiet_from + 600_000);
+    let mut session_counter = 1000u32;
+    let mut converged_at = None;
+    let mut sent_at_convergence = 0;
+
+    loop {
+        // Drain outputs: transmit, then events (a bulk request feeds
+        // transmit again).
+        #[allow(clippy::needless_range_loop)] // `1 - i` addresses the other side
+        for i in 0..2 {
+            loop {
+                let mut progressed = false;
+                while let Some(n) = sides[i].core.poll_transmit(t0 + now, &mut buf) {
+                    progressed = true;
+                    let ms = now.as_millis() as u64;
+                    let cut = sc.partition.is_some_and(|(a, b)| ms >= a && ms < b);
+                    let copies = if rng.chance(sc.dup) { 2 } else { 1 };
+                    for _ in 0..copies {
+                        if cut || rng.chance(sc.loss) {
+                            continue;
+                        }
+                        let mut bytes = buf[..n].to_vec();
+                        if rng.chance(sc.corrupt) {
+                            let bit = rng.below(n as u64 * 8) as usize;
+                            bytes[bit / 8] ^= 1 << (bit % 8);
+                        }
+                        let delay = sc.delay_ms * 1000 + rng.below(sc.jitter_ms * 1000 + 1);
+                        packet_id += 1;
+                        link.push(Reverse(Packet {
+                            at: now + Duration::from_micros(delay),
+                            id: packet_id,
+                            to: 1 - i,
+                            bytes,
+                        }));
+                    }
+                }
+                while let Some(ev) = sides[i].core.poll_event() {
+                    progressed = true;
+                    let side = &mut sides[i];
+                    match ev {
+                        PeerEvent::Upsert { flow, stamp } => {
+                            delivered += 1;
+                            side.external.insert(flow.key(), (flow, stamp));
+                        }
+                        PeerEvent::Destroy { key } => {
+                            delivered += 1;
+                            side.external.remove(&key);
+                        }
+                        PeerEvent::BulkEnd { floor } => {
+                            side.external.retain(|_, (_, stamp)| *stamp >= floor);
+                        }
+                        PeerEvent::BulkRequested => {
+                            let Side { core, internal, .. } = side;
+                            core.bulk_send(internal.values());
+                        }
+                        PeerEvent::PeerUp | PeerEvent::PeerDown | PeerEvent::PeerRestarted => {}
+                    }
+                }
+                if !progressed {
+                    break;
+                }
+            }
+        }
+
+        let quiet = now >= Duration::from_millis(quiet_from)
+            && ops.peek().is_none()
+            && restarts.peek().is_none()
+            && forge.is_none();
+        if quiet && converged(&sides) {
+            // Stay a while: the views must stay equal and an idle pair must
+            // only exchange keepalives.
+            match converged_at {
+                None => {
+                    converged_at = Some(now);
+                    sent_at_convergence =
+                        sides[0].core.stats().datagrams_sent + sides[1].core.stats().datagrams_sent;
+                }
+                Some(t) if now >= t + IDLE_CHECK => break,
+                Some(_) => {}
+            }
+        } else if converged_at.is_some() && quiet {
+            panic!("views diverged after converging in {sc:?}");
+        }
+        if now > deadline {
+            let [a, b] = [&sides[0], &sides[1]];
+            panic!(
+                "no convergence in {sc:?}\nA: {:?} synced={} state={:?} ext={} int={}\nB: {:?} \
+                 synced={} state={:?} ext={} int={}",
+                a.core.stats(),
+                a.core.is_synced(),
+                a.core.peer_state(),
+                a.external.len(),
+                a.internal.len(),
+                b.core.stats(),
+                b.core.is_synced(),
+                b.core.peer_state(),
+                b.external.len(),
+                b.internal.len(),
+            );
+        }
+
+        // Advance the virtual clock to the next thing that happens.
+        let mut next = deadline + Duration::from_secs(1);
+        if let Some(Reverse(p)) = link.peek() {
+            next = next.min(p.at);
+        }
+        for s in &sides {
+            if let Some(t) = s.core.poll_timeout() {
+                next = next.min(t.saturating_duration_since(t0));
+            }
+        }
+        if let Some(op) = ops.peek() {
+            next = next.min(Duration::from_millis(op.0));
+        }
+        if let Some(r) = restarts.peek() {
+            next = next.min(Duration::from_millis(r.0));
+        }
+        if let Some(f) = forge {
+            next = next.min(Duration::from_millis(f.0));
+        }
+        now = if next > now { next } else { now + Duration::from_micros(100) };
+
+        while link.peek().is_some_and(|Reverse(p)| p.at <= now) {
+            let Some(Reverse(p)) = link.pop() else { break };
+            sides[p.to].core.handle_datagram(t0 + now, &p.bytes);
+        }
+        for s in &mut sides {
+            if s.core.poll_timeout().is_some_and(|t| t <= t0 + now) {
+                s.core.handle_timeout(t0 + now);
+            }
+        }
+        while ops.peek().is_some_and(|op| Duration::from_millis(op.0) <= now) {
+            let Some((_, i, port, action)) = ops.next() else { break };
+            let side = &mut sides[i];
+            let flow = flow_for(i, port, &mut rng);
+            let key = flow.key();
+            let change = match (side.internal.contains_key(&key), action) {
+                (true, 0..=2) => {
+                    side.internal.remove(&key);
+                    LocalChange::Destroy(key)
+                }
+                (true, _) => {
+                    side.internal.insert(key, flow.clone());
+                    LocalChange::Upsert(flow)
+                }
+                (false, _) => {
+                    side.internal.insert(key, flow.clone());
+                    LocalChange::New(flow)
+                }
+            };
+            side.core.queue(change);
+        }
+        while restarts.peek().is_some_and(|r| Duration::from_millis(r.0) <= now) {
+            let Some((_, i)) = restarts.next() else { break };
+            session_counter += 1;
+            let initial = rng.next_u64() as u32;
+            sides[i].core = Ftfw::new(cfg.clone(), session_counter, initial, t0 + now);
+            sides[i].external.clear();
+        }
+        if let Some((at, ahead)) = forge
+            && Duration::from_millis(at) <= now
+        {
+            forge = None;
+            let bogus = Flow::new_v4(proto::UDP, [6, 6, 6, 6].into(), [7, 7, 7, 7].into(), 6, 6);
+            let hdr = DatagramHeader {
+                flags: 0,
+                session: sides[0].core.session_id(),
+                seq: sides[0].core.next_seq().wrapping_add(ahead),
+            };
+            // Far ahead: a flow that must be ignored. Near ahead: a bare
+            // ALIVE (a forged flow inside the window would be accepted, as
+            // nothing authenticates datagrams yet).
+            let msg = if ahead > sc.resend_queue as u32 {
+                MessageRef::FlowNew(&bogus)
+            } else {
+                MessageRef::Alive
+            };
+            let n = native::encode(&hdr, &[msg], &mut buf).unwrap();
+            sides[1].core.handle_datagram(t0 + now, &buf[..n]);
+        }
+    }
+    let idle_datagrams = sides[0].core.stats().datagrams_sent
+        + sides[1].core.stats().datagrams_sent
+        - sent_at_convergence;
+    Outcome {
+        stats: [sides[0].core.stats().clone(), sides[1].core.stats().clone()],
+        virtual_time: converged_at.unwrap_or(now),
+        idle_datagrams,
+        delivered_flow_msgs: delivered,
+    }
+}
+
+fn converged(sides: &[Side]) -> bool {
+    let view_matches = |ext: &HashMap<FlowKey, (Flow, u64)>, int: &HashMap<FlowKey, Flow>| {
+        ext.len() == int.len() && int.iter().all(|(k, f)| ext.get(k).is_some_and(|(g, _)| g == f))
+    };
+    sides[0].core.is_synced()
+        && sides[1].core.is_synced()
+        && view_matches(&sides[1].external, &sides[0].internal)
+        && view_matches(&sides[0].external, &sides[1].internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_link() {
+        let out = run(&Scenario::default());
+        assert!(out.delivered_flow_msgs > 100, "{}", out.delivered_flow_msgs);
+        assert!(out.virtual_time < Duration::from_secs(10));
+        assert_eq!(out.stats[0].resent, 0);
+        // docs/PROTOCOL.md, "Keepalive": one datagram per interval each way.
+        assert!(out.idle_datagrams <= 2 * 11, "{}", out.idle_datagrams);
+        assert_eq!(out.stats[1].drop_bad_crc, 0);
+    }
+
+    #[test]
+    fn heavy_loss_reorder_dup_corruption() {
+        run(&Scenario {
+            seed: 7,
+            loss: 0.3,
+            dup: 0.1,
+            corrupt: 0.05,
+            jitter_ms: 20,
+            ..Scenario::default()
+        });
+    }
+
+    #[test]
+    fn half_of_everything_lost() {
+        let out = run(&Scenario { seed: 3, loss: 0.5, ops: 200, ..Scenario::default() });
+        assert!(out.stats[0].resent + out.stats[1].resent > 0);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        run(&Scenario {
+            seed: 11,
+            loss: 0.1,
+            jitter_ms: 5,
+            initial_seq: [u32::MAX - 50, u32::MAX - 3],
+            ..Scenario::default()
+        });
+    }
+
+    #[test]
+    fn tiny_resend_queue_applies_backpressure() {
+        let out = run(&Scenario {
+            seed: 5,
+            loss: 0.2,
+            resend_queue: 8,
+            ops: 400,
+            op_period_ms: 100,
+            ..Scenario::default()
+        });
+        assert!(out.stats[0].backpressure + out.stats[1].backpressure > 0);
+    }
+
+    #[test]
+    fn partition_heals() {
+        let out = run(&Scenario {
+            seed: 13,
+            loss: 0.05,
+            partition: Some((500, 9000)),
+            ..Scenario::default()
+        });
+        assert!(out.stats[0].peer_down >= 1 && out.stats[0].peer_up >= 2);
+    }
+
+    #[test]
+    fn restart_of_either_side_mid_burst() {
+        let out = run(&Scenario {
+            seed: 17,
+            loss: 0.1,
+            jitter_ms: 3,
+            restarts: vec![(700, 0), (1400, 1)],
+            ..Scenario::default()
+        });
+        assert!(out.stats[0].peer_restarts + out.stats[1].peer_restarts >= 1);
+    }
+
+    #[test]
+    fn forged_far_ahead_datagram_does_not_stall() {
+        let out = run(&Scenario { seed: 19, forge: Some((900, 1 << 30)), ..Scenario::default() });
+        assert_eq!(out.stats[1].drop_far_ahead, 1);
+    }
+
+    #[test]
+    fn forged_near_ahead_datagram_heals_by_jumping() {
+        let out = run(&Scenario { seed: 23, forge: Some((900, 50)), ..Scenario::default() });
+        assert!(out.stats[0].seq_jumps >= 1);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        #[test]
+        fn random_schedules_converge(
+            seed in proptest::num::u64::ANY,
+            loss in 0u32..=50,
+            dup in 0u32..=20,
+            corrupt in 0u32..=10,
+            jitter in 0u64..30,
+            rs in proptest::sample::select(vec![8usize, 64, 4096]),
+            start in proptest::num::u32::ANY,
+            restart in proptest::option::of((0u64..3000, 0usize..2)),
+            partition in proptest::option::of((0u64..2000, 100u64..5000)),
+        ) {
+            run(&Scenario {
+                seed,
+                loss: f64::from(loss) / 100.0,
+                dup: f64::from(dup) / 100.0,
+                corrupt: f64::from(corrupt) / 100.0,
+                jitter_ms: jitter,
+                resend_queue: rs,
+                initial_seq: [start, start.wrapping_add(0x8000_0000)],
+                restarts: restart.into_iter().collect(),
+                partition: partition.map(|(a, len)| (a, a + len)),
+                ops: 150,
+                ..Scenario::default()
+            });
+        }
+    }
+}

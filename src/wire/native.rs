@@ -1,0 +1,1008 @@
+//! The native ctsync datagram format, version 1 (see `docs/PROTOCOL.md`).
+//!
+//! ```text
+//! datagram: header (20) | message* | crc32 (4)
+//! header:   magic "CT" u16 | version u8 | flags u8 | session u32 | seq u32
+//!           | length u16 | count u16 | key id u32
+//! message:  type u8 | flags u8 | length u16 | body
+//! flow body: attribute* where attribute = type u16 | len u16 | value
+//! ```
+//!
+//! All integers are big-endian. [`Packet`] and [`MessagePacket`] are views:
+//! once `new_checked` succeeded, no accessor can panic. The `emit_*`
+//! functions write into a buffer the caller owns and fail with
+//! [`WireError::BufferTooSmall`] instead of panicking.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::{Codec, DatagramHeader, Message, MessageRef, Received, WireError};
+use crate::flow::{Addrs, Flow, FlowExtra, FlowKey, SeqAdj, TcpInfo};
+
+/// `"CT"`.
+pub const MAGIC: u16 = 0x4354;
+/// The version this module speaks.
+pub const VERSION: u8 = 1;
+/// Datagram header length.
+pub const HEADER_LEN: usize = field::MESSAGES;
+/// CRC32 trailer length.
+pub const CRC_LEN: usize = 4;
+/// Message header length.
+pub const MSG_HEADER_LEN: usize = 4;
+/// Attribute header length.
+pub const ATTR_HEADER_LEN: usize = 4;
+/// Default largest datagram: a 1500-byte MTU minus IPv4 and UDP headers.
+pub const DEFAULT_MAX_DATAGRAM: usize = 1472;
+/// Longest helper name accepted (the kernel's `NF_CT_HELPER_NAME_LEN` is 16).
+pub const MAX_HELPER_LEN: usize = 64;
+
+/// Datagram header flag bits.
+pub mod flags {
+    /// Reserved for authentication: a MAC tag follows the CRC and the key id
+    /// field names the key. Not implemented: such datagrams are refused.
+    pub const AUTH: u8 = 0x01;
+    /// The sender's resend queue is filling up: please acknowledge now.
+    pub const ACK_REQUEST: u8 = 0x02;
+}
+
+/// Message type numbers. Types below 64 consume a sequence number, so that
+/// a receiver that does not know a type still numbers the others right.
+pub mod msg_type {
+    /// Flow created.
+    pub const FLOW_NEW: u8 = 1;
+    /// Flow state changed (full state).
+    pub const FLOW_UPDATE: u8 = 2;
+    /// Flow destroyed (key only).
+    pub const FLOW_DESTROY: u8 = 3;
+    /// End of a bulk.
+    pub const BULK_END: u8 = 4;
+    /// Ask the peer for a bulk of its table.
+    pub const RESYNC_REQUEST: u8 = 5;
+    /// First type reserved for expectation messages (sequenced).
+    pub const EXPECT_FIRST: u8 = 32;
+    /// Last type reserved for expectation messages.
+    pub const EXPECT_LAST: u8 = 63;
+    /// Acknowledge a range.
+    pub const ACK: u8 = 64;
+    /// Report a lost range.
+    pub const NACK: u8 = 65;
+    /// Keepalive.
+    pub const ALIVE: u8 = 66;
+    /// Handshake request.
+    pub const HELLO: u8 = 67;
+    /// Handshake answer.
+    pub const HELLO_BACK: u8 = 68;
+
+    /// True when a message of this type consumes a sequence number.
+    pub fn is_sequenced(t: u8) -> bool {
+        t < ACK
+    }
+}
+
+/// Flow attribute type numbers.
+pub mod attr {
+    /// IPv4 addresses of both tuples, l4, protocol, state, zone, status,
+    /// timeout, mark (40 bytes).
+    pub const CORE_V4: u16 = 1;
+    /// As [`CORE_V4`] with IPv6 addresses (88 bytes).
+    pub const CORE_V6: u16 = 2;
+    /// TCP window scales and flags (4 bytes).
+    pub const TCP: u16 = 3;
+    /// Connection labels (16 bytes).
+    pub const LABELS: u16 = 4;
+    /// Helper name (UTF-8, up to 64 bytes).
+    pub const HELPER: u16 = 5;
+    /// NAT sequence adjustment, orig then reply (24 bytes).
+    pub const SEQ_ADJ: u16 = 6;
+    /// SCTP verification tags (8 bytes).
+    pub const SCTP_VTAGS: u16 = 7;
+    /// DCCP role and handshake sequence (9 bytes).
+    pub const DCCP: u16 = 8;
+    /// Per-tuple zones (4 bytes).
+    pub const TUPLE_ZONES: u16 = 9;
+    /// IPv4 flow key (16 bytes).
+    pub const KEY_V4: u16 = 16;
+    /// IPv6 flow key (40 bytes).
+    pub const KEY_V6: u16 = 17;
+}
+
+mod field {
+    pub type Field = std::ops::Range<usize>;
+    pub const MAGIC: Field = 0..2;
+    pub const VERSION: usize = 2;
+    pub const FLAGS: usize = 3;
+    pub const SESSION: Field = 4..8;
+    pub const SEQ: Field = 8..12;
+    pub const LENGTH: Field = 12..14;
+    pub const COUNT: Field = 14..16;
+    pub const KEY_ID: Field = 16..20;
+    pub const MESSAGES: usize = 20;
+
+    pub const MSG_TYPE: usize = 0;
+    pub const MSG_FLAGS: usize = 1;
+    pub const MSG_LENGTH: Field = 2..4;
+}
+
+const CORE_TAIL: usize = 24;
+const CORE_V4_LEN: usize = 16 + CORE_TAIL;
+const CORE_V6_LEN: usize = 64 + CORE_TAIL;
+const KEY_V4_LEN: usize = 16;
+const KEY_V6_LEN: usize = 40;
+
+/// A view of a whole datagram.
+#[derive(Debug, Clone)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wrap without checking; accessors may panic on short buffers.
+    pub fn new_unchecked(buffer: T) -> Packet<T> {
+        Packet { buffer }
+    }
+
+    /// Wrap and check magic, version, flags and length, so that no accessor
+    /// can panic. The CRC is checked separately by [`Packet::check_crc`].
+    pub fn new_checked(buffer: T) -> Result<Packet<T>, WireError> {
+        let packet = Packet::new_unchecked(buffer);
+        packet.check_len()?;
+        Ok(packet)
+    }
+
+    /// The checks of [`Packet::new_checked`].
+    pub fn check_len(&self) -> Result<(), WireError> {
+        let buf = self.buffer.as_ref();
+        if buf.len() < HEADER_LEN + CRC_LEN {
+            return Err(WireError::Truncated);
+        }
+        if self.magic() != MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        if self.version() != VERSION {
+            return Err(WireError::BadVersion(self.version()));
+        }
+        if self.flags() & flags::AUTH != 0 {
+            return Err(WireError::AuthUnsupported);
+        }
+        let len = usize::from(self.length());
+        if len > buf.len() {
+            return Err(WireError::Truncated);
+        }
+        if len != buf.len() || len < HEADER_LEN + CRC_LEN {
+            return Err(WireError::BadLength);
+        }
+        Ok(())
+    }
+
+    /// Verify the CRC32 trailer.
+    pub fn check_crc(&self) -> Result<(), WireError> {
+        if self.crc() == self.computed_crc() { Ok(()) } else { Err(WireError::BadCrc) }
+    }
+
+    /// Magic number.
+    pub fn magic(&self) -> u16 {
+        be16(&self.buffer.as_ref()[field::MAGIC])
+    }
+    /// Format version.
+    pub fn version(&self) -> u8 {
+        self.buffer.as_ref()[field::VERSION]
+    }
+    /// Flag bits, see [`flags`].
+    pub fn flags(&self) -> u8 {
+        self.buffer.as_ref()[field::FLAGS]
+    }
+    /// Sender session id.
+    pub fn session(&self) -> u32 {
+        be32(&self.buffer.as_ref()[field::SESSION])
+    }
+    /// Seq of the first sequenced message, or the sender's next seq.
+    pub fn seq(&self) -> u32 {
+        be32(&self.buffer.as_ref()[field::SEQ])
+    }
+    /// Length of the datagram including the CRC.
+    pub fn length(&self) -> u16 {
+        be16(&self.buffer.as_ref()[field::LENGTH])
+    }
+    /// Number of messages.
+    pub fn count(&self) -> u16 {
+        be16(&self.buffer.as_ref()[field::COUNT])
+    }
+    /// Authentication key id (0 while authentication is not implemented).
+    pub fn key_id(&self) -> u32 {
+        be32(&self.buffer.as_ref()[field::KEY_ID])
+    }
+    /// The messages.
+    pub fn payload(&self) -> &[u8] {
+        let end = usize::from(self.length()) - CRC_LEN;
+        &self.buffer.as_ref()[field::MESSAGES..end]
+    }
+    /// The CRC trailer as received.
+    pub fn crc(&self) -> u32 {
+        let end = usize::from(self.length());
+        be32(&self.buffer.as_ref()[end - CRC_LEN..end])
+    }
+    /// The CRC32 of everything before the trailer.
+    pub fn computed_crc(&self) -> u32 {
+        let end = usize::from(self.length()) - CRC_LEN;
+        crc32fast::hash(&self.buffer.as_ref()[..end])
+    }
+    /// Iterate over the messages.
+    pub fn messages(&self) -> MessageIter<'_> {
+        MessageIter { rest: self.payload() }
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Write the header fields and the CRC. `len` is the total length.
+    pub fn fill(&mut self, hdr: &DatagramHeader, count: u16, len: u16) {
+        let buf = self.buffer.as_mut();
+        buf[field::MAGIC].copy_from_slice(&MAGIC.to_be_bytes());
+        buf[field::VERSION] = VERSION;
+        buf[field::FLAGS] = hdr.flags & !flags::AUTH;
+        buf[field::SESSION].copy_from_slice(&hdr.session.to_be_bytes());
+        buf[field::SEQ].copy_from_slice(&hdr.seq.to_be_bytes());
+        buf[field::LENGTH].copy_from_slice(&len.to_be_bytes());
+        buf[field::COUNT].copy_from_slice(&count.to_be_bytes());
+        buf[field::KEY_ID].copy_from_slice(&0u32.to_be_bytes());
+        let end = usize::from(len) - CRC_LEN;
+        let crc = crc32fast::hash(&buf[..end]);
+        buf[end..end + CRC_LEN].copy_from_slice(&crc.to_be_bytes());
+    }
+}
+
+/// A view of one message.
+#[derive(Debug, Clone, Copy)]
+pub struct MessagePacket<'a> {
+    buffer: &'a [u8],
+}
+
+impl<'a> MessagePacket<'a> {
+    /// Check the header and length; the view covers exactly the message.
+    pub fn new_checked(buffer: &'a [u8]) -> Result<MessagePacket<'a>, WireError> {
+        if buffer.len() < MSG_HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        let len = usize::from(be16(&buffer[field::MSG_LENGTH]));
+        if len < MSG_HEADER_LEN {
+            return Err(WireError::BadLength);
+        }
+        let buffer = buffer.get(..len).ok_or(WireError::Truncated)?;
+        Ok(MessagePacket { buffer })
+    }
+    /// Message type, see [`msg_type`].
+    pub fn msg_type(&self) -> u8 {
+        self.buffer[field::MSG_TYPE]
+    }
+    /// Message flags (none defined; must be zero, ignored on receipt).
+    pub fn flags(&self) -> u8 {
+        self.buffer[field::MSG_FLAGS]
+    }
+    /// Total length, header included.
+    pub fn len(&self) -> usize {
+        self.buffer.len()
+    }
+    /// True when the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.buffer.len() == MSG_HEADER_LEN
+    }
+    /// The body.
+    pub fn body(&self) -> &'a [u8] {
+        &self.buffer[MSG_HEADER_LEN..]
+    }
+    /// Decode the body. Unknown types give [`WireError::UnknownMessage`].
+    pub fn parse(&self) -> Result<Message, WireError> {
+        let body = self.body();
+        let word = |i: usize| -> Result<u32, WireError> {
+            body.get(i..i + 4).map(be32).ok_or(WireError::Truncated)
+        };
+        Ok(match self.msg_type() {
+            msg_type::FLOW_NEW => Message::FlowNew(parse_flow(body)?),
+            msg_type::FLOW_UPDATE => Message::FlowUpdate(parse_flow(body)?),
+            msg_type::FLOW_DESTROY => Message::FlowDestroy(parse_key(body)?),
+            msg_type::BULK_END => Message::BulkEnd { bulk_start: word(0)? },
+            msg_type::RESYNC_REQUEST => Message::ResyncRequest,
+            msg_type::ACK => Message::Ack { from: word(0)?, to: word(4)? },
+            msg_type::NACK => Message::Nack { from: word(0)?, to: word(4)? },
+            msg_type::ALIVE => Message::Alive,
+            msg_type::HELLO => Message::Hello { session: word(0)? },
+            msg_type::HELLO_BACK => Message::HelloBack { session: word(0)? },
+            t => return Err(WireError::UnknownMessage(t)),
+        })
+    }
+}
+
+/// Iterator over the messages of a payload; stops after the first framing
+/// error (the rest of the datagram cannot be delimited).
+#[derive(Debug, Clone)]
+pub struct MessageIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for MessageIter<'a> {
+    type Item = Result<MessagePacket<'a>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        match MessagePacket::new_checked(self.rest) {
+            Ok(m) => {
+                self.rest = &self.rest[m.len()..];
+                Some(Ok(m))
+            }
+            Err(e) => {
+                self.rest = &[];
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Iterator over TLV attributes: `(type, value)`; stops after an error.
+#[derive(Debug, Clone)]
+pub struct AttrIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> AttrIter<'a> {
+    /// Attributes of a message body.
+    pub fn new(body: &'a [u8]) -> AttrIter<'a> {
+        AttrIter { rest: body }
+    }
+}
+
+impl<'a> Iterator for AttrIter<'a> {
+    type Item = Result<(u16, &'a [u8]), WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let item = (|| {
+            let hdr = self.rest.get(..ATTR_HEADER_LEN).ok_or(WireError::Truncated)?;
+            let kind = be16(&hdr[0..2]);
+            let len = usize::from(be16(&hdr[2..4]));
+            let value = self
+                .rest
+                .get(ATTR_HEADER_LEN..ATTR_HEADER_LEN + len)
+                .ok_or(WireError::Truncated)?;
+            Ok((kind, value, ATTR_HEADER_LEN + len))
+        })();
+        match item {
+            Ok((kind, value, used)) => {
+                self.rest = &self.rest[used..];
+                Some(Ok((kind, value)))
+            }
+            Err(e) => {
+                self.rest = &[];
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// The native codec, for the protocol core.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NativeCodec;
+
+impl Codec for NativeCodec {
+    fn header_len(&self) -> usize {
+        HEADER_LEN
+    }
+
+    fn trailer_len(&self) -> usize {
+        CRC_LEN
+    }
+
+    fn message_len(&self, msg: &MessageRef<'_>) -> usize {
+        message_len(msg)
+    }
+
+    fn emit_message(
+        &self,
+        msg: &MessageRef<'_>,
+        _seq: u32,
+        buf: &mut [u8],
+    ) -> Result<usize, WireError> {
+        emit_message(msg, buf)
+    }
+
+    fn finish(
+        &self,
+        hdr: &DatagramHeader,
+        count: u16,
+        end: usize,
+        buf: &mut [u8],
+    ) -> Result<usize, WireError> {
+        let len = end + CRC_LEN;
+        let len16 = u16::try_from(len).map_err(|_| WireError::BufferTooSmall)?;
+        if end < HEADER_LEN || buf.len() < len {
+            return Err(WireError::BufferTooSmall);
+        }
+        Packet::new_unchecked(&mut buf[..len]).fill(hdr, count, len16);
+        Ok(len)
+    }
+
+    fn decode(&self, bytes: &[u8], out: &mut Vec<Received>) -> Result<DatagramHeader, WireError> {
+        decode(bytes, out)
+    }
+}
+
+/// Check and decode a datagram: CRC first (skipped when fuzzing, so that
+/// the fuzzer reaches the parsers), then every message.
+#[allow(unexpected_cfgs)]
+pub fn decode(bytes: &[u8], out: &mut Vec<Received>) -> Result<DatagramHeader, WireError> {
+    let packet = Packet::new_checked(bytes)?;
+    if !cfg!(fuzzing) {
+        packet.check_crc()?;
+    }
+    let hdr =
+        DatagramHeader { flags: packet.flags(), session: packet.session(), seq: packet.seq() };
+    let start = out.len();
+    for m in packet.messages() {
+        let m = m?;
+        out.push(Received { sequenced: msg_type::is_sequenced(m.msg_type()), msg: m.parse() });
+    }
+    if out.len() - start != usize::from(packet.count()) {
+        out.truncate(start);
+        return Err(WireError::BadLength);
+    }
+    Ok(hdr)
+}
+
+/// Encode a whole datagram in one call (tests, tools, the benchmark).
+pub fn encode(
+    hdr: &DatagramHeader,
+    msgs: &[MessageRef<'_>],
+    buf: &mut [u8],
+) -> Result<usize, WireError> {
+    let mut at = HEADER_LEN;
+    for m in msgs {
+        at += emit_message(m, buf.get_mut(at..).ok_or(WireError::BufferTooSmall)?)?;
+    }
+    let count = u16::try_from(msgs.len()).map_err(|_| WireError::BufferTooSmall)?;
+    NativeCodec.finish(hdr, count, at, buf)
+}
+
+/// Bytes a message takes, header included.
+pub fn message_len(msg: &MessageRef<'_>) -> usize {
+    MSG_HEADER_LEN
+        + match msg {
+            MessageRef::FlowNew(f) | MessageRef::FlowUpdate(f) => flow_len(f),
+            MessageRef::FlowDestroy(k) => {
+                ATTR_HEADER_LEN + if k.is_ipv6() { KEY_V6_LEN } else { KEY_V4_LEN }
+            }
+            MessageRef::Ack { .. } | MessageRef::Nack { .. } => 8,
+            MessageRef::BulkEnd { .. }
+            | MessageRef::Hello { .. }
+            | MessageRef::HelloBack { .. } => 4,
+            MessageRef::ResyncRequest | MessageRef::Alive => 0,
+        }
+}
+
+/// Write one message at the start of `buf`.
+pub fn emit_message(msg: &MessageRef<'_>, buf: &mut [u8]) -> Result<usize, WireError> {
+    let len = message_len(msg);
+    let len16 = u16::try_from(len).map_err(|_| WireError::BufferTooSmall)?;
+    let buf = buf.get_mut(..len).ok_or(WireError::BufferTooSmall)?;
+    let kind = match msg {
+        MessageRef::FlowNew(_) => msg_type::FLOW_NEW,
+        MessageRef::FlowUpdate(_) => msg_type::FLOW_UPDATE,
+        MessageRef::FlowDestroy(_) => msg_type::FLOW_DESTROY,
+        MessageRef::BulkEnd { .. } => msg_type::BULK_END,
+        MessageRef::ResyncRequest => msg_type::RESYNC_REQUEST,
+        MessageRef::Ack { .. } => msg_type::ACK,
+        MessageRef::Nack { .. } => msg_type::NACK,
+        MessageRef::Alive => msg_type::ALIVE,
+        MessageRef::Hello { .. } => msg_type::HELLO,
+        MessageRef::HelloBack { .. } => msg_type::HELLO_BACK,
+    };
+    buf[field::MSG_TYPE] = kind;
+    buf[field::MSG_FLAGS] = 0;
+    buf[field::MSG_LENGTH].copy_from_slice(&len16.to_be_bytes());
+    let mut w = Writer { buf, at: MSG_HEADER_LEN };
+    match msg {
+        MessageRef::FlowNew(f) | MessageRef::FlowUpdate(f) => emit_flow(f, &mut w),
+        MessageRef::FlowDestroy(k) => emit_key(k, &mut w),
+        MessageRef::BulkEnd { bulk_start: v }
+        | MessageRef::Hello { session: v }
+        | MessageRef::HelloBack { session: v } => w.u32(*v),
+        MessageRef::Ack { from, to } | MessageRef::Nack { from, to } => {
+            w.u32(*from);
+            w.u32(*to);
+        }
+        MessageRef::ResyncRequest | MessageRef::Alive => {}
+    }
+    debug_assert_eq!(w.at, len);
+    Ok(len)
+}
+
+/// Bytes the attributes of a flow take.
+fn flow_len(f: &Flow) -> usize {
+    let core = if f.is_ipv6() { CORE_V6_LEN } else { CORE_V4_LEN };
+    let mut len = ATTR_HEADER_LEN + core;
+    if f.tcp != TcpInfo::default() {
+        len += ATTR_HEADER_LEN + 4;
+    }
+    if let Some(e) = f.extra() {
+        let a = ATTR_HEADER_LEN;
+        len += e.labels.map_or(0, |_| a + 16)
+            + e.helper.as_ref().map_or(0, |h| a + helper_bytes(h).len())
+            + e.seq_adj.map_or(0, |_| a + 24)
+            + e.sctp_vtags.map_or(0, |_| a + 8)
+            + e.dccp.map_or(0, |_| a + 9)
+            + e.tuple_zones.map_or(0, |_| a + 4);
+    }
+    len
+}
+
+/// Sequential writer over a buffer sized beforehand by the `*_len`
+/// functions, which is why the writes cannot overrun.
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+    }
+    fn u8(&mut self, v: u8) {
+        self.bytes(&[v]);
+    }
+    fn u16(&mut self, v: u16) {
+        self.bytes(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_be_bytes());
+    }
+    fn attr(&mut self, kind: u16, len: usize) {
+        self.u16(kind);
+        // Attribute values are at most MAX_HELPER_LEN or 88 bytes.
+        self.u16(len as u16);
+    }
+}
+
+fn emit_flow(f: &Flow, w: &mut Writer<'_>) {
+    match &f.addrs {
+        Addrs::V4(a) => {
+            w.attr(attr::CORE_V4, CORE_V4_LEN);
+            for ip in a {
+                w.bytes(&ip.octets());
+            }
+        }
+        Addrs::V6(a) => {
+            w.attr(attr::CORE_V6, CORE_V6_LEN);
+            for ip in a.iter() {
+                w.bytes(&ip.octets());
+            }
+        }
+    }
+    for p in f.l4 {
+        w.u16(p);
+    }
+    w.u8(f.l4proto);
+    w.u8(f.proto_state);
+    w.u16(f.zone);
+    w.u32(f.status);
+    w.u32(f.timeout);
+    w.u32(f.mark);
+    if f.tcp != TcpInfo::default() {
+        w.attr(attr::TCP, 4);
+        w.bytes(&[f.tcp.wscale_orig, f.tcp.wscale_reply, f.tcp.flags_orig, f.tcp.flags_reply]);
+    }
+    let Some(e) = f.extra() else { return };
+    if let Some(l) = e.labels {
+        w.attr(attr::LABELS, 16);
+        w.bytes(&l.to_be_bytes());
+    }
+    if let Some(h) = &e.helper {
+        let name = helper_bytes(h);
+        w.attr(attr::HELPER, name.len());
+        w.bytes(name);
+    }
+    if let Some(adj) = e.seq_adj {
+        w.attr(attr::SEQ_ADJ, 24);
+        for a in adj {
+            w.u32(a.correction_pos);
+            w.u32(a.offset_before);
+            w.u32(a.offset_after);
+        }
+    }
+    if let Some([o, r]) = e.sctp_vtags {
+        w.attr(attr::SCTP_VTAGS, 8);
+        w.u32(o);
+        w.u32(r);
+    }
+    if let Some((role, seq)) = e.dccp {
+        w.attr(attr::DCCP, 9);
+        w.u8(role);
+        w.bytes(&seq.to_be_bytes());
+    }
+    if let Some([o, r]) = e.tuple_zones {
+        w.attr(attr::TUPLE_ZONES, 4);
+        w.u16(o);
+        w.u16(r);
+    }
+}
+
+fn emit_key(k: &FlowKey, w: &mut Writer<'_>) {
+    match (k.src, k.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            w.attr(attr::KEY_V4, KEY_V4_LEN);
+            w.bytes(&s.octets());
+            w.bytes(&d.octets());
+        }
+        (s, d) => {
+            w.attr(attr::KEY_V6, KEY_V6_LEN);
+            w.bytes(&v6(s).octets());
+            w.bytes(&v6(d).octets());
+        }
+    }
+    w.u16(k.l4[0]);
+    w.u16(k.l4[1]);
+    w.u8(k.l4proto);
+    w.u8(0);
+    w.u16(k.zone);
+}
+
+fn parse_flow(body: &[u8]) -> Result<Flow, WireError> {
+    let mut flow: Option<Flow> = None;
+    let mut extra = FlowExtra::default();
+    let mut tcp = TcpInfo::default();
+    for a in AttrIter::new(body) {
+        let (kind, v) = a?;
+        let want =
+            |n: usize| if v.len() == n { Ok(()) } else { Err(WireError::BadAttribute(kind)) };
+        match kind {
+            attr::CORE_V4 | attr::CORE_V6 => {
+                if flow.is_some() {
+                    return Err(WireError::BadMessage);
+                }
+                let (addrs, tail) = if kind == attr::CORE_V4 {
+                    want(CORE_V4_LEN)?;
+                    let ip = |i: usize| Ipv4Addr::from(be32(&v[i * 4..i * 4 + 4]));
+                    (Addrs::V4([ip(0), ip(1), ip(2), ip(3)]), &v[16..])
+                } else {
+                    want(CORE_V6_LEN)?;
+                    let ip = |i: usize| Ipv6Addr::from(be128(&v[i * 16..i * 16 + 16]));
+                    (Addrs::V6(Box::new([ip(0), ip(1), ip(2), ip(3)])), &v[64..])
+                };
+                flow = Some(Flow {
+                    addrs,
+                    l4: [
+                        be16(&tail[0..2]),
+                        be16(&tail[2..4]),
+                        be16(&tail[4..6]),
+                        be16(&tail[6..8]),
+                    ],
+                    l4proto: tail[8],
+                    proto_state: tail[9],
+                    zone: be16(&tail[10..12]),
+                    status: be32(&tail[12..16]),
+                    timeout: be32(&tail[16..20]),
+                    mark: be32(&tail[20..24]),
+                    tcp: TcpInfo::default(),
+                    extra: None,
+                });
+            }
+            attr::TCP => {
+                want(4)?;
+                tcp = TcpInfo {
+                    wscale_orig: v[0],
+                    wscale_reply: v[1],
+                    flags_orig: v[2],
+                    flags_reply: v[3],
+                };
+            }
+            attr::LABELS => {
+                want(16)?;
+                extra.labels = Some(be128(v));
+            }
+            attr::HELPER => {
+                if v.len() > MAX_HELPER_LEN {
+                    return Err(WireError::BadAttribute(kind));
+                }
+                let name = std::str::from_utf8(v).map_err(|_| WireError::BadMessage)?;
+                extra.helper = Some(name.into());
+            }
+            attr::SEQ_ADJ => {
+                want(24)?;
+                let adj = |o: usize| SeqAdj {
+                    correction_pos: be32(&v[o..o + 4]),
+                    offset_before: be32(&v[o + 4..o + 8]),
+                    offset_after: be32(&v[o + 8..o + 12]),
+                };
+                extra.seq_adj = Some([adj(0), adj(12)]);
+            }
+            attr::SCTP_VTAGS => {
+                want(8)?;
+                extra.sctp_vtags = Some([be32(&v[0..4]), be32(&v[4..8])]);
+            }
+            attr::DCCP => {
+                want(9)?;
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&v[1..9]);
+                extra.dccp = Some((v[0], u64::from_be_bytes(seq)));
+            }
+            attr::TUPLE_ZONES => {
+                want(4)?;
+                extra.tuple_zones = Some([be16(&v[0..2]), be16(&v[2..4])]);
+            }
+            // A newer peer's attribute: skipped, not fatal.
+            _ => {}
+        }
+    }
+    let mut flow = flow.ok_or(WireError::BadMessage)?;
+    flow.tcp = tcp;
+    flow.extra = Some(Box::new(extra));
+    flow.normalize();
+    Ok(flow)
+}
+
+fn parse_key(body: &[u8]) -> Result<FlowKey, WireError> {
+    let mut key = None;
+    for a in AttrIter::new(body) {
+        let (kind, v) = a?;
+        let (src, dst, tail) = match kind {
+            attr::KEY_V4 => {
+                if v.len() != KEY_V4_LEN {
+                    return Err(WireError::BadAttribute(kind));
+                }
+                let s = IpAddr::V4(be32(&v[0..4]).into());
+                (s, IpAddr::V4(be32(&v[4..8]).into()), &v[8..])
+            }
+            attr::KEY_V6 => {
+                if v.len() != KEY_V6_LEN {
+                    return Err(WireError::BadAttribute(kind));
+                }
+                let s = IpAddr::V6(be128(&v[0..16]).into());
+                (s, IpAddr::V6(be128(&v[16..32]).into()), &v[32..])
+            }
+            _ => continue,
+        };
+        if key.is_some() {
+            return Err(WireError::BadMessage);
+        }
+        key = Some(FlowKey {
+            src,
+            dst,
+            l4: [be16(&tail[0..2]), be16(&tail[2..4])],
+            l4proto: tail[4],
+            zone: be16(&tail[6..8]),
+        });
+    }
+    key.ok_or(WireError::BadMessage)
+}
+
+/// The helper name as sent: longer names are cut at a char boundary
+/// rather than refused (kernel helper names are at most 16 bytes).
+fn helper_bytes(h: &str) -> &[u8] {
+    let mut n = h.len().min(MAX_HELPER_LEN);
+    while !h.is_char_boundary(n) {
+        n -= 1;
+    }
+    &h.as_bytes()[..n]
+}
+
+fn v6(a: IpAddr) -> Ipv6Addr {
+    match a {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    }
+}
+
+// The slices passed below always have the exact width (ranges of constant
+// length over checked buffers), so the conversions cannot fail.
+fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn be128(b: &[u8]) -> u128 {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[..16]);
+    u128::from_be_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{proto, status, tcp_state};
+
+    fn tcp_flow() -> Flow {
+        let mut f =
+            Flow::new_v4(proto::TCP, [10, 0, 0, 1].into(), [192, 168, 1, 2].into(), 40000, 443);
+        f.proto_state = tcp_state::ESTABLISHED;
+        f.status |= status::SEEN_REPLY | status::ASSURED;
+        f.timeout = 431999;
+        f.mark = 7;
+        f.tcp = TcpInfo { wscale_orig: 7, wscale_reply: 8, flags_orig: 0x23, flags_reply: 0x03 };
+        f
+    }
+
+    fn full_v6_flow() -> Flow {
+        let mut f = Flow::new(
+            proto::SCTP,
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+            5000,
+            6000,
+        );
+        f.zone = 3;
+        f.proto_state = 3;
+        f.tcp = TcpInfo { wscale_orig: 1, wscale_reply: 2, flags_orig: 3, flags_reply: 4 };
+        let e = f.extra_mut();
+        e.labels = Some(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10);
+        e.helper = Some("ftp".into());
+        e.seq_adj = Some([
+            SeqAdj { correction_pos: 1, offset_before: 2, offset_after: 3 },
+            SeqAdj { correction_pos: 4, offset_before: 5, offset_after: 6 },
+        ]);
+        e.sctp_vtags = Some([0xdead_beef, 0xcafe_f00d]);
+        e.dccp = Some((2, 0x0102_0304_0506_0708));
+        e.tuple_zones = Some([11, 12]);
+        f
+    }
+
+    fn roundtrip(msgs: &[Message]) -> Vec<Message> {
+        let hdr = DatagramHeader { flags: 0, session: 0x1122_3344, seq: u32::MAX };
+        let refs: Vec<_> = msgs.iter().map(Message::as_ref).collect();
+        let mut buf = [0u8; 2048];
+        let len = encode(&hdr, &refs, &mut buf).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(decode(&buf[..len], &mut out).unwrap(), hdr);
+        out.into_iter().map(|r| r.msg.unwrap()).collect()
+    }
+
+    #[test]
+    fn ipv4_tcp_flow_fixture() {
+        let f = tcp_flow();
+        let mut buf = [0u8; 128];
+        let len = emit_message(&MessageRef::FlowUpdate(&f), &mut buf).unwrap();
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            2, 0, 0, 56,                    // FLOW_UPDATE, flags, length 56
+            0, 1, 0, 40,                    // CORE_V4, 40 bytes
+            10, 0, 0, 1, 192, 168, 1, 2,    // orig src, dst
+            192, 168, 1, 2, 10, 0, 0, 1,    // reply src, dst
+            0x9c, 0x40, 0x01, 0xbb, 0x01, 0xbb, 0x9c, 0x40, // ports
+            6, 3, 0, 0,                     // tcp, ESTABLISHED, zone 0
+            0, 0, 0, 0x0e,                  // status
+            0, 0x06, 0x97, 0x7f,            // timeout 431999
+            0, 0, 0, 7,                     // mark
+            0, 3, 0, 4, 7, 8, 0x23, 0x03,   // TCP info
+        ];
+        assert_eq!(&buf[..len], want);
+        assert!(len <= 64, "common flows must stay compact");
+        let parsed = MessagePacket::new_checked(&buf[..len]).unwrap().parse().unwrap();
+        assert_eq!(parsed, Message::FlowUpdate(f));
+    }
+
+    #[test]
+    fn datagram_header_fixture() {
+        let hdr = DatagramHeader { flags: flags::ACK_REQUEST, session: 0x0102_0304, seq: 9 };
+        let mut buf = [0u8; 64];
+        let len = encode(&hdr, &[MessageRef::Alive], &mut buf).unwrap();
+        assert_eq!(len, 28);
+        assert_eq!(
+            &buf[..24],
+            &[b'C', b'T', 1, 2, 1, 2, 3, 4, 0, 0, 0, 9, 0, 28, 0, 1, 0, 0, 0, 0, 66, 0, 0, 4]
+        );
+        assert_eq!(&buf[24..28], &crc32fast::hash(&buf[..24]).to_be_bytes());
+    }
+
+    #[test]
+    fn every_flow_field_round_trips() {
+        let mut icmp =
+            Flow::new_v4(proto::ICMP, [1, 2, 3, 4].into(), [5, 6, 7, 8].into(), 77, 0x0800);
+        icmp.status = 0;
+        let mut weird = full_v6_flow();
+        weird.extra_mut().helper = Some("".into());
+        let msgs = vec![
+            Message::FlowNew(tcp_flow()),
+            Message::FlowUpdate(full_v6_flow()),
+            Message::FlowUpdate(icmp),
+            Message::FlowNew(weird),
+            Message::FlowDestroy(tcp_flow().key()),
+            Message::FlowDestroy(full_v6_flow().key()),
+            Message::BulkEnd { bulk_start: 0xffff_fff0 },
+            Message::ResyncRequest,
+            Message::Ack { from: 1, to: 2 },
+            Message::Nack { from: u32::MAX, to: 3 },
+            Message::Alive,
+            Message::Hello { session: 42 },
+            Message::HelloBack { session: 43 },
+        ];
+        assert_eq!(roundtrip(&msgs), msgs);
+    }
+
+    #[test]
+    fn unknown_attribute_is_skipped_and_wrong_length_is_refused() {
+        let f = tcp_flow();
+        let mut buf = [0u8; 128];
+        let len = emit_message(&MessageRef::FlowUpdate(&f), &mut buf).unwrap();
+        // Append an unknown attribute 999 with 3 bytes.
+        buf[len..len + 7].copy_from_slice(&[0x03, 0xe7, 0, 3, 1, 2, 3]);
+        let new_len = (len + 7) as u16;
+        buf[2..4].copy_from_slice(&new_len.to_be_bytes());
+        let m = MessagePacket::new_checked(&buf[..len + 7]).unwrap();
+        assert_eq!(m.parse().unwrap(), Message::FlowUpdate(f));
+        // TCP attribute declared 3 bytes long.
+        let mut bad = buf;
+        bad[51] = 3;
+        bad[2..4].copy_from_slice(&((len - 1) as u16).to_be_bytes());
+        let m = MessagePacket::new_checked(&bad[..len - 1]).unwrap();
+        assert_eq!(m.parse(), Err(WireError::BadAttribute(attr::TCP)));
+    }
+
+    #[test]
+    fn header_errors() {
+        let hdr = DatagramHeader { flags: 0, session: 1, seq: 1 };
+        let mut buf = [0u8; 64];
+        let len = encode(&hdr, &[MessageRef::Alive], &mut buf).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(decode(&buf[..10], &mut out), Err(WireError::Truncated));
+        assert_eq!(decode(&buf[..len - 1], &mut out), Err(WireError::Truncated));
+        let mut b = buf;
+        b[0] = b'X';
+        assert_eq!(decode(&b[..len], &mut out), Err(WireError::BadMagic));
+        let mut b = buf;
+        b[2] = 9;
+        assert_eq!(decode(&b[..len], &mut out), Err(WireError::BadVersion(9)));
+        let mut b = buf;
+        b[21] ^= 1;
+        assert_eq!(decode(&b[..len], &mut out), Err(WireError::BadCrc));
+        let mut b = buf;
+        b[3] = flags::AUTH;
+        assert_eq!(decode(&b[..len], &mut out), Err(WireError::AuthUnsupported));
+        assert_eq!(decode(&buf[..len + 1], &mut out), Err(WireError::BadLength));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn unknown_message_type_keeps_its_sequence_slot() {
+        let hdr = DatagramHeader { flags: 0, session: 1, seq: 1 };
+        let mut buf = [0u8; 64];
+        let len = encode(&hdr, &[MessageRef::ResyncRequest, MessageRef::Alive], &mut buf).unwrap();
+        buf[HEADER_LEN] = msg_type::EXPECT_FIRST;
+        buf[HEADER_LEN + 4] = 200;
+        let end = len - CRC_LEN;
+        let crc = crc32fast::hash(&buf[..end]);
+        buf[end..len].copy_from_slice(&crc.to_be_bytes());
+        let mut out = Vec::new();
+        decode(&buf[..len], &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Received { sequenced: true, msg: Err(WireError::UnknownMessage(32)) },
+                Received { sequenced: false, msg: Err(WireError::UnknownMessage(200)) },
+            ]
+        );
+    }
+
+    #[test]
+    fn many_flows_fit_one_datagram() {
+        let f = tcp_flow();
+        let per = message_len(&MessageRef::FlowUpdate(&f));
+        assert!((DEFAULT_MAX_DATAGRAM - HEADER_LEN - CRC_LEN) / per >= 25);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoder_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let mut out = Vec::new();
+            let _ = decode(&bytes, &mut out);
+            if let Ok(p) = Packet::new_checked(&bytes[..]) {
+                for m in p.messages().flatten() {
+                    let _ = m.parse();
+                }
+            }
+            let _ = parse_flow(&bytes);
+            let _ = parse_key(&bytes);
+        }
+    }
+}
