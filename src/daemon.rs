@@ -117,10 +117,12 @@ fn log_target(cfg: &Config) -> LogTarget {
     let log = &cfg.general.log;
     match log.target {
         config::LogTarget::Stderr => LogTarget::Stderr,
-        config::LogTarget::Syslog => LogTarget::Syslog { facility: (log.syslog_facility.code() / 8) as u8 },
-        config::LogTarget::File => LogTarget::File(
-            log.file.clone().unwrap_or_else(|| "/var/log/ctsyncd.log".into()),
-        ),
+        config::LogTarget::Syslog => {
+            LogTarget::Syslog { facility: (log.syslog_facility.code() / 8) as u8 }
+        }
+        config::LogTarget::File => {
+            LogTarget::File(log.file.clone().unwrap_or_else(|| "/var/log/ctsyncd.log".into()))
+        }
     }
 }
 

@@ -423,7 +423,9 @@ impl Daemon {
                 self.ftfw.bulk_send(self.internal.iter().map(|e| &e.flow));
             }
             PeerEvent::PeerUp => log::info!("peer is up"),
-            PeerEvent::PeerDown => log::warn!("peer is down: no datagram for {:?}", self.cfg.ftfw.peer_timeout),
+            PeerEvent::PeerDown => {
+                log::warn!("peer is down: no datagram for {:?}", self.cfg.ftfw.peer_timeout)
+            }
             PeerEvent::PeerRestarted => log::info!("peer restarted: exchanging full tables"),
         }
     }
@@ -457,7 +459,10 @@ impl Daemon {
                     "resynced with the kernel after an overrun: {changed} flows new or changed, {gone} gone"
                 ),
                 Err(e) => {
-                    log::error!("resync with the kernel failed: {e}; retrying in {:?}", self.cfg.overrun_resync);
+                    log::error!(
+                        "resync with the kernel failed: {e}; retrying in {:?}",
+                        self.cfg.overrun_resync
+                    );
                     self.resync_at = Some(now + self.cfg.overrun_resync);
                 }
             }
@@ -511,10 +516,17 @@ impl Daemon {
                     }
                     let token = Token(LINKS.0 + 64 + self.next_client % (1 << 20));
                     self.next_client += 1;
-                    if self.poll.registry().register(&mut stream, token, Interest::READABLE).is_ok() {
+                    if self.poll.registry().register(&mut stream, token, Interest::READABLE).is_ok()
+                    {
                         self.clients.insert(
                             token,
-                            Client { stream, input: Vec::new(), output: Vec::new(), written: 0, done: false },
+                            Client {
+                                stream,
+                                input: Vec::new(),
+                                output: Vec::new(),
+                                written: 0,
+                                done: false,
+                            },
                         );
                     }
                 }
@@ -574,7 +586,9 @@ impl Daemon {
                         }
                         client.output.extend_from_slice(&control::encode_status(true, ""));
                     }
-                    Err(msg) => client.output.extend_from_slice(&control::encode_status(false, &msg)),
+                    Err(msg) => {
+                        client.output.extend_from_slice(&control::encode_status(false, &msg))
+                    }
                 }
                 client.done = true;
                 keep = true;
@@ -626,17 +640,27 @@ impl Daemon {
                 };
                 let mut out = String::new();
                 if i {
-                    let _ = writeln!(out, "flushed {} flows from the internal cache", self.internal.len());
+                    let _ = writeln!(
+                        out,
+                        "flushed {} flows from the internal cache",
+                        self.internal.len()
+                    );
                     self.internal.clear();
                 }
                 if e {
-                    let _ = writeln!(out, "flushed {} flows from the external cache", self.external.len());
+                    let _ = writeln!(
+                        out,
+                        "flushed {} flows from the external cache",
+                        self.external.len()
+                    );
                     self.external.clear();
                 }
                 Ok(out)
             }
             Request::FlushKernel => {
-                self.kernel.flush().map_err(|e| format!("flushing the kernel table failed: {e}"))?;
+                self.kernel
+                    .flush()
+                    .map_err(|e| format!("flushing the kernel table failed: {e}"))?;
                 Ok("kernel conntrack table flushed\n".into())
             }
             Request::ResyncKernel => {
@@ -661,7 +685,10 @@ impl Daemon {
                     .kernel
                     .set_timeout_all(self.cfg.purge_timeout)
                     .map_err(|e| format!("setting kernel timeouts failed: {e}"))?;
-                Ok(format!("{n} kernel flows now expire in {} s unless traffic refreshes them\n", self.cfg.purge_timeout))
+                Ok(format!(
+                    "{n} kernel flows now expire in {} s unless traffic refreshes them\n",
+                    self.cfg.purge_timeout
+                ))
             }
             Request::Kill => {
                 self.stop = true;
@@ -677,9 +704,11 @@ impl Daemon {
     fn commit(&mut self) -> Result<String, String> {
         // Most recently updated first: the flows carrying traffic now reach
         // the kernel before a long tail of idle ones.
-        let mut order: Vec<(u64, &Flow)> = self.external.iter().map(|e| (e.stamp, &e.flow)).collect();
-        order.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-        let opts = CommitOptions { timeout: self.cfg.commit_timeout, be_liberal: self.cfg.be_liberal };
+        let mut order: Vec<(u64, &Flow)> =
+            self.external.iter().map(|e| (e.stamp, &e.flow)).collect();
+        order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
+        let opts =
+            CommitOptions { timeout: self.cfg.commit_timeout, be_liberal: self.cfg.be_liberal };
         let report = self
             .kernel
             .commit(order.into_iter().map(|(_, f)| f), &opts)
@@ -786,7 +815,8 @@ fn dump(cache: &Cache, json: bool) -> String {
 /// daemon is replaced; one that answers belongs to a running daemon.
 fn bind_control(path: &Path) -> Result<UnixListener, String> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -800,7 +830,8 @@ fn bind_control(path: &Path) -> Result<UnixListener, String> {
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let bound = UnixListener::bind(path);
     nix::sys::stat::umask(old);
-    let listener = bound.map_err(|e| format!("cannot bind control socket {}: {e}", path.display()))?;
+    let listener =
+        bound.map_err(|e| format!("cannot bind control socket {}: {e}", path.display()))?;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     Ok(listener)
 }

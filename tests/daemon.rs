@@ -35,10 +35,20 @@ impl Pair {
         let fw = [Netns::new(&format!("{tag}-fw1")), Netns::new(&format!("{tag}-fw2"))];
         let dir = std::env::temp_dir().join(format!("ctsync-test-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        run(Command::new("ip").args(["link", "add", "sync0", "netns", fw[0].name()])
-            .args(["type", "veth", "peer", "name", "sync0", "netns", fw[1].name()]));
+        run(Command::new("ip").args(["link", "add", "sync0", "netns", fw[0].name()]).args([
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "sync0",
+            "netns",
+            fw[1].name(),
+        ]));
         for (i, ns) in fw.iter().enumerate() {
-            ns.exec(&format!("ip addr add 10.255.0.{}/30 dev sync0 && ip link set sync0 up", i + 1));
+            ns.exec(&format!(
+                "ip addr add 10.255.0.{}/30 dev sync0 && ip link set sync0 up",
+                i + 1
+            ));
             let peer = 2 - i;
             std::fs::write(
                 dir.join(format!("fw{}.yaml", i + 1)),
@@ -141,7 +151,9 @@ impl Pair {
     fn commit_flows(&self, i: usize, flows: Vec<Flow>) {
         in_netns(self.fw[i].name(), move || {
             let mut k = Kernel::open().unwrap();
-            let report = k.commit(flows.iter(), &CommitOptions { timeout: None, be_liberal: false }).unwrap();
+            let report = k
+                .commit(flows.iter(), &CommitOptions { timeout: None, be_liberal: false })
+                .unwrap();
             assert!(report.failed.is_empty(), "{:?}", &report.failed[..report.failed.len().min(5)]);
         })
     }
@@ -158,13 +170,15 @@ impl Pair {
             let missing: Vec<_> = last.0.difference(&last.1).take(5).collect();
             let extra: Vec<_> = last.1.difference(&last.0).take(5).collect();
             panic!(
-                "fw{}'s external cache did not converge to fw{}'s kernel ({} vs {} flows)\nmissing: {missing:#?}\nextra: {extra:#?}\nlog fw1: {}\nlog fw2: {}",
+                "fw{}'s external cache did not converge to fw{}'s kernel ({} vs {} flows)\nmissing: {missing:#?}\nextra: {extra:#?}\nlog fw1: {}\nlog fw2: {}\nstats fw1: {}\nstats fw2: {}",
                 to + 1,
                 from + 1,
                 last.1.len(),
                 last.0.len(),
                 self.log(0),
-                self.log(1)
+                self.log(1),
+                self.cli_ok(0, &["-s", "--json"]),
+                self.cli_ok(1, &["-s", "--json"]),
             );
         }
     }
@@ -224,8 +238,13 @@ fn tcp_flow(i: u32) -> Flow {
 
 fn snat_flow(i: u32) -> Flow {
     let mut f = tcp_flow(i);
-    f.set_addrs(Dir::Reply, Ipv4Addr::new(198, 51, 100, 7).into(), Ipv4Addr::new(203, 0, 113, 5).into());
-    f.l4[3] = 30000 + (i % 30000) as u16;
+    f.set_addrs(
+        Dir::Reply,
+        Ipv4Addr::new(198, 51, 100, 7).into(),
+        Ipv4Addr::new(203, 0, 113, 5).into(),
+    );
+    // Unique per flow: two SNAT flows with one reply tuple would clash.
+    f.l4[3] = 20000 + (i / 10 % 40000) as u16;
     f
 }
 
@@ -234,7 +253,8 @@ fn flows_updates_and_destroys_reach_the_peer_and_commit_into_its_kernel() {
     let pair = Pair::new("repl");
     let mut flows: Vec<Flow> = (0..50).map(tcp_flow).collect();
     flows.extend((50..60).map(snat_flow));
-    let mut udp = Flow::new_v4(proto::UDP, [10, 2, 0, 1].into(), [198, 51, 100, 53].into(), 5000, 53);
+    let mut udp =
+        Flow::new_v4(proto::UDP, [10, 2, 0, 1].into(), [198, 51, 100, 53].into(), 5000, 53);
     udp.timeout = 120;
     flows.push(udp);
     pair.commit_flows(0, flows.clone());
@@ -266,7 +286,8 @@ fn flows_updates_and_destroys_reach_the_peer_and_commit_into_its_kernel() {
 #[test]
 fn a_hundred_thousand_flows_converge_exactly_and_commit() {
     let pair = Pair::new("bulk");
-    let flows: Vec<Flow> = (0..100_000).map(|i| if i % 10 == 0 { snat_flow(i) } else { tcp_flow(i) }).collect();
+    let flows: Vec<Flow> =
+        (0..100_000).map(|i| if i % 10 == 0 { snat_flow(i) } else { tcp_flow(i) }).collect();
     pair.commit_flows(0, flows);
     pair.converge(0, Duration::from_secs(60));
     let out = pair.cli_ok(1, &["-c"]);
@@ -331,12 +352,14 @@ fn operator_flags_do_what_they_say() {
     assert!(pair.kernel_lines(1).is_empty());
 
     // -s --json is machine-readable and counts what happened.
-    let stats: serde_json::Value = serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
     assert_eq!(stats["external"]["active"], 20, "{stats:#}");
 
     // -k stops the daemon; the CLI then says so and fails.
     pair.cli_ok(1, &["-k"]);
-    wait_for(Duration::from_secs(5), || !pair.cli(1, &["-s"]).status.success()).expect("daemon still answers");
+    wait_for(Duration::from_secs(5), || !pair.cli(1, &["-s"]).status.success())
+        .expect("daemon still answers");
 }
 
 #[test]
@@ -394,7 +417,8 @@ fn garbage_datagrams_are_dropped_and_counted_and_sync_goes_on() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     pair.commit_flows(0, (10..30).map(tcp_flow).collect());
     pair.converge(0, Duration::from_secs(10));
-    let stats: serde_json::Value = serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
     let proto = &stats["protocol"];
     let dropped: u64 = proto
         .as_object()
@@ -415,7 +439,8 @@ fn a_netlink_overrun_ends_in_exact_convergence() {
     );
     pair.commit_flows(0, (0..20_000).map(tcp_flow).collect());
     pair.converge(0, Duration::from_secs(60));
-    let stats: serde_json::Value = serde_json::from_str(&pair.cli_ok(0, &["-s", "--json"])).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(0, &["-s", "--json"])).unwrap();
     assert!(stats["runtime"]["netlink_overruns"].as_u64().unwrap() >= 1, "{stats:#}");
     assert!(stats["runtime"]["kernel_resyncs"].as_u64().unwrap() >= 2, "{stats:#}");
 }

@@ -412,7 +412,12 @@ impl<'a> Parser<'a> {
             "Address" => "addresses",
             "State" => "tcp_states",
             _ => {
-                return Err(self.unknown(word, pos, "in Filter", &["Protocol", "Address", "State"]));
+                return Err(self.unknown(
+                    word,
+                    pos,
+                    "in Filter",
+                    &["Protocol", "Address", "State"],
+                ));
             }
         };
         let (action, at) = self.word("Accept or Ignore")?;

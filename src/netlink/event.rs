@@ -60,7 +60,7 @@ pub struct EventItem {
 }
 
 /// Counters of an [`EventSocket`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EventStats {
     /// Events decoded and handed out.
     pub received: u64,
