@@ -327,22 +327,31 @@ def report(work, expect):
     udp = load(os.path.join(work, "udp-client.json"), {})
     triggers = [(t, e[1], e[2]) for t, e in events if e[0] == "trigger"]
     end_t = max(t for t, _ in events) if events else 0
-    print("%-10s %5s %14s %12s %10s %10s" % ("switch", "cycle", "to-commit-ms", "notify-ms",
-                                               "tcp-gap-ms", "udp-gap-ms"))
-    notify_failed = 0
+    print("%-9s %5s %13s %9s %15s %10s %10s" % (
+        "switch", "cycle", "to-commit-ms", "commit-ms", "to-notified-ms", "tcp-gap-ms",
+        "udp-gap-ms"))
+
+    def first(t, fw, *words):
+        return next(((u, e) for u, e in events if u >= t and e[1:2] == [fw] and
+                     [e[0]] + e[2:1 + len(words)] == list(words)), None)
+
     for k, (t, kind, cyc) in enumerate(triggers):
         until = triggers[k + 1][0] if k + 1 < len(triggers) else end_t + 10000
         new = "fw2" if kind == "failover" else "fw1"
-        start = next((u for u, e in events if u >= t and e[:4] == ["notify", new, "primary", "start"]), None)
-        end = next(((u, e) for u, e in events
-                    if u >= t and e[:4] == ["notify", new, "primary", "end"]), None)
-        if end and end[1][4:5] != ["0"]:
-            notify_failed += 1
+        c_start = first(t, new, "cmd", "-c", "start")
+        c_end = first(t, new, "cmd", "-c", "end")
+        n_end = first(t, new, "notify", "primary", "end")
         tcp_gap = max([g for a, g in gaps if t <= a < until], default=0.0)
         udp_gap = max([g for a, g in udp.get("gaps", []) if t <= a < until], default=0.0)
-        print("%-10s %5s %14s %12s %10.0f %10.0f" % (
-            kind, cyc, "%d" % (end[0] - t) if end else "-",
-            "%d" % (end[0] - start) if end and start else "-", tcp_gap, udp_gap))
+        print("%-9s %5s %13s %9s %15s %10.0f %10.0f" % (
+            kind, cyc, "%d" % (c_end[0] - t) if c_end else "-",
+            "%d" % (c_end[0] - c_start[0]) if c_end and c_start else "-",
+            "%d" % (n_end[0] - t) if n_end else "-", tcp_gap, udp_gap))
+    # primary-backup.sh logs a failed step and goes on: look at each step.
+    failed_cmds = ["%s %s (rc %s)" % (e[1], e[2], e[4]) for _, e in events
+                   if e[0] == "cmd" and e[3] == "end" and e[2] != "-s" and e[4] != "0"]
+    failed_cmds += ["notify %s %s (rc %s)" % (e[1], e[2], e[4]) for _, e in events
+                    if e[0] == "notify" and e[3] == "end" and e[4] != "0"]
     problems = []
     if srv.get("reset"):
         problems.append("the server saw a reset")
@@ -369,8 +378,9 @@ def report(work, expect):
     for p in problems:
         print("tcp stream broken: " + p)
     if expect == "survive":
-        if notify_failed:
-            print("FAIL: %d notify runs of primary-backup.sh failed" % notify_failed)
+        if failed_cmds:
+            print("FAIL: ctsyncd commands run by primary-backup.sh failed: "
+                  + ", ".join(failed_cmds))
             return 1
         if problems:
             print("FAIL: the TCP stream did not survive the failovers")

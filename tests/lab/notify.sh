@@ -11,8 +11,10 @@ rc=0
 if [ -f "$WORK/sync.env" ]; then
     # shellcheck disable=SC1091
     . "$WORK/sync.env"
-    CTSYNC_CONFIG=$WORK/$FW/ctsyncd.yaml
-    export CTSYNCD CTSYNC_CONFIG
+    # The script's ctsyncd runs go through timed.sh, which logs them.
+    LAB_CTSYNCD=$CTSYNCD LAB_EVENTS=$WORK/events LAB_FW=$FW
+    CTSYNCD=$LAB_DIR/timed.sh CTSYNC_CONFIG=$WORK/$FW/ctsyncd.yaml
+    export CTSYNCD CTSYNC_CONFIG LAB_CTSYNCD LAB_EVENTS LAB_FW
     "$LAB_DIR/../../scripts/primary-backup.sh" "$STATE" >>"$WORK/$FW/notify.log" 2>&1 || rc=$?
 fi
 echo "$(ms) notify $FW $STATE end $rc" >>"$WORK/events"
