@@ -3,7 +3,8 @@
 //!
 //! Needs root, keepalived, nftables, conntrack and python3 (scripts/setup.sh
 //! installs them); skipped when not root. Knobs, read from the environment:
-//! `CTSYNC_LAB_CYCLES` (failover/fail-back rounds, default 10) and
+//! `CTSYNC_LAB_CYCLES` (failover/fail-back rounds, default 10),
+//! `CTSYNC_LAB_LINK_CYCLES` (rounds with links set down, default 3) and
 //! `CTSYNC_LAB_FLOWS` (background flows in fw1's table, default 100000).
 //! Run alone with its report: `cargo test --test failover -- --nocapture`.
 
@@ -118,11 +119,32 @@ fn tcp_stream_survives_failovers_with_ctsyncd() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let vars = [
         ("LAB_EXPECT", "survive".to_string()),
+        ("LAB_TRIGGER", "sigterm".to_string()),
         ("LAB_CYCLES", env_or("CTSYNC_LAB_CYCLES", "10")),
         ("LAB_FLOWS", env_or("CTSYNC_LAB_FLOWS", "100000")),
     ];
     let (ok, output) = run_failover(&vars, true);
     assert!(ok, "the TCP stream did not survive the failovers:\n{}", tail(&output));
+    assert!(output.contains("PASS: the TCP stream survived"), "no verdict:\n{}", tail(&output));
+}
+
+/// The same with fw1's LAN and WAN links set down instead of a clean
+/// keepalived stop: fw2 takes over only when fw1's adverts stop coming.
+#[test]
+fn tcp_stream_survives_link_failures_with_ctsyncd() {
+    if !is_root() {
+        eprintln!("skipped: the failover lab needs root");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let vars = [
+        ("LAB_EXPECT", "survive".to_string()),
+        ("LAB_TRIGGER", "links".to_string()),
+        ("LAB_CYCLES", env_or("CTSYNC_LAB_LINK_CYCLES", "3")),
+        ("LAB_FLOWS", env_or("CTSYNC_LAB_FLOWS", "100000")),
+    ];
+    let (ok, output) = run_failover(&vars, true);
+    assert!(ok, "the TCP stream did not survive the link failures:\n{}", tail(&output));
     assert!(output.contains("PASS: the TCP stream survived"), "no verdict:\n{}", tail(&output));
 }
 
@@ -138,6 +160,7 @@ fn tcp_stream_breaks_on_failover_without_sync() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let vars = [
         ("LAB_EXPECT", "break".to_string()),
+        ("LAB_TRIGGER", "sigterm".to_string()),
         ("LAB_CYCLES", "1".to_string()),
         // Enough background flows for a realistic table; the count does
         // not matter without sync.

@@ -14,6 +14,10 @@
 #                   exit 0 only if the TCP stream did what was expected
 #   LAB_CYCLES      failover/fail-back rounds (10)
 #   LAB_FLOWS       background flows added to fw1's table (100000)
+#   LAB_TRIGGER     sigterm (default: fw1's keepalived stopped with SIGTERM,
+#                   started again to fail back) or links (fw1's LAN and WAN
+#                   links set down, so fw2 must notice the silence; set up
+#                   again to fail back)
 #   LAB_HOLD        seconds on each master before the next switch (4; above
 #                   the client's 3 s TCP user timeout, so a stalled stream
 #                   aborts instead of resuming on the old master)
@@ -29,6 +33,8 @@ if [ -n "$CTSYNCD" ]; then EXPECT=${LAB_EXPECT:-survive}; else EXPECT=${LAB_EXPE
 CYCLES=${LAB_CYCLES:-10}
 FLOWS=${LAB_FLOWS:-100000}
 HOLD=${LAB_HOLD:-4}
+TRIGGER=${LAB_TRIGGER:-sigterm}
+case "$TRIGGER" in sigterm | links) ;; *) echo "LAB_TRIGGER: sigterm or links" >&2; exit 2 ;; esac
 lab_names "${LAB_ID:-$$-$RANDOM}"
 # The interpreter itself, not a wrapper (pyenv's shim forks): "$!" must be
 # the process that handles SIGTERM.
@@ -57,7 +63,7 @@ for tool in ip nft keepalived conntrack python3; do
 done
 [ -z "$CTSYNCD" ] || [ -x "$CTSYNCD" ] || die "CTSYNCD=$CTSYNCD is not executable"
 
-log "lab up (sync: ${CTSYNCD:-none}, expect: $EXPECT, cycles: $CYCLES, flows: $FLOWS)"
+log "lab up (sync: ${CTSYNCD:-none}, expect: $EXPECT, cycles: $CYCLES, flows: $FLOWS, trigger: $TRIGGER)"
 lab_up
 if [ -n "$CTSYNCD" ]; then
     printf 'CTSYNCD=%s\n' "$CTSYNCD" >"$WORK/sync.env"
@@ -103,7 +109,12 @@ sleep 1
 for i in $(seq "$CYCLES"); do
     t=$(ms)
     event trigger failover "$i"
-    keepalived_stop fw1
+    if [ "$TRIGGER" = links ]; then
+        ip -n "$NS_FW1" link set lan0 down
+        ip -n "$NS_FW1" link set wan0 down
+    else
+        keepalived_stop fw1
+    fi
     wait_master fw2 "$t" || die "failover $i: fw2 did not take over"
     event switched failover "$i"
     log "failover $i: fw2 master and notified after $(($(ms) - t)) ms"
@@ -111,7 +122,12 @@ for i in $(seq "$CYCLES"); do
 
     t=$(ms)
     event trigger failback "$i"
-    keepalived_start fw1
+    if [ "$TRIGGER" = links ]; then
+        ip -n "$NS_FW1" link set lan0 up
+        ip -n "$NS_FW1" link set wan0 up
+    else
+        keepalived_start fw1
+    fi
     wait_master fw1 "$t" || die "fail-back $i: fw1 did not take over"
     event switched failback "$i"
     log "fail-back $i: fw1 master and notified after $(($(ms) - t)) ms"
