@@ -88,6 +88,7 @@ UDP_CLIENT=$!
 echo $UDP_CLIENT >"$WORK/udp-client.job"
 sleep 0.5
 kill -0 "$CLIENT" 2>/dev/null || die "the TCP client could not connect"
+check_path fw1 || die "the client or the server does not send to fw1"
 in_ns "$NS_FW1" conntrack -L -p tcp --dport 5001 2>/dev/null | grep -q "dst=$WAN_VIP" ||
     die "the TCP stream is not SNATed to $WAN_VIP on fw1"
 
@@ -102,6 +103,7 @@ if [ "$FLOWS" -gt 0 ]; then
             sleep 0.5
         done
         log "fw2's external cache: $n flows after $(($(ms) - t)) ms"
+        [ "$n" -ge "$FLOWS" ] || log "WARNING: fw2 did not learn all $FLOWS background flows"
     fi
 fi
 sleep 1
@@ -119,6 +121,7 @@ for i in $(seq "$CYCLES"); do
     event switched failover "$i"
     log "failover $i: fw2 master and notified after $(($(ms) - t)) ms"
     sleep "$HOLD"
+    check_path fw2 || die "failover $i: the client or the server still sends to fw1"
 
     t=$(ms)
     event trigger failback "$i"
@@ -132,6 +135,7 @@ for i in $(seq "$CYCLES"); do
     event switched failback "$i"
     log "fail-back $i: fw1 master and notified after $(($(ms) - t)) ms"
     sleep "$HOLD"
+    check_path fw1 || die "fail-back $i: the client or the server still sends to fw2"
     if [ "$EXPECT" = survive ] && ! kill -0 "$CLIENT" 2>/dev/null; then
         log "the TCP client stopped during round $i"
         break

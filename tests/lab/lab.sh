@@ -199,6 +199,19 @@ wait_master() {
 
 event() { echo "$(ms) $*" >>"$WORK/events"; }
 
+mac_of() { ip -n "$1" -o link show dev "$2" | sed -n 's|.*link/ether \([0-9a-f:]*\).*|\1|p'; }
+neigh_mac() { ip -n "$1" neigh show "$2" dev "$3" | sed -n 's|.* lladdr \([0-9a-f:]*\).*|\1|p'; }
+
+# Check that the client and the server send to $1's MAC addresses for the
+# virtual IPs: the stream really crosses the new master (a stopped
+# keepalived leaves the old one able to forward what still reaches it).
+check_path() {
+    local ns
+    ns=$(fw_ns "$1")
+    [ "$(neigh_mac "$NS_CLIENT" "$LAN_VIP" c0)" = "$(mac_of "$ns" lan0)" ] &&
+        [ "$(neigh_mac "$NS_SERVER" "$WAN_VIP" s0)" = "$(mac_of "$ns" wan0)" ]
+}
+
 lab_down() {
     # Processes first (only ours: the jobs we recorded and whatever runs in
     # our namespaces), then the namespaces, then the work directory.
