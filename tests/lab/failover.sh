@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Failover test in the lab (lab.sh): a TCP stream and a UDP flow from the
+# client to the server through the virtual IPs and SNAT, background flows
+# in fw1's table, then LAB_CYCLES rounds of failover (fw1's keepalived
+# stopped with SIGTERM, fw2 takes over and its notify_master commits) and
+# fail-back (fw1's keepalived started again, it preempts). Prints, per
+# switch, the time from the trigger to the end of the new master's notify
+# run and the longest gap seen by the TCP server and the UDP client.
+#
+# Environment:
+#   CTSYNCD         ctsyncd binary; unset or empty: no state sync at all
+#                   (the negative control)
+#   LAB_EXPECT      survive (default with CTSYNCD) or break (default without):
+#                   exit 0 only if the TCP stream did what was expected
+#   LAB_CYCLES      failover/fail-back rounds (10)
+#   LAB_FLOWS       background flows added to fw1's table (100000)
+#   LAB_TRIGGER     sigterm (default: fw1's keepalived stopped with SIGTERM,
+#                   started again to fail back) or links (fw1's LAN and WAN
+#                   links set down, so fw2 must notice the silence; set up
+#                   again to fail back)
+#   LAB_HOLD        seconds on each master before the next switch (4; above
+#                   the client's 3 s TCP user timeout, so a stalled stream
+#                   aborts instead of resuming on the old master)
+#   LAB_ID          run id in every name (default: pid and a random number)
+#   LAB_KEEP_WORK   keep /tmp/ctsync-lab-ID (logs, events) after the run
+# Everything the run made is removed on exit, failed or not; `lab.sh down ID`
+# does the same from outside (the Rust test's guard calls it).
+set -euo pipefail
+. "$(dirname "$0")/lab.sh"
+
+CTSYNCD=${CTSYNCD:-}
+if [ -n "$CTSYNCD" ]; then EXPECT=${LAB_EXPECT:-survive}; else EXPECT=${LAB_EXPECT:-break}; fi
+CYCLES=${LAB_CYCLES:-10}
+FLOWS=${LAB_FLOWS:-100000}
+HOLD=${LAB_HOLD:-4}
+TRIGGER=${LAB_TRIGGER:-sigterm}
+case "$TRIGGER" in sigterm | links) ;; *) echo "LAB_TRIGGER: sigterm or links" >&2; exit 2 ;; esac
+lab_names "${LAB_ID:-$$-$RANDOM}"
+# The interpreter itself, not a wrapper (pyenv's shim forks): "$!" must be
+# the process that handles SIGTERM.
+TOOL="$(python3 -c 'import sys; print(sys.executable)') $LAB_DIR/labtool.py"
+T0=$(ms)
+
+show_logs() {
+    local f
+    for f in "$WORK"/fw?/keepalived.log "$WORK"/fw?/notify.log "$WORK"/fw?/ctsyncd.log "$WORK/events"; do
+        [ -s "$f" ] || continue
+        echo "--- $f (tail)" >&2
+        tail -n 15 "$f" >&2
+    done
+}
+finish() {
+    local rc=$?
+    [ "$rc" -eq 0 ] || show_logs
+    lab_down
+    exit "$rc"
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+for tool in ip nft keepalived conntrack python3; do
+    command -v "$tool" >/dev/null || die "$tool is not installed"
+done
+[ -z "$CTSYNCD" ] || [ -x "$CTSYNCD" ] || die "CTSYNCD=$CTSYNCD is not executable"
+
+log "lab up (sync: ${CTSYNCD:-none}, expect: $EXPECT, cycles: $CYCLES, flows: $FLOWS, trigger: $TRIGGER)"
+lab_up
+if [ -n "$CTSYNCD" ]; then
+    printf 'CTSYNCD=%s\n' "$CTSYNCD" >"$WORK/sync.env"
+    ctsyncd_start fw1
+    ctsyncd_start fw2
+fi
+keepalived_start fw1
+keepalived_start fw2
+wait_master fw1 0 || die "fw1 did not become master"
+log "fw1 is master"
+
+ip netns exec "$NS_SERVER" $TOOL tcp-server "$SERVER_IP" 5001 "$WORK/tcp-server.json" "$WORK/tcp-gaps" &
+echo $! >"$WORK/tcp-server.job"
+ip netns exec "$NS_SERVER" $TOOL udp-server "$SERVER_IP" 5002 &
+echo $! >"$WORK/udp-server.job"
+for _ in $(seq 100); do [ -e "$WORK/tcp-server.json.ready" ] && break; sleep 0.05; done
+ip netns exec "$NS_CLIENT" $TOOL tcp-client "$SERVER_IP" 5001 "$WORK/tcp-client.json" &
+CLIENT=$!
+echo $CLIENT >"$WORK/tcp-client.job"
+ip netns exec "$NS_CLIENT" $TOOL udp-client "$SERVER_IP" 5002 "$WORK/udp-client.json" &
+UDP_CLIENT=$!
+echo $UDP_CLIENT >"$WORK/udp-client.job"
+sleep 0.5
+kill -0 "$CLIENT" 2>/dev/null || die "the TCP client could not connect"
+check_path fw1 || die "the client or the server does not send to fw1"
+in_ns "$NS_FW1" conntrack -L -p tcp --dport 5001 2>/dev/null | grep -q "dst=$WAN_VIP" ||
+    die "the TCP stream is not SNATed to $WAN_VIP on fw1"
+
+if [ "$FLOWS" -gt 0 ]; then
+    in_ns "$NS_FW1" $TOOL ctflood "$FLOWS" "$WAN_VIP" >&2 || die "could not fill fw1's table"
+    if [ -n "$CTSYNCD" ]; then
+        # Wait until fw2's external cache holds fw1's table.
+        t=$(ms) n=0
+        while [ $(($(ms) - t)) -lt 60000 ]; do
+            n=$(in_ns "$NS_FW2" "$CTSYNCD" -C "$WORK/fw2/ctsyncd.yaml" -e 2>/dev/null | wc -l) || n=0
+            [ "$n" -ge "$FLOWS" ] && break
+            sleep 0.5
+        done
+        log "fw2's external cache: $n flows after $(($(ms) - t)) ms"
+        [ "$n" -ge "$FLOWS" ] || log "WARNING: fw2 did not learn all $FLOWS background flows"
+    fi
+fi
+sleep 1
+
+for i in $(seq "$CYCLES"); do
+    t=$(ms)
+    event trigger failover "$i"
+    if [ "$TRIGGER" = links ]; then
+        ip -n "$NS_FW1" link set lan0 down
+        ip -n "$NS_FW1" link set wan0 down
+    else
+        keepalived_stop fw1
+    fi
+    wait_master fw2 "$t" || die "failover $i: fw2 did not take over"
+    event switched failover "$i"
+    log "failover $i: fw2 master and notified after $(($(ms) - t)) ms"
+    sleep "$HOLD"
+    check_path fw2 || die "failover $i: the client or the server still sends to fw1"
+
+    t=$(ms)
+    event trigger failback "$i"
+    if [ "$TRIGGER" = links ]; then
+        ip -n "$NS_FW1" link set lan0 up
+        ip -n "$NS_FW1" link set wan0 up
+    else
+        keepalived_start fw1
+    fi
+    wait_master fw1 "$t" || die "fail-back $i: fw1 did not take over"
+    event switched failback "$i"
+    log "fail-back $i: fw1 master and notified after $(($(ms) - t)) ms"
+    sleep "$HOLD"
+    check_path fw1 || die "fail-back $i: the client or the server still sends to fw2"
+    if [ "$EXPECT" = survive ] && ! kill -0 "$CLIENT" 2>/dev/null; then
+        log "the TCP client stopped during round $i"
+        break
+    fi
+done
+
+kill -TERM "$CLIENT" "$UDP_CLIENT" 2>/dev/null || true
+wait "$CLIENT" 2>/dev/null || true
+wait "$UDP_CLIENT" 2>/dev/null || true
+for _ in $(seq 100); do [ -e "$WORK/tcp-server.json" ] && break; sleep 0.05; done
+for job in tcp-server udp-server; do
+    pid=$(cat "$WORK/$job.job")
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+done
+event end
+log "run took $(($(ms) - T0)) ms"
+$TOOL report "$WORK" "$EXPECT"
