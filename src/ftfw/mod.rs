@@ -789,7 +789,7 @@ impl Ftfw {
 
 /// Bound on gap-produced ranges waiting to be sent (forged input must not
 /// grow memory).
-const MAX_PENDING_RANGES: usize = 64;
+const MAX_PENDING_RANGES: usize = 1024;
 
 /// An ACK or NACK range produced by a gap.
 #[derive(Clone, Copy, Debug)]

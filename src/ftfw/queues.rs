@@ -49,6 +49,8 @@ pub(crate) struct TxQueue {
     pending: Map<FlowKey, (Item, u64)>,
     order: VecDeque<Slot>,
     next_gen: u64,
+    /// BULK_END and RESYNC_REQUEST slots in `order`.
+    markers: usize,
     /// Changes absorbed by coalescing (including NEW+DESTROY pairs).
     pub coalesced: u64,
     /// NEW+DESTROY pairs dropped before anything was sent.
@@ -67,12 +69,12 @@ impl TxQueue {
     /// Number of distinct pending changes and markers (may over-count
     /// stale slots not yet skipped).
     pub fn len(&self) -> usize {
-        self.pending.len() + self.order.iter().filter(|s| !matches!(s, Slot::Flow(..))).count()
+        self.pending.len() + self.markers
     }
 
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty() && !self.order.iter().any(|s| !matches!(s, Slot::Flow(..)))
+        self.pending.is_empty() && self.markers == 0
     }
 
     /// Queue a local change, coalescing with a pending one for the same
@@ -135,12 +137,13 @@ impl TxQueue {
             Item::Resync => Slot::Resync,
             _ => return,
         };
+        self.markers += 1;
         if front { self.order.push_front(slot) } else { self.order.push_back(slot) }
     }
 
     /// True when a RESYNC_REQUEST waits.
     pub fn has_resync(&self) -> bool {
-        self.order.iter().any(|s| matches!(s, Slot::Resync))
+        self.markers > 0 && self.order.iter().any(|s| matches!(s, Slot::Resync))
     }
 
     /// The next thing to send, skipping stale slots.
@@ -172,8 +175,14 @@ impl TxQueue {
     pub fn pop(&mut self) -> Option<Item> {
         match self.order.pop_front()? {
             Slot::Flow(key, _) => self.pending.remove(&key).map(|(item, _)| item),
-            Slot::BulkEnd(s) => Some(Item::BulkEnd(s)),
-            Slot::Resync => Some(Item::Resync),
+            Slot::BulkEnd(s) => {
+                self.markers -= 1;
+                Some(Item::BulkEnd(s))
+            }
+            Slot::Resync => {
+                self.markers -= 1;
+                Some(Item::Resync)
+            }
         }
     }
 

@@ -1,0 +1,43 @@
+//! A sequence of datagrams (and timer ticks) into a protocol core: it must
+//! never panic and its queues must stay bounded.
+//!
+//! Input: chunks of `[len u16 | delay u8 | bytes]`.
+#![no_main]
+
+use std::time::{Duration, Instant};
+
+use ctsync::flow::{Flow, proto};
+use ctsync::ftfw::{Ftfw, FtfwConfig, LocalChange};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let cfg = FtfwConfig { resend_queue: 64, max_seq_jump: 64, ..FtfwConfig::default() };
+    let mut now = Instant::now();
+    let mut core = Ftfw::new(cfg, 1, u32::MAX - 10, now);
+    for port in 0..20u16 {
+        let f = Flow::new_v4(proto::UDP, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), port, 53);
+        core.queue(LocalChange::New(f));
+    }
+    let mut rest = data;
+    let mut buf = [0u8; 1472];
+    while rest.len() >= 3 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        now += Duration::from_millis(u64::from(rest[2]) * 10);
+        rest = &rest[3..];
+        let chunk = &rest[..len.min(rest.len())];
+        rest = &rest[chunk.len()..];
+        core.handle_datagram(now, chunk);
+        core.handle_timeout(now);
+        let mut sent = 0;
+        while core.poll_transmit(now, &mut buf).is_some() {
+            sent += 1;
+            assert!(sent < 10_000, "poll_transmit never ends");
+        }
+        while let Some(ev) = core.poll_event() {
+            if ev == ctsync::ftfw::PeerEvent::BulkRequested {
+                core.bulk_send(std::iter::empty());
+            }
+        }
+        assert!(core.stats().resend_queue_len <= 64);
+    }
+});
