@@ -24,7 +24,10 @@ fn main() {
         std::process::exit(2);
     };
     let opt = |name: &str| -> Option<u64> {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
     };
     let start = opt("--start").unwrap_or(0) as u32;
     let rate = opt("--rate");
@@ -99,7 +102,11 @@ pub fn flow(n: u32, mark: u32) -> Flow {
     f.timeout = 600;
     f.mark = mark;
     if n % 10 == 0 {
-        f.set_addrs(Dir::Reply, Ipv4Addr::new(198, 51, 100, 7).into(), Ipv4Addr::new(203, 0, 113, 5).into());
+        f.set_addrs(
+            Dir::Reply,
+            Ipv4Addr::new(198, 51, 100, 7).into(),
+            Ipv4Addr::new(203, 0, 113, 5).into(),
+        );
         f.l4[3] = 1024 + (n / 10 % 60000) as u16;
     }
     f

@@ -238,13 +238,11 @@ fn tcp_flow(i: u32) -> Flow {
 
 fn snat_flow(i: u32) -> Flow {
     let mut f = tcp_flow(i);
-    f.set_addrs(
-        Dir::Reply,
-        Ipv4Addr::new(198, 51, 100, 7).into(),
-        Ipv4Addr::new(203, 0, 113, 5).into(),
-    );
-    // Unique per flow: two SNAT flows with one reply tuple would clash.
-    f.l4[3] = 20000 + (i / 10 % 40000) as u16;
+    // A reply tuple unique per flow: two SNAT flows with one reply tuple
+    // clash in the kernel.
+    let nat = Ipv4Addr::new(203, 0, 113 + (i / 60000) as u8, 5);
+    f.set_addrs(Dir::Reply, Ipv4Addr::new(198, 51, 100, 7).into(), nat.into());
+    f.l4[3] = 1024 + (i % 60000) as u16;
     f
 }
 
