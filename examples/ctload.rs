@@ -101,7 +101,7 @@ pub fn flow(n: u32, mark: u32) -> Flow {
     f.status = status::CONFIRMED | status::SEEN_REPLY | status::ASSURED;
     f.timeout = 600;
     f.mark = mark;
-    if n % 10 == 0 {
+    if n.is_multiple_of(10) {
         f.set_addrs(
             Dir::Reply,
             Ipv4Addr::new(198, 51, 100, 7).into(),
