@@ -229,6 +229,9 @@ pub struct Ftfw {
     hello_back: Option<u32>,
     /// ACK and NACK ranges produced by gaps, sent before anything else.
     ranges: VecDeque<Range>,
+    /// Recent runs closed by a gap, with how many more times their ACK is
+    /// repeated alongside the periodic ACK.
+    closed_runs: VecDeque<(Seq, Seq, u8)>,
     /// We sent a RESYNC_REQUEST and have not yet seen the BULK_END.
     awaiting_bulk: bool,
     peer_alive: bool,
@@ -269,6 +272,7 @@ impl Ftfw {
             next_epoch_stamp: 1 << 32,
             hello_back: None,
             ranges: VecDeque::new(),
+            closed_runs: VecDeque::new(),
             awaiting_bulk: false,
             peer_alive: false,
             last_tx: None,
@@ -421,6 +425,17 @@ impl Ftfw {
         if let Some(rx) = &mut self.rx
             && (rx.ack_due || keepalive_due)
         {
+            // Runs closed by recent gaps are acknowledged again a few times,
+            // oldest first, so that one lost ACK does not make the sender
+            // resend a whole run that arrived.
+            for run in self.closed_runs.iter_mut() {
+                let msg = MessageRef::Ack { from: run.0.0, to: run.1.0 };
+                if run.2 > 0 && dg.push(&*self.codec, &msg, buf) {
+                    run.2 -= 1;
+                    self.stats.acks_sent += 1;
+                }
+            }
+            self.closed_runs.retain(|run| run.2 > 0);
             let msg = MessageRef::Ack { from: rx.run_start.0, to: rx.expected.minus(1).0 };
             if dg.push(&*self.codec, &msg, buf) {
                 rx.ack_due = false;
@@ -613,7 +628,12 @@ impl Ftfw {
             // Gap: acknowledge the run so far, report the hole, move on.
             self.stats.gaps += 1;
             if rx.expected.diff(rx.run_start) > 0 {
-                self.ranges.push_back(Range::Ack(rx.run_start, rx.expected.minus(1)));
+                let run = (rx.run_start, rx.expected.minus(1));
+                self.ranges.push_back(Range::Ack(run.0, run.1));
+                self.closed_runs.push_back((run.0, run.1, ACK_REPEATS));
+                if self.closed_runs.len() > MAX_CLOSED_RUNS {
+                    self.closed_runs.pop_front();
+                }
             }
             self.ranges.push_back(Range::Nack(rx.expected, seq.minus(1)));
             while self.ranges.len() > MAX_PENDING_RANGES {
@@ -710,6 +730,7 @@ impl Ftfw {
             self.lost.clear();
             self.ranges.clear();
         }
+        self.closed_runs.clear();
         let expected = Seq(hdr.seq);
         self.rx = Some(Rx {
             session: hdr.session,
@@ -790,6 +811,12 @@ impl Ftfw {
 /// Bound on gap-produced ranges waiting to be sent (forged input must not
 /// grow memory).
 const MAX_PENDING_RANGES: usize = 1024;
+
+/// Closed runs remembered for repeated ACKs.
+const MAX_CLOSED_RUNS: usize = 32;
+
+/// How many periodic ACKs repeat a closed run's ACK.
+const ACK_REPEATS: u8 = 3;
 
 /// An ACK or NACK range produced by a gap.
 #[derive(Clone, Copy, Debug)]
