@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
         core.queue(LocalChange::New(f));
     }
     let mut buf = [0u8; 1472];
-    let hello = [MessageRef::Hello { session: 77 }, MessageRef::HelloBack { session: 1 }];
+    let hello = [
+        MessageRef::Hello { session: 77, round: 1 },
+        MessageRef::HelloBack { session: 1, round: 1 },
+    ];
     let hdr = DatagramHeader { flags: 0, session: 77, seq: 1000 };
     let n = native::encode(&hdr, &hello, &mut buf).expect("fits");
     core.handle_datagram(now, &buf[..n]);

@@ -226,7 +226,10 @@ pub struct Ftfw {
     rx: Option<Rx>,
     /// Stamp base for the next peer session.
     next_epoch_stamp: u64,
-    hello_back: Option<u32>,
+    /// A HELLO to answer: its session and round.
+    hello_back: Option<(u32, u32)>,
+    /// Our handshake attempt; bumped each time we restart the handshake.
+    hello_round: u32,
     /// ACK and NACK ranges produced by gaps, sent before anything else.
     ranges: VecDeque<Range>,
     /// Recent runs closed by a gap, with how many more times their ACK is
@@ -271,6 +274,7 @@ impl Ftfw {
             rx: None,
             next_epoch_stamp: 1 << 32,
             hello_back: None,
+            hello_round: 1,
             ranges: VecDeque::new(),
             closed_runs: VecDeque::new(),
             awaiting_bulk: false,
@@ -401,10 +405,11 @@ impl Ftfw {
         let mut dg = Builder { at: header, limit, count: 0, seq: first_seq };
 
         if self.phase == PeerState::HelloSent && keepalive_due {
-            dg.push(&*self.codec, &MessageRef::Hello { session: self.session }, buf);
+            let hello = MessageRef::Hello { session: self.session, round: self.hello_round };
+            dg.push(&*self.codec, &hello, buf);
         }
-        if let Some(s) = self.hello_back
-            && dg.push(&*self.codec, &MessageRef::HelloBack { session: s }, buf)
+        if let Some((session, round)) = self.hello_back
+            && dg.push(&*self.codec, &MessageRef::HelloBack { session, round }, buf)
         {
             self.hello_back = None;
         }
@@ -546,10 +551,12 @@ impl Ftfw {
         // Handshake first: a HELLO sets the base for the rest.
         for r in msgs.iter() {
             match r.msg {
-                Ok(Message::Hello { session }) if session == hdr.session => {
-                    self.on_hello(now, hdr);
+                Ok(Message::Hello { session, round }) if session == hdr.session => {
+                    self.on_hello(now, hdr, round);
                 }
-                Ok(Message::HelloBack { session }) => self.on_hello_back(hdr, session),
+                Ok(Message::HelloBack { session, round }) => {
+                    self.on_hello_back(hdr, session, round)
+                }
                 _ => {}
             }
         }
@@ -690,17 +697,21 @@ impl Ftfw {
         }
     }
 
-    fn on_hello(&mut self, now: Instant, hdr: &DatagramHeader) {
-        self.hello_back = Some(hdr.session);
-        if self.adopt(hdr) && self.phase != PeerState::HelloSent {
-            // A restarted peer does not know our session: handshake again.
+    fn on_hello(&mut self, now: Instant, hdr: &DatagramHeader, round: u32) {
+        self.hello_back = Some((hdr.session, round));
+        if self.adopt(hdr) {
+            // A restarted peer does not know our session: handshake again,
+            // in a new round so that answers to older HELLOs (perhaps from
+            // an older incarnation) do not count.
             self.phase = PeerState::HelloSent;
+            self.hello_round = self.hello_round.wrapping_add(1);
             self.timers[Timer::Keepalive as usize] = Some(now);
         }
     }
 
-    fn on_hello_back(&mut self, hdr: &DatagramHeader, echoed: u32) {
-        if echoed != self.session || self.phase != PeerState::HelloSent {
+    fn on_hello_back(&mut self, hdr: &DatagramHeader, echoed: u32, round: u32) {
+        if echoed != self.session || round != self.hello_round || self.phase != PeerState::HelloSent
+        {
             return;
         }
         // The answer proves the peer knows us; it also tells us its session
@@ -723,11 +734,14 @@ impl Ftfw {
         if restarted {
             self.stats.peer_restarts += 1;
             self.events.push_back(PeerEvent::PeerRestarted);
-            // Data in flight to the old incarnation is moot: the new one
-            // asks for a bulk once the handshake is done.
+            // Unacknowledged data goes again to the new incarnation (it
+            // also asks for a bulk): if the "restart" was a stale datagram
+            // of an older one, nothing is lost either.
             self.lost.clear();
             self.resend.drain_all(self.next_seq, &mut self.lost);
-            self.lost.clear();
+            for item in self.lost.drain(..).rev() {
+                self.tx.requeue(item);
+            }
             self.ranges.clear();
         }
         self.closed_runs.clear();
