@@ -114,6 +114,7 @@ pub enum PeerState {
 
 /// Counters, as `-s` and the metrics show them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// Struct ftfwstats {.
 pub struct FtfwStats {
     /// Datagrams built by `poll_transmit`.
     pub datagrams_sent: u64,
@@ -131,11 +132,13 @@ pub struct FtfwStats {
     pub resent: u64,
     /// Lost messages not resent because a newer change was pending.
     pub resend_superseded: u64,
-    /// ACKs sent / received.
+    /// ACKs sent.
     pub acks_sent: u64,
+    /// ACKs received.
     pub acks_received: u64,
-    /// NACKs sent / received.
+    /// NACKs sent.
     pub nacks_sent: u64,
+    /// NACKs received.
     pub nacks_received: u64,
     /// Keepalive datagrams (ALIVE, or the ACK that stands for it).
     pub alive_sent: u64,
@@ -175,16 +178,19 @@ pub struct FtfwStats {
     pub tx_queue_len: u64,
     /// Gauge: entries in the resend queue.
     pub resend_queue_len: u64,
-    /// Peer liveness transitions.
+    /// Transitions to up (first contact included).
     pub peer_up: u64,
+    /// Transitions to down (peer_timeout of silence).
     pub peer_down: u64,
     /// New peer session ids seen after a first one.
     pub peer_restarts: u64,
-    /// Bulks we started / BULK_ENDs accepted from the peer.
+    /// Bulks we started.
     pub bulks_sent: u64,
+    /// BULK_ENDs accepted from the peer.
     pub bulks_received: u64,
-    /// RESYNC_REQUESTs sent / accepted.
+    /// RESYNC_REQUESTs sent.
     pub resync_requests_sent: u64,
+    /// RESYNC_REQUESTs accepted from the peer.
     pub resync_requests_received: u64,
 }
 
