@@ -1,13 +1,16 @@
 //! A sequence of datagrams (and timer ticks) into a protocol core: it must
 //! never panic and its queues must stay bounded.
 //!
-//! Input: chunks of `[len u16 | delay u8 | bytes]`.
+//! The core first completes a handshake with peer session 77 (seq 1000),
+//! so that the fuzzer reaches the sequencing rules. Input: chunks of
+//! `[len u16 | delay u8 | bytes]`.
 #![no_main]
 
 use std::time::{Duration, Instant};
 
 use ctsync::flow::{Flow, proto};
 use ctsync::ftfw::{Ftfw, FtfwConfig, LocalChange};
+use ctsync::wire::{DatagramHeader, MessageRef, native};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,8 +21,15 @@ fuzz_target!(|data: &[u8]| {
         let f = Flow::new_v4(proto::UDP, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), port, 53);
         core.queue(LocalChange::New(f));
     }
-    let mut rest = data;
     let mut buf = [0u8; 1472];
+    let hello = [
+        MessageRef::Hello { session: 77, round: 1 },
+        MessageRef::HelloBack { session: 1, round: 1 },
+    ];
+    let hdr = DatagramHeader { flags: 0, session: 77, seq: 1000 };
+    let n = native::encode(&hdr, &hello, &mut buf).expect("fits");
+    core.handle_datagram(now, &buf[..n]);
+    let mut rest = data;
     while rest.len() >= 3 {
         let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
         now += Duration::from_millis(u64::from(rest[2]) * 10);

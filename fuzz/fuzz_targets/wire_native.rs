@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let mut again = Vec::new();
     let hdr2 = native::decode(&buf[..n], &mut again).expect("re-encoded datagram decodes");
     assert_eq!(hdr.session, hdr2.session);
-    let again: Vec<Message> = again.into_iter().map(|r| r.msg.expect("re-encoded message")).collect();
+    let again: Vec<Message> =
+        again.into_iter().map(|r| r.msg.expect("re-encoded message")).collect();
     assert_eq!(msgs, again);
 });

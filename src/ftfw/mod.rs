@@ -114,6 +114,7 @@ pub enum PeerState {
 
 /// Counters, as `-s` and the metrics show them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// Struct ftfwstats {.
 pub struct FtfwStats {
     /// Datagrams built by `poll_transmit`.
     pub datagrams_sent: u64,
@@ -131,11 +132,13 @@ pub struct FtfwStats {
     pub resent: u64,
     /// Lost messages not resent because a newer change was pending.
     pub resend_superseded: u64,
-    /// ACKs sent / received.
+    /// ACKs sent.
     pub acks_sent: u64,
+    /// ACKs received.
     pub acks_received: u64,
-    /// NACKs sent / received.
+    /// NACKs sent.
     pub nacks_sent: u64,
+    /// NACKs received.
     pub nacks_received: u64,
     /// Keepalive datagrams (ALIVE, or the ACK that stands for it).
     pub alive_sent: u64,
@@ -175,16 +178,19 @@ pub struct FtfwStats {
     pub tx_queue_len: u64,
     /// Gauge: entries in the resend queue.
     pub resend_queue_len: u64,
-    /// Peer liveness transitions.
+    /// Transitions to up (first contact included).
     pub peer_up: u64,
+    /// Transitions to down (peer_timeout of silence).
     pub peer_down: u64,
     /// New peer session ids seen after a first one.
     pub peer_restarts: u64,
-    /// Bulks we started / BULK_ENDs accepted from the peer.
+    /// Bulks we started.
     pub bulks_sent: u64,
+    /// BULK_ENDs accepted from the peer.
     pub bulks_received: u64,
-    /// RESYNC_REQUESTs sent / accepted.
+    /// RESYNC_REQUESTs sent.
     pub resync_requests_sent: u64,
+    /// RESYNC_REQUESTs accepted from the peer.
     pub resync_requests_received: u64,
 }
 
@@ -226,9 +232,15 @@ pub struct Ftfw {
     rx: Option<Rx>,
     /// Stamp base for the next peer session.
     next_epoch_stamp: u64,
-    hello_back: Option<u32>,
+    /// A HELLO to answer: its session and round.
+    hello_back: Option<(u32, u32)>,
+    /// Our handshake attempt; bumped each time we restart the handshake.
+    hello_round: u32,
     /// ACK and NACK ranges produced by gaps, sent before anything else.
     ranges: VecDeque<Range>,
+    /// Recent runs closed by a gap, with how many more times their ACK is
+    /// repeated alongside the periodic ACK.
+    closed_runs: VecDeque<(Seq, Seq, u8)>,
     /// We sent a RESYNC_REQUEST and have not yet seen the BULK_END.
     awaiting_bulk: bool,
     peer_alive: bool,
@@ -268,7 +280,9 @@ impl Ftfw {
             rx: None,
             next_epoch_stamp: 1 << 32,
             hello_back: None,
+            hello_round: 1,
             ranges: VecDeque::new(),
+            closed_runs: VecDeque::new(),
             awaiting_bulk: false,
             peer_alive: false,
             last_tx: None,
@@ -397,10 +411,11 @@ impl Ftfw {
         let mut dg = Builder { at: header, limit, count: 0, seq: first_seq };
 
         if self.phase == PeerState::HelloSent && keepalive_due {
-            dg.push(&*self.codec, &MessageRef::Hello { session: self.session }, buf);
+            let hello = MessageRef::Hello { session: self.session, round: self.hello_round };
+            dg.push(&*self.codec, &hello, buf);
         }
-        if let Some(s) = self.hello_back
-            && dg.push(&*self.codec, &MessageRef::HelloBack { session: s }, buf)
+        if let Some((session, round)) = self.hello_back
+            && dg.push(&*self.codec, &MessageRef::HelloBack { session, round }, buf)
         {
             self.hello_back = None;
         }
@@ -421,6 +436,17 @@ impl Ftfw {
         if let Some(rx) = &mut self.rx
             && (rx.ack_due || keepalive_due)
         {
+            // Runs closed by recent gaps are acknowledged again a few times,
+            // oldest first, so that one lost ACK does not make the sender
+            // resend a whole run that arrived.
+            for run in self.closed_runs.iter_mut() {
+                let msg = MessageRef::Ack { from: run.0.0, to: run.1.0 };
+                if run.2 > 0 && dg.push(&*self.codec, &msg, buf) {
+                    run.2 -= 1;
+                    self.stats.acks_sent += 1;
+                }
+            }
+            self.closed_runs.retain(|run| run.2 > 0);
             let msg = MessageRef::Ack { from: rx.run_start.0, to: rx.expected.minus(1).0 };
             if dg.push(&*self.codec, &msg, buf) {
                 rx.ack_due = false;
@@ -531,10 +557,12 @@ impl Ftfw {
         // Handshake first: a HELLO sets the base for the rest.
         for r in msgs.iter() {
             match r.msg {
-                Ok(Message::Hello { session }) if session == hdr.session => {
-                    self.on_hello(now, hdr);
+                Ok(Message::Hello { session, round }) if session == hdr.session => {
+                    self.on_hello(now, hdr, round);
                 }
-                Ok(Message::HelloBack { session }) => self.on_hello_back(hdr, session),
+                Ok(Message::HelloBack { session, round }) => {
+                    self.on_hello_back(hdr, session, round)
+                }
                 _ => {}
             }
         }
@@ -613,7 +641,12 @@ impl Ftfw {
             // Gap: acknowledge the run so far, report the hole, move on.
             self.stats.gaps += 1;
             if rx.expected.diff(rx.run_start) > 0 {
-                self.ranges.push_back(Range::Ack(rx.run_start, rx.expected.minus(1)));
+                let run = (rx.run_start, rx.expected.minus(1));
+                self.ranges.push_back(Range::Ack(run.0, run.1));
+                self.closed_runs.push_back((run.0, run.1, ACK_REPEATS));
+                if self.closed_runs.len() > MAX_CLOSED_RUNS {
+                    self.closed_runs.pop_front();
+                }
             }
             self.ranges.push_back(Range::Nack(rx.expected, seq.minus(1)));
             while self.ranges.len() > MAX_PENDING_RANGES {
@@ -670,17 +703,21 @@ impl Ftfw {
         }
     }
 
-    fn on_hello(&mut self, now: Instant, hdr: &DatagramHeader) {
-        self.hello_back = Some(hdr.session);
-        if self.adopt(hdr) && self.phase != PeerState::HelloSent {
-            // A restarted peer does not know our session: handshake again.
+    fn on_hello(&mut self, now: Instant, hdr: &DatagramHeader, round: u32) {
+        self.hello_back = Some((hdr.session, round));
+        if self.adopt(hdr) {
+            // A restarted peer does not know our session: handshake again,
+            // in a new round so that answers to older HELLOs (perhaps from
+            // an older incarnation) do not count.
             self.phase = PeerState::HelloSent;
+            self.hello_round = self.hello_round.wrapping_add(1);
             self.timers[Timer::Keepalive as usize] = Some(now);
         }
     }
 
-    fn on_hello_back(&mut self, hdr: &DatagramHeader, echoed: u32) {
-        if echoed != self.session || self.phase != PeerState::HelloSent {
+    fn on_hello_back(&mut self, hdr: &DatagramHeader, echoed: u32, round: u32) {
+        if echoed != self.session || round != self.hello_round || self.phase != PeerState::HelloSent
+        {
             return;
         }
         // The answer proves the peer knows us; it also tells us its session
@@ -703,13 +740,17 @@ impl Ftfw {
         if restarted {
             self.stats.peer_restarts += 1;
             self.events.push_back(PeerEvent::PeerRestarted);
-            // Data in flight to the old incarnation is moot: the new one
-            // asks for a bulk once the handshake is done.
+            // Unacknowledged data goes again to the new incarnation (it
+            // also asks for a bulk): if the "restart" was a stale datagram
+            // of an older one, nothing is lost either.
             self.lost.clear();
             self.resend.drain_all(self.next_seq, &mut self.lost);
-            self.lost.clear();
+            for item in self.lost.drain(..).rev() {
+                self.tx.requeue(item);
+            }
             self.ranges.clear();
         }
+        self.closed_runs.clear();
         let expected = Seq(hdr.seq);
         self.rx = Some(Rx {
             session: hdr.session,
@@ -790,6 +831,12 @@ impl Ftfw {
 /// Bound on gap-produced ranges waiting to be sent (forged input must not
 /// grow memory).
 const MAX_PENDING_RANGES: usize = 1024;
+
+/// Closed runs remembered for repeated ACKs.
+const MAX_CLOSED_RUNS: usize = 32;
+
+/// How many periodic ACKs repeat a closed run's ACK.
+const ACK_REPEATS: u8 = 3;
 
 /// An ACK or NACK range produced by a gap.
 #[derive(Clone, Copy, Debug)]

@@ -223,7 +223,9 @@ impl ResendQueue {
         }
     }
 
-    /// Entries held (live or superseded).
+    /// Entries held (live, or superseded or re-queued but not yet
+    /// acknowledged: their slots stay so that the ring never runs more
+    /// than its capacity ahead of the receiver).
     pub fn len(&self) -> usize {
         self.ring.len()
     }
@@ -286,7 +288,6 @@ impl ResendQueue {
                 }
             }
         }
-        self.trim();
     }
 
     /// The peer lost `[from, to]`: return the live entries in it as lost.
@@ -309,7 +310,6 @@ impl ResendQueue {
                 lost.push(item);
             }
         }
-        self.trim();
     }
 
     /// Empty the queue, returning the live entries; the next seq becomes
@@ -331,15 +331,6 @@ impl ResendQueue {
             && self.latest.get(&key) == Some(&seq)
         {
             self.latest.remove(&key);
-        }
-    }
-
-    /// Superseded entries at the front will never be resent: let them go
-    /// so that they do not hold capacity.
-    fn trim(&mut self) {
-        while self.ring.front().is_some_and(|h| !h.live) {
-            self.ring.pop_front();
-            self.first = self.first.next();
         }
     }
 }
@@ -413,8 +404,10 @@ mod tests {
         let mut lost = Vec::new();
         rs.nack(base.plus(1), base.plus(2), &mut lost);
         assert_eq!(lost.len(), 2);
-        // base+0 is superseded, base+1 and +2 were nacked: trimmed away.
-        assert_eq!(rs.len(), 4);
+        // Dead entries keep their slot until acknowledged: the ring must
+        // never run ahead of the receiver's expected seq by more than its
+        // capacity (docs/PROTOCOL.md, "Resend queue").
+        assert_eq!(rs.len(), 7);
         lost.clear();
         // Accepted [base+4, base+5]; base+3 is lost.
         rs.ack(base.plus(4), base.plus(5), &mut lost);

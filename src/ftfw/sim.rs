@@ -485,8 +485,43 @@ mod tests {
         assert!(out.stats[0].seq_jumps >= 1);
     }
 
+    #[test]
+    fn stale_hello_of_an_older_incarnation_does_not_win() {
+        // Two restarts 11 ms apart with 11 ms of jitter: the first
+        // incarnation's HELLO_BACK arrives after the second one's HELLO.
+        // docs/PROTOCOL.md, "Handshake" (rounds).
+        run(&Scenario {
+            seed: 1795131453620218000,
+            dup: 0.01,
+            jitter_ms: 11,
+            resend_queue: 64,
+            initial_seq: [0, 0x8000_0000],
+            restarts: vec![(197, 1), (208, 1)],
+            ops: 109,
+            ..Scenario::default()
+        });
+    }
+
+    #[test]
+    fn superseded_entries_keep_their_slot_until_acked() {
+        // The ring must not run more than its capacity ahead of the
+        // receiver: docs/PROTOCOL.md, "Resend queue".
+        run(&Scenario {
+            seed: 16094329664063358698,
+            loss: 0.4,
+            dup: 0.17,
+            corrupt: 0.05,
+            jitter_ms: 29,
+            resend_queue: 64,
+            initial_seq: [1704860602, 3852344250],
+            partition: Some((743, 2076)),
+            ops: 186,
+            ..Scenario::default()
+        });
+    }
+
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 160, ..Default::default() })]
         #[test]
         fn random_schedules_converge(
             seed in proptest::num::u64::ANY,
@@ -496,8 +531,10 @@ mod tests {
             jitter in 0u64..30,
             rs in proptest::sample::select(vec![8usize, 64, 4096]),
             start in proptest::num::u32::ANY,
-            restart in proptest::option::of((0u64..3000, 0usize..2)),
+            restarts in proptest::collection::vec((0u64..3000, 0usize..2), 0..3),
             partition in proptest::option::of((0u64..2000, 100u64..5000)),
+            forge in proptest::option::of((0u64..2500, 1u32..=u32::MAX)),
+            ops in 20usize..400,
         ) {
             run(&Scenario {
                 seed,
@@ -507,9 +544,10 @@ mod tests {
                 jitter_ms: jitter,
                 resend_queue: rs,
                 initial_seq: [start, start.wrapping_add(0x8000_0000)],
-                restarts: restart.into_iter().collect(),
+                restarts,
                 partition: partition.map(|(a, len)| (a, a + len)),
-                ops: 150,
+                forge,
+                ops,
                 ..Scenario::default()
             });
         }

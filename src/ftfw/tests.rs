@@ -55,17 +55,20 @@ fn events(core: &mut Ftfw) -> Vec<PeerEvent> {
 fn established(peer_seq: u32, now: Instant) -> Ftfw {
     let mut core = Ftfw::new(cfg(), US, 100, now);
     let hello = messages(&mut core, now);
-    assert_eq!(hello, vec![Message::Hello { session: US }]);
+    assert_eq!(hello, vec![Message::Hello { session: US, round: 1 }]);
     core.handle_datagram(
         now,
         &datagram(
             peer_seq,
-            &[Message::Hello { session: PEER }, Message::HelloBack { session: US }],
+            &[
+                Message::Hello { session: PEER, round: 9 },
+                Message::HelloBack { session: US, round: 1 },
+            ],
         ),
     );
     assert_eq!(core.peer_state(), PeerState::Established);
     let out = messages(&mut core, now);
-    assert!(out.contains(&Message::HelloBack { session: PEER }));
+    assert!(out.contains(&Message::HelloBack { session: PEER, round: 9 }));
     assert!(out.contains(&Message::ResyncRequest));
     assert_eq!(events(&mut core), vec![PeerEvent::PeerUp]);
     // The peer acknowledges the RESYNC_REQUEST (seq 100).
@@ -349,17 +352,20 @@ fn handshake_and_peer_restart() {
     core.queue(LocalChange::Upsert(flow(9)));
     sent(&mut core, now);
     // The peer restarts: new session, new seq base.
-    core.handle_datagram(now, &datagram_from(88, 0, 7, &[Message::Hello { session: 88 }]));
+    core.handle_datagram(
+        now,
+        &datagram_from(88, 0, 7, &[Message::Hello { session: 88, round: 1 }]),
+    );
     assert_eq!(core.peer_state(), PeerState::HelloSent);
     assert_eq!(events(&mut core), vec![PeerEvent::PeerRestarted]);
     let out = messages(&mut core, now);
-    assert!(out.contains(&Message::HelloBack { session: 88 }));
-    assert!(out.contains(&Message::Hello { session: US }));
+    assert!(out.contains(&Message::HelloBack { session: 88, round: 1 }));
+    assert!(out.contains(&Message::Hello { session: US, round: 2 }));
     assert!(!out.iter().any(|m| matches!(m, Message::FlowUpdate(_))), "no data before handshake");
     // Data from the new session is tracked from its base, stamps above.
     core.handle_datagram(
         now,
-        &datagram_from(88, 0, 7, &[Message::HelloBack { session: US }, upsert(2)]),
+        &datagram_from(88, 0, 7, &[Message::HelloBack { session: US, round: 2 }, upsert(2)]),
     );
     assert_eq!(core.peer_state(), PeerState::Established);
     match events(&mut core).as_slice() {

@@ -91,10 +91,11 @@ pub enum Message {
     Nack { from: u32, to: u32 },
     /// Keepalive; the header's seq is the sender's next seq.
     Alive,
-    /// The sender's session is `session` and it does not yet know ours.
-    Hello { session: u32 },
-    /// Answer to a HELLO, echoing the session it came from.
-    HelloBack { session: u32 },
+    /// The sender's session is `session` and it wants ours; `round`
+    /// numbers its handshake attempts.
+    Hello { session: u32, round: u32 },
+    /// Answer to a HELLO, echoing its session and round.
+    HelloBack { session: u32, round: u32 },
 }
 
 /// A message to emit, borrowing its flow so that sending does not clone.
@@ -117,9 +118,9 @@ pub enum MessageRef<'a> {
     /// See [`Message::Alive`].
     Alive,
     /// See [`Message::Hello`].
-    Hello { session: u32 },
+    Hello { session: u32, round: u32 },
     /// See [`Message::HelloBack`].
-    HelloBack { session: u32 },
+    HelloBack { session: u32, round: u32 },
 }
 
 impl Message {
@@ -134,8 +135,12 @@ impl Message {
             Message::Ack { from, to } => MessageRef::Ack { from: *from, to: *to },
             Message::Nack { from, to } => MessageRef::Nack { from: *from, to: *to },
             Message::Alive => MessageRef::Alive,
-            Message::Hello { session } => MessageRef::Hello { session: *session },
-            Message::HelloBack { session } => MessageRef::HelloBack { session: *session },
+            Message::Hello { session, round } => {
+                MessageRef::Hello { session: *session, round: *round }
+            }
+            Message::HelloBack { session, round } => {
+                MessageRef::HelloBack { session: *session, round: *round }
+            }
         }
     }
 

@@ -303,8 +303,8 @@ impl<'a> MessagePacket<'a> {
             msg_type::ACK => Message::Ack { from: word(0)?, to: word(4)? },
             msg_type::NACK => Message::Nack { from: word(0)?, to: word(4)? },
             msg_type::ALIVE => Message::Alive,
-            msg_type::HELLO => Message::Hello { session: word(0)? },
-            msg_type::HELLO_BACK => Message::HelloBack { session: word(0)? },
+            msg_type::HELLO => Message::Hello { session: word(0)?, round: word(4)? },
+            msg_type::HELLO_BACK => Message::HelloBack { session: word(0)?, round: word(4)? },
             t => return Err(WireError::UnknownMessage(t)),
         })
     }
@@ -471,10 +471,11 @@ pub fn message_len(msg: &MessageRef<'_>) -> usize {
             MessageRef::FlowDestroy(k) => {
                 ATTR_HEADER_LEN + if k.is_ipv6() { KEY_V6_LEN } else { KEY_V4_LEN }
             }
-            MessageRef::Ack { .. } | MessageRef::Nack { .. } => 8,
-            MessageRef::BulkEnd { .. }
+            MessageRef::Ack { .. }
+            | MessageRef::Nack { .. }
             | MessageRef::Hello { .. }
-            | MessageRef::HelloBack { .. } => 4,
+            | MessageRef::HelloBack { .. } => 8,
+            MessageRef::BulkEnd { .. } => 4,
             MessageRef::ResyncRequest | MessageRef::Alive => 0,
         }
 }
@@ -503,12 +504,13 @@ pub fn emit_message(msg: &MessageRef<'_>, buf: &mut [u8]) -> Result<usize, WireE
     match msg {
         MessageRef::FlowNew(f) | MessageRef::FlowUpdate(f) => emit_flow(f, &mut w),
         MessageRef::FlowDestroy(k) => emit_key(k, &mut w),
-        MessageRef::BulkEnd { bulk_start: v }
-        | MessageRef::Hello { session: v }
-        | MessageRef::HelloBack { session: v } => w.u32(*v),
-        MessageRef::Ack { from, to } | MessageRef::Nack { from, to } => {
-            w.u32(*from);
-            w.u32(*to);
+        MessageRef::BulkEnd { bulk_start: v } => w.u32(*v),
+        MessageRef::Ack { from: a, to: b }
+        | MessageRef::Nack { from: a, to: b }
+        | MessageRef::Hello { session: a, round: b }
+        | MessageRef::HelloBack { session: a, round: b } => {
+            w.u32(*a);
+            w.u32(*b);
         }
         MessageRef::ResyncRequest | MessageRef::Alive => {}
     }
@@ -914,8 +916,8 @@ mod tests {
             Message::Ack { from: 1, to: 2 },
             Message::Nack { from: u32::MAX, to: 3 },
             Message::Alive,
-            Message::Hello { session: 42 },
-            Message::HelloBack { session: 43 },
+            Message::Hello { session: 42, round: 1 },
+            Message::HelloBack { session: 43, round: 2 },
         ];
         assert_eq!(roundtrip(&msgs), msgs);
     }
