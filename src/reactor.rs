@@ -230,7 +230,8 @@ impl Daemon {
                 continue;
             }
             match item.event {
-                CtEvent::New(flow) | CtEvent::Update(flow) => self.local_upsert(flow),
+                CtEvent::New(flow) => self.local_upsert(flow, true),
+                CtEvent::Update(flow) => self.local_upsert(flow, false),
                 CtEvent::Destroy(flow) => self.local_destroy(&flow),
                 CtEvent::Overrun => self.on_overrun(now),
             }
@@ -238,7 +239,9 @@ impl Daemon {
         self.event_buf = items;
     }
 
-    fn local_upsert(&mut self, flow: Flow) {
+    /// `born`: the kernel just created this flow, so the peer cannot know it
+    /// and a destroy before it is sent cancels both.
+    fn local_upsert(&mut self, flow: Flow, born: bool) {
         if !self.cfg.filter.accepts(&flow) {
             self.stats.events_filtered += 1;
             // A flow that moved into an ignored state leaves the peer too.
@@ -250,6 +253,7 @@ impl Daemon {
         }
         self.internal_stamp += 1;
         match self.internal.upsert(flow.clone(), self.internal_stamp) {
+            Upsert::Created if born => self.ftfw.queue(LocalChange::New(flow)),
             Upsert::Created | Upsert::Updated { changed: true } => {
                 self.ftfw.queue(LocalChange::Upsert(flow));
             }
