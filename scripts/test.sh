@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --bins
+cargo build --profile ci --bins
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast "$@"
+  cargo nextest run --cargo-profile ci --no-fail-fast "$@"
 else
-  cargo test --no-fail-fast -- "$@"
+  cargo test --profile ci --no-fail-fast -- "$@"
 fi

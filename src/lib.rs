@@ -17,5 +17,6 @@ pub mod ftfw;
 pub mod logging;
 pub mod netlink;
 pub mod reactor;
+pub mod readiness;
 pub mod systemd;
 pub mod wire;

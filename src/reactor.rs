@@ -26,6 +26,7 @@ use crate::filter::Filter;
 use crate::flow::Flow;
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
 use crate::logging::RateLimit;
+use crate::readiness::Readiness;
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
 use crate::systemd;
 
@@ -47,6 +48,8 @@ pub struct DaemonConfig {
     /// Mark committed TCP flows `BE_LIBERAL` (no window tracking).
     pub be_liberal: bool,
     pub filter: Filter,
+    /// keepalived `track_file` for readiness, if configured.
+    pub ready_file: Option<PathBuf>,
 }
 
 /// Daemon-wide counters, as `-s runtime` shows them.
@@ -99,6 +102,7 @@ pub struct Daemon {
     next_link_check: Instant,
     watchdog: Option<(Duration, Instant)>,
     full_log: RateLimit,
+    readiness: Readiness,
     events_pending: bool,
     stop: bool,
 }
@@ -134,6 +138,7 @@ impl Daemon {
         registry.register(&mut control, CONTROL, Interest::READABLE).map_err(reg)?;
         channels.register(registry, LINKS).map_err(reg)?;
         let now = Instant::now();
+        let readiness_file = cfg.ready_file.clone();
         let ftfw = Ftfw::new(cfg.ftfw.clone(), session_id, initial_seq, now);
         let mut daemon = Daemon {
             internal: Cache::new(cfg.cache_limit),
@@ -157,10 +162,17 @@ impl Daemon {
             next_link_check: now + LINK_CHECK,
             watchdog: systemd::watchdog_interval().map(|d| (d, now)),
             full_log: RateLimit::new(Duration::from_secs(10)),
+            readiness: Readiness::new(readiness_file.clone()),
             events_pending: false,
             stop: false,
         };
         daemon.resync_kernel(false).map_err(|e| format!("cannot dump the conntrack table: {e}"))?;
+        daemon.readiness.publish().map_err(|e| {
+            format!(
+                "cannot write the ready file {}: {e}",
+                readiness_file.unwrap_or_default().display()
+            )
+        })?;
         Ok(daemon)
     }
 
@@ -205,6 +217,9 @@ impl Daemon {
         systemd::notify_stopping();
         // Flush what the protocol still has to say, best effort.
         self.drive_protocol(Instant::now());
+        if let Err(e) = self.readiness.withdraw() {
+            log::warn!("cannot mark this node not ready for keepalived: {e}");
+        }
         let _ = std::fs::remove_file(&self.cfg.control_socket);
         Ok(())
     }
@@ -406,6 +421,12 @@ impl Daemon {
     }
 
     fn on_peer_event(&mut self, now: Instant, event: PeerEvent) {
+        if self.readiness.observe(&event) {
+            log::info!("holding the peer's complete table: ready to take over");
+            if let Err(e) = self.readiness.publish() {
+                log::error!("cannot mark this node ready for keepalived: {e}");
+            }
+        }
         match event {
             PeerEvent::Upsert { flow, stamp } => {
                 if self.external.upsert(flow, stamp) == Upsert::Full {
@@ -739,6 +760,7 @@ impl Daemon {
         let report = StatsReport {
             uptime_seconds: self.started.elapsed().as_secs(),
             synced: self.ftfw.is_synced(),
+            ready: self.readiness.is_ready(),
             internal: self.internal.stats(),
             external: self.external.stats(),
             runtime: self.stats,
@@ -759,6 +781,7 @@ impl Daemon {
 struct StatsReport {
     uptime_seconds: u64,
     synced: bool,
+    ready: bool,
     internal: CacheStats,
     external: CacheStats,
     runtime: RuntimeStats,

@@ -406,7 +406,8 @@ fn garbage_datagrams_are_dropped_and_counted_and_sync_goes_on() {
         s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
         s.bind(('10.255.0.1',0))\n\
-        for i in range(200):\n    s.sendto(os.urandom(i*7%1400+1),('10.255.0.2',3780))\n\
+        import time\n\
+        for i in range(200):\n    s.sendto(os.urandom(i*7%1400+1),('10.255.0.2',3780)); time.sleep(0.002)\n\
         s.sendto(b'CT\\x01',('10.255.0.2',3780))\n";
     let out = Command::new("ip")
         .args(["netns", "exec", pair.fw[0].name(), "python3", "-c", script])

@@ -316,8 +316,12 @@ import socket,struct,time
 u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(3)
 u.bind((\"0.0.0.0\",4444)); u.sendto(b\"ping\",(\"10.2.0.2\",5353)); u.recvfrom(10)
 t=socket.create_connection((\"10.2.0.2\",8080), timeout=3); t.send(b\"ping\"); t.recv(10)
-'",
+time.sleep(5)
+' >/dev/null 2>&1 &
+sleep 1",
     );
+    // The client holds its connection open, so the listing and the dump
+    // below see the same ESTABLISHED state instead of racing its close.
     let lines = conntrack_list(&fw);
     go_tx.send(()).unwrap();
     // The TCP entry sits in TIME_WAIT for minutes, and an expired UDP entry

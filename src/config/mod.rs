@@ -84,6 +84,9 @@ pub struct GeneralConfig {
     pub control_socket: PathBuf,
     /// A group allowed on the control socket besides root.
     pub control_group: Option<String>,
+    /// A file the daemon keeps at `0` once it holds a complete copy of the
+    /// peer's table and `1` before, for keepalived's `track_file`.
+    pub ready_file: Option<PathBuf>,
     /// Where log lines go.
     pub log: LogConfig,
     /// Maximum flows per cache (conntrackd's `HashLimit`).
@@ -558,6 +561,11 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         lock_file: absolute(ctx, "general.lock_file", &g.lock_file)?,
         control_socket: absolute(ctx, "general.control_socket", &g.control_socket)?,
         control_group: g.control_group.clone(),
+        ready_file: g
+            .ready_file
+            .as_ref()
+            .map(|p| absolute(ctx, "general.ready_file", p))
+            .transpose()?,
         log,
         cache_limit: nonzero_size(ctx, "general.cache_limit", &g.cache_limit)?,
         netlink,
@@ -789,6 +797,7 @@ fn unconvert(c: &Config) -> RawConfig {
             lock_file: g.lock_file.display().to_string(),
             control_socket: g.control_socket.display().to_string(),
             control_group: g.control_group.clone(),
+            ready_file: g.ready_file.as_ref().map(|f| f.display().to_string()),
             log: raw::RawLog {
                 target: g.log.target,
                 level: g.log.level,
