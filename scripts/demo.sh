@@ -18,8 +18,11 @@ PIDS=()
 
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    for ns in "$NS_C" "$NS_1" "$NS_2" "$NS_S"; do ip netns del "$ns" 2>/dev/null || true; done
+    # Whatever still runs inside our namespaces is ours too.
+    for ns in "$NS_C" "$NS_1" "$NS_2" "$NS_S"; do
+        pids=$(ip netns pids "$ns" 2>/dev/null) && [ -n "$pids" ] && kill $pids 2>/dev/null
+        ip netns del "$ns" 2>/dev/null || true
+    done
     rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -83,12 +86,12 @@ step "a TCP stream and a UDP exchange from the client to the server, through fw1
 in_ns "$NS_S" socat -u TCP-LISTEN:8080,reuseaddr,fork - >/dev/null & PIDS+=($!)
 in_ns "$NS_S" socat UDP-RECVFROM:5353,reuseaddr,fork EXEC:'echo pong' & PIDS+=($!)
 sleep 0.3
-(while sleep 0.2; do echo tick; done) | in_ns "$NS_C" socat -u - TCP:198.51.100.7:8080 & PIDS+=($!)
+in_ns "$NS_C" sh -c 'while sleep 0.2; do echo tick; done | socat -u - TCP:198.51.100.7:8080' & PIDS+=($!)
 echo ping | in_ns "$NS_C" socat -t1 - UDP:198.51.100.7:5353
 sleep 1.5
 
-step "fw1: ctsyncd -s (statistics)"
-in_ns "$NS_1" "$BIN" -C "$WORK/fw1.yaml" -s
+step "fw1: ctsyncd -s (statistics, abridged; --json for scripts)"
+in_ns "$NS_1" "$BIN" -C "$WORK/fw1.yaml" -s | grep -E '^(synced|ready|internal|external|  active|  created|links|  name|  packets)'
 step "fw1: ctsyncd -i (internal cache: fw1's kernel flows)"
 in_ns "$NS_1" "$BIN" -C "$WORK/fw1.yaml" -i
 step "fw2: ctsyncd -e (external cache: what fw2 learned from fw1)"

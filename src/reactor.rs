@@ -26,8 +26,8 @@ use crate::filter::Filter;
 use crate::flow::Flow;
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
 use crate::logging::RateLimit;
-use crate::readiness::Readiness;
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
+use crate::readiness::Readiness;
 use crate::systemd;
 
 /// What the reactor needs from the configuration, already validated.
