@@ -443,3 +443,28 @@ fn a_netlink_overrun_ends_in_exact_convergence() {
     assert!(stats["runtime"]["netlink_overruns"].as_u64().unwrap() >= 1, "{stats:#}");
     assert!(stats["runtime"]["kernel_resyncs"].as_u64().unwrap() >= 2, "{stats:#}");
 }
+
+#[test]
+fn the_ready_file_tells_keepalived_when_the_peer_table_is_complete() {
+    let dir = std::env::temp_dir().join(format!("ctsync-ready-t-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ready");
+    // Both daemons write the same path here; fw2 is the one checked, after
+    // fw1 stops.
+    let mut pair = Pair::with_config("rdy", &format!("  ready_file: {}\n", file.display()));
+    pair.commit_flows(0, (0..50).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+    pair.stop(0);
+    let stats: serde_json::Value = serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
+    assert_eq!(stats["ready"], true, "{stats:#}");
+    // fw1's clean stop wrote 1; fw2 only rewrites on a change, so restart
+    // fw2 alone: with no peer it must say "not ready".
+    pair.stop(1);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "1\n");
+    pair.start(1);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "1\n");
+    pair.start(0);
+    wait_for(Duration::from_secs(10), || std::fs::read_to_string(&file).unwrap() == "0\n")
+        .expect("ready file never turned 0 after the peer came back");
+    let _ = std::fs::remove_dir_all(&dir);
+}
