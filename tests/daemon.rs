@@ -455,7 +455,8 @@ fn the_ready_file_tells_keepalived_when_the_peer_table_is_complete() {
     pair.commit_flows(0, (0..50).map(tcp_flow).collect());
     pair.converge(0, Duration::from_secs(10));
     pair.stop(0);
-    let stats: serde_json::Value = serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
     assert_eq!(stats["ready"], true, "{stats:#}");
     // fw1's clean stop wrote 1; fw2 only rewrites on a change, so restart
     // fw2 alone: with no peer it must say "not ready".
