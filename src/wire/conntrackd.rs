@@ -928,10 +928,13 @@ mod tests {
         let hdr = DatagramHeader { flags: flags::HELLO, session: 0, seq: 7 };
         let n = c.finish(&hdr, 2, a + b, &mut buf).unwrap();
         // Captured startup: ALIVE|HELLO is 0x30; ACK|HELLO is 0x28.
-        assert_eq!(&buf[..n], &[
-            0x1a, 0x30, 0, 8, 0, 0, 0, 7, //
-            0x1a, 0x28, 0, 16, 0, 0, 0, 8, 0, 0, 0, 3, 0, 0, 0, 6
-        ]);
+        assert_eq!(
+            &buf[..n],
+            &[
+                0x1a, 0x30, 0, 8, 0, 0, 0, 7, //
+                0x1a, 0x28, 0, 16, 0, 0, 0, 8, 0, 0, 0, 3, 0, 0, 0, 6
+            ]
+        );
         let mut out = Vec::new();
         c.decode(&buf[..n], &mut out).unwrap();
         assert_eq!(out[0].msg, Ok(Message::Alive));
