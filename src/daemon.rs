@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use crate::channel::{LinkKind, LinkSpec};
 use crate::config::{self, ChannelKind, Config};
 use crate::filter::Filter;
-use crate::ftfw::FtfwConfig;
+use crate::ftfw::{Dialect, FtfwConfig};
 use crate::logging::{self, LogTarget};
 use crate::netlink::EventConfig;
 use crate::reactor::{Daemon, DaemonConfig};
@@ -32,7 +32,7 @@ pub fn run(path: &Path, daemonize: bool) -> ExitCode {
     }
     if cfg.sync.wire == config::WireFormat::Conntrackd {
         log::warn!(
-            "{}: conntrackd's wire format is not available in this version; speaking the native format, so the peer must run ctsyncd",
+            "{}: speaking conntrackd's wire format, which is unauthenticated and unchecksummed: anyone who can send to the sync port can inject or delete flows; use a dedicated link",
             path.display()
         );
     }
@@ -98,11 +98,20 @@ fn daemon_config(cfg: &Config) -> DaemonConfig {
         rcvbuf_max: cfg.general.netlink.rcvbuf_max.get(),
         overrun_resync: cfg.general.netlink.overrun_resync,
         ftfw: FtfwConfig {
+            dialect: match sync.wire {
+                config::WireFormat::Native => Dialect::Native,
+                config::WireFormat::Conntrackd => Dialect::Conntrackd,
+            },
             resend_queue: sync.resend_queue.get() as usize,
             ack_window: sync.ack_window.get(),
             alive_interval: sync.alive_interval,
             peer_timeout: sync.peer_timeout,
-            max_datagram: usize::from(sync.max_datagram),
+            max_datagram: match sync.wire {
+                config::WireFormat::Native => usize::from(sync.max_datagram),
+                // conntrackd's own limit on a 1500-byte link.
+                config::WireFormat::Conntrackd => usize::from(sync.max_datagram)
+                    .min(crate::wire::conntrackd::DEFAULT_MAX_DATAGRAM),
+            },
             max_seq_jump: sync.resend_queue.get(),
         },
         links,

@@ -30,13 +30,28 @@ use std::time::{Duration, Instant};
 pub use seq::Seq;
 
 use crate::flow::{Flow, FlowKey};
+use crate::wire::conntrackd::{self, ConntrackdCodec};
 use crate::wire::native::{self, NativeCodec};
 use crate::wire::{Codec, DatagramHeader, Message, MessageRef, Received, WireError};
 use queues::{Front, Item, ResendQueue, TxQueue};
 
+/// Which protocol the core speaks (docs/PROTOCOL.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dialect {
+    /// ctsync's own format and rules.
+    #[default]
+    Native,
+    /// conntrackd 1.4's FTFW, to pair with a real conntrackd: every message
+    /// sequenced, HELLO as a flag, no BULK_END ("conntrackd
+    /// compatibility").
+    Conntrackd,
+}
+
 /// Tunables of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FtfwConfig {
+    /// The protocol spoken; it also chooses the wire codec.
+    pub dialect: Dialect,
     /// Most sent messages held awaiting acknowledgment; when full, sending
     /// new data pauses (backpressure), nothing is dropped.
     pub resend_queue: usize,
@@ -56,6 +71,7 @@ pub struct FtfwConfig {
 impl Default for FtfwConfig {
     fn default() -> FtfwConfig {
         FtfwConfig {
+            dialect: Dialect::Native,
             resend_queue: 131072,
             ack_window: 300,
             alive_interval: Duration::from_secs(1),
@@ -243,6 +259,18 @@ pub struct Ftfw {
     closed_runs: VecDeque<(Seq, Seq, u8)>,
     /// We sent a RESYNC_REQUEST and have not yet seen the BULK_END.
     awaiting_bulk: bool,
+    /// Speaking conntrackd's dialect.
+    compat: bool,
+    /// conntrackd dialect: the peer's messages still carry HELLO (it has
+    /// not yet seen our HELLO_BACK), so another HELLO is the same start.
+    peer_in_hello: bool,
+    /// conntrackd dialect: the seq after the last far-ahead message. A
+    /// message that continues it shows that the peer's sequence really
+    /// moved on (its keepalives take seqs during a partition).
+    far_ahead: Option<Seq>,
+    /// conntrackd dialect: the message being admitted continues a
+    /// far-ahead run and may jump.
+    jump_ok: bool,
     peer_alive: bool,
     last_tx: Option<Instant>,
     timers: [Option<Instant>; 2],
@@ -254,9 +282,14 @@ pub struct Ftfw {
 
 impl Ftfw {
     /// A core with our `session_id` (random per start) and first sequence
-    /// number `initial_seq` (random), speaking the native format.
+    /// number `initial_seq` (random), speaking the format of
+    /// `cfg.dialect`.
     pub fn new(cfg: FtfwConfig, session_id: u32, initial_seq: u32, now: Instant) -> Ftfw {
-        Ftfw::with_codec(cfg, session_id, initial_seq, now, Box::new(NativeCodec))
+        let codec: Box<dyn Codec> = match cfg.dialect {
+            Dialect::Native => Box::new(NativeCodec),
+            Dialect::Conntrackd => Box::new(ConntrackdCodec),
+        };
+        Ftfw::with_codec(cfg, session_id, initial_seq, now, codec)
     }
 
     /// As [`Ftfw::new`] with another datagram format.
@@ -269,6 +302,7 @@ impl Ftfw {
     ) -> Ftfw {
         let next_seq = Seq(initial_seq);
         let resend = ResendQueue::new(cfg.resend_queue, next_seq);
+        let compat = cfg.dialect == Dialect::Conntrackd;
         let mut core = Ftfw {
             cfg,
             codec,
@@ -284,6 +318,10 @@ impl Ftfw {
             ranges: VecDeque::new(),
             closed_runs: VecDeque::new(),
             awaiting_bulk: false,
+            compat,
+            peer_in_hello: false,
+            far_ahead: None,
+            jump_ok: false,
             peer_alive: false,
             last_tx: None,
             timers: [None; 2],
@@ -328,7 +366,7 @@ impl Ftfw {
             && self.rx.is_some()
             && self.ranges.is_empty()
             && self.tx.is_empty()
-            && self.resend.live() == 0
+            && self.resend.live_data() == 0
             && !self.awaiting_bulk
     }
 
@@ -340,6 +378,7 @@ impl Ftfw {
         let mut decoded = std::mem::take(&mut self.decoded);
         decoded.clear();
         match self.codec.decode(bytes, &mut decoded) {
+            Ok(_) if self.compat => self.process_compat(now, &mut decoded),
             Ok(hdr) => self.process(now, &hdr, &mut decoded),
             Err(e) => self.count_error(e),
         }
@@ -382,7 +421,10 @@ impl Ftfw {
         for f in flows {
             self.tx.push_change(Item::Upsert { flow: f.clone(), new: false });
         }
-        self.tx.push_marker(Item::BulkEnd(start), false);
+        // conntrackd has no BULK_END (and cannot parse one).
+        if !self.compat {
+            self.tx.push_marker(Item::BulkEnd(start), false);
+        }
         self.stats.bulks_sent += 1;
         self.update_gauges();
     }
@@ -392,7 +434,8 @@ impl Ftfw {
         if !self.tx.has_resync() {
             self.tx.push_marker(Item::Resync, false);
         }
-        self.awaiting_bulk = true;
+        // conntrackd's answer has no end marker to wait for.
+        self.awaiting_bulk = !self.compat;
         self.update_gauges();
     }
 
@@ -400,6 +443,9 @@ impl Ftfw {
 
     /// Build the next datagram into `buf`; `None` when nothing is due.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if self.compat {
+            return self.poll_transmit_compat(now, buf);
+        }
         let max = buf.len().min(self.cfg.max_datagram).min(usize::from(u16::MAX));
         let header = self.codec.header_len();
         let limit = max.checked_sub(self.codec.trailer_len())?;
@@ -484,7 +530,7 @@ impl Ftfw {
         self.stats.msgs_sent += u64::from(dg.count);
         self.last_tx = Some(now);
         // Unacknowledged data is probed faster than an idle link.
-        let interval = if self.resend.live() > 0 {
+        let interval = if self.resend.live_data() > 0 {
             self.cfg.alive_interval / 5
         } else {
             self.cfg.alive_interval
@@ -529,7 +575,7 @@ impl Ftfw {
                         Item::Upsert { flow, new: true } => MessageRef::FlowNew(flow),
                         Item::Upsert { flow, new: false } => MessageRef::FlowUpdate(flow),
                         Item::Destroy(key) => MessageRef::FlowDestroy(key),
-                        Item::BulkEnd(_) | Item::Resync => return false,
+                        _ => return false,
                     };
                     let ok = dg.push(&*self.codec, &msg, buf);
                     if ok {
@@ -633,7 +679,7 @@ impl Ftfw {
         if d < 0 {
             return None;
         }
-        if d as u32 > self.cfg.max_seq_jump {
+        if d as u32 > self.cfg.max_seq_jump && !self.jump_ok {
             self.stats.drop_far_ahead += 1;
             return None;
         }
@@ -643,7 +689,9 @@ impl Ftfw {
             if rx.expected.diff(rx.run_start) > 0 {
                 let run = (rx.run_start, rx.expected.minus(1));
                 self.ranges.push_back(Range::Ack(run.0, run.1));
-                self.closed_runs.push_back((run.0, run.1, ACK_REPEATS));
+                if !self.compat {
+                    self.closed_runs.push_back((run.0, run.1, ACK_REPEATS));
+                }
                 if self.closed_runs.len() > MAX_CLOSED_RUNS {
                     self.closed_runs.pop_front();
                 }
@@ -697,6 +745,15 @@ impl Ftfw {
             Ok(Message::ResyncRequest) => {
                 self.stats.resync_requests_received += 1;
                 self.events.push_back(PeerEvent::BulkRequested);
+            }
+            // Sequenced only in the conntrackd dialect.
+            Ok(Message::Ack { from, to }) => {
+                self.stats.acks_received += 1;
+                self.on_ack(Seq(from), Seq(to), true);
+            }
+            Ok(Message::Nack { from, to }) => {
+                self.stats.nacks_received += 1;
+                self.on_ack(Seq(from), Seq(to), false);
             }
             Ok(_) => {}
             Err(e) => self.count_error(e),
@@ -796,7 +853,16 @@ impl Ftfw {
         }
         // Requeued at the front in reverse, so that they go in seq order.
         for item in self.lost.drain(..).rev() {
-            if self.tx.requeue(item) {
+            let range = match item {
+                Item::Ack(from, to) => Some(Range::Ack(from, to)),
+                Item::Nack(from, to) => Some(Range::Nack(from, to)),
+                _ => None,
+            };
+            if let Some(range) = range {
+                // conntrackd dialect: a lost ACK or NACK goes again.
+                self.ranges.push_back(range);
+                self.stats.resent += 1;
+            } else if self.tx.requeue(item) {
                 self.stats.resent += 1;
             } else {
                 self.stats.resend_superseded += 1;
@@ -828,6 +894,204 @@ impl Ftfw {
     }
 }
 
+/// The conntrackd dialect (docs/PROTOCOL.md, "conntrackd compatibility").
+impl Ftfw {
+    /// `poll_transmit` for conntrackd: every message takes a seq, ACK and
+    /// NACK are held for resending like data, HELLO and HELLO_BACK are
+    /// flags on every message of the datagram, ALIVE carries them when
+    /// nothing else goes.
+    fn poll_transmit_compat(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let limit = buf.len().min(self.cfg.max_datagram).min(usize::from(u16::MAX));
+        let keepalive_due = self.timers[Timer::Keepalive as usize].is_some_and(|t| now >= t);
+        let first_seq = self.next_seq;
+        let mut dg = Builder { at: 0, limit, count: 0, seq: first_seq };
+        let mut flags = 0;
+        if self.phase == PeerState::HelloSent {
+            flags |= conntrackd::flags::HELLO;
+        }
+        if self.hello_back.is_some() {
+            flags |= conntrackd::flags::HELLO_BACK;
+        }
+        while let Some(&range) = self.ranges.front() {
+            let (msg, item) = match range {
+                Range::Ack(f, t) => (MessageRef::Ack { from: f.0, to: t.0 }, Item::Ack(f, t)),
+                Range::Nack(f, t) => (MessageRef::Nack { from: f.0, to: t.0 }, Item::Nack(f, t)),
+            };
+            if !dg.push(&*self.codec, &msg, buf) {
+                break;
+            }
+            self.ranges.pop_front();
+            match range {
+                Range::Ack(..) => self.stats.acks_sent += 1,
+                Range::Nack(..) => self.stats.nacks_sent += 1,
+            }
+            self.hold(item);
+        }
+        // conntrackd's window: ACK every `ack_window` messages and on the
+        // keepalive, each ACK starting where the previous one ended (they
+        // are reliable here, so they need not overlap).
+        if let Some(rx) = self.rx
+            && (rx.ack_due || keepalive_due)
+            && rx.expected.diff(rx.run_start) > 0
+        {
+            let (from, to) = (rx.run_start, rx.expected.minus(1));
+            if dg.push(&*self.codec, &MessageRef::Ack { from: from.0, to: to.0 }, buf) {
+                if let Some(rx) = &mut self.rx {
+                    rx.run_start = rx.expected;
+                    rx.ack_due = false;
+                    rx.since_ack = 0;
+                }
+                self.stats.acks_sent += 1;
+                self.hold(Item::Ack(from, to));
+            }
+        }
+        if self.phase == PeerState::Established {
+            self.push_data(&mut dg, buf);
+        }
+        if dg.count == 0 {
+            if !keepalive_due && self.hello_back.is_none() {
+                return None;
+            }
+            if !dg.push(&*self.codec, &MessageRef::Alive, buf) {
+                return None;
+            }
+            self.hold(Item::Alive);
+        }
+        if keepalive_due {
+            self.stats.alive_sent += 1;
+        }
+        self.hello_back = None;
+        let hdr = DatagramHeader { flags, session: self.session, seq: first_seq.0 };
+        let len = self.codec.finish(&hdr, dg.count, dg.at, buf).ok()?;
+        self.stats.datagrams_sent += 1;
+        self.stats.msgs_sent += u64::from(dg.count);
+        self.last_tx = Some(now);
+        // Unacknowledged data is probed faster: the peer finds a lost tail
+        // only when a later seq arrives.
+        let interval = if self.resend.live_data() > 0 {
+            self.cfg.alive_interval / 5
+        } else {
+            self.cfg.alive_interval
+        };
+        self.timers[Timer::Keepalive as usize] = Some(now + interval);
+        self.update_gauges();
+        Some(len)
+    }
+
+    /// Give a control message just emitted its seq and hold it.
+    fn hold(&mut self, item: Item) {
+        if self.resend.is_full() {
+            self.resend.trim_control();
+        }
+        let seq = self.next_seq;
+        self.next_seq = seq.next();
+        self.resend.push(seq, item);
+    }
+
+    /// conntrackd's `ftfw_recv` for each message of a datagram.
+    fn process_compat(&mut self, now: Instant, msgs: &mut [Received]) {
+        use conntrackd::flags::{HELLO, HELLO_BACK};
+        for r in msgs.iter_mut() {
+            let Some(hdr) = r.header else {
+                if let Err(e) = r.msg {
+                    self.count_error(e);
+                }
+                continue;
+            };
+            self.stats.msgs_received += 1;
+            let seq = Seq(hdr.seq);
+            if hdr.flags & HELLO_BACK != 0 && self.phase == PeerState::HelloSent {
+                self.phase = PeerState::Established;
+                // As conntrackd's StartupResync, ask for the peer's table;
+                // and send ours, which conntrackd would not do.
+                self.request_resync();
+                self.events.push_back(PeerEvent::BulkRequested);
+            }
+            if hdr.flags & HELLO != 0 {
+                self.hello_back = Some((0, 0));
+                let same_start = self.peer_in_hello
+                    && self.rx.is_some_and(|rx| {
+                        let d = seq.diff(rx.expected);
+                        d >= 0 && d as u32 <= self.cfg.max_seq_jump
+                    });
+                if !same_start {
+                    self.adopt_compat(seq, true);
+                }
+                self.peer_in_hello = true;
+            } else if self.rx.is_none() {
+                // We restarted and the peer did not: track from here.
+                self.adopt_compat(seq, false);
+            }
+            let far = self.rx.is_some_and(|rx| {
+                let d = seq.diff(rx.expected);
+                d > 0 && d as u32 > self.cfg.max_seq_jump
+            });
+            // One forged or corrupted message cannot move tracking far
+            // ahead; two in a row (seq, then at most a few further) can.
+            self.jump_ok = far
+                && self
+                    .far_ahead
+                    .is_some_and(|next| (0..=MAX_FAR_RUN_GAP).contains(&seq.diff(next)));
+            self.far_ahead = far.then(|| seq.next());
+            let before = self.stats.drop_late + self.stats.drop_far_ahead;
+            let msg = std::mem::replace(&mut r.msg, Err(WireError::BadMessage));
+            self.on_sequenced(seq, msg);
+            self.jump_ok = false;
+            if self.stats.drop_late + self.stats.drop_far_ahead != before {
+                continue;
+            }
+            if hdr.flags & HELLO == 0 {
+                self.peer_in_hello = false;
+            }
+            self.timers[Timer::PeerTimeout as usize] = Some(now + self.cfg.peer_timeout);
+            if !self.peer_alive {
+                self.peer_alive = true;
+                self.stats.peer_up += 1;
+                self.events.push_back(PeerEvent::PeerUp);
+            }
+        }
+    }
+
+    /// Track the peer's sequence from `seq`. On a `hello` (the peer
+    /// started), it gets our whole table and we ask for its own; if it had
+    /// been tracked before, what it had not acknowledged goes again too
+    /// (conntrackd would drop all of this).
+    fn adopt_compat(&mut self, seq: Seq, hello: bool) {
+        let base = self.next_epoch_stamp;
+        self.next_epoch_stamp = base + (1 << 32);
+        if self.rx.is_some() {
+            self.stats.peer_restarts += 1;
+            self.events.push_back(PeerEvent::PeerRestarted);
+            self.lost.clear();
+            self.resend.drain_all(self.next_seq, &mut self.lost);
+            for item in self.lost.drain(..).rev() {
+                if !item.is_control() {
+                    self.tx.requeue(item);
+                }
+            }
+            self.ranges.clear();
+        }
+        if hello {
+            self.events.push_back(PeerEvent::BulkRequested);
+            if self.phase == PeerState::Established {
+                self.request_resync();
+            }
+        }
+        self.rx = Some(Rx {
+            session: 0,
+            expected: seq,
+            expected_stamp: base,
+            run_start: seq,
+            since_ack: 0,
+            ack_due: false,
+        });
+    }
+}
+
+/// conntrackd dialect: how many seqs may be missing between two far-ahead
+/// messages for the second to confirm the first.
+const MAX_FAR_RUN_GAP: i32 = 64;
+
 /// Bound on gap-produced ranges waiting to be sent (forged input must not
 /// grow memory).
 const MAX_PENDING_RANGES: usize = 1024;
@@ -858,7 +1122,7 @@ impl Builder {
     /// Append `msg` if it fits.
     fn push(&mut self, codec: &dyn Codec, msg: &MessageRef<'_>, buf: &mut [u8]) -> bool {
         let len = codec.message_len(msg);
-        if self.at + len > self.limit || self.count == u16::MAX {
+        if len == 0 || self.at + len > self.limit || self.count == u16::MAX {
             return false;
         }
         let Some(out) = buf.get_mut(self.at..self.limit) else { return false };
@@ -866,7 +1130,7 @@ impl Builder {
             Ok(n) => {
                 self.at += n;
                 self.count += 1;
-                if msg.is_sequenced() {
+                if codec.is_sequenced(msg) {
                     self.seq = self.seq.next();
                 }
                 true

@@ -21,6 +21,13 @@ pub(crate) enum Item {
     BulkEnd(Seq),
     /// Ask the peer for its table.
     Resync,
+    /// A sent ACK, held for resending (conntrackd dialect only: there,
+    /// control messages are sequenced and can be NACKed).
+    Ack(Seq, Seq),
+    /// A sent NACK, held for resending (conntrackd dialect only).
+    Nack(Seq, Seq),
+    /// A sent ALIVE: holds its seq's slot, never resent.
+    Alive,
 }
 
 impl Item {
@@ -28,8 +35,14 @@ impl Item {
         match self {
             Item::Upsert { flow, .. } => Some(flow.key()),
             Item::Destroy(k) => Some(*k),
-            Item::BulkEnd(_) | Item::Resync => None,
+            _ => None,
         }
+    }
+
+    /// True for ACK, NACK and ALIVE: kept only to repair the peer's
+    /// sequence tracking, they say nothing about our table.
+    pub fn is_control(&self) -> bool {
+        matches!(self, Item::Ack(..) | Item::Nack(..) | Item::Alive)
     }
 }
 
@@ -209,6 +222,8 @@ pub(crate) struct ResendQueue {
     first: Seq,
     latest: Map<FlowKey, Seq>,
     live: usize,
+    /// Live entries that are control messages ([`Item::is_control`]).
+    live_control: usize,
     capacity: usize,
 }
 
@@ -219,6 +234,7 @@ impl ResendQueue {
             first: next,
             latest: Map::default(),
             live: 0,
+            live_control: 0,
             capacity: capacity.max(1),
         }
     }
@@ -233,6 +249,28 @@ impl ResendQueue {
     /// Entries that would be resent if lost.
     pub fn live(&self) -> usize {
         self.live
+    }
+
+    /// Live entries that carry flows or a resync request.
+    pub fn live_data(&self) -> usize {
+        self.live - self.live_control
+    }
+
+    /// Drop dead entries and control messages from the front: nothing is
+    /// lost, their peer will never need them, and a silent peer must not
+    /// make the ring grow with keepalives.
+    pub fn trim_control(&mut self) {
+        while let Some(held) = self.ring.front() {
+            if held.live && !held.item.is_control() {
+                break;
+            }
+            let Some(held) = self.ring.pop_front() else { break };
+            let seq = self.first;
+            self.first = self.first.next();
+            if held.live {
+                self.forget(&held.item, seq);
+            }
+        }
     }
 
     /// True when no new sequenced message may be sent.
@@ -265,8 +303,14 @@ impl ResendQueue {
             held.live = false;
             self.live -= 1;
         }
-        self.ring.push_back(Held { item, live: true });
-        self.live += 1;
+        let live = item != Item::Alive;
+        if live {
+            self.live += 1;
+            if item.is_control() {
+                self.live_control += 1;
+            }
+        }
+        self.ring.push_back(Held { item, live });
     }
 
     /// The peer accepted `[from, to]` and will never accept anything before
@@ -302,6 +346,9 @@ impl ResendQueue {
                 held.live = false;
                 let item = held.item.clone();
                 self.live -= 1;
+                if item.is_control() {
+                    self.live_control -= 1;
+                }
                 if let Some(key) = item.key()
                     && self.latest.get(&key) == Some(&seq)
                 {
@@ -322,11 +369,15 @@ impl ResendQueue {
         }
         self.latest.clear();
         self.live = 0;
+        self.live_control = 0;
         self.first = next;
     }
 
     fn forget(&mut self, item: &Item, seq: Seq) {
         self.live -= 1;
+        if item.is_control() {
+            self.live_control -= 1;
+        }
         if let Some(key) = item.key()
             && self.latest.get(&key) == Some(&seq)
         {

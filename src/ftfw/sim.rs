@@ -58,6 +58,8 @@ pub(crate) struct Scenario {
     pub forge: Option<(u64, u32)>,
     /// Ops are spread over this many ms.
     pub op_period_ms: u64,
+    /// The protocol both sides speak.
+    pub dialect: Dialect,
 }
 
 impl Default for Scenario {
@@ -77,6 +79,7 @@ impl Default for Scenario {
             restarts: Vec::new(),
             forge: None,
             op_period_ms: 2000,
+            dialect: Dialect::Native,
         }
     }
 }
@@ -124,8 +127,9 @@ pub(crate) struct Outcome {
 /// How long a converged pair is watched.
 const IDLE_CHECK: Duration = Duration::from_secs(10);
 
-pub(crate) fn config(resend_queue: usize) -> FtfwConfig {
+pub(crate) fn config(resend_queue: usize, dialect: Dialect) -> FtfwConfig {
     FtfwConfig {
+        dialect,
         resend_queue,
         max_seq_jump: resend_queue as u32,
         ack_window: 32,
@@ -158,7 +162,7 @@ fn flow_for(side: usize, port: u16, rng: &mut Rng) -> Flow {
 pub(crate) fn run(sc: &Scenario) -> Outcome {
     let t0 = Instant::now();
     let mut rng = Rng::new(sc.seed);
-    let cfg = config(sc.resend_queue);
+    let cfg = config(sc.resend_queue, sc.dialect);
     let mut sides: Vec<Side> = (0..2)
         .map(|i| Side {
             core: Ftfw::new(cfg.clone(), 100 + i as u32, sc.initial_seq[i], t0),
@@ -483,6 +487,77 @@ mod tests {
     fn forged_near_ahead_datagram_heals_by_jumping() {
         let out = run(&Scenario { seed: 23, forge: Some((900, 50)), ..Scenario::default() });
         assert!(out.stats[0].seq_jumps >= 1);
+    }
+
+    /// The conntrackd dialect on the same lossy links (docs/PROTOCOL.md,
+    /// "conntrackd compatibility"). Not simulated there: corruption (the
+    /// format has no checksum) and restarts (it has no BULK_END, so flows
+    /// destroyed while a side was down stay in the other's view).
+    fn compat(sc: Scenario) -> Outcome {
+        run(&Scenario { dialect: Dialect::Conntrackd, ..sc })
+    }
+
+    #[test]
+    fn compat_clean_link_pings_one_message_per_second() {
+        let out = compat(Scenario::default());
+        assert_eq!(out.stats[0].resent, 0);
+        // An idle pair exchanges one ACK or ALIVE per second each way, as
+        // conntrackd does.
+        assert!(out.idle_datagrams <= 2 * 11, "{}", out.idle_datagrams);
+        assert!(out.idle_datagrams >= 2 * 9, "{}", out.idle_datagrams);
+    }
+
+    #[test]
+    fn compat_loss_reorder_dup() {
+        let out = compat(Scenario {
+            seed: 29,
+            loss: 0.3,
+            dup: 0.1,
+            jitter_ms: 20,
+            ..Scenario::default()
+        });
+        assert!(out.stats[0].nacks_sent + out.stats[1].nacks_sent > 0);
+    }
+
+    #[test]
+    fn compat_wrap_backpressure_partition() {
+        compat(Scenario {
+            seed: 31,
+            loss: 0.1,
+            initial_seq: [u32::MAX - 50, u32::MAX - 3],
+            resend_queue: 8,
+            ops: 400,
+            op_period_ms: 300,
+            partition: Some((200, 5000)),
+            ..Scenario::default()
+        });
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        #[test]
+        fn compat_random_schedules_converge(
+            seed in proptest::num::u64::ANY,
+            loss in 0u32..=50,
+            dup in 0u32..=20,
+            jitter in 0u64..30,
+            rs in proptest::sample::select(vec![8usize, 64, 4096]),
+            start in proptest::num::u32::ANY,
+            partition in proptest::option::of((0u64..2000, 100u64..5000)),
+            ops in 20usize..400,
+        ) {
+            compat(Scenario {
+                seed,
+                loss: f64::from(loss) / 100.0,
+                dup: f64::from(dup) / 100.0,
+                jitter_ms: jitter,
+                resend_queue: rs,
+                initial_seq: [start, start.wrapping_add(0x8000_0000)],
+                partition: partition.map(|(a, len)| (a, a + len)),
+                ops,
+                ..Scenario::default()
+            });
+        }
     }
 
     #[test]

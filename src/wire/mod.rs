@@ -5,11 +5,12 @@
 //! trait, so a second codec (conntrackd 1.4's format, where every message
 //! carries its own header and sequence number) can be plugged in without
 //! touching the core. [`native`] is the format described in
-//! `docs/PROTOCOL.md`.
+//! `docs/PROTOCOL.md`; [`conntrackd`] is conntrackd 1.4's.
 //!
 //! Decoders never panic, whatever the input; every failure is a small
 //! [`WireError`] that the core counts.
 
+pub mod conntrackd;
 pub mod native;
 
 use crate::flow::{Flow, FlowKey};
@@ -173,6 +174,19 @@ pub struct Received {
     pub sequenced: bool,
     /// The message, or why it was skipped.
     pub msg: Result<Message, WireError>,
+    /// The message's own header, in formats where every message carries
+    /// one (conntrackd's); `None` in the native format, where the datagram
+    /// header numbers the messages.
+    pub header: Option<MessageHeader>,
+}
+
+/// A per-message header: flag bits and sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageHeader {
+    /// Flag bits, see [`conntrackd::flags`].
+    pub flags: u8,
+    /// The message's sequence number.
+    pub seq: u32,
 }
 
 /// A datagram format. The protocol core owns one as `Box<dyn Codec>`.
@@ -209,4 +223,8 @@ pub trait Codec: Send {
     ) -> Result<usize, WireError>;
     /// Check and decode one datagram, appending its messages to `out`.
     fn decode(&self, bytes: &[u8], out: &mut Vec<Received>) -> Result<DatagramHeader, WireError>;
+    /// True when `msg` consumes a sequence number in this format.
+    fn is_sequenced(&self, msg: &MessageRef<'_>) -> bool {
+        msg.is_sequenced()
+    }
 }

@@ -440,7 +440,11 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Received>) -> Result<DatagramHeader, W
     let start = out.len();
     for m in packet.messages() {
         let m = m?;
-        out.push(Received { sequenced: msg_type::is_sequenced(m.msg_type()), msg: m.parse() });
+        out.push(Received {
+            sequenced: msg_type::is_sequenced(m.msg_type()),
+            msg: m.parse(),
+            header: None,
+        });
     }
     if out.len() - start != usize::from(packet.count()) {
         out.truncate(start);
@@ -980,8 +984,12 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Received { sequenced: true, msg: Err(WireError::UnknownMessage(32)) },
-                Received { sequenced: false, msg: Err(WireError::UnknownMessage(200)) },
+                Received { sequenced: true, msg: Err(WireError::UnknownMessage(32)), header: None },
+                Received {
+                    sequenced: false,
+                    msg: Err(WireError::UnknownMessage(200)),
+                    header: None,
+                },
             ]
         );
     }
