@@ -51,4 +51,5 @@ General {
 CONF
     mv "$conf.tmp" "$conf"
 fi
-exec conntrackd -C "$conf" "$@"
+# REF_DAEMON lets ctsyncd read the same conntrackd.conf (mixed pairs).
+exec "${REF_DAEMON:-conntrackd}" -C "$conf" "$@"

@@ -66,7 +66,7 @@ done
 log "lab up (sync: ${CTSYNCD:-none}, expect: $EXPECT, cycles: $CYCLES, flows: $FLOWS, trigger: $TRIGGER)"
 lab_up
 if [ -n "$CTSYNCD" ]; then
-    printf 'CTSYNCD=%s\n' "$CTSYNCD" >"$WORK/sync.env"
+    printf 'CTSYNCD=%s\nMIXED_CTSYNCD=%s\n' "$CTSYNCD" "${MIXED_CTSYNCD:-}" >"$WORK/sync.env"
     ctsyncd_start fw1
     ctsyncd_start fw2
 fi

@@ -14,7 +14,7 @@ if [ -f "$WORK/sync.env" ]; then
     # The script's ctsyncd runs go through timed.sh, which logs them.
     LAB_CTSYNCD=$CTSYNCD LAB_EVENTS=$WORK/events LAB_FW=$FW
     CTSYNCD=$LAB_DIR/timed.sh CTSYNC_CONFIG=$WORK/$FW/ctsyncd.yaml
-    export CTSYNCD CTSYNC_CONFIG LAB_CTSYNCD LAB_EVENTS LAB_FW
+    export CTSYNCD CTSYNC_CONFIG LAB_CTSYNCD LAB_EVENTS LAB_FW MIXED_CTSYNCD
     "$LAB_DIR/../../scripts/primary-backup.sh" "$STATE" >>"$WORK/$FW/notify.log" 2>&1 || rc=$?
 fi
 echo "$(ms) notify $FW $STATE end $rc" >>"$WORK/events"
