@@ -110,6 +110,7 @@ fn daemon_config(cfg: &Config) -> DaemonConfig {
         purge_timeout: sync.purge_timeout.as_secs().min(u64::from(u32::MAX)) as u32,
         be_liberal: !sync.tcp_window_tracking,
         filter: Filter::from_config(cfg),
+        metrics_listen: cfg.general.metrics_listen,
     }
 }
 
