@@ -7,7 +7,8 @@
 //! this renders.
 //!
 //! ```sh
-//! cargo run --example manpage
+//! cargo run --example manpage             # write it
+//! cargo run --example manpage -- --check  # fail if it is stale
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -46,6 +47,13 @@ pub fn render() -> Vec<u8> {
 #[cfg_attr(test, allow(dead_code))]
 fn main() {
     let path = path();
+    if std::env::args().nth(1).as_deref() == Some("--check") {
+        if std::fs::read(&path).ok() != Some(render()) {
+            eprintln!("manpage: {} is stale: run `cargo run --example manpage`", path.display());
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = std::fs::write(&path, render()) {
         eprintln!("manpage: cannot write {}: {e}", path.display());
         std::process::exit(1);
