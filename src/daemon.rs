@@ -120,6 +120,7 @@ fn daemon_config(cfg: &Config) -> DaemonConfig {
         be_liberal: !sync.tcp_window_tracking,
         filter: Filter::from_config(cfg),
         ready_file: cfg.general.ready_file.clone(),
+        metrics_listen: cfg.general.metrics_listen,
     }
 }
 

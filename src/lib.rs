@@ -15,6 +15,7 @@ pub mod filter;
 pub mod flow;
 pub mod ftfw;
 pub mod logging;
+pub mod metrics;
 pub mod netlink;
 pub mod reactor;
 pub mod readiness;

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use crate::filter::Filter;
 use crate::flow::Flow;
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
 use crate::logging::RateLimit;
+use crate::metrics;
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
 use crate::readiness::Readiness;
 use crate::systemd;
@@ -50,6 +52,8 @@ pub struct DaemonConfig {
     pub filter: Filter,
     /// keepalived `track_file` for readiness, if configured.
     pub ready_file: Option<PathBuf>,
+    /// Serve Prometheus metrics here (`general.metrics_listen`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Daemon-wide counters, as `-s runtime` shows them.
@@ -90,6 +94,7 @@ pub struct Daemon {
     clients: HashMap<Token, Client>,
     next_client: usize,
     signals: Signals,
+    metrics: Option<metrics::Server>,
     ftfw: Ftfw,
     internal: Cache,
     external: Cache,
@@ -137,6 +142,7 @@ impl Daemon {
         registry.register(&mut signals, SIGNALS, Interest::READABLE).map_err(reg)?;
         registry.register(&mut control, CONTROL, Interest::READABLE).map_err(reg)?;
         channels.register(registry, LINKS).map_err(reg)?;
+        let metrics = cfg.metrics_listen.map(|a| metrics::Server::bind(a, registry)).transpose()?;
         let now = Instant::now();
         let readiness_file = cfg.ready_file.clone();
         let ftfw = Ftfw::new(cfg.ftfw.clone(), session_id, initial_seq, now);
@@ -152,6 +158,7 @@ impl Daemon {
             clients: HashMap::new(),
             next_client: 0,
             signals,
+            metrics,
             ftfw,
             stats: RuntimeStats::default(),
             started: now,
@@ -199,6 +206,8 @@ impl Daemon {
                     EVENTS => self.on_kernel_events(now),
                     SIGNALS => self.on_signals(),
                     CONTROL => self.accept_clients(),
+                    metrics::LISTENER => self.on_metrics(metrics::LISTENER),
+                    t if metrics::Server::owns(t) => self.on_metrics(t),
                     t if t.0 >= LINKS.0 && t.0 < LINKS.0 + self.channels.len() => {
                         self.on_datagrams(now, t.0 - LINKS.0)
                     }
@@ -756,8 +765,18 @@ impl Daemon {
     }
 
     fn stats_report(&self, section: Option<control::StatsSection>, json: bool) -> String {
+        let report = self.report();
+        if json {
+            return serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
+        }
+        let _ = section;
+        report.to_text()
+    }
+
+    /// The counters `-s --json` and the metrics show.
+    fn report(&self) -> StatsReport {
         let links = self.channels.status();
-        let report = StatsReport {
+        StatsReport {
             uptime_seconds: self.started.elapsed().as_secs(),
             synced: self.ftfw.is_synced(),
             ready: self.readiness.is_ready(),
@@ -768,12 +787,20 @@ impl Daemon {
             netlink_rcvbuf: self.events.rcvbuf(),
             protocol: self.ftfw.stats().clone(),
             links,
-        };
-        if json {
-            return serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
         }
-        let _ = section;
-        report.to_text()
+    }
+
+    /// A metrics scrape is ready to accept, read or write.
+    fn on_metrics(&mut self, token: Token) {
+        let Some(mut server) = self.metrics.take() else { return };
+        if token == metrics::LISTENER {
+            server.accept(self.poll.registry());
+        } else {
+            server.on_ready(self.poll.registry(), token, || {
+                metrics::render(&serde_json::to_value(self.report()).unwrap_or_default())
+            });
+        }
+        self.metrics = Some(server);
     }
 }
 

@@ -95,6 +95,8 @@ pub struct GeneralConfig {
     pub netlink: NetlinkConfig,
     /// Which flows are replicated.
     pub filter: FilterConfig,
+    /// Where Prometheus scrapes `GET /metrics`; `None` serves nothing.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The `general.log` section.
@@ -570,6 +572,7 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         cache_limit: nonzero_size(ctx, "general.cache_limit", &g.cache_limit)?,
         netlink,
         filter,
+        metrics_listen: metrics_listen(ctx, g.metrics_listen.as_deref())?,
     };
 
     let s = &raw.sync;
@@ -722,6 +725,18 @@ fn channel(ctx: &Ctx<'_>, key: &str, c: &RawChannel) -> Result<ChannelConfig, Co
     })
 }
 
+/// The metrics endpoint: an address and a port, never a wildcard port.
+fn metrics_listen(ctx: &Ctx<'_>, text: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(text) = text else { return Ok(None) };
+    match text.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Ok(Some(addr)),
+        _ => Err(ctx.err(
+            "general.metrics_listen",
+            format!("invalid address \"{text}\" (write e.g. 127.0.0.1:9478 or [::1]:9478)"),
+        )),
+    }
+}
+
 fn kind_addr(kind: ChannelKind) -> IpAddr {
     match kind {
         ChannelKind::Udp { peer } => peer,
@@ -820,6 +835,7 @@ fn unconvert(c: &Config) -> RawConfig {
                     crate::flow::tcp_state::name(s).to_owned()
                 })),
             },
+            metrics_listen: g.metrics_listen.map(|a| a.to_string()),
         },
         sync: raw::RawSync {
             mode: s.mode,

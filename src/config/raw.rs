@@ -30,6 +30,7 @@ pub(super) struct RawGeneral {
     pub cache_limit: Scalar,
     pub netlink: RawNetlink,
     pub filter: RawFilter,
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for RawGeneral {
@@ -43,6 +44,7 @@ impl Default for RawGeneral {
             cache_limit: Scalar::Int(1_048_576),
             netlink: RawNetlink::default(),
             filter: RawFilter::default(),
+            metrics_listen: None,
         }
     }
 }

@@ -85,6 +85,7 @@ fn print_config_round_trips() {
     let text = "
 general:
   control_group: ctsync
+  metrics_listen: '[::1]:9478'
   log: { target: file, file: /var/log/ctsyncd.log, level: debug, syslog_facility: local3 }
   cache_limit: 2M
   netlink: { rcvbuf: 1M, rcvbuf_max: 1G, reliable_events: true, overrun_resync: 1m30s }
@@ -313,4 +314,22 @@ fn duplicate_keys_are_refused() {
     let e = err("sync:\n  ack_window: 10\n  ack_window: 20\n");
     assert_eq!(e.line(), Some(3), "{e}");
     assert_eq!(e.key(), Some("sync.ack_window"), "{e}");
+}
+
+#[test]
+fn metrics_listen_is_an_address_with_a_port() {
+    let with = |value: &str| {
+        parse(&format!(
+            "general:\n  metrics_listen: {value}\nsync:\n  channels:\n    - {{ local: 10.0.0.1, peer: 10.0.0.2 }}\n"
+        ))
+    };
+    assert_eq!(Config::default_for_tests().general.metrics_listen, None);
+    assert_eq!(
+        with("127.0.0.1:9478").unwrap().general.metrics_listen,
+        Some("127.0.0.1:9478".parse().unwrap())
+    );
+    for bad in ["127.0.0.1", "localhost:9478", "127.0.0.1:0", "'[::1]'"] {
+        let err = with(bad).expect_err(bad).to_string();
+        assert!(err.contains(":2:19: general.metrics_listen: invalid address"), "{bad}: {err}");
+    }
 }
