@@ -37,7 +37,13 @@ backup)
     # Make sure the daemon runs, clear the flows we created as master
     # after PurgeTimeout, and ask the new master for its table.
     if ! "$CTSYNCD" -C "$CTSYNC_CONFIG" -s >/dev/null 2>&1; then
-        run "start of ctsyncd" -d || exit 1
+        # Under systemd the unit owns the daemon; elsewhere start it here.
+        if [ -d /run/systemd/system ] && systemctl cat ctsyncd.service >/dev/null 2>&1 &&
+            [ "$CTSYNC_CONFIG" = /etc/ctsync/ctsyncd.yaml ]; then
+            systemctl start ctsyncd.service || { log "systemctl start ctsyncd failed"; exit 1; }
+        else
+            run "start of ctsyncd" -d || exit 1
+        fi
     fi
     run "purge of the kernel table" -t
     run "resync request to the peer" -n

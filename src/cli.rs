@@ -147,8 +147,8 @@ struct Args {
     #[arg(short = 'n', long = "request-resync")]
     request_resync: bool,
 
-    /// Flush the kernel table after sync.purge_timeout (stale flows left from
-    /// the time this node was master).
+    /// Make every kernel flow expire after sync.purge_timeout unless traffic
+    /// refreshes it (clears flows left from the time this node was master).
     #[arg(short = 't', long = "purge")]
     purge: bool,
 
