@@ -12,3 +12,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --profile ci --no-fail-fast -- "$@"
 fi
+# The package, installed for real with dpkg -i and purged again (only for
+# a full run, not when a filter picks tests).
+if [ $# -eq 0 ]; then
+  scripts/package-check.sh
+fi
