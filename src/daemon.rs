@@ -113,6 +113,7 @@ fn daemon_config(cfg: &Config) -> DaemonConfig {
                     .min(crate::wire::conntrackd::DEFAULT_MAX_DATAGRAM),
             },
             max_seq_jump: sync.resend_queue.get(),
+            auth_keys: Vec::new(),
         },
         links,
         commit_timeout: sync.commit_timeout.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32),

@@ -66,6 +66,10 @@ pub struct FtfwConfig {
     /// A sequence number further ahead of the expected one than this is
     /// ignored (a corrupted or forged datagram must not derail tracking).
     pub max_seq_jump: u32,
+    /// Native dialect: the shared keys that authenticate every datagram
+    /// (the first signs what we send, any of them is accepted). Empty:
+    /// no authentication. The conntrackd dialect ignores them.
+    pub auth_keys: Vec<native::AuthKey>,
 }
 
 impl Default for FtfwConfig {
@@ -78,6 +82,7 @@ impl Default for FtfwConfig {
             peer_timeout: Duration::from_secs(4),
             max_datagram: native::DEFAULT_MAX_DATAGRAM,
             max_seq_jump: 131072,
+            auth_keys: Vec::new(),
         }
     }
 }
@@ -130,7 +135,6 @@ pub enum PeerState {
 
 /// Counters, as `-s` and the metrics show them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-/// Struct ftfwstats {.
 pub struct FtfwStats {
     /// Datagrams built by `poll_transmit`.
     pub datagrams_sent: u64,
@@ -171,8 +175,16 @@ pub struct FtfwStats {
     /// Dropped datagrams (bad framing) or skipped messages (bad body,
     /// unknown type).
     pub drop_malformed: u64,
-    /// Dropped: authentication requested but unsupported.
+    /// Dropped: the peers disagree on authentication (an authenticated
+    /// datagram and no key here, or a key here and no MAC).
     pub drop_auth: u64,
+    /// Dropped: MAC mismatch (forged, or made with another key).
+    pub drop_bad_mac: u64,
+    /// Dropped: authenticated with a key id we do not have.
+    pub drop_unknown_key: u64,
+    /// Dropped: a stale handshake answer (a HELLO_BACK that does not echo
+    /// our current session and round, e.g. a replayed one).
+    pub drop_replay: u64,
     /// Dropped: from a session we have no handshake with.
     pub drop_unknown_session: u64,
     /// Sequenced messages older than the expected seq (late or duplicate).
@@ -252,6 +264,8 @@ pub struct Ftfw {
     hello_back: Option<(u32, u32)>,
     /// Our handshake attempt; bumped each time we restart the handshake.
     hello_round: u32,
+    /// The untracked peer session whose HELLO the current round answers.
+    hello_from: Option<u32>,
     /// ACK and NACK ranges produced by gaps, sent before anything else.
     ranges: VecDeque<Range>,
     /// Recent runs closed by a gap, with how many more times their ACK is
@@ -286,7 +300,7 @@ impl Ftfw {
     /// `cfg.dialect`.
     pub fn new(cfg: FtfwConfig, session_id: u32, initial_seq: u32, now: Instant) -> Ftfw {
         let codec: Box<dyn Codec> = match cfg.dialect {
-            Dialect::Native => Box::new(NativeCodec),
+            Dialect::Native => Box::new(NativeCodec::with_keys(cfg.auth_keys.clone())),
             Dialect::Conntrackd => Box::new(ConntrackdCodec),
         };
         Ftfw::with_codec(cfg, session_id, initial_seq, now, codec)
@@ -315,6 +329,7 @@ impl Ftfw {
             next_epoch_stamp: 1 << 32,
             hello_back: None,
             hello_round: 1,
+            hello_from: None,
             ranges: VecDeque::new(),
             closed_runs: VecDeque::new(),
             awaiting_bulk: false,
@@ -761,27 +776,50 @@ impl Ftfw {
     }
 
     fn on_hello(&mut self, now: Instant, hdr: &DatagramHeader, round: u32) {
+        // Answering is harmless even when the HELLO is a recording: the
+        // echo names a session that nobody tracks any more.
         self.hello_back = Some((hdr.session, round));
-        if self.adopt(hdr) {
-            // A restarted peer does not know our session: handshake again,
-            // in a new round so that answers to older HELLOs (perhaps from
-            // an older incarnation) do not count.
+        if self.rx.is_some_and(|rx| rx.session == hdr.session) {
+            return;
+        }
+        // A session we do not track: a restarted peer, or an old HELLO
+        // replayed. Nothing changes until a HELLO_BACK echoes our session
+        // (random per start) and our current round, which no recording can
+        // hold: a replay costs one handshake, never the tracking.
+        // A new round, so that answers to older HELLOs (perhaps from an
+        // older incarnation of the peer) do not count: when leaving the
+        // established state, or when another peer session says HELLO. The
+        // first HELLO after our own start keeps round 1: every answer to it
+        // echoes our fresh session, so none can predate us.
+        let first = self.rx.is_none() && self.hello_from.is_none();
+        if self.phase != PeerState::HelloSent || (!first && self.hello_from != Some(hdr.session)) {
             self.phase = PeerState::HelloSent;
             self.hello_round = self.hello_round.wrapping_add(1);
-            self.timers[Timer::Keepalive as usize] = Some(now);
         }
+        self.hello_from = Some(hdr.session);
+        self.timers[Timer::Keepalive as usize] = Some(now);
     }
 
     fn on_hello_back(&mut self, hdr: &DatagramHeader, echoed: u32, round: u32) {
-        if echoed != self.session || round != self.hello_round || self.phase != PeerState::HelloSent
-        {
+        if echoed != self.session || round != self.hello_round {
+            // An answer to a HELLO of another round or incarnation of ours.
+            self.stats.drop_replay += 1;
             return;
         }
-        // The answer proves the peer knows us; it also tells us its session
-        // and next seq, in case its own HELLO was lost.
+        if self.phase != PeerState::HelloSent {
+            return;
+        }
+        // The answer proves the peer is live and knows us: only now is its
+        // session tracked (from the header's next seq).
+        let known = self.rx.is_some_and(|rx| rx.session == hdr.session);
         self.adopt(hdr);
         self.phase = PeerState::Established;
-        self.request_resync();
+        if !known {
+            // A new peer session: ask for its table. The same session means
+            // only our side re-handshook (a replayed HELLO): its stream went
+            // on unbroken, nothing to repair.
+            self.request_resync();
+        }
     }
 
     /// Track the peer session of `hdr` if it is not the one tracked: from
@@ -877,7 +915,9 @@ impl Ftfw {
             WireError::BadMagic => c.drop_bad_magic += 1,
             WireError::BadVersion(_) => c.drop_bad_version += 1,
             WireError::BadCrc => c.drop_bad_crc += 1,
-            WireError::AuthUnsupported => c.drop_auth += 1,
+            WireError::AuthUnsupported | WireError::AuthMissing => c.drop_auth += 1,
+            WireError::BadMac => c.drop_bad_mac += 1,
+            WireError::UnknownKey(_) => c.drop_unknown_key += 1,
             WireError::BadLength
             | WireError::BadMessage
             | WireError::BadAttribute(_)

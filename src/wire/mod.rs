@@ -36,8 +36,14 @@ pub enum WireError {
     BadAttribute(u16),
     /// A message type this build does not know (skipped, not fatal).
     UnknownMessage(u8),
-    /// The datagram says it is authenticated, which this build cannot check.
+    /// The datagram is authenticated but no key is configured here.
     AuthUnsupported,
+    /// A key is configured here but the datagram is not authenticated.
+    AuthMissing,
+    /// The datagram names a key id we do not have.
+    UnknownKey(u32),
+    /// The MAC does not match: forged, or made with another key.
+    BadMac,
     /// The output buffer is too small for what was to be written.
     BufferTooSmall,
 }
@@ -53,7 +59,12 @@ impl std::fmt::Display for WireError {
             WireError::BadMessage => f.write_str("malformed message"),
             WireError::BadAttribute(a) => write!(f, "attribute {a} has a wrong length"),
             WireError::UnknownMessage(t) => write!(f, "unknown message type {t}"),
-            WireError::AuthUnsupported => f.write_str("authenticated datagram not supported"),
+            WireError::AuthUnsupported => {
+                f.write_str("authenticated datagram but no key configured")
+            }
+            WireError::AuthMissing => f.write_str("unauthenticated datagram but a key is required"),
+            WireError::UnknownKey(id) => write!(f, "unknown key id {id}"),
+            WireError::BadMac => f.write_str("MAC mismatch"),
             WireError::BufferTooSmall => f.write_str("output buffer too small"),
         }
     }

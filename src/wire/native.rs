@@ -1,7 +1,7 @@
 //! The native ctsync datagram format, version 1 (see `docs/PROTOCOL.md`).
 //!
 //! ```text
-//! datagram: header (20) | message* | crc32 (4)
+//! datagram: header (20) | message* | crc32 (4) [| mac (16) when flag AUTH]
 //! header:   magic "CT" u16 | version u8 | flags u8 | session u32 | seq u32
 //!           | length u16 | count u16 | key id u32
 //! message:  type u8 | flags u8 | length u16 | body
@@ -14,6 +14,10 @@
 //! [`WireError::BufferTooSmall`] instead of panicking.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 
 use super::{Codec, DatagramHeader, Message, MessageRef, Received, WireError};
 use crate::flow::{Addrs, Flow, FlowExtra, FlowKey, SeqAdj, TcpInfo};
@@ -26,6 +30,11 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = field::MESSAGES;
 /// CRC32 trailer length.
 pub const CRC_LEN: usize = 4;
+/// Authentication trailer length: HMAC-SHA256 truncated to its first 16
+/// bytes (128 bits, as RFC 2104 §5 allows: forging still takes 2^128 tries).
+pub const MAC_LEN: usize = 16;
+/// Shortest authentication key accepted (256 bits).
+pub const MIN_KEY_LEN: usize = 32;
 /// Message header length.
 pub const MSG_HEADER_LEN: usize = 4;
 /// Attribute header length.
@@ -37,8 +46,8 @@ pub const MAX_HELPER_LEN: usize = 64;
 
 /// Datagram header flag bits.
 pub mod flags {
-    /// Reserved for authentication: a MAC tag follows the CRC and the key id
-    /// field names the key. Not implemented: such datagrams are refused.
+    /// Authenticated: a [`MAC_LEN`](super::MAC_LEN)-byte HMAC-SHA256 tag
+    /// follows the CRC and the key id field names the key.
     pub const AUTH: u8 = 0x01;
     /// The sender's resend queue is filling up: please acknowledge now.
     pub const ACK_REQUEST: u8 = 0x02;
@@ -160,17 +169,39 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if self.version() != VERSION {
             return Err(WireError::BadVersion(self.version()));
         }
-        if self.flags() & flags::AUTH != 0 {
-            return Err(WireError::AuthUnsupported);
-        }
         let len = usize::from(self.length());
         if len > buf.len() {
             return Err(WireError::Truncated);
         }
-        if len != buf.len() || len < HEADER_LEN + CRC_LEN {
+        if len != buf.len() || len < HEADER_LEN + self.trailer_len() {
             return Err(WireError::BadLength);
         }
         Ok(())
+    }
+
+    /// True when the AUTH flag is set.
+    pub fn is_authenticated(&self) -> bool {
+        self.flags() & flags::AUTH != 0
+    }
+
+    /// Bytes after the messages: the CRC, and the MAC when authenticated.
+    pub fn trailer_len(&self) -> usize {
+        if self.is_authenticated() { CRC_LEN + MAC_LEN } else { CRC_LEN }
+    }
+
+    /// Verify the MAC trailer with the key the key id names, in constant
+    /// time. Nothing else of the datagram should be trusted before this.
+    pub fn check_mac(&self, keys: &[AuthKey]) -> Result<(), WireError> {
+        if !self.is_authenticated() {
+            return Err(WireError::AuthMissing);
+        }
+        let id = self.key_id();
+        let key = keys.iter().find(|k| k.id == id).ok_or(WireError::UnknownKey(id))?;
+        let len = usize::from(self.length());
+        let buf = self.buffer.as_ref();
+        let mut mac = key.mac();
+        mac.update(&buf[..len - MAC_LEN]);
+        mac.verify_truncated_left(&buf[len - MAC_LEN..len]).map_err(|_| WireError::BadMac)
     }
 
     /// Verify the CRC32 trailer.
@@ -206,23 +237,23 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn count(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::COUNT])
     }
-    /// Authentication key id (0 while authentication is not implemented).
+    /// Authentication key id (0 when not authenticated).
     pub fn key_id(&self) -> u32 {
         be32(&self.buffer.as_ref()[field::KEY_ID])
     }
     /// The messages.
     pub fn payload(&self) -> &[u8] {
-        let end = usize::from(self.length()) - CRC_LEN;
+        let end = usize::from(self.length()) - self.trailer_len();
         &self.buffer.as_ref()[field::MESSAGES..end]
     }
     /// The CRC trailer as received.
     pub fn crc(&self) -> u32 {
-        let end = usize::from(self.length());
+        let end = usize::from(self.length()) - self.trailer_len() + CRC_LEN;
         be32(&self.buffer.as_ref()[end - CRC_LEN..end])
     }
     /// The CRC32 of everything before the trailer.
     pub fn computed_crc(&self) -> u32 {
-        let end = usize::from(self.length()) - CRC_LEN;
+        let end = usize::from(self.length()) - self.trailer_len();
         crc32fast::hash(&self.buffer.as_ref()[..end])
     }
     /// Iterate over the messages.
@@ -232,20 +263,30 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Write the header fields and the CRC. `len` is the total length.
-    pub fn fill(&mut self, hdr: &DatagramHeader, count: u16, len: u16) {
+    /// Write the header fields, the CRC and, with a `key`, the MAC. `len`
+    /// is the total length, trailers included.
+    pub fn fill(&mut self, hdr: &DatagramHeader, count: u16, len: u16, key: Option<&AuthKey>) {
         let buf = self.buffer.as_mut();
+        let auth = if key.is_some() { flags::AUTH } else { 0 };
         buf[field::MAGIC].copy_from_slice(&MAGIC.to_be_bytes());
         buf[field::VERSION] = VERSION;
-        buf[field::FLAGS] = hdr.flags & !flags::AUTH;
+        buf[field::FLAGS] = (hdr.flags & !flags::AUTH) | auth;
         buf[field::SESSION].copy_from_slice(&hdr.session.to_be_bytes());
         buf[field::SEQ].copy_from_slice(&hdr.seq.to_be_bytes());
         buf[field::LENGTH].copy_from_slice(&len.to_be_bytes());
         buf[field::COUNT].copy_from_slice(&count.to_be_bytes());
-        buf[field::KEY_ID].copy_from_slice(&0u32.to_be_bytes());
-        let end = usize::from(len) - CRC_LEN;
+        buf[field::KEY_ID].copy_from_slice(&key.map_or(0, |k| k.id).to_be_bytes());
+        let len = usize::from(len);
+        let mac_len = if key.is_some() { MAC_LEN } else { 0 };
+        let end = len - mac_len - CRC_LEN;
         let crc = crc32fast::hash(&buf[..end]);
         buf[end..end + CRC_LEN].copy_from_slice(&crc.to_be_bytes());
+        if let Some(key) = key {
+            let mut mac = key.mac();
+            mac.update(&buf[..len - MAC_LEN]);
+            let tag = mac.finalize().into_bytes();
+            buf[len - MAC_LEN..len].copy_from_slice(&tag[..MAC_LEN]);
+        }
     }
 }
 
@@ -380,9 +421,68 @@ impl<'a> Iterator for AttrIter<'a> {
     }
 }
 
-/// The native codec, for the protocol core.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NativeCodec;
+/// A shared secret that authenticates datagrams, named by `id` on the wire.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthKey {
+    /// The key id carried in the header.
+    pub id: u32,
+    key: Vec<u8>,
+}
+
+impl AuthKey {
+    /// A key; the configuration refuses keys shorter than [`MIN_KEY_LEN`].
+    pub fn new(id: u32, key: Vec<u8>) -> AuthKey {
+        AuthKey { id, key }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes keys of any length: this cannot fail.
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+    }
+}
+
+impl std::fmt::Debug for AuthKey {
+    // The secret never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// The native codec, for the protocol core. With keys, every datagram sent
+/// is authenticated with the first and every datagram received must be
+/// authenticated with one of them; without, authenticated datagrams are
+/// refused (the peers' configurations disagree).
+#[derive(Debug, Clone, Default)]
+pub struct NativeCodec {
+    keys: Option<Arc<[AuthKey]>>,
+}
+
+impl NativeCodec {
+    /// A codec that neither sends nor accepts authentication.
+    pub fn insecure() -> NativeCodec {
+        NativeCodec { keys: None }
+    }
+
+    /// A codec that authenticates with `keys[0]` and accepts any of `keys`.
+    /// An empty list means [`NativeCodec::insecure`].
+    pub fn with_keys(keys: Vec<AuthKey>) -> NativeCodec {
+        NativeCodec { keys: if keys.is_empty() { None } else { Some(keys.into()) } }
+    }
+
+    /// Check and decode a datagram; see [`decode`].
+    pub fn decode_datagram(
+        &self,
+        bytes: &[u8],
+        out: &mut Vec<Received>,
+    ) -> Result<DatagramHeader, WireError> {
+        decode_with(bytes, self.keys.as_deref(), out)
+    }
+
+    fn send_key(&self) -> Option<&AuthKey> {
+        self.keys.as_deref().and_then(|k| k.first())
+    }
+}
 
 impl Codec for NativeCodec {
     fn header_len(&self) -> usize {
@@ -390,7 +490,7 @@ impl Codec for NativeCodec {
     }
 
     fn trailer_len(&self) -> usize {
-        CRC_LEN
+        if self.keys.is_some() { CRC_LEN + MAC_LEN } else { CRC_LEN }
     }
 
     fn message_len(&self, msg: &MessageRef<'_>) -> usize {
@@ -413,25 +513,43 @@ impl Codec for NativeCodec {
         end: usize,
         buf: &mut [u8],
     ) -> Result<usize, WireError> {
-        let len = end + CRC_LEN;
+        let len = end + self.trailer_len();
         let len16 = u16::try_from(len).map_err(|_| WireError::BufferTooSmall)?;
         if end < HEADER_LEN || buf.len() < len {
             return Err(WireError::BufferTooSmall);
         }
-        Packet::new_unchecked(&mut buf[..len]).fill(hdr, count, len16);
+        Packet::new_unchecked(&mut buf[..len]).fill(hdr, count, len16, self.send_key());
         Ok(len)
     }
 
     fn decode(&self, bytes: &[u8], out: &mut Vec<Received>) -> Result<DatagramHeader, WireError> {
-        decode(bytes, out)
+        self.decode_datagram(bytes, out)
     }
 }
 
-/// Check and decode a datagram: CRC first (skipped when fuzzing, so that
-/// the fuzzer reaches the parsers), then every message.
-#[allow(unexpected_cfgs)]
+/// Check and decode an unauthenticated datagram (tests, tools, fuzzing);
+/// see [`decode_with`].
 pub fn decode(bytes: &[u8], out: &mut Vec<Received>) -> Result<DatagramHeader, WireError> {
+    decode_with(bytes, None, out)
+}
+
+/// Check and decode a datagram: lengths, then the MAC when `keys` are given
+/// (before anything else is believed), then the CRC, then every message.
+/// MAC and CRC checks are skipped in fuzzing builds, so that the fuzzer
+/// reaches the parsers.
+#[allow(unexpected_cfgs)]
+pub fn decode_with(
+    bytes: &[u8],
+    keys: Option<&[AuthKey]>,
+    out: &mut Vec<Received>,
+) -> Result<DatagramHeader, WireError> {
     let packet = Packet::new_checked(bytes)?;
+    match keys {
+        Some(keys) if !cfg!(fuzzing) => packet.check_mac(keys)?,
+        Some(_) => {}
+        None if packet.is_authenticated() => return Err(WireError::AuthUnsupported),
+        None => {}
+    }
     if !cfg!(fuzzing) {
         packet.check_crc()?;
     }
@@ -464,7 +582,7 @@ pub fn encode(
         at += emit_message(m, buf.get_mut(at..).ok_or(WireError::BufferTooSmall)?)?;
     }
     let count = u16::try_from(msgs.len()).map_err(|_| WireError::BufferTooSmall)?;
-    NativeCodec.finish(hdr, count, at, buf)
+    NativeCodec::insecure().finish(hdr, count, at, buf)
 }
 
 /// Bytes a message takes, header included.
@@ -964,9 +1082,75 @@ mod tests {
         assert_eq!(decode(&b[..len], &mut out), Err(WireError::BadCrc));
         let mut b = buf;
         b[3] = flags::AUTH;
-        assert_eq!(decode(&b[..len], &mut out), Err(WireError::AuthUnsupported));
+        assert_eq!(decode(&b[..len], &mut out), Err(WireError::BadLength), "no room for a MAC");
         assert_eq!(decode(&buf[..len + 1], &mut out), Err(WireError::BadLength));
         assert!(out.is_empty());
+    }
+
+    fn key(id: u32, byte: u8) -> AuthKey {
+        AuthKey::new(id, vec![byte; MIN_KEY_LEN])
+    }
+
+    fn sealed(codec: &NativeCodec, buf: &mut [u8]) -> usize {
+        let hdr = DatagramHeader { flags: 0, session: 7, seq: 100 };
+        let f = tcp_flow();
+        let at =
+            HEADER_LEN + emit_message(&MessageRef::FlowUpdate(&f), &mut buf[HEADER_LEN..]).unwrap();
+        codec.finish(&hdr, 1, at, buf).unwrap()
+    }
+
+    #[test]
+    fn mac_good_bad_unknown_key_and_missing() {
+        let codec = NativeCodec::with_keys(vec![key(5, 0xaa)]);
+        let mut buf = [0u8; 256];
+        let len = sealed(&codec, &mut buf);
+        assert_eq!(len, HEADER_LEN + 56 + CRC_LEN + MAC_LEN, "16-byte MAC after the CRC");
+        assert_eq!(buf[3] & flags::AUTH, flags::AUTH);
+        assert_eq!(be32(&buf[16..20]), 5, "key id in the header");
+        let mut out = Vec::new();
+        assert_eq!(codec.decode_datagram(&buf[..len], &mut out).unwrap().seq, 100);
+        assert_eq!(out.len(), 1);
+
+        // Any flipped bit, in the header, the payload, the CRC or the tag.
+        for at in [4, HEADER_LEN + 10, len - MAC_LEN - 1, len - 1] {
+            let mut b = buf;
+            b[at] ^= 0x10;
+            out.clear();
+            assert_eq!(codec.decode_datagram(&b[..len], &mut out), Err(WireError::BadMac), "{at}");
+            assert!(out.is_empty());
+        }
+        // Same key id, another secret: the MAC check refuses it, even with a valid CRC.
+        let forger = NativeCodec::with_keys(vec![key(5, 0xbb)]);
+        let mut fb = [0u8; 256];
+        let flen = sealed(&forger, &mut fb);
+        assert_eq!(Packet::new_checked(&fb[..flen]).unwrap().check_crc(), Ok(()));
+        assert_eq!(codec.decode_datagram(&fb[..flen], &mut out), Err(WireError::BadMac));
+        // Another key id.
+        let other = NativeCodec::with_keys(vec![key(6, 0xaa)]);
+        sealed(&other, &mut fb);
+        assert_eq!(codec.decode_datagram(&fb[..len], &mut out), Err(WireError::UnknownKey(6)));
+        // No MAC at all, where one is required; and a MAC where none is configured.
+        let plain = NativeCodec::insecure();
+        let plen = sealed(&plain, &mut fb);
+        assert_eq!(codec.decode_datagram(&fb[..plen], &mut out), Err(WireError::AuthMissing));
+        assert_eq!(plain.decode_datagram(&buf[..len], &mut out), Err(WireError::AuthUnsupported));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn rotation_accepts_both_keys_and_sends_with_the_first() {
+        let old = NativeCodec::with_keys(vec![key(1, 1)]);
+        let both = NativeCodec::with_keys(vec![key(2, 2), key(1, 1)]);
+        let new = NativeCodec::with_keys(vec![key(2, 2)]);
+        let mut buf = [0u8; 256];
+        let mut out = Vec::new();
+        let len = sealed(&old, &mut buf);
+        assert!(both.decode_datagram(&buf[..len], &mut out).is_ok());
+        let len = sealed(&both, &mut buf);
+        assert_eq!(be32(&buf[16..20]), 2);
+        assert!(new.decode_datagram(&buf[..len], &mut out).is_ok());
+        assert_eq!(old.decode_datagram(&buf[..len], &mut out), Err(WireError::UnknownKey(2)));
+        assert!(!format!("{:?}", key(1, 0x42)).contains("66"), "no secret in Debug");
     }
 
     #[test]
