@@ -36,6 +36,24 @@ pub fn run(path: &Path, daemonize: bool) -> ExitCode {
             path.display()
         );
     }
+    let auth_keys = match &cfg.sync.auth {
+        config::SyncAuth::KeyFile(file) => match config::load_key_file(file) {
+            Ok(keys) => keys,
+            Err(e) => {
+                log::error!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        config::SyncAuth::Insecure => {
+            if cfg.sync.wire == config::WireFormat::Native {
+                log::warn!(
+                    "{}: sync.auth.insecure: the sync link is unauthenticated: anyone who can send to the sync port can inject or delete flows",
+                    path.display()
+                );
+            }
+            Vec::new()
+        }
+    };
     let lock = match LockFile::acquire(&cfg.general.lock_file) {
         Ok(lock) => lock,
         Err(e) => {
@@ -45,7 +63,7 @@ pub fn run(path: &Path, daemonize: bool) -> ExitCode {
     };
     let session_id = rand::random::<u32>();
     let initial_seq = rand::random::<u32>();
-    let mut daemon = match Daemon::open(daemon_config(&cfg), session_id, initial_seq) {
+    let mut daemon = match Daemon::open(daemon_config(&cfg, auth_keys), session_id, initial_seq) {
         Ok(d) => d,
         Err(e) => {
             log::error!("{e}");
@@ -71,7 +89,7 @@ pub fn run(path: &Path, daemonize: bool) -> ExitCode {
 }
 
 /// Translate the validated config into what the reactor needs.
-fn daemon_config(cfg: &Config) -> DaemonConfig {
+fn daemon_config(cfg: &Config, auth_keys: Vec<crate::wire::native::AuthKey>) -> DaemonConfig {
     let sync = &cfg.sync;
     let links: Vec<LinkSpec> = sync
         .channels
@@ -113,7 +131,7 @@ fn daemon_config(cfg: &Config) -> DaemonConfig {
                     .min(crate::wire::conntrackd::DEFAULT_MAX_DATAGRAM),
             },
             max_seq_jump: sync.resend_queue.get(),
-            auth_keys: Vec::new(),
+            auth_keys,
         },
         links,
         commit_timeout: sync.commit_timeout.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32),

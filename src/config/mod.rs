@@ -269,8 +269,93 @@ pub struct SyncConfig {
     pub tcp_window_tracking: bool,
     /// Ask the peer for a full resync at start.
     pub startup_resync: bool,
+    /// How datagrams are authenticated (`sync.auth`).
+    pub auth: SyncAuth,
     /// Links to the peer, in order of preference; never empty.
     pub channels: Vec<ChannelConfig>,
+}
+
+/// `sync.auth`: native datagrams are authenticated unless the operator
+/// says otherwise in so many words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncAuth {
+    /// HMAC-SHA256 with the keys of this file (see [`load_key_file`]).
+    KeyFile(PathBuf),
+    /// `insecure: true`, or the conntrackd format (which has no
+    /// authentication): anyone who can reach the sync port can inject flows.
+    Insecure,
+}
+
+/// How to make a key, for error messages.
+pub const KEY_HOWTO: &str = "create one with `(umask 077; echo \"1 $(head -c 32 /dev/urandom | \
+     xxd -p -c 64)\" > /etc/ctsync/sync.key)` on one firewall, copy it to the other, and set \
+     `sync.auth: { key_file: /etc/ctsync/sync.key }`";
+
+/// Read the key file of `sync.auth.key_file`: lines `KEYID HEX` (blank
+/// lines and `#` comments ignored), one or two keys, the first one signs.
+/// Refuses a file that is not owned by root or that group or others may
+/// read or write, and keys shorter than 32 bytes; errors name the file and
+/// the line.
+pub fn load_key_file(path: &Path) -> Result<Vec<crate::wire::native::AuthKey>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let file = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{file}: cannot read: {e}"))?;
+    if meta.uid() != 0 {
+        return Err(format!("{file}: owned by uid {}, must be owned by root", meta.uid()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{file}: mode {:04o} lets group or others read or write the key; run `chmod 600 {file}`",
+            meta.mode() & 0o7777
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: cannot read: {e}"))?;
+    let mut keys: Vec<crate::wire::native::AuthKey> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = i + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(id), Some(hex), None) = (words.next(), words.next(), words.next()) else {
+            return Err(format!("{file}:{at}: expected `KEYID HEX`"));
+        };
+        let id: u32 = id
+            .parse()
+            .ok()
+            .filter(|&id| id != 0)
+            .ok_or_else(|| format!("{file}:{at}: key id must be a number from 1 to 4294967295"))?;
+        let secret = decode_hex(hex).ok_or_else(|| format!("{file}:{at}: key is not hex"))?;
+        if secret.len() < crate::wire::native::MIN_KEY_LEN {
+            return Err(format!(
+                "{file}:{at}: key is {} bytes, at least {} are required ({KEY_HOWTO})",
+                secret.len(),
+                crate::wire::native::MIN_KEY_LEN
+            ));
+        }
+        if keys.iter().any(|k| k.id == id) {
+            return Err(format!("{file}:{at}: key id {id} appears twice"));
+        }
+        if keys.len() == 2 {
+            return Err(format!("{file}:{at}: at most two keys (the one in use and the next)"));
+        }
+        keys.push(crate::wire::native::AuthKey::new(id, secret));
+    }
+    if keys.is_empty() {
+        return Err(format!("{file}: no key ({KEY_HOWTO})"));
+    }
+    Ok(keys)
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
 }
 
 /// Replication protocols.
@@ -349,8 +434,8 @@ impl Config {
     /// A valid configuration with one UDP channel 10.255.0.1 → 10.255.0.2
     /// on `sync0`, everything else at its default.
     pub fn default_for_tests() -> Config {
-        let text = "sync:\n  channels:\n    - { local: 10.255.0.1, peer: 10.255.0.2, \
-                    interface: sync0 }\n";
+        let text = "sync:\n  auth: { insecure: true }\n  channels:\n    - { local: 10.255.0.1, \
+                    peer: 10.255.0.2, interface: sync0 }\n";
         match from_str(text, Path::new("<built-in>")) {
             Ok(config) => config,
             Err(e) => unreachable!("built-in configuration is invalid: {e}"),
@@ -632,6 +717,31 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         }
         channels.push(channel);
     }
+    let auth = match (&s.auth.key_file, s.auth.insecure, s.wire) {
+        (Some(_), true, _) => {
+            return Err(ctx.err("sync.auth", "key_file and insecure exclude each other"));
+        }
+        (Some(_), false, WireFormat::Conntrackd) => {
+            return Err(ctx.err(
+                "sync.auth.key_file",
+                "conntrackd's wire format cannot be authenticated; remove key_file",
+            ));
+        }
+        (Some(f), false, WireFormat::Native) => {
+            SyncAuth::KeyFile(absolute(ctx, "sync.auth.key_file", f)?)
+        }
+        (None, _, WireFormat::Conntrackd) | (None, true, WireFormat::Native) => SyncAuth::Insecure,
+        (None, false, WireFormat::Native) => {
+            return Err(ctx.err(
+                "sync.auth",
+                format!(
+                    "required: a shared key authenticates the sync link; {KEY_HOWTO}; or set \
+                     `sync.auth: {{ insecure: true }}` to run without (anyone who can reach \
+                     the sync port can then inject flows)"
+                ),
+            ));
+        }
+    };
     let sync = SyncConfig {
         mode: s.mode,
         wire: s.wire,
@@ -644,6 +754,7 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         purge_timeout: duration(ctx, "sync.purge_timeout", &s.purge_timeout)?,
         tcp_window_tracking: s.tcp_window_tracking,
         startup_resync: s.startup_resync,
+        auth,
         channels,
     };
     Ok(Config { general, sync, warnings: Vec::new() })
@@ -849,6 +960,15 @@ fn unconvert(c: &Config) -> RawConfig {
             purge_timeout: dur(s.purge_timeout),
             tcp_window_tracking: s.tcp_window_tracking,
             startup_resync: s.startup_resync,
+            auth: match &s.auth {
+                SyncAuth::KeyFile(f) => {
+                    raw::RawAuth { key_file: Some(f.display().to_string()), insecure: false }
+                }
+                SyncAuth::Insecure => raw::RawAuth {
+                    key_file: None,
+                    insecure: s.wire == WireFormat::Native,
+                },
+            },
             channels: s
                 .channels
                 .iter()

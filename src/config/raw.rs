@@ -121,7 +121,17 @@ pub(super) struct RawSync {
     pub purge_timeout: Scalar,
     pub tcp_window_tracking: bool,
     pub startup_resync: bool,
+    pub auth: RawAuth,
     pub channels: Vec<RawChannel>,
+}
+
+#[derive(Deserialize, Serialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAuth {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 impl Default for RawSync {
@@ -138,6 +148,7 @@ impl Default for RawSync {
             purge_timeout: Scalar::Text("60s".into()),
             tcp_window_tracking: false,
             startup_resync: true,
+            auth: RawAuth::default(),
             channels: Vec::new(),
         }
     }

@@ -25,7 +25,8 @@ fn assert_err(text: &str, key: &str, line: Option<u64>, needle: &str) {
     assert!(!shown.contains('\n'), "{shown:?}");
 }
 
-const MINIMAL: &str = "sync:\n  channels:\n    - local: 10.0.0.1\n      peer: 10.0.0.2\n";
+const MINIMAL: &str =
+    "sync:\n  auth: { insecure: true }\n  channels:\n    - { local: 10.0.0.1, peer: 10.0.0.2 }\n";
 
 fn with_sync(extra: &str) -> String {
     format!("{MINIMAL}  {extra}\n")
@@ -320,7 +321,7 @@ fn duplicate_keys_are_refused() {
 fn metrics_listen_is_an_address_with_a_port() {
     let with = |value: &str| {
         parse(&format!(
-            "general:\n  metrics_listen: {value}\nsync:\n  channels:\n    - {{ local: 10.0.0.1, peer: 10.0.0.2 }}\n"
+            "general:\n  metrics_listen: {value}\nsync:\n  auth: {{ insecure: true }}\n  channels:\n    - {{ local: 10.0.0.1, peer: 10.0.0.2 }}\n"
         ))
     };
     assert_eq!(Config::default_for_tests().general.metrics_listen, None);
@@ -332,4 +333,59 @@ fn metrics_listen_is_an_address_with_a_port() {
         let err = with(bad).expect_err(bad).to_string();
         assert!(err.contains(":2:19: general.metrics_listen: invalid address"), "{bad}: {err}");
     }
+}
+
+#[test]
+fn native_wire_needs_a_key_or_an_explicit_insecure() {
+    let bare = "sync:\n  channels:\n    - { local: 10.0.0.1, peer: 10.0.0.2 }\n";
+    assert_err(bare, "sync.auth", Some(1), "head -c 32 /dev/urandom | xxd -p -c 64");
+    let keyed = "sync:\n  auth: { key_file: /etc/ctsync/sync.key }\n  channels:\n    - { local: \
+                 10.0.0.1, peer: 10.0.0.2 }\n";
+    assert_eq!(parse(keyed).unwrap().sync.auth, SyncAuth::KeyFile("/etc/ctsync/sync.key".into()));
+    assert_eq!(parse(MINIMAL).unwrap().sync.auth, SyncAuth::Insecure);
+    let conntrackd = "sync:\n  wire: conntrackd\n  channels:\n    - { local: 10.0.0.1, peer: \
+                      10.0.0.2 }\n";
+    assert_eq!(parse(conntrackd).unwrap().sync.auth, SyncAuth::Insecure);
+    let both = with_sync("wire: conntrackd").replace("insecure: true", "key_file: /k");
+    assert_err(&both, "sync.auth.key_file", Some(2), "cannot be authenticated");
+}
+
+#[test]
+fn key_file_permissions_and_lengths_are_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("ctsync-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str, mode: u32| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let k1 = "11".repeat(32);
+    let k2 = "22".repeat(32);
+    let good = write("good", &format!("# current\n7 {k1}\n\n8 {k2}\n"), 0o600);
+    let am_root = nix::unistd::Uid::effective().is_root();
+    if am_root {
+        let keys = load_key_file(&good).unwrap();
+        assert_eq!(keys.iter().map(|k| k.id).collect::<Vec<_>>(), vec![7, 8]);
+        let open = write("open", &format!("1 {k1}\n"), 0o640);
+        let e = load_key_file(&open).unwrap_err();
+        assert!(e.contains("open: mode 0640") && e.contains("chmod 600"), "{e}");
+        let short = write("short", &format!("1 {k1}\n2 {}\n", "ab".repeat(31)), 0o600);
+        let e = load_key_file(&short).unwrap_err();
+        assert!(e.contains("short:2: key is 31 bytes, at least 32"), "{e}");
+        let three = write("three", &format!("1 {k1}\n2 {k2}\n3 {k1}\n"), 0o600);
+        assert!(load_key_file(&three).unwrap_err().contains("three:3: at most two keys"));
+        let bad = write("bad", "1 zz\n", 0o600);
+        assert!(load_key_file(&bad).unwrap_err().contains("bad:1: key is not hex"));
+        let dup = write("dup", &format!("1 {k1}\n1 {k2}\n"), 0o600);
+        assert!(load_key_file(&dup).unwrap_err().contains("dup:2: key id 1 appears twice"));
+        let empty = write("empty", "# nothing\n", 0o600);
+        assert!(load_key_file(&empty).unwrap_err().contains("no key"));
+        nix::unistd::chown(&good, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    }
+    // Not owned by root (always true for an unprivileged run).
+    let e = load_key_file(&good).unwrap_err();
+    assert!(e.contains("good: owned by uid") && e.contains("root"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
