@@ -31,7 +31,7 @@ impl Daemon {
         std::fs::create_dir_all(&dir).unwrap();
         let config = format!(
             "general:\n  lock_file: {d}/d.lock\n  control_socket: {d}/d.sock\n  metrics_listen: {METRICS}\n\
-             sync:\n  channels:\n    - {{ local: 10.255.0.1, peer: 10.255.0.2, interface: sync0 }}\n",
+             sync:\n  auth: {{ insecure: true }}\n  channels:\n    - {{ local: 10.255.0.1, peer: 10.255.0.2, interface: sync0 }}\n",
             d = dir.display()
         );
         std::fs::write(dir.join("d.yaml"), config).unwrap();

@@ -90,8 +90,8 @@ fn shipped_config_waits_for_the_peer_and_documents_the_defaults() {
     // out in the file is the default.
     let filled = text.replace("  channels: []\n", "  channels:\n").replace("\n  #  ", "\n    ");
     let config = ctsync::config::from_str(&filled, &path).unwrap_or_else(|e| panic!("{e}"));
-    let minimal =
-        "sync:\n  channels:\n    - { local: 10.255.0.1, peer: 10.255.0.2, interface: sync0 }\n";
+    let minimal = "sync:\n  auth: { key_file: /etc/ctsync/sync.key }\n  channels:\n    - { local: \
+                   10.255.0.1, peer: 10.255.0.2, interface: sync0 }\n";
     let defaults = ctsync::config::from_str(minimal, Path::new("minimal")).unwrap();
     assert_eq!(config, defaults);
 }
@@ -157,7 +157,7 @@ fn daemon_reports_ready_and_pings_the_watchdog() {
         dir.0.join("d.yaml"),
         format!(
             "general:\n  lock_file: {d}/d.lock\n  control_socket: {d}/d.sock\n\
-             sync:\n  channels:\n    - {{ local: 10.255.0.1, peer: 10.255.0.2, interface: sync0 }}\n",
+             sync:\n  auth: {{ insecure: true }}\n  channels:\n    - {{ local: 10.255.0.1, peer: 10.255.0.2, interface: sync0 }}\n",
             d = dir.0.display()
         ),
     )
