@@ -61,7 +61,8 @@ table inet demo {
 }
 NFT
 
-step "ctsyncd on fw1 and fw2"
+step "ctsyncd on fw1 and fw2, sharing a key that authenticates the sync link"
+(umask 077; echo "1 $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$WORK/sync.key")
 for n in 1 2; do
     peer=$((3 - n))
     cat >"$WORK/fw$n.yaml" <<YAML
@@ -69,6 +70,7 @@ general:
   lock_file: $WORK/fw$n.lock
   control_socket: $WORK/fw$n.sock
 sync:
+  auth: { key_file: $WORK/sync.key }
   channels:
     - type: udp
       local: 10.255.0.$n

@@ -54,6 +54,20 @@ pub fn run(path: &Path, daemonize: bool) -> ExitCode {
             Vec::new()
         }
     };
+    let control_gid = match &cfg.general.control_group {
+        None => None,
+        Some(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Some(g.gid.as_raw()),
+            Ok(None) => {
+                log::error!("{}: general.control_group: no group {name:?}", path.display());
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                log::error!("{}: general.control_group {name:?}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
     let lock = match LockFile::acquire(&cfg.general.lock_file) {
         Ok(lock) => lock,
         Err(e) => {
@@ -63,13 +77,14 @@ pub fn run(path: &Path, daemonize: bool) -> ExitCode {
     };
     let session_id = rand::random::<u32>();
     let initial_seq = rand::random::<u32>();
-    let mut daemon = match Daemon::open(daemon_config(&cfg, auth_keys), session_id, initial_seq) {
-        Ok(d) => d,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(1);
-        }
-    };
+    let mut daemon =
+        match Daemon::open(daemon_config(&cfg, auth_keys, control_gid), session_id, initial_seq) {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("{e}");
+                return ExitCode::from(1);
+            }
+        };
     if daemonize {
         if let Err(e) = nix::unistd::daemon(false, false) {
             log::error!("cannot go to the background: {e}");
@@ -89,7 +104,11 @@ pub fn run(path: &Path, daemonize: bool) -> ExitCode {
 }
 
 /// Translate the validated config into what the reactor needs.
-fn daemon_config(cfg: &Config, auth_keys: Vec<crate::wire::native::AuthKey>) -> DaemonConfig {
+fn daemon_config(
+    cfg: &Config,
+    auth_keys: Vec<crate::wire::native::AuthKey>,
+    control_gid: Option<u32>,
+) -> DaemonConfig {
     let sync = &cfg.sync;
     let links: Vec<LinkSpec> = sync
         .channels
@@ -108,6 +127,7 @@ fn daemon_config(cfg: &Config, auth_keys: Vec<crate::wire::native::AuthKey>) -> 
         .collect();
     DaemonConfig {
         control_socket: cfg.general.control_socket.clone(),
+        control_gid,
         cache_limit: cfg.general.cache_limit.get(),
         events: EventConfig {
             rcvbuf: cfg.general.netlink.rcvbuf.get(),

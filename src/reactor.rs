@@ -35,6 +35,9 @@ use crate::systemd;
 /// What the reactor needs from the configuration, already validated.
 pub struct DaemonConfig {
     pub control_socket: PathBuf,
+    /// Besides root, clients whose primary group is this one may use the
+    /// control socket (`general.control_group`, resolved).
+    pub control_gid: Option<u32>,
     pub cache_limit: usize,
     pub events: EventConfig,
     /// The event socket's buffer doubles on each overrun up to this.
@@ -68,6 +71,8 @@ pub struct RuntimeStats {
     pub commit_failures: u64,
     pub control_requests: u64,
     pub control_errors: u64,
+    /// Control clients refused: neither root nor in `general.control_group`.
+    pub control_refused: u64,
     pub datagrams_unsent: u64,
 }
 
@@ -548,6 +553,10 @@ impl Daemon {
                     if self.clients.len() >= CLIENTS {
                         continue;
                     }
+                    if !self.client_allowed(&stream) {
+                        self.stats.control_refused += 1;
+                        continue;
+                    }
                     let token = Token(LINKS.0 + 64 + self.next_client % (1 << 20));
                     self.next_client += 1;
                     if self.poll.registry().register(&mut stream, token, Interest::READABLE).is_ok()
@@ -570,6 +579,19 @@ impl Daemon {
                     log::warn!("control socket accept failed: {e}");
                     break;
                 }
+            }
+        }
+    }
+
+    /// The socket file is mode 0600, but a file mode can be loosened by
+    /// hand or by a package: the kernel's word on who connected decides.
+    fn client_allowed(&self, stream: &UnixStream) -> bool {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        match getsockopt(stream, PeerCredentials) {
+            Ok(c) => c.uid() == 0 || self.cfg.control_gid.is_some_and(|g| c.gid() == g),
+            Err(e) => {
+                log::warn!("control socket: cannot read the client's credentials: {e}");
+                false
             }
         }
     }

@@ -476,6 +476,25 @@ fn datagrams_with_a_wrong_key_are_dropped_as_bad_mac_and_sync_goes_on() {
 }
 
 #[test]
+fn an_unprivileged_client_is_refused_even_if_the_socket_mode_lets_it_in() {
+    let pair = Pair::new("cred");
+    let sock = pair.dir.join("fw1.sock");
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", pair.fw[0].name(), "setpriv", "--reuid=65534", "--regid=65534"])
+        .args(["--clear-groups", BIN, "-C", &pair.config(0), "-s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Closed before or while the request is written: no answer either way.
+    assert!(err.contains("fw1.sock") && !err.contains("permission denied"), "{err}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(0, &["-s", "--json"])).unwrap();
+    assert_eq!(stats["runtime"]["control_refused"].as_u64(), Some(1), "{stats:#}");
+}
+
+#[test]
 fn a_key_file_others_can_read_is_refused_at_start() {
     let dir = std::env::temp_dir().join(format!("ctsync-keymode-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -49,6 +49,8 @@ lab_up() {
     rm -rf "$WORK"
     mkdir -p "$WORK/fw1" "$WORK/fw2"
     : >"$WORK/events"
+    # The sync link's shared key, made as docs/SECURITY.md says.
+    (umask 077; echo "1 $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$WORK/sync.key")
     for ns in "$NS_CLIENT" "$NS_SERVER" "$NS_FW1" "$NS_FW2" "$NS_SW"; do
         ip netns add "$ns"
         in_ns "$ns" ip link set lo up
@@ -143,6 +145,7 @@ general:
   lock_file: $WORK/$1/ctsyncd.lock
   control_socket: $WORK/$1/ctsyncd.sock
 sync:
+  auth: { key_file: $WORK/sync.key }
   channels:
     - type: udp
       local: 10.255.0.$n
