@@ -321,11 +321,10 @@ pub fn load_key_file(path: &Path) -> Result<Vec<crate::wire::native::AuthKey>, S
         let (Some(id), Some(hex), None) = (words.next(), words.next(), words.next()) else {
             return Err(format!("{file}:{at}: expected `KEYID HEX`"));
         };
-        let id: u32 = id
-            .parse()
-            .ok()
-            .filter(|&id| id != 0)
-            .ok_or_else(|| format!("{file}:{at}: key id must be a number from 1 to 4294967295"))?;
+        let id: u32 =
+            id.parse().ok().filter(|&id| id != 0).ok_or_else(|| {
+                format!("{file}:{at}: key id must be a number from 1 to 4294967295")
+            })?;
         let secret = decode_hex(hex).ok_or_else(|| format!("{file}:{at}: key is not hex"))?;
         if secret.len() < crate::wire::native::MIN_KEY_LEN {
             return Err(format!(
@@ -964,10 +963,9 @@ fn unconvert(c: &Config) -> RawConfig {
                 SyncAuth::KeyFile(f) => {
                     raw::RawAuth { key_file: Some(f.display().to_string()), insecure: false }
                 }
-                SyncAuth::Insecure => raw::RawAuth {
-                    key_file: None,
-                    insecure: s.wire == WireFormat::Native,
-                },
+                SyncAuth::Insecure => {
+                    raw::RawAuth { key_file: None, insecure: s.wire == WireFormat::Native }
+                }
             },
             channels: s
                 .channels
