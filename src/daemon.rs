@@ -159,6 +159,10 @@ fn daemon_config(
         be_liberal: !sync.tcp_window_tracking,
         filter: Filter::from_config(cfg),
         ready_file: cfg.general.ready_file.clone(),
+        key_file: match &cfg.sync.auth {
+            config::SyncAuth::KeyFile(file) => Some(file.clone()),
+            config::SyncAuth::Insecure => None,
+        },
         metrics_listen: cfg.general.metrics_listen,
     }
 }

@@ -53,6 +53,8 @@ pub struct DaemonConfig {
     /// Mark committed TCP flows `BE_LIBERAL` (no window tracking).
     pub be_liberal: bool,
     pub filter: Filter,
+    /// Where the sync keys come from, re-read on SIGHUP and `--reload`.
+    pub key_file: Option<PathBuf>,
     /// keepalived `track_file` for readiness, if configured.
     pub ready_file: Option<PathBuf>,
     /// Serve Prometheus metrics here (`general.metrics_listen`).
@@ -528,10 +530,34 @@ impl Daemon {
         for signal in self.signals.pending() {
             match signal {
                 SIGTERM | SIGINT => self.stop = true,
-                SIGHUP => log::info!("SIGHUP: nothing to reload in this version"),
+                SIGHUP => {
+                    if let Err(e) = self.reload() {
+                        log::error!("{e}");
+                    }
+                }
                 _ => {}
             }
         }
+    }
+
+    /// Re-read the sync key file: a rotation without dropping sync. On any
+    /// error the keys in use stay.
+    fn reload(&mut self) -> Result<String, String> {
+        let Some(file) = self.cfg.key_file.clone() else {
+            return Ok("no key file configured: nothing to reload".into());
+        };
+        let keys = crate::config::load_key_file(&file)
+            .map_err(|e| format!("key reload failed, keeping the current keys: {e}"))?;
+        let ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
+        self.ftfw.set_auth_keys(keys);
+        let line = format!(
+            "reloaded the sync keys from {}: sending with key {}, accepting {}",
+            file.display(),
+            ids.first().map_or("-", String::as_str),
+            ids.join(", ")
+        );
+        log::info!("{line}");
+        Ok(line)
     }
 
     fn status_line(&self) -> String {
@@ -753,7 +779,7 @@ impl Daemon {
             Request::Stats(section) => Ok(self.stats_report(section, json)),
             Request::DumpInternal => Ok(dump(&self.internal, json)),
             Request::DumpExternal => Ok(dump(&self.external, json)),
-            Request::Reload => Ok("nothing to reload in this version\n".into()),
+            Request::Reload => self.reload().map(|line| line + "\n"),
         }
     }
 

@@ -557,3 +557,42 @@ fn the_ready_file_tells_keepalived_when_the_peer_table_is_complete() {
         .expect("ready file never turned 0 after the peer came back");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// docs/SECURITY.md's rotation: add the new key on both, send with it on
+/// both, drop the old one — each step a reload, with no datagram refused
+/// and sync going on.
+#[test]
+fn a_key_rotation_by_reload_keeps_sync_going() {
+    let pair = Pair::new("rot");
+    let key = pair.dir.join("sync.key");
+    let (old, new) = ("5c".repeat(32), "a7".repeat(32));
+    pair.commit_flows(0, (0..20).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+    let steps =
+        [format!("1 {old}\n2 {new}\n"), format!("2 {new}\n1 {old}\n"), format!("2 {new}\n")];
+    for (i, keys) in steps.iter().enumerate() {
+        std::fs::write(&key, keys).unwrap();
+        for fw in 0..2 {
+            let out = pair.cli_ok(fw, &["--reload"]);
+            assert!(out.contains("reloaded the sync keys"), "{out}");
+        }
+        let first = 20 + 20 * i as u32;
+        pair.commit_flows(0, (first..first + 20).map(tcp_flow).collect());
+        pair.converge(0, Duration::from_secs(10));
+    }
+    for fw in 0..2 {
+        let stats: serde_json::Value =
+            serde_json::from_str(&pair.cli_ok(fw, &["-s", "--json"])).unwrap();
+        for counter in ["drop_bad_mac", "drop_unknown_key", "drop_auth"] {
+            assert_eq!(stats["protocol"][counter], 0, "fw{}: {counter}: {stats:#}", fw + 1);
+        }
+    }
+    // A broken key file is refused and the keys in use stay.
+    std::fs::write(&key, "2 zz\n").unwrap();
+    let out = pair.cli(0, &["--reload"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("keeping the current keys"));
+    std::fs::write(&key, format!("2 {new}\n")).unwrap();
+    pair.commit_flows(0, (100..110).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+}

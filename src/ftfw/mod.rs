@@ -306,6 +306,19 @@ impl Ftfw {
         Ftfw::with_codec(cfg, session_id, initial_seq, now, codec)
     }
 
+    /// Replace the authentication keys (a key rotation) without touching
+    /// sequence tracking or queues, so sync goes on. The first key signs
+    /// what we send; every key is accepted. Returns false, changing
+    /// nothing, for the conntrackd dialect, which has no authentication.
+    pub fn set_auth_keys(&mut self, keys: Vec<native::AuthKey>) -> bool {
+        if self.cfg.dialect != Dialect::Native {
+            return false;
+        }
+        self.codec = Box::new(NativeCodec::with_keys(keys.clone()));
+        self.cfg.auth_keys = keys;
+        true
+    }
+
     /// As [`Ftfw::new`] with another datagram format.
     pub fn with_codec(
         cfg: FtfwConfig,
