@@ -15,7 +15,7 @@ use ctsync::flow::{Dir, Flow, proto, status, tcp_state};
 use ctsync::netlink::{CommitOptions, Kernel};
 
 mod common;
-use common::{Netns, in_netns};
+use common::{Netns, in_netns, run_ok as run, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ctsyncd");
 const CONNTRACKD: &str = "/usr/sbin/conntrackd";
@@ -251,25 +251,6 @@ impl Drop for Mixed {
         self.stop(0);
         self.stop(1);
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn wait_for(within: Duration, mut check: impl FnMut() -> bool) -> Option<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        if check() {
-            return Some(());
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -117,6 +117,27 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Run a command built by the caller; panics with its stderr if it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Poll `check` every 200 ms until it holds (`Some`) or `within` passes.
+pub fn wait_for(within: std::time::Duration, mut check: impl FnMut() -> bool) -> Option<()> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check() {
+            return Some(());
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Puts a sysctl (a /proc/sys path) back to its value when dropped.
 pub struct SysctlGuard {
     path: String,
