@@ -104,6 +104,7 @@ class Daemon:
                 f"sync:\n  resend_queue: {max(131072, flows)}\n"
                 f"  channels:\n    - type: udp\n      local: {local}\n"
                 f"      peer: {peer}\n      interface: sync0\n"
+                f"      sndbuf: 1249280\n      rcvbuf: 1249280\n"
             )
         else:
             self.conf = os.path.join(self.dir, "conntrackd.conf")
@@ -188,6 +189,32 @@ General {{
         m = re.search(r"cache external:\s*\n\s*current active connections:\s*(\d+)", out)
         return int(m.group(1)) if m else -1
 
+    def loss_counters(self):
+        """Counters that tell whether events were lost and the table dumped
+        again, or messages resent: what slows a convergence down."""
+        interesting = re.compile(r"overrun|resync|enobufs|lost|retrans|resen|nack", re.I)
+        if self.kind == "ctsyncd":
+            found = {}
+
+            def walk(value, path):
+                if isinstance(value, dict):
+                    for k, v in value.items():
+                        walk(v, f"{path}.{k}" if path else k)
+                elif isinstance(value, (int, float)) and interesting.search(path):
+                    found[path] = value
+
+            walk(json.loads(self.cli("-s", "--json")), "")
+            return found
+        found = {}
+        text = (self.cli("-s", check=False) or "") + (self.cli("-s", "runtime", check=False) or "")
+        # "name: N" lines (runtime) and "N Name  N Name" lines (traffic).
+        pairs = re.findall(r"([A-Za-z][A-Za-z ()]*?):\s+(\d+)", text)
+        pairs += [(n, v) for v, n in re.findall(r"(\d+) ([A-Z][A-Za-z]*(?: [a-z]+)?)", text)]
+        for name, num in pairs:
+            if interesting.search(name) or name.startswith("Error"):
+                found[name.strip()] = int(num)
+        return found
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -270,6 +297,11 @@ def main():
         res["rss_send_per_flow"] = (rss1[0] - rss0[0]) * 1024 / n
         res["rss_recv_per_flow"] = (rss1[1] - rss0[1]) * 1024 / n
         res["rss_idle_kib"] = rss0
+        res["loss_fw1"] = sides[0].loss_counters()
+        res["loss_fw2"] = sides[1].loss_counters()
+        both = (res["loss_fw1"], res["loss_fw2"])
+        res["overruns"] = sum(c.get("netlink.overruns", c.get("netlink overrun", 0)) for c in both)
+        res["gaps"] = res["loss_fw2"].get("protocol.nacks_sent", res["loss_fw2"].get("Lost msgs"))
 
         # Set equality: fw2's external cache against fw1's kernel table.
         want = flow_set(sh(ns1, "conntrack", "-L"))

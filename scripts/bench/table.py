@@ -15,6 +15,8 @@ ROWS = [
     ("converge_s", "convergence time, N creates (s)", "{:.2f}", False),
     ("ext_count", "fw2 external cache after convergence (flows)", "{:.0f}", True),
     ("missing", "flows missing from fw2 (set difference)", "{:.0f}", False),
+    ("overruns", "netlink event overruns, both sides", "{:.0f}", False),
+    ("gaps", "sequence gaps seen by fw2 (NACKs / Lost msgs)", "{:.0f}", False),
     ("load_rate", "ctload create rate while syncing (flows/s)", "{:.0f}", True),
     ("commit_s", "commit N flows on fw2, -c (s)", "{:.2f}", False),
     ("commit_rate", "commit rate (flows/s)", "{:.0f}", True),
