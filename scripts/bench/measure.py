@@ -349,6 +349,8 @@ def main():
 if __name__ == "__main__":
     try:
         main()
+    except KeyboardInterrupt:
+        sys.exit(130)
     except Exception as e:  # noqa: BLE001 - one line for the caller's log
         print(f"measure: {e}", file=sys.stderr)
         sys.exit(1)
