@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Compares ctsyncd with conntrackd 1.4 under the same load on the same
+# kernel: two firewall namespaces joined by a veth sync link, each daemon in
+# FTFW mode over UDP, N flows created on fw1 at the load tool's full rate.
+#
+#   sudo scripts/bench.sh                     # N = 100000, 3 repetitions
+#   sudo BENCH_FLOWS=1000000 scripts/bench.sh # the big run
+#
+# BENCH_REPS sets the repetitions. The table (medians, [min-max]) is printed
+# and written to target/bench-results.txt. Needs root and conntrackd.
+set -euo pipefail
+
+FLOWS=${BENCH_FLOWS:-100000}
+REPS=${BENCH_REPS:-3}
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench.sh: needs root" >&2; exit 1; }
+command -v conntrackd >/dev/null || { echo "bench.sh: conntrackd not installed" >&2; exit 1; }
+
+cargo build --release --examples --bins
+CTSYNCD=$PWD/target/release/ctsyncd
+LOAD=$PWD/target/release/examples/ctload
+
+NS1=ctbench-$$-fw1
+NS2=ctbench-$$-fw2
+WORK=$(mktemp -d /tmp/ctbench.XXXXXX)
+MAX=/proc/sys/net/netfilter/nf_conntrack_max
+OLD_MAX=$(cat "$MAX")
+
+cleanup() {
+    # Daemons still inside die with their namespace's processes.
+    for ns in "$NS1" "$NS2"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    echo "$OLD_MAX" >"$MAX"
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Each namespace's table must hold N flows (the limit is global).
+[ "$OLD_MAX" -ge $((FLOWS + 65536)) ] || echo $((FLOWS + 65536)) >"$MAX"
+
+ip netns add "$NS1"
+ip netns add "$NS2"
+ip link add sync0 netns "$NS1" type veth peer name sync0 netns "$NS2"
+for i in 1 2; do
+    ns=$NS1; [ $i = 2 ] && ns=$NS2
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr add 10.255.0.$i/30 dev sync0
+    ip -n "$ns" link set sync0 up
+done
+
+results=$WORK/results.jsonl
+: >"$results"
+for rep in $(seq "$REPS"); do
+    # Interleaved so that drift in a noisy machine hits both daemons alike.
+    for daemon in none ctsyncd conntrackd; do
+        echo "run $rep/$REPS: $daemon, $FLOWS flows" >&2
+        json=$(python3 scripts/bench/measure.py --daemon "$daemon" --flows "$FLOWS" \
+            --ns "$NS1" "$NS2" --ctsyncd "$CTSYNCD" --load "$LOAD" --workdir "$WORK/$rep")
+        echo "${json%\}}, \"daemon\": \"$daemon\", \"rep\": $rep}" | tee -a "$results" >&2
+    done
+done
+
+{
+    echo "ctsyncd vs conntrackd $(conntrackd -v 2>&1 | sed -n 's/.*daemon \(v[0-9.]*[0-9]\).*/\1/p'), FTFW over UDP"
+    echo "$(date -u +%F), kernel $(uname -r), $(nproc) CPUs: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)"
+    python3 scripts/bench/table.py "$FLOWS" "$results"
+} | tee target/bench-results.txt

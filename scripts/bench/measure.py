@@ -1,0 +1,356 @@
+#!/usr/bin/env python3
+"""One benchmark run: a sync daemon pair (ctsyncd or conntrackd, FTFW over
+UDP) in two namespaces joined by `sync0`, N flows created on fw1 by ctload
+at full speed, then measured on both sides. Prints one JSON object.
+
+With `--daemon none` only the load tool runs (the kernel's own create rate).
+Run by scripts/bench.sh, which owns the namespaces and their removal.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def sh(ns, *cmd, check=True, timeout=600):
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout
+    )
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{ns}: {' '.join(cmd)} failed: {out.stderr.strip()}")
+    return out.stdout
+
+
+def kernel_count(ns):
+    return int(sh(ns, "conntrack", "-C").strip())
+
+
+def flush(ns):
+    sh(ns, "conntrack", "-F", check=False)
+    deadline = time.time() + 30
+    while kernel_count(ns) > 0 and time.time() < deadline:
+        time.sleep(0.1)
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_secs(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name may hold spaces; the fields after it do not.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def link(ns):
+    def stat(name):
+        return int(sh(ns, "cat", f"/sys/class/net/sync0/statistics/{name}").strip())
+
+    return {k: stat(k) for k in ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets")}
+
+
+TUPLE = re.compile(r"\b(src|dst|sport|dport)=(\S+)")
+MARK = re.compile(r"\bmark=(\d+)")
+
+
+def flow_key(line, full):
+    """Protocol, original tuple (with `full`, the reply tuple too) and mark
+    of a conntrack-style line: the parts that the kernel, ctsyncd -e and
+    conntrackd -e print the same way (conntrackd -e omits the reply tuple)."""
+    words = line.split()
+    if not words or "=" in words[0]:
+        return None
+    tuples = tuple(m.group(0) for m in TUPLE.finditer(line))[: 8 if full else 4]
+    mark = MARK.search(line)
+    return (words[0], tuples, mark.group(1) if mark else "0")
+
+
+def flow_set(text, full=False):
+    keys = set()
+    for line in text.splitlines():
+        key = flow_key(line, full)
+        # The sync link's own flow is filtered by both daemons.
+        if key and not any(t.startswith(("src=10.255.0.", "dst=10.255.0.")) for t in key[1]):
+            keys.add(key)
+    return keys
+
+
+def load_result(out):
+    """Flows created and rate from ctload's summary line."""
+    m = re.search(r": (\d+) flows in .* = (\d+) flows/s", out)
+    if not m:
+        raise RuntimeError(f"ctload printed no summary: {out!r}")
+    return int(m.group(1)), float(m.group(2))
+
+
+class Daemon:
+    """One side of a pair: its config, process and control commands."""
+
+    def __init__(self, kind, binary, ns, n, side, workdir, flows):
+        self.kind, self.binary, self.ns = kind, binary, ns
+        self.dir = os.path.join(workdir, f"{kind}-fw{side}")
+        os.makedirs(self.dir, exist_ok=True)
+        local, peer = f"10.255.0.{side}", f"10.255.0.{3 - side}"
+        if kind == "ctsyncd":
+            self.conf = os.path.join(self.dir, "ctsyncd.yaml")
+            limit = max(1048576, 2 * flows + 65536)
+            text = (
+                f"general:\n  lock_file: {self.dir}/lock\n  control_socket: {self.dir}/ctl\n"
+                f"  cache_limit: {limit}\n  log:\n    level: warn\n"
+                f"sync:\n  resend_queue: {max(131072, flows)}\n"
+                f"  channels:\n    - type: udp\n      local: {local}\n"
+                f"      peer: {peer}\n      interface: sync0\n"
+                f"      sndbuf: 1249280\n      rcvbuf: 1249280\n"
+            )
+        else:
+            self.conf = os.path.join(self.dir, "conntrackd.conf")
+            # Sized like the ctsyncd side: cache room for twice the flows,
+            # the same netlink buffers, the same socket buffers.
+            text = f"""Sync {{
+    Mode FTFW {{
+        DisableExternalCache Off
+        ResendQueueSize {max(131072, flows)}
+    }}
+    UDP {{
+        IPv4_address {local}
+        IPv4_Destination_Address {peer}
+        Port 3780
+        Interface sync0
+        SndSocketBuffer 1249280
+        RcvSocketBuffer 1249280
+        Checksum on
+    }}
+}}
+General {{
+    Systemd off
+    HashSize {max(65536, flows // 2)}
+    HashLimit {max(1048576, 2 * flows + 65536)}
+    LogFile {self.dir}/conntrackd.log
+    Syslog off
+    LockFile {self.dir}/lock
+    UNIX {{
+        Path {self.dir}/ctl
+    }}
+    NetlinkBufferSize 8388608
+    NetlinkBufferSizeMaxGrowth 134217728
+    NetlinkEventsReliable Off
+    Filter From Userspace {{
+        Address Ignore {{
+            IPv4_address 127.0.0.1
+            IPv4_address {local}
+            IPv4_address {peer}
+        }}
+    }}
+}}
+"""
+        with open(self.conf, "w") as f:
+            f.write(text)
+        self.log = open(os.path.join(self.dir, "stderr.log"), "w")
+        self.proc = None
+
+    def start(self):
+        # `ip netns exec` execs the daemon, so this PID is the daemon's.
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, self.binary, "-C", self.conf],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} on {self.ns} exited: see {self.dir}")
+            if self.cli("-s", check=False) is not None:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.kind} on {self.ns} did not answer -s")
+
+    def cli(self, *args, check=True, timeout=600):
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.ns, self.binary, "-C", self.conf, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if out.returncode != 0:
+            if check:
+                raise RuntimeError(f"{self.kind} {args}: {out.stderr.strip()}")
+            return None
+        return out.stdout
+
+    def external_count(self):
+        if self.kind == "ctsyncd":
+            out = self.cli("-s", "--json", check=False)
+            return json.loads(out)["external"]["active"] if out else -1
+        out = self.cli("-s", check=False) or ""
+        m = re.search(r"cache external:\s*\n\s*current active connections:\s*(\d+)", out)
+        return int(m.group(1)) if m else -1
+
+    def loss_counters(self):
+        """Counters that tell whether events were lost and the table dumped
+        again, or messages resent: what slows a convergence down."""
+        interesting = re.compile(r"overrun|resync|enobufs|lost|retrans|resen|nack", re.I)
+        if self.kind == "ctsyncd":
+            found = {}
+
+            def walk(value, path):
+                if isinstance(value, dict):
+                    for k, v in value.items():
+                        walk(v, f"{path}.{k}" if path else k)
+                elif isinstance(value, (int, float)) and interesting.search(path):
+                    found[path] = value
+
+            walk(json.loads(self.cli("-s", "--json")), "")
+            return found
+        found = {}
+        text = (self.cli("-s", check=False) or "") + (self.cli("-s", "runtime", check=False) or "")
+        # "name: N" lines (runtime) and "N Name  N Name" lines (traffic).
+        pairs = re.findall(r"([A-Za-z][A-Za-z ()]*?):\s+(\d+)", text)
+        pairs += [(n, v) for v, n in re.findall(r"(\d+) ([A-Z][A-Za-z]*(?: [a-z]+)?)", text)]
+        for name, num in pairs:
+            if interesting.search(name) or name.startswith("Error"):
+                found[name.strip()] = int(num)
+        return found
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--daemon", choices=["ctsyncd", "conntrackd", "none"], required=True)
+    ap.add_argument("--flows", type=int, required=True)
+    ap.add_argument("--ns", nargs=2, required=True)
+    ap.add_argument("--ctsyncd", required=True)
+    ap.add_argument("--load", required=True)
+    ap.add_argument("--workdir", required=True)
+    args = ap.parse_args()
+    n, (ns1, ns2) = args.flows, args.ns
+    for ns in (ns1, ns2):
+        flush(ns)
+
+    if args.daemon == "none":
+        done, rate = load_result(sh(ns1, args.load, "create", str(n), check=False))
+        flush(ns1)
+        print(json.dumps({"raw_rate": rate, "created": done}))
+        return
+
+    binary = args.ctsyncd if args.daemon == "ctsyncd" else "conntrackd"
+    sides = [Daemon(args.daemon, binary, ns, n, i + 1, args.workdir, n) for i, ns in enumerate((ns1, ns2))]
+    res = {}
+    try:
+        for d in sides:
+            d.start()
+        # Let the pair find each other (heartbeats every second).
+        time.sleep(3)
+        pids = [d.proc.pid for d in sides]
+        rss0 = [rss_kib(p) for p in pids]
+        cpu0 = [cpu_secs(p) for p in pids]
+        link0 = link(ns2)
+
+        t0 = time.monotonic()
+        load = subprocess.Popen(
+            ["ip", "netns", "exec", ns1, args.load, "create", str(n)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        # Converged once fw2's external cache holds every flow created; give
+        # up after it has not moved for 20 s.
+        count, last_move, last, target, out = -1, time.monotonic(), -1, n, None
+        while True:
+            count = sides[1].external_count()
+            now = time.monotonic()
+            if out is None and load.poll() is not None:
+                # Creates the kernel refused (clashing tuples) are not flows.
+                out = load.stdout.read()
+                target = load_result(out)[0]
+            if count >= target:
+                break
+            if count != last:
+                last, last_move = count, now
+            if now - last_move > 20 and load.poll() is not None:
+                break
+            time.sleep(0.05)
+        t_conv = time.monotonic() - t0
+        if out is None:
+            out = load.communicate()[0]
+        n, res["load_rate"] = load_result(out)
+        res["created"] = n
+        res["converged"] = count >= n
+        res["converge_s"] = t_conv if count >= n else None
+        # Trailing acknowledgements and heartbeats settle.
+        time.sleep(1)
+        res["ext_count"] = sides[1].external_count()
+        cpu1 = [cpu_secs(p) for p in pids]
+        link1 = link(ns2)
+        rss1 = [rss_kib(p) for p in pids]
+        res["cpu_send_per100k"] = (cpu1[0] - cpu0[0]) * 100000 / n
+        res["cpu_recv_per100k"] = (cpu1[1] - cpu0[1]) * 100000 / n
+        res["link_bytes_fwd"] = (link1["rx_bytes"] - link0["rx_bytes"]) / n
+        res["link_pkts_fwd"] = (link1["rx_packets"] - link0["rx_packets"]) / n
+        res["link_bytes_back"] = (link1["tx_bytes"] - link0["tx_bytes"]) / n
+        res["link_pkts_back"] = (link1["tx_packets"] - link0["tx_packets"]) / n
+        res["rss_send_per_flow"] = (rss1[0] - rss0[0]) * 1024 / n
+        res["rss_recv_per_flow"] = (rss1[1] - rss0[1]) * 1024 / n
+        res["rss_idle_kib"] = rss0
+        res["loss_fw1"] = sides[0].loss_counters()
+        res["loss_fw2"] = sides[1].loss_counters()
+        both = (res["loss_fw1"], res["loss_fw2"])
+        res["overruns"] = sum(c.get("netlink.overruns", c.get("netlink overrun", 0)) for c in both)
+        res["gaps"] = res["loss_fw2"].get("protocol.nacks_sent", res["loss_fw2"].get("Lost msgs"))
+
+        # Set equality: fw2's external cache against fw1's kernel table.
+        want = flow_set(sh(ns1, "conntrack", "-L"))
+        have = flow_set(sides[1].cli("-e"))
+        res["kernel_fw1"] = len(want)
+        res["missing"] = len(want - have)
+        res["extra"] = len(have - want)
+        res["set_equal"] = want == have
+        if want != have:
+            res["sample_missing"] = str(sorted(want - have)[:1])
+            res["sample_extra"] = str(sorted(have - want)[:1])
+
+        # Commit fw2's external cache into its kernel.
+        t1 = time.monotonic()
+        sides[1].cli("-c")
+        deadline = time.monotonic() + 120
+        while kernel_count(ns2) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        res["commit_s"] = time.monotonic() - t1
+        # Committed flows must match fw1's in both tuples (NAT included).
+        want_full = flow_set(sh(ns1, "conntrack", "-L"), full=True)
+        res["committed"] = len(flow_set(sh(ns2, "conntrack", "-L"), full=True) & want_full)
+    finally:
+        for d in sides:
+            d.stop()
+    for ns in (ns1, ns2):
+        flush(ns)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - one line for the caller's log
+        print(f"measure: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Turns the JSON lines of scripts/bench/measure.py runs into one table:
+median of the repetitions with their range, for ctsyncd and conntrackd,
+and the ratio of the medians.
+
+usage: table.py FLOWS RESULTS.jsonl   (lines are {"daemon": ..., ...})
+"""
+
+import json
+import statistics
+import sys
+
+# key, label, format, True if higher is better
+ROWS = [
+    ("converge_s", "convergence time, N creates (s)", "{:.2f}", False),
+    ("ext_count", "fw2 external cache after convergence (flows)", "{:.0f}", True),
+    ("missing", "flows missing from fw2 (set difference)", "{:.0f}", False),
+    ("overruns", "netlink event overruns, both sides", "{:.0f}", False),
+    ("gaps", "sequence gaps seen by fw2 (NACKs / Lost msgs)", "{:.0f}", False),
+    ("load_rate", "ctload create rate while syncing (flows/s)", "{:.0f}", True),
+    ("commit_s", "commit N flows on fw2, -c (s)", "{:.2f}", False),
+    ("commit_rate", "commit rate (flows/s)", "{:.0f}", True),
+    ("rss_send_per_flow", "RSS per flow, fw1 sender (bytes)", "{:.0f}", False),
+    ("rss_recv_per_flow", "RSS per flow, fw2 receiver (bytes)", "{:.0f}", False),
+    ("link_bytes_fwd", "sync link bytes per change, fw1->fw2", "{:.1f}", False),
+    ("link_pkts_fwd", "sync link packets per change, fw1->fw2", "{:.4f}", False),
+    ("link_bytes_back", "sync link bytes per change, fw2->fw1 (acks)", "{:.2f}", False),
+    ("cpu_send_per100k", "CPU s per 100k changes, fw1 sender", "{:.2f}", False),
+    ("cpu_recv_per100k", "CPU s per 100k changes, fw2 receiver", "{:.2f}", False),
+]
+
+
+def cell(values, fmt):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a", None
+    med = statistics.median(values)
+    text = fmt.format(med)
+    if len(values) > 1:
+        text += f" [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+    return text, med
+
+
+def main():
+    flows = int(sys.argv[1])
+    runs = {"ctsyncd": [], "conntrackd": [], "none": []}
+    with open(sys.argv[2]) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                if r.get("commit_s"):
+                    r["commit_rate"] = r.get("created", flows) / r["commit_s"]
+                runs[r["daemon"]].append(r)
+    reps = max(len(runs["ctsyncd"]), len(runs["conntrackd"]))
+    head = ("metric", "ctsyncd", "conntrackd", "ctsyncd/conntrackd")
+    lines = []
+    for key, label, fmt, higher in ROWS:
+        a, ma = cell([r.get(key) for r in runs["ctsyncd"]], fmt)
+        b, mb = cell([r.get(key) for r in runs["conntrackd"]], fmt)
+        if ma is None or mb is None:
+            ratio = "n/a"
+        elif mb == 0:
+            ratio = "-" if ma == 0 else "inf"
+        else:
+            ratio = f"{ma / mb:.2f} ({'higher' if higher else 'lower'} is better)"
+        lines.append((label, a, b, ratio))
+    widths = [max(len(str(row[i])) for row in [head, *lines]) for i in range(4)]
+    created = sorted({r.get("created", flows) for rs in runs.values() for r in rs})
+    note = "" if created == [flows] else f" (the kernel accepted {created}; rates use those)"
+    out = [
+        f"N = {flows} flows{note}, median of {reps} runs [min-max]",
+        "  ".join(h.ljust(w) for h, w in zip(head, widths)),
+        "  ".join("-" * w for w in widths),
+    ]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
+    raw, _ = cell([r["raw_rate"] for r in runs["none"]], "{:.0f}")
+    out.append(f"kernel limit: ctload create rate with no daemon running: {raw} flows/s")
+    checks = []
+    for name in ("ctsyncd", "conntrackd"):
+        rs = runs[name]
+        eq = sum(1 for r in rs if r.get("set_equal"))
+        com = [r.get("committed") for r in rs]
+        checks.append(f"{name}: fw2 set equal to fw1 in {eq}/{len(rs)} runs, committed {com}")
+    out.append("; ".join(checks))
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
