@@ -6,7 +6,7 @@
 //! ip netns exec NS ctload create|update|destroy COUNT [--start N] [--rate PER_SEC] [--batch N]
 //! ```
 //! Flow `i` is TCP ESTABLISHED `10.(i>>16).(i>>8).(i) :(1024 + i % 60000) → 198.51.100.7:443`;
-//! every tenth flow is source-NATed to 203.0.113.5. `update` changes the
+//! every tenth flow is source-NATed to 203.0.113.5 (203.0.114.5 past 600k, ...). `update` changes the
 //! mark, so each update is a real change that a sync daemon must carry.
 
 use std::net::Ipv4Addr;
@@ -102,11 +102,9 @@ pub fn flow(n: u32, mark: u32) -> Flow {
     f.timeout = 600;
     f.mark = mark;
     if n.is_multiple_of(10) {
-        f.set_addrs(
-            Dir::Reply,
-            Ipv4Addr::new(198, 51, 100, 7).into(),
-            Ipv4Addr::new(203, 0, 113, 5).into(),
-        );
+        // One NAT address per 600k flows keeps every reply tuple unique.
+        let nat = Ipv4Addr::new(203, 0, 113 + (n / 600_000) as u8, 5);
+        f.set_addrs(Dir::Reply, Ipv4Addr::new(198, 51, 100, 7).into(), nat.into());
         f.l4[3] = 1024 + (n / 10 % 60000) as u16;
     }
     f
