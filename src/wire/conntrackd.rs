@@ -26,7 +26,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{Codec, DatagramHeader, Message, MessageHeader, MessageRef, Received, WireError};
+use super::{
+    Codec, DatagramHeader, Message, MessageHeader, MessageRef, Received, WireError, Writer,
+};
 use crate::flow::{Dir, Flow, FlowKey, SeqAdj, proto};
 
 /// `CONNTRACKD_PROTOCOL_VERSION`.
@@ -660,29 +662,10 @@ fn key_len(k: &FlowKey) -> usize {
     len
 }
 
-/// Sequential writer over a buffer sized beforehand by [`message_len`],
-/// which is why the writes cannot overrun.
-struct Writer<'a> {
-    buf: &'a mut [u8],
-    at: usize,
-}
-
+/// This format's attribute layout on the shared [`Writer`].
 impl Writer<'_> {
-    fn bytes(&mut self, b: &[u8]) {
-        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
-        self.at += b.len();
-    }
-    fn u8(&mut self, v: u8) {
-        self.bytes(&[v]);
-    }
-    fn u16(&mut self, v: u16) {
-        self.bytes(&v.to_be_bytes());
-    }
-    fn u32(&mut self, v: u32) {
-        self.bytes(&v.to_be_bytes());
-    }
     /// One attribute: header, value, zero padding (the buffer was zeroed).
-    fn attr(&mut self, kind: u16, value: &[u8]) {
+    fn nta(&mut self, kind: u16, value: &[u8]) {
         // Values are at most 32 bytes here.
         self.u16((4 + value.len()) as u16);
         self.u16(kind);
@@ -695,13 +678,13 @@ impl Writer<'_> {
                 let mut v = [0u8; 8];
                 v[..4].copy_from_slice(&s.octets());
                 v[4..].copy_from_slice(&d.octets());
-                self.attr(nta::IPV4, &v);
+                self.nta(nta::IPV4, &v);
             }
             (s, d) => {
                 let mut v = [0u8; 32];
                 v[..16].copy_from_slice(&to_v6(s).octets());
                 v[16..].copy_from_slice(&to_v6(d).octets());
-                self.attr(nta::IPV6, &v);
+                self.nta(nta::IPV6, &v);
             }
         }
     }
@@ -710,67 +693,67 @@ impl Writer<'_> {
             let mut v = [0u8; 4];
             v[..2].copy_from_slice(&l4[0].to_be_bytes());
             v[2..].copy_from_slice(&l4[1].to_be_bytes());
-            self.attr(nta::PORT, &v);
+            self.nta(nta::PORT, &v);
         }
     }
     fn icmp(&mut self, l4: [u16; 2]) {
         let [t, c] = l4[1].to_be_bytes();
-        self.attr(nta::ICMP_TYPE, &[t]);
-        self.attr(nta::ICMP_CODE, &[c]);
+        self.nta(nta::ICMP_TYPE, &[t]);
+        self.nta(nta::ICMP_CODE, &[c]);
         // conntrackd's byte-order quirk: little-endian on the wire.
-        self.attr(nta::ICMP_ID, &l4[0].to_le_bytes());
+        self.nta(nta::ICMP_ID, &l4[0].to_le_bytes());
     }
 }
 
 /// conntrackd's `ct2msg` order.
 fn emit_flow(f: &Flow, w: &mut Writer<'_>) {
     w.addrs(f.src(Dir::Orig), f.dst(Dir::Orig));
-    w.attr(nta::STATUS, &f.status.to_be_bytes());
-    w.attr(nta::L4PROTO, &[f.l4proto]);
+    w.nta(nta::STATUS, &f.status.to_be_bytes());
+    w.nta(nta::L4PROTO, &[f.l4proto]);
     let orig = [f.l4[0], f.l4[1]];
     w.l4(f.l4proto, orig);
     let extra = f.extra();
     match f.l4proto {
-        proto::TCP => w.attr(nta::TCP_STATE, &[f.proto_state]),
+        proto::TCP => w.nta(nta::TCP_STATE, &[f.proto_state]),
         proto::SCTP => {
-            w.attr(nta::SCTP_STATE, &[f.proto_state]);
+            w.nta(nta::SCTP_STATE, &[f.proto_state]);
             if let Some([o, r]) = extra.and_then(|e| e.sctp_vtags) {
-                w.attr(nta::SCTP_VTAG_ORIG, &o.to_be_bytes());
-                w.attr(nta::SCTP_VTAG_REPL, &r.to_be_bytes());
+                w.nta(nta::SCTP_VTAG_ORIG, &o.to_be_bytes());
+                w.nta(nta::SCTP_VTAG_REPL, &r.to_be_bytes());
             }
         }
         proto::DCCP => {
-            w.attr(nta::DCCP_STATE, &[f.proto_state]);
+            w.nta(nta::DCCP_STATE, &[f.proto_state]);
             if let Some((role, _)) = extra.and_then(|e| e.dccp) {
-                w.attr(nta::DCCP_ROLE, &[role]);
+                w.nta(nta::DCCP_ROLE, &[role]);
             }
         }
         p if is_icmp(p) => w.icmp(orig),
         _ => {}
     }
     if f.timeout != 0 {
-        w.attr(nta::TIMEOUT, &f.timeout.to_be_bytes());
+        w.nta(nta::TIMEOUT, &f.timeout.to_be_bytes());
     }
     if f.mark != 0 {
-        w.attr(nta::MARK, &f.mark.to_be_bytes());
+        w.nta(nta::MARK, &f.mark.to_be_bytes());
     }
     let [snat, dnat] = nat_attrs(f);
     for (addr, k4, k6) in
         [(snat, nta::SNAT_IPV4, nta::SNAT_IPV6), (dnat, nta::DNAT_IPV4, nta::DNAT_IPV6)]
     {
         match addr {
-            Some(IpAddr::V4(a)) => w.attr(k4, &a.octets()),
-            Some(IpAddr::V6(a)) => w.attr(k6, &a.octets()),
+            Some(IpAddr::V4(a)) => w.nta(k4, &a.octets()),
+            Some(IpAddr::V6(a)) => w.nta(k6, &a.octets()),
             None => {}
         }
     }
     let [spat, dpat] = pat_attrs(f);
     // conntrackd's byte-order quirk: little-endian on the wire.
     if let Some(p) = spat {
-        w.attr(nta::SPAT_PORT, &p.to_le_bytes());
+        w.nta(nta::SPAT_PORT, &p.to_le_bytes());
     }
     if let Some(p) = dpat {
-        w.attr(nta::DPAT_PORT, &p.to_le_bytes());
+        w.nta(nta::DPAT_PORT, &p.to_le_bytes());
     }
     if let Some([o, r]) = extra.and_then(|e| e.seq_adj) {
         let mut v = [0u8; 24];
@@ -787,22 +770,22 @@ fn emit_flow(f: &Flow, w: &mut Writer<'_>) {
         {
             v[i * 4..i * 4 + 4].copy_from_slice(&x.to_be_bytes());
         }
-        w.attr(nta::NAT_SEQ_ADJ, &v);
+        w.nta(nta::NAT_SEQ_ADJ, &v);
     }
     if let Some(h) = helper_of(f) {
         let mut v = [0u8; MAX_HELPER_LEN + 1];
         v[..h.len()].copy_from_slice(h.as_bytes());
-        w.attr(nta::HELPER_NAME, &v[..h.len() + 1]);
+        w.nta(nta::HELPER_NAME, &v[..h.len() + 1]);
     }
     if let Some(l) = extra.and_then(|e| e.labels).filter(|&l| l != 0) {
         let mut v = [0u8; 16];
         for i in 0..4 {
             v[i * 4..i * 4 + 4].copy_from_slice(&((l >> (32 * i)) as u32).to_be_bytes());
         }
-        w.attr(nta::LABELS, &v);
+        w.nta(nta::LABELS, &v);
     }
     if f.zone != 0 {
-        w.attr(nta::ZONE, &f.zone.to_be_bytes());
+        w.nta(nta::ZONE, &f.zone.to_be_bytes());
     }
 }
 
@@ -810,14 +793,14 @@ fn emit_flow(f: &Flow, w: &mut Writer<'_>) {
 /// which is what conntrackd's cache looks entries up by.
 fn emit_key(k: &FlowKey, w: &mut Writer<'_>) {
     w.addrs(k.src, k.dst);
-    w.attr(nta::L4PROTO, &[k.l4proto]);
+    w.nta(nta::L4PROTO, &[k.l4proto]);
     if carries_ports(k.l4proto) {
         w.l4(k.l4proto, k.l4);
     } else if is_icmp(k.l4proto) {
         w.icmp(k.l4);
     }
     if k.zone != 0 {
-        w.attr(nta::ZONE, &k.zone.to_be_bytes());
+        w.nta(nta::ZONE, &k.zone.to_be_bytes());
     }
 }
 

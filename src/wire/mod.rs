@@ -239,3 +239,27 @@ pub trait Codec: Send {
         msg.is_sequenced()
     }
 }
+
+/// Sequential big-endian writer over a buffer the caller sized beforehand
+/// (each codec's length functions), which is why the writes cannot overrun.
+/// Each codec adds its own attribute layout in an `impl Writer` of its own.
+pub(crate) struct Writer<'a> {
+    pub(crate) buf: &'a mut [u8],
+    pub(crate) at: usize,
+}
+
+impl Writer<'_> {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
+        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+    }
+    pub(crate) fn u8(&mut self, v: u8) {
+        self.bytes(&[v]);
+    }
+    pub(crate) fn u16(&mut self, v: u16) {
+        self.bytes(&v.to_be_bytes());
+    }
+    pub(crate) fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_be_bytes());
+    }
+}

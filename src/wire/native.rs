@@ -19,7 +19,7 @@ use std::sync::Arc;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::{Codec, DatagramHeader, Message, MessageRef, Received, WireError};
+use super::{Codec, DatagramHeader, Message, MessageRef, Received, WireError, Writer};
 use crate::flow::{Addrs, Flow, FlowExtra, FlowKey, SeqAdj, TcpInfo};
 
 /// `"CT"`.
@@ -659,28 +659,9 @@ fn flow_len(f: &Flow) -> usize {
     len
 }
 
-/// Sequential writer over a buffer sized beforehand by the `*_len`
-/// functions, which is why the writes cannot overrun.
-struct Writer<'a> {
-    buf: &'a mut [u8],
-    at: usize,
-}
-
+/// This format's attribute layout on the shared [`Writer`].
 impl Writer<'_> {
-    fn bytes(&mut self, b: &[u8]) {
-        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
-        self.at += b.len();
-    }
-    fn u8(&mut self, v: u8) {
-        self.bytes(&[v]);
-    }
-    fn u16(&mut self, v: u16) {
-        self.bytes(&v.to_be_bytes());
-    }
-    fn u32(&mut self, v: u32) {
-        self.bytes(&v.to_be_bytes());
-    }
-    fn attr(&mut self, kind: u16, len: usize) {
+    fn tlv(&mut self, kind: u16, len: usize) {
         self.u16(kind);
         // Attribute values are at most MAX_HELPER_LEN or 88 bytes.
         self.u16(len as u16);
@@ -690,13 +671,13 @@ impl Writer<'_> {
 fn emit_flow(f: &Flow, w: &mut Writer<'_>) {
     match &f.addrs {
         Addrs::V4(a) => {
-            w.attr(attr::CORE_V4, CORE_V4_LEN);
+            w.tlv(attr::CORE_V4, CORE_V4_LEN);
             for ip in a {
                 w.bytes(&ip.octets());
             }
         }
         Addrs::V6(a) => {
-            w.attr(attr::CORE_V6, CORE_V6_LEN);
+            w.tlv(attr::CORE_V6, CORE_V6_LEN);
             for ip in a.iter() {
                 w.bytes(&ip.octets());
             }
@@ -712,21 +693,21 @@ fn emit_flow(f: &Flow, w: &mut Writer<'_>) {
     w.u32(f.timeout);
     w.u32(f.mark);
     if f.tcp != TcpInfo::default() {
-        w.attr(attr::TCP, 4);
+        w.tlv(attr::TCP, 4);
         w.bytes(&[f.tcp.wscale_orig, f.tcp.wscale_reply, f.tcp.flags_orig, f.tcp.flags_reply]);
     }
     let Some(e) = f.extra() else { return };
     if let Some(l) = e.labels {
-        w.attr(attr::LABELS, 16);
+        w.tlv(attr::LABELS, 16);
         w.bytes(&l.to_be_bytes());
     }
     if let Some(h) = &e.helper {
         let name = helper_bytes(h);
-        w.attr(attr::HELPER, name.len());
+        w.tlv(attr::HELPER, name.len());
         w.bytes(name);
     }
     if let Some(adj) = e.seq_adj {
-        w.attr(attr::SEQ_ADJ, 24);
+        w.tlv(attr::SEQ_ADJ, 24);
         for a in adj {
             w.u32(a.correction_pos);
             w.u32(a.offset_before);
@@ -734,17 +715,17 @@ fn emit_flow(f: &Flow, w: &mut Writer<'_>) {
         }
     }
     if let Some([o, r]) = e.sctp_vtags {
-        w.attr(attr::SCTP_VTAGS, 8);
+        w.tlv(attr::SCTP_VTAGS, 8);
         w.u32(o);
         w.u32(r);
     }
     if let Some((role, seq)) = e.dccp {
-        w.attr(attr::DCCP, 9);
+        w.tlv(attr::DCCP, 9);
         w.u8(role);
         w.bytes(&seq.to_be_bytes());
     }
     if let Some([o, r]) = e.tuple_zones {
-        w.attr(attr::TUPLE_ZONES, 4);
+        w.tlv(attr::TUPLE_ZONES, 4);
         w.u16(o);
         w.u16(r);
     }
@@ -753,12 +734,12 @@ fn emit_flow(f: &Flow, w: &mut Writer<'_>) {
 fn emit_key(k: &FlowKey, w: &mut Writer<'_>) {
     match (k.src, k.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            w.attr(attr::KEY_V4, KEY_V4_LEN);
+            w.tlv(attr::KEY_V4, KEY_V4_LEN);
             w.bytes(&s.octets());
             w.bytes(&d.octets());
         }
         (s, d) => {
-            w.attr(attr::KEY_V6, KEY_V6_LEN);
+            w.tlv(attr::KEY_V6, KEY_V6_LEN);
             w.bytes(&v6(s).octets());
             w.bytes(&v6(d).octets());
         }
