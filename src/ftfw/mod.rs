@@ -552,20 +552,7 @@ impl Ftfw {
         {
             flags |= native::flags::ACK_REQUEST;
         }
-        let hdr = DatagramHeader { flags, session: self.session, seq: first_seq.0 };
-        let len = self.codec.finish(&hdr, dg.count, dg.at, buf).ok()?;
-        self.stats.datagrams_sent += 1;
-        self.stats.msgs_sent += u64::from(dg.count);
-        self.last_tx = Some(now);
-        // Unacknowledged data is probed faster than an idle link.
-        let interval = if self.resend.live_data() > 0 {
-            self.cfg.alive_interval / 5
-        } else {
-            self.cfg.alive_interval
-        };
-        self.timers[Timer::Keepalive as usize] = Some(now + interval);
-        self.update_gauges();
-        Some(len)
+        self.finish_datagram(now, flags, first_seq, &dg, buf)
     }
 
     /// The next event for the caller.
@@ -582,6 +569,32 @@ impl Ftfw {
 
     /// Append sequenced messages from the transmit queue. Returns true when
     /// sending stopped for backpressure or at a bulk barrier.
+    /// Close a datagram (header, trailer), count it, and re-arm the
+    /// keepalive: unacknowledged data is probed faster, because the peer
+    /// finds a lost tail only when a later seq arrives.
+    fn finish_datagram(
+        &mut self,
+        now: Instant,
+        flags: u8,
+        first_seq: Seq,
+        dg: &Builder,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        let hdr = DatagramHeader { flags, session: self.session, seq: first_seq.0 };
+        let len = self.codec.finish(&hdr, dg.count, dg.at, buf).ok()?;
+        self.stats.datagrams_sent += 1;
+        self.stats.msgs_sent += u64::from(dg.count);
+        self.last_tx = Some(now);
+        let interval = if self.resend.live_data() > 0 {
+            self.cfg.alive_interval / 5
+        } else {
+            self.cfg.alive_interval
+        };
+        self.timers[Timer::Keepalive as usize] = Some(now + interval);
+        self.update_gauges();
+        Some(len)
+    }
+
     fn push_data(&mut self, dg: &mut Builder, buf: &mut [u8]) -> bool {
         loop {
             if self.resend.is_full() {
@@ -1014,21 +1027,7 @@ impl Ftfw {
             self.stats.alive_sent += 1;
         }
         self.hello_back = None;
-        let hdr = DatagramHeader { flags, session: self.session, seq: first_seq.0 };
-        let len = self.codec.finish(&hdr, dg.count, dg.at, buf).ok()?;
-        self.stats.datagrams_sent += 1;
-        self.stats.msgs_sent += u64::from(dg.count);
-        self.last_tx = Some(now);
-        // Unacknowledged data is probed faster: the peer finds a lost tail
-        // only when a later seq arrives.
-        let interval = if self.resend.live_data() > 0 {
-            self.cfg.alive_interval / 5
-        } else {
-            self.cfg.alive_interval
-        };
-        self.timers[Timer::Keepalive as usize] = Some(now + interval);
-        self.update_gauges();
-        Some(len)
+        self.finish_datagram(now, flags, first_seq, &dg, buf)
     }
 
     /// Give a control message just emitted its seq and hold it.
