@@ -130,7 +130,14 @@ impl TxQueue {
             self.push_marker(item, true);
             return true;
         };
-        if self.pending.contains_key(&key) {
+        if let Some((pending, _)) = self.pending.get_mut(&key) {
+            // The lost message may have been the one that removed an older
+            // incarnation from the peer's view: a pending NEW can no longer
+            // assume the peer lacks the flow, so a later destroy must go out
+            // rather than cancel it.
+            if let Item::Upsert { new, .. } = pending {
+                *new = false;
+            }
             return false;
         }
         let item = match item {
@@ -438,6 +445,17 @@ mod tests {
         let got = drain(&mut q);
         assert_eq!(got[0], Item::Upsert { flow: flow(2), new: false });
         assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn lost_message_under_a_pending_new_keeps_the_later_destroy() {
+        let mut q = TxQueue::default();
+        q.push_change(Item::Upsert { flow: flow(1), new: true });
+        // The earlier destroy of this key was lost: the peer may still hold
+        // the old incarnation.
+        assert!(!q.requeue(Item::Destroy(flow(1).key())));
+        q.push_change(Item::Destroy(flow(1).key()));
+        assert_eq!(drain(&mut q), vec![Item::Destroy(flow(1).key())]);
     }
 
     #[test]

@@ -533,6 +533,23 @@ mod tests {
         });
     }
 
+    #[test]
+    fn lost_destroy_under_a_pending_new_is_not_cancelled() {
+        // A destroy lost in a partition, the flow re-created and destroyed
+        // again before the loss is noticed: the peer still holds the first
+        // incarnation, so the second destroy must be sent.
+        compat(Scenario {
+            seed: 17035293351901932946,
+            loss: 0.2,
+            dup: 0.04,
+            resend_queue: 64,
+            initial_seq: [296184259, 2443667907],
+            partition: Some((243, 1592)),
+            ops: 335,
+            ..Scenario::default()
+        });
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
         #[test]
