@@ -12,6 +12,8 @@ set -euo pipefail
 
 FLOWS=${BENCH_FLOWS:-100000}
 REPS=${BENCH_REPS:-3}
+# Events queued while the sender is stopped (0 skips the drain runs).
+DRAIN=${BENCH_DRAIN:-300000}
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh: needs root" >&2; exit 1; }
 command -v conntrackd >/dev/null || { echo "bench.sh: conntrackd not installed" >&2; exit 1; }
@@ -39,7 +41,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Each namespace's table must hold N flows (the limit is global).
-[ "$OLD_MAX" -ge $((FLOWS + 65536)) ] || echo $((FLOWS + 65536)) >"$MAX"
+BIGGEST=$(( FLOWS > DRAIN ? FLOWS : DRAIN ))
+[ "$OLD_MAX" -ge $((BIGGEST + 65536)) ] || echo $((BIGGEST + 65536)) >"$MAX"
 
 ip netns add "$NS1"
 ip netns add "$NS2"
@@ -59,6 +62,13 @@ for rep in $(seq "$REPS"); do
         echo "run $rep/$REPS: $daemon, $FLOWS flows" >&2
         json=$(python3 scripts/bench/measure.py --daemon "$daemon" --flows "$FLOWS" \
             --ns "$NS1" "$NS2" --ctsyncd "$CTSYNCD" --load "$LOAD" --workdir "$WORK/$rep")
+        echo "${json%\}}, \"daemon\": \"$daemon\", \"rep\": $rep}" | tee -a "$results" >&2
+    done
+    [ "$DRAIN" -gt 0 ] || continue
+    for daemon in ctsyncd conntrackd; do
+        echo "run $rep/$REPS: $daemon, drain of $DRAIN queued events" >&2
+        json=$(python3 scripts/bench/measure.py --daemon "$daemon" --flows "$DRAIN" --drain \
+            --ns "$NS1" "$NS2" --ctsyncd "$CTSYNCD" --load "$LOAD" --workdir "$WORK/$rep-drain")
         echo "${json%\}}, \"daemon\": \"$daemon\", \"rep\": $rep}" | tee -a "$results" >&2
     done
 done

@@ -27,6 +27,8 @@ ROWS = [
     ("link_bytes_back", "sync link bytes per change, fw2->fw1 (acks)", "{:.2f}", False),
     ("cpu_send_per100k", "CPU s per 100k changes, fw1 sender", "{:.2f}", False),
     ("cpu_recv_per100k", "CPU s per 100k changes, fw2 receiver", "{:.2f}", False),
+    ("drain_rate", "drain of queued events after SIGSTOP (events/s)", "{:.0f}", True),
+    ("drain_cpu_us", "sender CPU per drained event (us)", "{:.2f}", False),
 ]
 
 
@@ -51,7 +53,8 @@ def main():
                 if r.get("commit_s"):
                     r["commit_rate"] = r.get("created", flows) / r["commit_s"]
                 runs[r["daemon"]].append(r)
-    reps = max(len(runs["ctsyncd"]), len(runs["conntrackd"]))
+    main_runs = {k: [r for r in v if r.get("mode") != "drain"] for k, v in runs.items()}
+    reps = max(len(main_runs["ctsyncd"]), len(main_runs["conntrackd"]))
     head = ("metric", "ctsyncd", "conntrackd", "ctsyncd/conntrackd")
     lines = []
     for key, label, fmt, higher in ROWS:
@@ -77,11 +80,16 @@ def main():
     out.append(f"kernel limit: ctload create rate with no daemon running: {raw} flows/s")
     checks = []
     for name in ("ctsyncd", "conntrackd"):
-        rs = runs[name]
+        rs = main_runs[name]
         eq = sum(1 for r in rs if r.get("set_equal"))
         com = [r.get("committed") for r in rs]
         checks.append(f"{name}: fw2 set equal to fw1 in {eq}/{len(rs)} runs, committed {com}")
     out.append("; ".join(checks))
+    for name in ("ctsyncd", "conntrackd"):
+        rs = [r for r in runs[name] if r.get("mode") == "drain"]
+        if rs:
+            got = [f"{r.get('drain_arrived')}/{r.get('drain_created')}" for r in rs]
+            out.append(f"drain, {name}: flows at the peer {got}")
     print("\n".join(out))
 
 

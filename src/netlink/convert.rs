@@ -1,11 +1,16 @@
 //! [`Flow`] ⇄ ctnetlink attributes, in one place.
 //!
-//! Decoding goes through `netlink-packet-netfilter`'s typed attributes for
-//! what it knows (tuples, TCP protoinfo, status, timeout, mark); the
-//! attributes it leaves as `Other(DefaultNla)` (zone, labels, helper, NAT
-//! sequence adjustment, ICMP tuple fields, per-tuple zones, SCTP and DCCP
-//! protoinfo) are decoded here with the constants of
-//! `include/uapi/linux/netfilter/nfnetlink_conntrack.h`.
+//! Decoding on the hot path ([`parse_flow`]: every event, every dumped
+//! entry) reads the attributes as views over the message bytes with
+//! `netlink-packet-core`'s `NlasIterator`, allocating nothing for a common
+//! flow: the crate's typed trees (a `Vec` per nesting level, a copy of every
+//! attribute it does not know) cost more than the rest of an event's path
+//! through the daemon. [`parse_flow_typed`] decodes the same bytes through
+//! `netlink-packet-netfilter`'s typed attributes (tuples, TCP protoinfo,
+//! status, timeout, mark; zone, labels, helper, sequence adjustment, ICMP
+//! tuple fields, per-tuple zones, SCTP and DCCP arrive there as
+//! `Other(DefaultNla)`); the tests hold both to the same result. The
+//! constants are those of `include/uapi/linux/netfilter/nfnetlink_conntrack.h`.
 //!
 //! Encoding writes attribute bytes straight into the caller's batch buffer
 //! ([`AttrWriter`]): a commit emits hundreds of thousands of flows per
@@ -93,6 +98,10 @@ mod nested {
 /// some families, so we set it too.
 const NLA_F_NESTED: u16 = 1 << 15;
 
+/// The attribute type without `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER`, as
+/// `NlaBuffer::kind` reads it (a `DefaultNla` keeps the flags).
+const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | 1 << 14);
+
 /// TCP flag bits a commit copies from the flow; the others
 /// (`MAXACK_SET`, `DATA_UNACKNOWLEDGED`) describe window-tracking state the
 /// kernel does not export, so they are left to the receiving kernel.
@@ -148,6 +157,27 @@ pub struct EmitOptions {
 /// Decode the attributes of one `IPCTNL_MSG_CT_NEW`/`DELETE` message (the
 /// bytes after the `nfgenmsg` header) into a flow.
 pub fn parse_flow(attrs: &[u8]) -> Result<Flow, ConvertError> {
+    let mut orig = TupleParts::default();
+    let mut reply = TupleParts::default();
+    let mut flow = empty_flow();
+    for_each_nla(attrs, |kind, v| {
+        match kind & !NLA_F_NESTED {
+            cta::TUPLE_ORIG => orig = TupleParts::from_bytes(v)?,
+            cta::TUPLE_REPLY => reply = TupleParts::from_bytes(v)?,
+            cta::STATUS => flow.status = be_u32(v)?,
+            cta::TIMEOUT => flow.timeout = be_u32(v)?,
+            cta::MARK => flow.mark = be_u32(v)?,
+            cta::PROTOINFO => for_each_nla(v, |kind, v| parse_protoinfo_nla(&mut flow, kind, v))?,
+            kind => parse_other(&mut flow, kind, v)?,
+        }
+        Ok(())
+    })?;
+    finish(flow, orig, reply)
+}
+
+/// [`parse_flow`] through `netlink-packet-netfilter`'s typed attributes:
+/// the reference the fast decoder is tested against.
+pub fn parse_flow_typed(attrs: &[u8]) -> Result<Flow, ConvertError> {
     let mut parsed = Vec::with_capacity(12);
     for nla in NlasIterator::new(attrs) {
         parsed.push(ConntrackAttribute::parse(&nla?)?);
@@ -159,8 +189,7 @@ pub fn parse_flow(attrs: &[u8]) -> Result<Flow, ConvertError> {
 pub fn flow_from_attrs(attrs: &[ConntrackAttribute]) -> Result<Flow, ConvertError> {
     let mut orig = TupleParts::default();
     let mut reply = TupleParts::default();
-    let mut flow = Flow::new_v4(0, [0; 4].into(), [0; 4].into(), 0, 0);
-    flow.status = 0;
+    let mut flow = empty_flow();
     for attr in attrs {
         match attr {
             ConntrackAttribute::CtaTupleOrig(t) => orig = TupleParts::from_crate(t)?,
@@ -169,10 +198,23 @@ pub fn flow_from_attrs(attrs: &[ConntrackAttribute]) -> Result<Flow, ConvertErro
             ConntrackAttribute::CtaTimeout(t) => flow.timeout = *t,
             ConntrackAttribute::CtaMark(m) => flow.mark = *m,
             ConntrackAttribute::CtaProtoInfo(infos) => parse_protoinfo(&mut flow, infos)?,
-            ConntrackAttribute::Other(nla) => parse_other(&mut flow, nla)?,
+            ConntrackAttribute::Other(nla) => {
+                parse_other(&mut flow, nla.kind() & NLA_TYPE_MASK, &nla_value(nla))?
+            }
             _ => {}
         }
     }
+    finish(flow, orig, reply)
+}
+
+fn empty_flow() -> Flow {
+    let mut flow = Flow::new_v4(0, [0; 4].into(), [0; 4].into(), 0, 0);
+    flow.status = 0;
+    flow
+}
+
+/// The tuples into the flow, once every attribute has been read.
+fn finish(mut flow: Flow, orig: TupleParts, reply: TupleParts) -> Result<Flow, ConvertError> {
     let (Some(osrc), Some(odst)) = (orig.src, orig.dst) else {
         return Err(ConvertError::NoOrigTuple);
     };
@@ -479,6 +521,43 @@ struct TupleParts {
 }
 
 impl TupleParts {
+    fn from_bytes(v: &[u8]) -> Result<TupleParts, ConvertError> {
+        let mut t = TupleParts::default();
+        let (mut icmp_type, mut icmp_code) = (0u8, 0u8);
+        for_each_nla(v, |kind, v| {
+            match kind & !NLA_F_NESTED {
+                tuple::IP => for_each_nla(v, |kind, v| {
+                    match kind {
+                        // The family is in the length, as the typed decoder reads it.
+                        tuple::IP_V4_SRC | tuple::IP_V6_SRC => t.src = Some(ip(v)?),
+                        tuple::IP_V4_DST | tuple::IP_V6_DST => t.dst = Some(ip(v)?),
+                        _ => {}
+                    }
+                    Ok(())
+                })?,
+                tuple::PROTO => for_each_nla(v, |kind, v| {
+                    match kind {
+                        tuple::PROTO_NUM => t.l4proto = u8_of(v)?,
+                        tuple::PROTO_SRC_PORT => t.l4[0] = be_u16(v)?,
+                        tuple::PROTO_DST_PORT => t.l4[1] = be_u16(v)?,
+                        tuple::ICMP_ID | tuple::ICMPV6_ID => t.l4[0] = be_u16(v)?,
+                        tuple::ICMP_TYPE | tuple::ICMPV6_TYPE => icmp_type = u8_of(v)?,
+                        tuple::ICMP_CODE | tuple::ICMPV6_CODE => icmp_code = u8_of(v)?,
+                        _ => {}
+                    }
+                    Ok(())
+                })?,
+                tuple::ZONE => t.zone = Some(be_u16(v)?),
+                _ => {}
+            }
+            Ok(())
+        })?;
+        if matches!(t.l4proto, proto::ICMP | proto::ICMPV6) {
+            t.l4[1] = u16::from_be_bytes([icmp_type, icmp_code]);
+        }
+        Ok(t)
+    }
+
     fn from_crate(parts: &[Tuple]) -> Result<TupleParts, ConvertError> {
         let mut t = TupleParts::default();
         let (mut icmp_type, mut icmp_code) = (0u8, 0u8);
@@ -501,7 +580,7 @@ impl TupleParts {
                             ProtoTuple::DestinationPort(v) => t.l4[1] = *v,
                             ProtoTuple::Other(nla) => {
                                 let v = &nla_value(nla);
-                                match nla.kind() {
+                                match nla.kind() & NLA_TYPE_MASK {
                                     tuple::ICMP_ID | tuple::ICMPV6_ID => t.l4[0] = be_u16(v)?,
                                     tuple::ICMP_TYPE | tuple::ICMPV6_TYPE => icmp_type = u8_of(v)?,
                                     tuple::ICMP_CODE | tuple::ICMPV6_CODE => icmp_code = u8_of(v)?,
@@ -512,7 +591,7 @@ impl TupleParts {
                         }
                     }
                 }
-                Tuple::Other(nla) if nla.kind() & !NLA_F_NESTED == tuple::ZONE => {
+                Tuple::Other(nla) if nla.kind() & NLA_TYPE_MASK == tuple::ZONE => {
                     t.zone = Some(be_u16(&nla_value(nla))?);
                 }
                 _ => {}
@@ -540,44 +619,63 @@ fn parse_protoinfo(flow: &mut Flow, infos: &[ProtoInfo]) -> Result<(), ConvertEr
                     }
                 }
             }
-            ProtoInfo::Other(nla) => match nla.kind() & !NLA_F_NESTED {
-                nested::PROTOINFO_SCTP => {
-                    let mut vtags = [0u32; 2];
-                    for_each_nla(&nla_value(nla), |kind, v| {
-                        match kind {
-                            nested::SCTP_STATE => flow.proto_state = u8_of(v)?,
-                            nested::SCTP_VTAG_ORIG => vtags[0] = be_u32(v)?,
-                            nested::SCTP_VTAG_REPLY => vtags[1] = be_u32(v)?,
-                            _ => {}
-                        }
-                        Ok(())
-                    })?;
-                    flow.extra_mut().sctp_vtags = Some(vtags);
-                }
-                nested::PROTOINFO_DCCP => {
-                    let (mut role, mut seq) = (0u8, 0u64);
-                    for_each_nla(&nla_value(nla), |kind, v| {
-                        match kind {
-                            nested::DCCP_STATE => flow.proto_state = u8_of(v)?,
-                            nested::DCCP_ROLE => role = u8_of(v)?,
-                            nested::DCCP_HANDSHAKE_SEQ => seq = be_u64(v)?,
-                            _ => {}
-                        }
-                        Ok(())
-                    })?;
-                    flow.extra_mut().dccp = Some((role, seq));
-                }
-                _ => {}
-            },
+            ProtoInfo::Other(nla) => {
+                parse_protoinfo_nla(flow, nla.kind() & NLA_TYPE_MASK, &nla_value(nla))?
+            }
             _ => {}
         }
     }
     Ok(())
 }
 
-fn parse_other(flow: &mut Flow, nla: &DefaultNla) -> Result<(), ConvertError> {
-    let v = &nla_value(nla);
-    match nla.kind() & !NLA_F_NESTED {
+/// One attribute nested in `CTA_PROTOINFO`.
+fn parse_protoinfo_nla(flow: &mut Flow, kind: u16, v: &[u8]) -> Result<(), ConvertError> {
+    match kind & !NLA_F_NESTED {
+        nested::PROTOINFO_TCP => for_each_nla(v, |kind, v| {
+            match kind {
+                nested::TCP_STATE => flow.proto_state = u8_of(v)?,
+                nested::TCP_WSCALE_ORIG => flow.tcp.wscale_orig = u8_of(v)?,
+                nested::TCP_WSCALE_REPLY => flow.tcp.wscale_reply = u8_of(v)?,
+                nested::TCP_FLAGS_ORIG => flow.tcp.flags_orig = tcp_flags(v)?,
+                nested::TCP_FLAGS_REPLY => flow.tcp.flags_reply = tcp_flags(v)?,
+                _ => {}
+            }
+            Ok(())
+        })?,
+        nested::PROTOINFO_SCTP => {
+            let mut vtags = [0u32; 2];
+            for_each_nla(v, |kind, v| {
+                match kind {
+                    nested::SCTP_STATE => flow.proto_state = u8_of(v)?,
+                    nested::SCTP_VTAG_ORIG => vtags[0] = be_u32(v)?,
+                    nested::SCTP_VTAG_REPLY => vtags[1] = be_u32(v)?,
+                    _ => {}
+                }
+                Ok(())
+            })?;
+            flow.extra_mut().sctp_vtags = Some(vtags);
+        }
+        nested::PROTOINFO_DCCP => {
+            let (mut role, mut seq) = (0u8, 0u64);
+            for_each_nla(v, |kind, v| {
+                match kind {
+                    nested::DCCP_STATE => flow.proto_state = u8_of(v)?,
+                    nested::DCCP_ROLE => role = u8_of(v)?,
+                    nested::DCCP_HANDSHAKE_SEQ => seq = be_u64(v)?,
+                    _ => {}
+                }
+                Ok(())
+            })?;
+            flow.extra_mut().dccp = Some((role, seq));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A top-level attribute the typed decoder leaves as `Other`.
+fn parse_other(flow: &mut Flow, kind: u16, v: &[u8]) -> Result<(), ConvertError> {
+    match kind {
         cta::ZONE => flow.zone = be_u16(v)?,
         cta::LABELS => {
             let labels = labels_from_bytes(v);
@@ -635,27 +733,47 @@ fn for_each_nla(
     Ok(())
 }
 
+// Values must have exactly their type's size, as the kernel sends them
+// and as `netlink-packet-core`'s parsers demand.
+
+fn exact<const N: usize>(what: &str, v: &[u8]) -> Result<[u8; N], ConvertError> {
+    v.try_into().map_err(|_| short(what, v))
+}
+
+fn ip(v: &[u8]) -> Result<IpAddr, ConvertError> {
+    match v.len() {
+        4 => Ok(IpAddr::from(exact::<4>("IPv4 address", v)?)),
+        _ => Ok(IpAddr::from(exact::<16>("IP address", v)?)),
+    }
+}
+
+/// `struct nf_ct_tcp_flags { u8 flags; u8 mask; }`: the flags (a longer
+/// value is read, as the typed decoder reads it).
+fn tcp_flags(v: &[u8]) -> Result<u8, ConvertError> {
+    match v {
+        [flags, _mask, ..] => Ok(*flags),
+        _ => Err(short("TCP flags", v)),
+    }
+}
+
 fn short(what: &str, v: &[u8]) -> ConvertError {
     ConvertError::Malformed(format!("{what}: {} bytes", v.len()))
 }
 
 fn u8_of(v: &[u8]) -> Result<u8, ConvertError> {
-    v.first().copied().ok_or_else(|| short("u8 attribute", v))
+    Ok(exact::<1>("u8 attribute", v)?[0])
 }
 
 fn be_u16(v: &[u8]) -> Result<u16, ConvertError> {
-    v.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or_else(|| short("u16 attribute", v))
+    Ok(u16::from_be_bytes(exact("u16 attribute", v)?))
 }
 
 fn be_u32(v: &[u8]) -> Result<u32, ConvertError> {
-    v.get(..4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| short("u32 attribute", v))
+    Ok(u32::from_be_bytes(exact("u32 attribute", v)?))
 }
 
 fn be_u64(v: &[u8]) -> Result<u64, ConvertError> {
-    let b: [u8; 8] = v.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| short("u64", v))?;
-    Ok(u64::from_be_bytes(b))
+    Ok(u64::from_be_bytes(exact("u64 attribute", v)?))
 }
 
 fn to_v6(a: IpAddr) -> std::net::Ipv6Addr {
@@ -763,7 +881,39 @@ mod tests {
     /// bits are not sent.
     fn round_trip(f: &Flow) -> Flow {
         let bytes = emit(|w| emit_create(w, f, &EmitOptions::default()));
-        parse_flow(&bytes).expect("own bytes parse")
+        let fast = parse_flow(&bytes).expect("own bytes parse");
+        assert_eq!(parse_flow_typed(&bytes).as_ref(), Ok(&fast), "the decoders disagree");
+        fast
+    }
+
+    proptest::proptest! {
+        /// The fast decoder and the crate's typed one read any bytes alike:
+        /// mutations of a flow with every optional field.
+        #[test]
+        fn fast_and_typed_decoders_agree(
+            flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..6),
+            cut in proptest::option::of(proptest::num::usize::ANY),
+        ) {
+            let mut f = tcp_flow();
+            f.zone = 3;
+            let x = f.extra_mut();
+            x.labels = Some(0x1234);
+            x.helper = Some("ftp".into());
+            x.seq_adj = Some([SeqAdj { correction_pos: 1, offset_before: 2, offset_after: 3 }; 2]);
+            let mut bytes = emit(|w| emit_create(w, &f, &EmitOptions::default()));
+            for (at, v) in flips {
+                let n = bytes.len();
+                bytes[at % n] ^= v;
+            }
+            if let Some(c) = cut {
+                bytes.truncate(c % (bytes.len() + 1));
+            }
+            let (fast, typed) = (parse_flow(&bytes), parse_flow_typed(&bytes));
+            proptest::prop_assert_eq!(fast.is_ok(), typed.is_ok(), "{:?} vs {:?}", fast, typed);
+            if let (Ok(a), Ok(b)) = (&fast, &typed) {
+                proptest::prop_assert_eq!(a, b);
+            }
+        }
     }
 
     fn expected_after_trip(f: &Flow) -> Flow {
