@@ -722,13 +722,27 @@ fn nla_value(nla: &DefaultNla) -> Vec<u8> {
     v
 }
 
+/// Each attribute's type (without flags) and value, with the checks and
+/// the stop-at-first-error of `NlasIterator`. Hand-written because the hot
+/// path reads every event through it: `NlaBuffer` re-reads and re-checks
+/// the header in each accessor, which cost a tenth of an event's time.
 fn for_each_nla(
-    buf: &[u8],
+    mut buf: &[u8],
     mut f: impl FnMut(u16, &[u8]) -> Result<(), ConvertError>,
 ) -> Result<(), ConvertError> {
-    for nla in NlasIterator::new(buf) {
-        let nla: NlaBuffer<&[u8]> = nla?;
-        f(nla.kind(), nla.value())?;
+    while let [l0, l1, k0, k1, ..] = *buf {
+        let len = usize::from(u16::from_ne_bytes([l0, l1]));
+        if len < 4 || len > buf.len() {
+            return Err(ConvertError::Malformed(format!(
+                "attribute of {len} bytes in {} bytes",
+                buf.len()
+            )));
+        }
+        f(u16::from_ne_bytes([k0, k1]) & NLA_TYPE_MASK, &buf[4..len])?;
+        buf = buf.get((len + 3) & !3..).unwrap_or_default();
+    }
+    if !buf.is_empty() {
+        return Err(ConvertError::Malformed(format!("{} trailing bytes", buf.len())));
     }
     Ok(())
 }
