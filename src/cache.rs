@@ -47,6 +47,9 @@ pub struct Entry {
     pub stamp: u64,
 }
 
+/// Below this many slots a cache keeps its room.
+const MIN_SHRINK_ROOM: usize = 4096;
+
 /// A bounded map from flow identity to flow.
 pub struct Cache {
     entries: Vec<Entry>,
@@ -143,7 +146,9 @@ impl Cache {
         let slot = self.index.find_entry(hash, |&i| entries[i as usize].flow.matches(key)).ok()?;
         let (pos, _) = slot.remove();
         self.stats.destroyed += 1;
-        Some(self.take_at(pos as usize))
+        let flow = self.take_at(pos as usize);
+        self.shrink_if_sparse();
+        Some(flow)
     }
 
     /// Remove every flow for which `keep` returns false; returns how many.
@@ -154,15 +159,31 @@ impl Cache {
         if removed > 0 {
             self.stats.destroyed += removed as u64;
             self.rebuild_index();
+            self.shrink_if_sparse();
         }
         removed
     }
 
-    /// Remove everything (counted as destroyed).
+    /// Remove everything (counted as destroyed), giving the memory back.
     pub fn clear(&mut self) {
         self.stats.destroyed += self.entries.len() as u64;
-        self.entries.clear();
-        self.index.clear();
+        self.entries = Vec::new();
+        self.index = HashTable::new();
+    }
+
+    /// Give memory back once three quarters of the room is unused, so that
+    /// a table that shrinks after a peak does not keep it (conntrackd
+    /// does). Halving the room then costs one pass per as many removals as
+    /// flows remain: amortised O(1).
+    fn shrink_if_sparse(&mut self) {
+        let (len, room) = (self.entries.len(), self.entries.capacity());
+        if room > MIN_SHRINK_ROOM && len * 4 <= room {
+            let keep = (len * 2).max(MIN_SHRINK_ROOM / 2);
+            self.entries.shrink_to(keep);
+            let entries = &self.entries;
+            let hasher = &self.hasher;
+            self.index.shrink_to(keep, |&i| hash_flow(hasher, &entries[i as usize].flow));
+        }
     }
 
     /// All entries, in no particular order.
@@ -262,6 +283,26 @@ mod tests {
         assert_eq!(c.get(&flow(7).key()).unwrap().flow, flow(7));
         assert_eq!(c.len(), 66);
         assert_eq!(c.stats().destroyed, 34);
+    }
+
+    #[test]
+    fn memory_is_given_back_when_flows_go() {
+        let mut c = Cache::new(1 << 20);
+        for i in 0..100_000 {
+            c.upsert(flow(i), u64::from(i));
+        }
+        let peak = c.heap_bytes();
+        for i in 0..99_000 {
+            assert!(c.remove(&flow(i).key()).is_some());
+        }
+        assert!(c.heap_bytes() * 10 < peak, "{} of {peak} bytes kept", c.heap_bytes());
+        // Every flow left is still found where the shrinking moved it.
+        for i in 99_000..100_000 {
+            assert_eq!(c.get(&flow(i).key()).map(|e| e.stamp), Some(u64::from(i)));
+        }
+        assert!(c.get(&flow(5).key()).is_none());
+        c.clear();
+        assert_eq!(c.heap_bytes(), 0);
     }
 
     #[test]

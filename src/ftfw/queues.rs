@@ -193,6 +193,16 @@ impl TxQueue {
 
     /// Remove what [`TxQueue::front`] returned.
     pub fn pop(&mut self) -> Option<Item> {
+        if self.order.len() == 1 {
+            // The last one: once it is out, what a burst grew is given back.
+            let item = self.pop_front();
+            release_idle(&mut self.order, &mut self.pending);
+            return item;
+        }
+        self.pop_front()
+    }
+
+    fn pop_front(&mut self) -> Option<Item> {
         match self.order.pop_front()? {
             Slot::Flow(key, _) => self.pending.remove(&key).map(|(item, _)| item),
             Slot::BulkEnd(s) => {
@@ -209,6 +219,19 @@ impl TxQueue {
     fn bump(&mut self) -> u64 {
         self.next_gen += 1;
         self.next_gen
+    }
+}
+
+/// Capacity an idle queue keeps; beyond it, a drained queue frees what a
+/// burst (a bulk of a million flows) made it grow to.
+const IDLE_CAPACITY: usize = 4096;
+
+fn release_idle<T, K, V>(order: &mut VecDeque<T>, map: &mut Map<K, V>) {
+    if order.is_empty() && order.capacity() > IDLE_CAPACITY {
+        *order = VecDeque::new();
+    }
+    if map.is_empty() && map.capacity() > IDLE_CAPACITY {
+        *map = Map::default();
     }
 }
 
@@ -338,6 +361,9 @@ impl ResendQueue {
                     lost.push(held.item);
                 }
             }
+        }
+        if self.ring.is_empty() {
+            release_idle(&mut self.ring, &mut self.latest);
         }
     }
 
