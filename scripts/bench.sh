@@ -12,8 +12,12 @@ set -euo pipefail
 
 FLOWS=${BENCH_FLOWS:-100000}
 REPS=${BENCH_REPS:-3}
-# Events queued while the sender is stopped (0 skips the drain runs).
+# Events queued while the sender is stopped; flows created at full speed
+# with both daemons at their default settings; flows of the -n/-B bulks.
+# 0 skips those runs.
 DRAIN=${BENCH_DRAIN:-300000}
+DEFAULTS=${BENCH_DEFAULTS:-500000}
+BULK=${BENCH_BULK:-1000000}
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh: needs root" >&2; exit 1; }
 command -v conntrackd >/dev/null || { echo "bench.sh: conntrackd not installed" >&2; exit 1; }
@@ -41,7 +45,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Each namespace's table must hold N flows (the limit is global).
-BIGGEST=$(( FLOWS > DRAIN ? FLOWS : DRAIN ))
+BIGGEST=$(printf '%s\n' "$FLOWS" "$DRAIN" "$DEFAULTS" "$BULK" | sort -n | tail -n 1)
 [ "$OLD_MAX" -ge $((BIGGEST + 65536)) ] || echo $((BIGGEST + 65536)) >"$MAX"
 
 ip netns add "$NS1"
@@ -64,12 +68,15 @@ for rep in $(seq "$REPS"); do
             --ns "$NS1" "$NS2" --ctsyncd "$CTSYNCD" --load "$LOAD" --workdir "$WORK/$rep")
         echo "${json%\}}, \"daemon\": \"$daemon\", \"rep\": $rep}" | tee -a "$results" >&2
     done
-    [ "$DRAIN" -gt 0 ] || continue
-    for daemon in ctsyncd conntrackd; do
-        echo "run $rep/$REPS: $daemon, drain of $DRAIN queued events" >&2
-        json=$(python3 scripts/bench/measure.py --daemon "$daemon" --flows "$DRAIN" --drain \
-            --ns "$NS1" "$NS2" --ctsyncd "$CTSYNCD" --load "$LOAD" --workdir "$WORK/$rep-drain")
-        echo "${json%\}}, \"daemon\": \"$daemon\", \"rep\": $rep}" | tee -a "$results" >&2
+    for mode in drain defaults bulk; do
+        case $mode in drain) n=$DRAIN ;; defaults) n=$DEFAULTS ;; bulk) n=$BULK ;; esac
+        [ "$n" -gt 0 ] || continue
+        for daemon in ctsyncd conntrackd; do
+            echo "run $rep/$REPS: $daemon, $mode, $n flows" >&2
+            json=$(python3 scripts/bench/measure.py --daemon "$daemon" --flows "$n" "--$mode" \
+                --ns "$NS1" "$NS2" --ctsyncd "$CTSYNCD" --load "$LOAD" --workdir "$WORK/$rep-$mode")
+            echo "${json%\}}, \"daemon\": \"$daemon\", \"rep\": $rep}" | tee -a "$results" >&2
+        done
     done
 done
 

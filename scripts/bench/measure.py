@@ -98,7 +98,7 @@ def load_result(out):
 class Daemon:
     """One side of a pair: its config, process and control commands."""
 
-    def __init__(self, kind, binary, ns, n, side, workdir, flows, nlbuf=8 << 20):
+    def __init__(self, kind, binary, ns, n, side, workdir, flows, nlbuf=8 << 20, defaults=False):
         self.kind, self.binary, self.ns = kind, binary, ns
         self.dir = os.path.join(workdir, f"{kind}-fw{side}")
         os.makedirs(self.dir, exist_ok=True)
@@ -112,15 +112,56 @@ class Daemon:
                 os.write(fd, f"1 {os.urandom(32).hex()}\n".encode())
                 os.close(fd)
             limit = max(1048576, 2 * flows + 65536)
-            text = (
-                f"general:\n  lock_file: {self.dir}/lock\n  control_socket: {self.dir}/ctl\n"
-                f"  cache_limit: {limit}\n  log:\n    level: warn\n"
-                f"  netlink:\n    rcvbuf: {nlbuf}\n    rcvbuf_max: {max(nlbuf, 128 << 20)}\n"
-                f"sync:\n  auth:\n    key_file: {key}\n  resend_queue: {max(131072, flows)}\n"
-                f"  channels:\n    - type: udp\n      local: {local}\n"
-                f"      peer: {peer}\n      interface: sync0\n"
-                f"      sndbuf: 1249280\n      rcvbuf: 1249280\n"
-            )
+            if defaults:
+                # Only what a configuration must say: where, with whom, the key.
+                text = (
+                    f"general:\n  lock_file: {self.dir}/lock\n  control_socket: {self.dir}/ctl\n"
+                    f"sync:\n  auth:\n    key_file: {key}\n"
+                    f"  channels:\n    - type: udp\n      local: {local}\n"
+                    f"      peer: {peer}\n      interface: sync0\n"
+                )
+            else:
+                text = (
+                    f"general:\n  lock_file: {self.dir}/lock\n  control_socket: {self.dir}/ctl\n"
+                    f"  cache_limit: {limit}\n  log:\n    level: warn\n"
+                    f"  netlink:\n    rcvbuf: {nlbuf}\n    rcvbuf_max: {max(nlbuf, 128 << 20)}\n"
+                    f"sync:\n  auth:\n    key_file: {key}\n  resend_queue: {max(131072, flows)}\n"
+                    f"  channels:\n    - type: udp\n      local: {local}\n"
+                    f"      peer: {peer}\n      interface: sync0\n"
+                    f"      sndbuf: 1249280\n      rcvbuf: 1249280\n"
+                )
+        elif defaults:
+            self.conf = os.path.join(self.dir, "conntrackd.conf")
+            # Only what a configuration must say, and the sync link's own
+            # flows filtered out as in conntrackd's example configurations.
+            text = f"""Sync {{
+    Mode FTFW {{
+    }}
+    UDP {{
+        IPv4_address {local}
+        IPv4_Destination_Address {peer}
+        Port 3780
+        Interface sync0
+        Checksum on
+    }}
+}}
+General {{
+    Systemd off
+    LogFile {self.dir}/conntrackd.log
+    Syslog off
+    LockFile {self.dir}/lock
+    UNIX {{
+        Path {self.dir}/ctl
+    }}
+    Filter From Userspace {{
+        Address Ignore {{
+            IPv4_address 127.0.0.1
+            IPv4_address {local}
+            IPv4_address {peer}
+        }}
+    }}
+}}
+"""
         else:
             self.conf = os.path.join(self.dir, "conntrackd.conf")
             # Sized like the ctsyncd side: cache room for twice the flows,
@@ -241,6 +282,49 @@ General {{
         self.log.close()
 
 
+def wait_for_count(daemon, target, t0, stall=20):
+    """Seconds from `t0` until `daemon`'s external cache holds `target`
+    flows, None if it stops growing for `stall` seconds before."""
+    last, last_move = -1, time.monotonic()
+    while True:
+        count = daemon.external_count()
+        now = time.monotonic()
+        if count >= target:
+            return now - t0
+        if count != last:
+            last, last_move = count, now
+        if now - last_move > stall:
+            return None
+        time.sleep(0.05)
+
+
+def bulk(res, sides, want):
+    """fw2 restarted with an empty cache, then fw1's table asked for (-n on
+    fw2) and pushed (-B on fw1): time and exactness of each bulk."""
+    fw1, fw2 = sides
+    for how in ("n", "B"):
+        fw2.stop()
+        fw2.log = open(os.path.join(fw2.dir, f"stderr-{how}.log"), "w")
+        fw2.start()
+        # ctsyncd asks for the peer's table when it starts: let that one
+        # finish, so that the timed bulk is the requested one.
+        time.sleep(3)
+        before = -1
+        while (count := fw2.external_count()) != before:
+            before = count
+            time.sleep(1)
+        fw2.cli("-f", "external", check=False)
+        t0 = time.monotonic()
+        if how == "n":
+            fw2.cli("-n")
+        else:
+            fw1.cli("-B")
+        res[f"bulk_{how}_s"] = wait_for_count(fw2, len(want), t0)
+        have = flow_set(fw2.cli("-e"))
+        res[f"bulk_{how}_missing"] = len(want - have)
+        res[f"bulk_{how}_extra"] = len(have - want)
+
+
 def drain(args):
     """Daemon throughput without the kernel's event rate in the way: the
     sender is stopped while N flows are created, so their events queue in
@@ -293,6 +377,32 @@ def drain(args):
     print(json.dumps(res))
 
 
+def commit_and_release(res, sides, ns1, ns2, n, pids, rss0, rss1):
+    """`-c` on fw2, checked against fw1 in both tuples; then fw1's flows
+    go and we see how much of the memory they took each daemon keeps."""
+    # Commit fw2's external cache into its kernel.
+    t1 = time.monotonic()
+    sides[1].cli("-c")
+    deadline = time.monotonic() + 120
+    while kernel_count(ns2) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    res["commit_s"] = time.monotonic() - t1
+    # Committed flows must match fw1's in both tuples (NAT included).
+    want_full = flow_set(sh(ns1, "conntrack", "-L"), full=True)
+    res["committed"] = len(flow_set(sh(ns2, "conntrack", "-L"), full=True) & want_full)
+
+    # The flows go: does the memory they took come back?
+    flush(ns1)
+    deadline = time.monotonic() + 60
+    while sides[1].external_count() > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)
+    rss2 = [rss_kib(p) for p in pids]
+    for i, side in enumerate(("send", "recv")):
+        grown = rss1[i] - rss0[i]
+        res[f"rss_kept_{side}"] = (rss2[i] - rss0[i]) / grown if grown > 0 else None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--daemon", choices=["ctsyncd", "conntrackd", "none"], required=True)
@@ -302,6 +412,8 @@ def main():
     ap.add_argument("--load", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--drain", action="store_true", help="measure the SIGSTOP drain instead")
+    ap.add_argument("--defaults", action="store_true", help="both daemons with default settings")
+    ap.add_argument("--bulk", action="store_true", help="measure -n and -B into a fresh peer")
     args = ap.parse_args()
     n, (ns1, ns2) = args.flows, args.ns
     for ns in (ns1, ns2):
@@ -316,8 +428,11 @@ def main():
         return
 
     binary = args.ctsyncd if args.daemon == "ctsyncd" else "conntrackd"
-    sides = [Daemon(args.daemon, binary, ns, n, i + 1, args.workdir, n) for i, ns in enumerate((ns1, ns2))]
-    res = {}
+    sides = [
+        Daemon(args.daemon, binary, ns, n, i + 1, args.workdir, n, defaults=args.defaults)
+        for i, ns in enumerate((ns1, ns2))
+    ]
+    res = {"mode": "defaults" if args.defaults else "bulk" if args.bulk else "main"}
     try:
         for d in sides:
             d.start()
@@ -390,16 +505,10 @@ def main():
             res["sample_missing"] = str(sorted(want - have)[:1])
             res["sample_extra"] = str(sorted(have - want)[:1])
 
-        # Commit fw2's external cache into its kernel.
-        t1 = time.monotonic()
-        sides[1].cli("-c")
-        deadline = time.monotonic() + 120
-        while kernel_count(ns2) < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        res["commit_s"] = time.monotonic() - t1
-        # Committed flows must match fw1's in both tuples (NAT included).
-        want_full = flow_set(sh(ns1, "conntrack", "-L"), full=True)
-        res["committed"] = len(flow_set(sh(ns2, "conntrack", "-L"), full=True) & want_full)
+        if args.bulk:
+            bulk(res, sides, want)
+        elif not args.defaults:
+            commit_and_release(res, sides, ns1, ns2, n, pids, rss0, rss1)
     finally:
         for d in sides:
             d.stop()

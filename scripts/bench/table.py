@@ -10,25 +10,36 @@ import json
 import statistics
 import sys
 
-# key, label, format, True if higher is better
+# mode, key, label, format, True if higher is better
 ROWS = [
-    ("converge_s", "convergence time, N creates (s)", "{:.2f}", False),
-    ("ext_count", "fw2 external cache after convergence (flows)", "{:.0f}", True),
-    ("missing", "flows missing from fw2 (set difference)", "{:.0f}", False),
-    ("overruns", "netlink event overruns, both sides", "{:.0f}", False),
-    ("gaps", "sequence gaps seen by fw2 (NACKs / Lost msgs)", "{:.0f}", False),
-    ("load_rate", "ctload create rate while syncing (flows/s)", "{:.0f}", True),
-    ("commit_s", "commit N flows on fw2, -c (s)", "{:.2f}", False),
-    ("commit_rate", "commit rate (flows/s)", "{:.0f}", True),
-    ("rss_send_per_flow", "RSS per flow, fw1 sender (bytes)", "{:.0f}", False),
-    ("rss_recv_per_flow", "RSS per flow, fw2 receiver (bytes)", "{:.0f}", False),
-    ("link_bytes_fwd", "sync link bytes per change, fw1->fw2", "{:.1f}", False),
-    ("link_pkts_fwd", "sync link packets per change, fw1->fw2", "{:.4f}", False),
-    ("link_bytes_back", "sync link bytes per change, fw2->fw1 (acks)", "{:.2f}", False),
-    ("cpu_send_per100k", "CPU s per 100k changes, fw1 sender", "{:.2f}", False),
-    ("cpu_recv_per100k", "CPU s per 100k changes, fw2 receiver", "{:.2f}", False),
-    ("drain_rate", "drain of queued events after SIGSTOP (events/s)", "{:.0f}", True),
-    ("drain_cpu_us", "sender CPU per drained event (us)", "{:.2f}", False),
+    ("main", "converge_s", "convergence time, N creates (s)", "{:.2f}", False),
+    ("main", "ext_count", "fw2 external cache after convergence (flows)", "{:.0f}", True),
+    ("main", "missing", "flows missing from fw2 (set difference)", "{:.0f}", False),
+    ("main", "overruns", "netlink event overruns, both sides", "{:.0f}", False),
+    ("main", "gaps", "sequence gaps seen by fw2 (NACKs / Lost msgs)", "{:.0f}", False),
+    ("main", "load_rate", "ctload create rate while syncing (flows/s)", "{:.0f}", True),
+    ("main", "commit_s", "commit N flows on fw2, -c (s)", "{:.2f}", False),
+    ("main", "commit_rate", "commit rate (flows/s)", "{:.0f}", True),
+    ("main", "rss_send_per_flow", "RSS per flow, fw1 sender (bytes)", "{:.0f}", False),
+    ("main", "rss_recv_per_flow", "RSS per flow, fw2 receiver (bytes)", "{:.0f}", False),
+    ("main", "rss_kept_send", "RSS kept after the flows go, fw1 (share of growth)", "{:.2f}", False),
+    ("main", "rss_kept_recv", "RSS kept after the flows go, fw2 (share of growth)", "{:.2f}", False),
+    ("main", "link_bytes_fwd", "sync link bytes per change, fw1->fw2", "{:.1f}", False),
+    ("main", "link_pkts_fwd", "sync link packets per change, fw1->fw2", "{:.4f}", False),
+    ("main", "link_bytes_back", "sync link bytes per change, fw2->fw1 (acks)", "{:.2f}", False),
+    ("main", "cpu_send_per100k", "CPU s per 100k changes, fw1 sender", "{:.2f}", False),
+    ("main", "cpu_recv_per100k", "CPU s per 100k changes, fw2 receiver", "{:.2f}", False),
+    ("drain", "drain_rate", "drain of queued events after SIGSTOP (events/s)", "{:.0f}", True),
+    ("drain", "drain_cpu_us", "sender CPU per drained event (us)", "{:.2f}", False),
+    ("defaults", "created", "default settings: flows created at full speed", "{:.0f}", True),
+    ("defaults", "ext_count", "default settings: flows at fw2", "{:.0f}", True),
+    ("defaults", "missing", "default settings: flows missing at fw2", "{:.0f}", False),
+    ("defaults", "converge_s", "default settings: convergence time (s)", "{:.2f}", False),
+    ("bulk", "created", "bulk: flows in fw1's table", "{:.0f}", True),
+    ("bulk", "bulk_n_s", "bulk -n into a fresh fw2 (s)", "{:.2f}", False),
+    ("bulk", "bulk_n_missing", "bulk -n: flows missing at fw2", "{:.0f}", False),
+    ("bulk", "bulk_B_s", "bulk -B into a fresh fw2 (s)", "{:.2f}", False),
+    ("bulk", "bulk_B_missing", "bulk -B: flows missing at fw2", "{:.0f}", False),
 ]
 
 
@@ -53,13 +64,17 @@ def main():
                 if r.get("commit_s"):
                     r["commit_rate"] = r.get("created", flows) / r["commit_s"]
                 runs[r["daemon"]].append(r)
-    main_runs = {k: [r for r in v if r.get("mode") != "drain"] for k, v in runs.items()}
+    main_runs = {k: [r for r in v if r.get("mode", "main") == "main"] for k, v in runs.items()}
     reps = max(len(main_runs["ctsyncd"]), len(main_runs["conntrackd"]))
     head = ("metric", "ctsyncd", "conntrackd", "ctsyncd/conntrackd")
     lines = []
-    for key, label, fmt, higher in ROWS:
-        a, ma = cell([r.get(key) for r in runs["ctsyncd"]], fmt)
-        b, mb = cell([r.get(key) for r in runs["conntrackd"]], fmt)
+    for mode, key, label, fmt, higher in ROWS:
+        mine = [r.get(key) for r in runs["ctsyncd"] if r.get("mode", "main") == mode]
+        theirs = [r.get(key) for r in runs["conntrackd"] if r.get("mode", "main") == mode]
+        if not mine and not theirs:
+            continue
+        a, ma = cell(mine, fmt)
+        b, mb = cell(theirs, fmt)
         if ma is None or mb is None:
             ratio = "n/a"
         elif mb == 0:
