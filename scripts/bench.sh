@@ -18,6 +18,8 @@ REPS=${BENCH_REPS:-3}
 DRAIN=${BENCH_DRAIN:-300000}
 DEFAULTS=${BENCH_DEFAULTS:-500000}
 BULK=${BENCH_BULK:-1000000}
+# Seconds of mixed load from two load tools (0 skips it).
+MIXED=${BENCH_MIXED:-60}
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh: needs root" >&2; exit 1; }
 command -v conntrackd >/dev/null || { echo "bench.sh: conntrackd not installed" >&2; exit 1; }
@@ -45,7 +47,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Each namespace's table must hold N flows (the limit is global).
-BIGGEST=$(printf '%s\n' "$FLOWS" "$DRAIN" "$DEFAULTS" "$BULK" | sort -n | tail -n 1)
+# The mixed load keeps up to 2 x 10 blocks of 20 000 flows.
+MIXED_FLOWS=$(( MIXED > 0 ? 400000 : 0 ))
+BIGGEST=$(printf '%s\n' "$FLOWS" "$DRAIN" "$DEFAULTS" "$BULK" "$MIXED_FLOWS" | sort -n | tail -n 1)
 [ "$OLD_MAX" -ge $((BIGGEST + 65536)) ] || echo $((BIGGEST + 65536)) >"$MAX"
 
 ip netns add "$NS1"
@@ -68,12 +72,13 @@ for rep in $(seq "$REPS"); do
             --ns "$NS1" "$NS2" --ctsyncd "$CTSYNCD" --load "$LOAD" --workdir "$WORK/$rep")
         echo "${json%\}}, \"daemon\": \"$daemon\", \"rep\": $rep}" | tee -a "$results" >&2
     done
-    for mode in drain defaults bulk; do
-        case $mode in drain) n=$DRAIN ;; defaults) n=$DEFAULTS ;; bulk) n=$BULK ;; esac
+    for mode in drain defaults bulk mixed; do
+        case $mode in drain) n=$DRAIN ;; defaults) n=$DEFAULTS ;; bulk) n=$BULK ;; mixed) n=$MIXED ;; esac
         [ "$n" -gt 0 ] || continue
         for daemon in ctsyncd conntrackd; do
-            echo "run $rep/$REPS: $daemon, $mode, $n flows" >&2
+            echo "run $rep/$REPS: $daemon, $mode, $n" >&2
             json=$(python3 scripts/bench/measure.py --daemon "$daemon" --flows "$n" "--$mode" \
+                --seconds "$MIXED" \
                 --ns "$NS1" "$NS2" --ctsyncd "$CTSYNCD" --load "$LOAD" --workdir "$WORK/$rep-$mode")
             echo "${json%\}}, \"daemon\": \"$daemon\", \"rep\": $rep}" | tee -a "$results" >&2
         done

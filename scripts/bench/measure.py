@@ -325,6 +325,79 @@ def bulk(res, sides, want):
         res[f"bulk_{how}_extra"] = len(have - want)
 
 
+def mixed(args):
+    """Two load tools at once for a while, each cycling over its own flows:
+    create a block, update it twice, destroy half of it. Then the load
+    stops and fw2's external cache must come to equal fw1's table exactly,
+    marks included, however far behind the daemons fell."""
+    import threading
+
+    n, (ns1, ns2) = args.flows, args.ns
+    binary = args.ctsyncd if args.daemon == "ctsyncd" else "conntrackd"
+    sides = [
+        Daemon(args.daemon, binary, ns, n, i + 1, args.workdir, n, defaults=True)
+        for i, ns in enumerate((ns1, ns2))
+    ]
+    res = {"mode": "mixed"}
+    block = 20000
+    changes = [0, 0]
+
+    def loader(idx, deadline):
+        base, mark, cycle = idx * 2_000_000, 1, 0
+        while time.monotonic() < deadline:
+            start = base + (cycle % 10) * block
+            for op, count, extra in (
+                ("create", block, []),
+                ("update", block, ["--mark", str(mark + 1)]),
+                ("update", block, ["--mark", str(mark + 2)]),
+                ("destroy", block // 2, []),
+            ):
+                out = sh(ns1, args.load, op, str(count), "--start", str(start), *extra, check=False)
+                m = re.search(r": (\d+) flows in", out)
+                changes[idx] += int(m.group(1)) if m else 0
+            mark += 2
+            cycle += 1
+
+    try:
+        for d in sides:
+            d.start()
+        time.sleep(3)
+        pids = [d.proc.pid for d in sides]
+        cpu0 = [cpu_secs(p) for p in pids]
+        t0 = time.monotonic()
+        threads = [
+            threading.Thread(target=loader, args=(i, t0 + args.seconds)) for i in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        load_s = time.monotonic() - t0
+        res["mixed_changes"] = sum(changes)
+        res["mixed_rate"] = sum(changes) / load_s
+        want = flow_set(sh(ns1, "conntrack", "-L"))
+        t1 = time.monotonic()
+        have = set()
+        while time.monotonic() - t1 < 120:
+            have = flow_set(sides[1].cli("-e"))
+            if have == want:
+                break
+            time.sleep(1)
+        res["mixed_settle_s"] = time.monotonic() - t1 if have == want else None
+        res["mixed_missing"] = len(want - have)
+        res["mixed_extra"] = len(have - want)
+        res["mixed_flows"] = len(want)
+        cpu1 = [cpu_secs(p) for p in pids]
+        res["mixed_cpu_send_per100k"] = (cpu1[0] - cpu0[0]) * 100000 / max(1, sum(changes))
+        res["mixed_cpu_recv_per100k"] = (cpu1[1] - cpu0[1]) * 100000 / max(1, sum(changes))
+    finally:
+        for d in sides:
+            d.stop()
+    for ns in (ns1, ns2):
+        flush(ns)
+    print(json.dumps(res))
+
+
 def drain(args):
     """Daemon throughput without the kernel's event rate in the way: the
     sender is stopped while N flows are created, so their events queue in
@@ -414,12 +487,16 @@ def main():
     ap.add_argument("--drain", action="store_true", help="measure the SIGSTOP drain instead")
     ap.add_argument("--defaults", action="store_true", help="both daemons with default settings")
     ap.add_argument("--bulk", action="store_true", help="measure -n and -B into a fresh peer")
+    ap.add_argument("--mixed", action="store_true", help="two load tools cycling for --seconds")
+    ap.add_argument("--seconds", type=float, default=60)
     args = ap.parse_args()
     n, (ns1, ns2) = args.flows, args.ns
     for ns in (ns1, ns2):
         flush(ns)
     if args.drain:
         return drain(args)
+    if args.mixed:
+        return mixed(args)
 
     if args.daemon == "none":
         done, rate = load_result(sh(ns1, args.load, "create", str(n), check=False))
