@@ -155,7 +155,12 @@ impl TxQueue {
             self.push_marker(item, true);
             return true;
         };
-        if self.pending.contains_key(&key) {
+        if let Some((pending, _)) = self.pending.get_mut(&key) {
+            // The peer may hold the flow the lost message was about: a
+            // pending NEW must not cancel against a later DESTROY.
+            if let Item::Upsert { new, .. } = pending {
+                *new = false;
+            }
             return false;
         }
         let item = match item {
@@ -482,6 +487,20 @@ mod tests {
         let got = drain(&mut q);
         assert_eq!(got[0], Item::Upsert { flow: flow(2), new: false });
         assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn a_lost_destroy_keeps_a_later_new_from_cancelling_the_next_destroy() {
+        // The DESTROY of a flow is lost while the flow's next incarnation
+        // waits as a NEW; that one dies before it is sent. The peer still
+        // holds the first incarnation: the last DESTROY must go (the
+        // simulator found this drift through anti-entropy).
+        let mut q = TxQueue::default();
+        q.push_change(Item::Upsert { flow: flow(1), new: true });
+        assert!(!q.requeue(Item::Destroy(flow(1).key())));
+        q.push_change(Item::Destroy(flow(1).key()));
+        assert_eq!(drain(&mut q), vec![Item::Destroy(flow(1).key())]);
+        assert_eq!(q.cancelled, 0);
     }
 
     #[test]
