@@ -524,7 +524,7 @@ impl Daemon {
                 let differ = ours.differing(&digests);
                 if !differ.is_empty() {
                     self.repairs.stats.digests_differing += 1;
-                    log::info!(
+                    log::debug!(
                         "anti-entropy: {} of {} ranges differ from the peer's table; asking for them",
                         differ.len(),
                         digest::RANGES

@@ -274,6 +274,9 @@ struct Rx {
     expected: Seq,
     /// The stamp `expected` gets when accepted.
     expected_stamp: u64,
+    /// The stamp of the first seq tracked in this session: a bulk that
+    /// started before it does not answer a request of ours.
+    base_stamp: u64,
     /// First seq of the run accepted since the last gap: ACKs cover
     /// `[run_start, expected - 1]`.
     run_start: Seq,
@@ -544,6 +547,12 @@ impl Ftfw {
             return false;
         }
         self.pending_digest = Some((digests.to_vec(), 0));
+        // The digest's datagram carries our ACK as a keepalive would: it
+        // resets the keepalive timer, and a peer whose resend queue holds
+        // only superseded entries does not ask for one.
+        if let Some(rx) = &mut self.rx {
+            rx.ack_due = true;
+        }
         true
     }
 
@@ -816,6 +825,17 @@ impl Ftfw {
         true
     }
 
+    /// Messages sent before a digest that is not fully sent yet were lost:
+    /// their content goes again after it, so the digest would describe
+    /// changes the peer has not got. It is dropped; the next one goes at
+    /// the next interval.
+    fn lost_before_digest(&mut self) {
+        if self.pending_digest.is_some() && self.lost.iter().any(|i| !i.is_control()) {
+            self.pending_digest = None;
+            self.stats.digests_deferred += 1;
+        }
+    }
+
     /// Anti-entropy runs: native dialect, interval set.
     fn anti_entropy(&self) -> bool {
         !self.compat && !self.cfg.anti_entropy_interval.is_zero()
@@ -1003,7 +1023,12 @@ impl Ftfw {
                 let back = i64::from(Seq(bulk_start).diff(expected));
                 let floor = (expected_stamp as i64).saturating_add(back).max(0) as u64;
                 self.stats.bulks_received += 1;
-                self.awaiting_bulk = false;
+                // The end of a bulk begun before we tracked this session
+                // (an answer to an older incarnation of ours) leaves out
+                // what that incarnation had acknowledged.
+                if self.rx.is_some_and(|rx| floor >= rx.base_stamp) {
+                    self.awaiting_bulk = false;
+                }
                 self.events.push_back(PeerEvent::BulkEnd { floor });
             }
             Ok(Message::ResyncRequest) => {
@@ -1111,6 +1136,7 @@ impl Ftfw {
             // of an older one, nothing is lost either.
             self.lost.clear();
             self.resend.drain_all(self.next_seq, &mut self.lost);
+            self.lost_before_digest();
             for item in self.lost.drain(..).rev() {
                 self.tx.requeue(item);
             }
@@ -1126,6 +1152,7 @@ impl Ftfw {
             session: hdr.session,
             expected,
             expected_stamp: base,
+            base_stamp: base,
             run_start: expected,
             since_ack: 0,
             ack_due: false,
@@ -1164,6 +1191,7 @@ impl Ftfw {
         } else {
             self.resend.nack(from, to, &mut self.lost);
         }
+        self.lost_before_digest();
         // Requeued at the front in reverse, so that they go in seq order.
         for item in self.lost.drain(..).rev() {
             let range = match item {
@@ -1382,6 +1410,7 @@ impl Ftfw {
             session: 0,
             expected: seq,
             expected_stamp: base,
+            base_stamp: base,
             run_start: seq,
             since_ack: 0,
             ack_due: false,

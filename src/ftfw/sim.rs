@@ -65,6 +65,8 @@ pub(crate) struct Scenario {
     pub anti_entropy: Duration,
     /// Edit one side's external view behind the protocol's back.
     pub drift: Vec<Drift>,
+    /// `max_datagram` of both sides.
+    pub max_datagram: usize,
 }
 
 /// Drift made on purpose in side `side`'s external view at `at_ms`: remove
@@ -98,6 +100,7 @@ impl Default for Scenario {
             dialect: Dialect::Native,
             anti_entropy: Duration::ZERO,
             drift: Vec::new(),
+            max_datagram: native::DEFAULT_MAX_DATAGRAM,
         }
     }
 }
@@ -255,6 +258,7 @@ pub(crate) fn run(sc: &Scenario) -> Outcome {
     let mut rng = Rng::new(sc.seed);
     let cfg = FtfwConfig {
         anti_entropy_interval: sc.anti_entropy,
+        max_datagram: sc.max_datagram,
         ..config(sc.resend_queue, sc.dialect)
     };
     let mut sides: Vec<Side> = (0..2)
@@ -751,6 +755,16 @@ mod tests {
         assert_eq!((r.flows_added, r.flows_changed, r.flows_removed), (7, 5, 3), "{r:?}");
         let l = out.repairs[0];
         assert_eq!((l.flows_added, l.flows_changed, l.flows_removed), (0, 2, 0), "{l:?}");
+    }
+
+    #[test]
+    fn anti_entropy_digests_in_parts_when_a_datagram_is_small() {
+        // 512-byte datagrams hold 57 digests: three DIGEST parts, which the
+        // receiver compares only once all arrived in order.
+        let out = run(&Scenario { max_datagram: 512, ..drift_scenario(0.1, 0.05, 10) });
+        let r = out.repairs[1];
+        assert_eq!((r.flows_added, r.flows_changed, r.flows_removed), (7, 5, 3), "{r:?}");
+        assert!(out.stats[0].digests_sent >= 2 && out.stats[1].digests_received >= 2);
     }
 
     #[test]
