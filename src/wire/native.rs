@@ -1144,8 +1144,41 @@ mod tests {
             Message::Alive,
             Message::Hello { session: 42, round: 1 },
             Message::HelloBack { session: 43, round: 2 },
+            Message::Digest { oldest: 9, ranges: 128, first: 120, digests: vec![1, u64::MAX] },
+            Message::RepairRequest { ranges: 128, set: 1 << 127 | 5 },
+            Message::FlowRepair(full_v6_flow()),
+            Message::RepairEnd { repair_start: u32::MAX, ranges: 128, set: 1 << 64 },
         ];
         assert_eq!(roundtrip(&msgs), msgs);
+    }
+
+    #[test]
+    fn anti_entropy_bodies_are_checked() {
+        // docs/PROTOCOL.md §2: a bitmap of more than 128 ranges, or digests
+        // past `ranges`, are refused; bits past `ranges` are ignored.
+        let parse = |t: u8, body: &[u8]| {
+            let mut buf = vec![t, 0, 0, (4 + body.len()) as u8];
+            buf.extend_from_slice(body);
+            MessagePacket::new_checked(&buf).unwrap().parse()
+        };
+        let mut set = vec![0, 12, 0, 0, 0xff, 0xff];
+        assert_eq!(
+            parse(msg_type::REPAIR_REQUEST, &set),
+            Ok(Message::RepairRequest { ranges: 12, set: 0xfff })
+        );
+        set[1] = 129;
+        assert_eq!(parse(msg_type::REPAIR_REQUEST, &set), Err(WireError::BadMessage));
+        assert_eq!(parse(msg_type::REPAIR_END, &[0, 0, 0, 1, 0, 16]), Err(WireError::Truncated));
+        let digest =
+            [0, 0, 0, 1, 0, 4, 0, 3, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2];
+        assert_eq!(parse(msg_type::DIGEST, &digest), Err(WireError::BadMessage), "3 + 2 > 4");
+        let mut ok = digest;
+        ok[7] = 2;
+        assert_eq!(
+            parse(msg_type::DIGEST, &ok),
+            Ok(Message::Digest { oldest: 1, ranges: 4, first: 2, digests: vec![1, 2] })
+        );
+        assert_eq!(parse(msg_type::DIGEST, &ok[..20]), Err(WireError::Truncated));
     }
 
     #[test]
