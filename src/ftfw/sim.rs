@@ -758,6 +758,28 @@ mod tests {
     }
 
     #[test]
+    fn anti_entropy_repairs_drift_while_changes_keep_flowing() {
+        // A busy pair is never idle: digests must still be sent and
+        // compared. Changes made meanwhile may fix some drifted flows
+        // themselves, so the repair counts at most what drifted.
+        let sc = Scenario {
+            ops: 4000,
+            flows: 300,
+            op_period_ms: 20_000,
+            drift: vec![Drift { at_ms: 10_000, side: 1, removed: 7, changed: 5, added: 3 }],
+            ..drift_scenario(0.0, 0.0, 5)
+        };
+        let out = run(&sc);
+        let r = out.repairs[1];
+        let repaired = r.flows_added + r.flows_changed + r.flows_removed;
+        assert!((1..=15).contains(&repaired), "{r:?}");
+        assert!(r.digests_compared >= 8, "{r:?}");
+        assert_eq!(r.flows_removed, 3, "nothing else can remove the added flows: {r:?}");
+        let took = out.repaired_at[1].unwrap() - Duration::from_millis(10_000);
+        assert!(took <= sc.anti_entropy + Duration::from_millis(500), "{took:?}");
+    }
+
+    #[test]
     fn anti_entropy_digests_in_parts_when_a_datagram_is_small() {
         // 512-byte datagrams hold 57 digests: three DIGEST parts, which the
         // receiver compares only once all arrived in order.
