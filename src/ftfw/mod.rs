@@ -853,17 +853,17 @@ impl Ftfw {
             self.stats.digests_skipped += 1;
             return;
         }
-        let parts = self.digest_parts.take();
-        let mut values = match parts {
+        let assembled = match self.digest_parts.take() {
             _ if usize::from(ranges) != RANGES => None,
             _ if first == 0 => Some(part),
+            // The next part, right after the previous one in the sequence.
             Some((next, mut values)) if next == seq && values.len() == usize::from(first) => {
                 values.extend_from_slice(&part);
                 Some(values)
             }
             _ => None,
         };
-        let Some(all) = values.take() else {
+        let Some(all) = assembled else {
             self.stats.digests_skipped += 1;
             return;
         };
