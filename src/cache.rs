@@ -10,6 +10,7 @@ use std::hash::{BuildHasher, Hash};
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry as TableEntry;
 
+use crate::digest::Digests;
 use crate::flow::{Flow, FlowKey};
 
 /// Counters of one cache, as `-s cache` shows them.
@@ -57,6 +58,9 @@ pub struct Cache {
     hasher: foldhash::fast::FixedState,
     limit: usize,
     stats: CacheStats,
+    /// Per-range anti-entropy digests, kept current on every change when
+    /// enabled.
+    digests: Option<Box<Digests>>,
 }
 
 impl Cache {
@@ -68,7 +72,21 @@ impl Cache {
             hasher: foldhash::fast::FixedState::with_seed(0x6374_7379_6e63),
             limit,
             stats: CacheStats::default(),
+            digests: None,
         }
+    }
+
+    /// Keep per-range digests of the flows from now on (anti-entropy):
+    /// each change then updates one range's digest in O(1).
+    pub fn enable_digests(&mut self) {
+        if self.digests.is_none() {
+            self.digests = Some(Box::new(Digests::of(self.entries.iter().map(|e| &e.flow))));
+        }
+    }
+
+    /// The per-range digests, if enabled.
+    pub fn digests(&self) -> Option<&Digests> {
+        self.digests.as_deref()
     }
 
     /// Number of flows held.
@@ -121,6 +139,9 @@ impl Cache {
             TableEntry::Occupied(slot) => {
                 let entry = &mut entries[*slot.get() as usize];
                 let changed = entry.flow != flow;
+                if changed && let Some(d) = &mut self.digests {
+                    d.replace(&entry.flow, &flow);
+                }
                 entry.flow = flow;
                 entry.stamp = stamp;
                 self.stats.updated += 1;
@@ -132,6 +153,9 @@ impl Cache {
                     return Upsert::Full;
                 }
                 slot.insert(entries.len() as u32);
+                if let Some(d) = &mut self.digests {
+                    d.add(&flow);
+                }
                 entries.push(Entry { flow, stamp });
                 self.stats.created += 1;
                 Upsert::Created
@@ -147,6 +171,9 @@ impl Cache {
         let (pos, _) = slot.remove();
         self.stats.destroyed += 1;
         let flow = self.take_at(pos as usize);
+        if let Some(d) = &mut self.digests {
+            d.remove(&flow);
+        }
         self.shrink_if_sparse();
         Some(flow)
     }
@@ -154,7 +181,14 @@ impl Cache {
     /// Remove every flow for which `keep` returns false; returns how many.
     pub fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) -> usize {
         let before = self.entries.len();
-        self.entries.retain(|e| keep(e));
+        let digests = &mut self.digests;
+        self.entries.retain(|e| {
+            let kept = keep(e);
+            if !kept && let Some(d) = digests {
+                d.remove(&e.flow);
+            }
+            kept
+        });
         let removed = before - self.entries.len();
         if removed > 0 {
             self.stats.destroyed += removed as u64;
@@ -169,6 +203,9 @@ impl Cache {
         self.stats.destroyed += self.entries.len() as u64;
         self.entries = Vec::new();
         self.index = HashTable::new();
+        if let Some(d) = &mut self.digests {
+            d.clear();
+        }
     }
 
     /// Give memory back once three quarters of the room is unused, so that
@@ -314,6 +351,32 @@ mod tests {
         assert_eq!(c.upsert(flow(2), 0), Upsert::Updated { changed: false });
         assert_eq!(c.stats().failed_full, 1);
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn digests_stay_equal_to_a_fresh_scan_through_every_change() {
+        let mut c = Cache::new(1000);
+        for i in 0..50 {
+            c.upsert(flow(i), 0);
+        }
+        c.enable_digests();
+        let scan = |c: &Cache| Digests::of(c.iter().map(|e| &e.flow));
+        assert_eq!(c.digests(), Some(&scan(&c)));
+        for i in 40..80 {
+            c.upsert(flow(i), 1);
+        }
+        let mut changed = flow(3);
+        changed.mark = 5;
+        c.upsert(changed, 2);
+        c.upsert(flow(4), 2);
+        c.remove(&flow(10).key());
+        assert_eq!(c.digests(), Some(&scan(&c)));
+        c.retain(|e| e.flow.l4[0] % 3 != 0);
+        assert_eq!(c.digests(), Some(&scan(&c)));
+        assert_ne!(c.digests(), Some(&Digests::default()));
+        c.clear();
+        assert_eq!(c.digests(), Some(&Digests::default()));
+        assert!(Cache::new(1).digests().is_none());
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum Invocation {
         config: PathBuf,
         /// Fork into the background.
         daemonize: bool,
+        /// Honour the test-only control requests (`--test-hooks`).
+        test_hooks: bool,
     },
     /// Send one request to the running daemon and print the answer.
     Client {
@@ -190,6 +192,15 @@ struct Args {
     #[arg(long = "reload")]
     reload: bool,
 
+    /// Test suites only: the daemon honours test-only control requests.
+    #[arg(long = "test-hooks", hide = true)]
+    test_hooks: bool,
+
+    /// Test suites only: make a daemon started with --test-hooks drop (on)
+    /// or apply again (off) the peer's flow messages.
+    #[arg(long = "test-drop-peer-flows", value_name = "on|off", hide = true, value_parser = on_off)]
+    test_drop_peer_flows: Option<bool>,
+
     /// XML output (not supported: use --json).
     #[arg(short = 'x', long = "xml", hide = true)]
     xml: bool,
@@ -258,6 +269,12 @@ impl Args {
         if self.reload {
             actions.push(("--reload", Request::Reload));
         }
+        if let Some(on) = self.test_drop_peer_flows {
+            actions.push(("--test-drop-peer-flows", Request::TestDropPeerFlows(on)));
+        }
+        if self.test_hooks && !actions.is_empty() {
+            return Err(invalid("Invalid parameters: --test-hooks goes with the daemon".into()));
+        }
         let json_ok = matches!(
             actions.as_slice(),
             [(_, Request::Stats(_) | Request::DumpInternal | Request::DumpExternal)]
@@ -267,7 +284,11 @@ impl Args {
         }
         match (actions.as_slice(), self.daemon, self.print_config) {
             ([], false, true) => Ok(Invocation::PrintConfig { config: self.config }),
-            ([], daemonize, false) => Ok(Invocation::Daemon { config: self.config, daemonize }),
+            ([], daemonize, false) => Ok(Invocation::Daemon {
+                config: self.config,
+                daemonize,
+                test_hooks: self.test_hooks,
+            }),
             ([], true, true) => {
                 Err(invalid("Invalid parameters: --print-config cannot be combined with -d".into()))
             }
@@ -298,6 +319,14 @@ fn prefix_match<T: Copy>(arg: &str, names: &[(&str, T)]) -> Result<T, String> {
             let all: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
             format!("expected one of {}", all.join(", "))
         })
+}
+
+fn on_off(arg: &str) -> Result<bool, String> {
+    match arg {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("expected on or off".into()),
+    }
 }
 
 fn table(arg: &str) -> Result<Table, String> {
@@ -365,13 +394,14 @@ mod tests {
     fn daemon_modes() {
         assert_eq!(
             run("").unwrap(),
-            Invocation::Daemon { config: default_config(), daemonize: false }
+            Invocation::Daemon { config: default_config(), daemonize: false, test_hooks: false }
         );
         assert_eq!(
             run("-d").unwrap(),
-            Invocation::Daemon { config: default_config(), daemonize: true }
+            Invocation::Daemon { config: default_config(), daemonize: true, test_hooks: false }
         );
-        let expected = Invocation::Daemon { config: "/tmp/a.yaml".into(), daemonize: true };
+        let expected =
+            Invocation::Daemon { config: "/tmp/a.yaml".into(), daemonize: true, test_hooks: false };
         assert_eq!(run("-C /tmp/a.yaml -d").unwrap(), expected);
         assert_eq!(run("-d -C /tmp/a.yaml").unwrap(), expected);
         assert_eq!(run("--daemon --config /tmp/a.yaml").unwrap(), expected);
@@ -416,6 +446,8 @@ mod tests {
             ("-e c", Request::DumpExternal),
             ("--dump-external", Request::DumpExternal),
             ("--reload", Request::Reload),
+            ("--test-drop-peer-flows on", Request::TestDropPeerFlows(true)),
+            ("--test-drop-peer-flows off", Request::TestDropPeerFlows(false)),
         ] {
             assert_eq!(request(args), req, "{args}");
         }

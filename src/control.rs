@@ -60,6 +60,10 @@ pub enum Request {
     DumpExternal,
     /// Re-read the configuration file.
     Reload,
+    /// Test suites only, honoured by a daemon started with `--test-hooks`:
+    /// drop (true) or apply again (false) the peer's flow messages, so that
+    /// the external cache drifts on purpose (anti-entropy tests).
+    TestDropPeerFlows(bool),
 }
 
 /// Which cache `-f` flushes.
@@ -271,6 +275,11 @@ pub fn decode_request(buf: &[u8]) -> Result<(Request, bool), ControlError> {
         tag::DUMP_INTERNAL => plain(Request::DumpInternal)?,
         tag::DUMP_EXTERNAL => plain(Request::DumpExternal)?,
         tag::RELOAD => plain(Request::Reload)?,
+        tag::TEST_DROP_PEER_FLOWS => Request::TestDropPeerFlows(match arg {
+            0 => false,
+            1 => true,
+            _ => return Err(ControlError::BadArgument(arg)),
+        }),
         _ => return Err(ControlError::BadRequest(tag)),
     };
     Ok((req, flags & FLAG_JSON != 0))
@@ -524,6 +533,7 @@ mod tag {
     pub const DUMP_INTERNAL: u8 = 10;
     pub const DUMP_EXTERNAL: u8 = 11;
     pub const RELOAD: u8 = 12;
+    pub const TEST_DROP_PEER_FLOWS: u8 = 200;
 }
 
 fn request_code(req: &Request) -> (u8, u8) {
@@ -552,6 +562,7 @@ fn request_code(req: &Request) -> (u8, u8) {
         Request::DumpInternal => (tag::DUMP_INTERNAL, 0),
         Request::DumpExternal => (tag::DUMP_EXTERNAL, 0),
         Request::Reload => (tag::RELOAD, 0),
+        Request::TestDropPeerFlows(on) => (tag::TEST_DROP_PEER_FLOWS, u8::from(on)),
     }
 }
 
@@ -590,6 +601,8 @@ mod tests {
             Request::DumpInternal,
             Request::DumpExternal,
             Request::Reload,
+            Request::TestDropPeerFlows(true),
+            Request::TestDropPeerFlows(false),
         ];
         v.extend(StatsSection::ALL.iter().map(|&s| Request::Stats(Some(s))));
         v

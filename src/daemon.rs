@@ -14,8 +14,9 @@ use crate::systemd::LockFile;
 
 /// Run the daemon with the config at `path`; `daemonize` forks into the
 /// background once every socket is open, so start-up errors still reach
-/// the terminal.
-pub fn run(path: &Path, daemonize: bool) -> ExitCode {
+/// the terminal. `test_hooks` lets the control socket take the requests
+/// that only test suites send.
+pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
     let cfg = match crate::config::load(path) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -34,6 +35,11 @@ pub fn run(path: &Path, daemonize: bool) -> ExitCode {
         log::warn!(
             "{}: speaking conntrackd's wire format, which is unauthenticated and unchecksummed: anyone who can send to the sync port can inject or delete flows; use a dedicated link",
             path.display()
+        );
+    }
+    if test_hooks {
+        log::warn!(
+            "--test-hooks: test-only control requests are honoured (they make the caches drift on purpose); never use this in production"
         );
     }
     let auth_keys = match &cfg.sync.auth {
@@ -77,14 +83,17 @@ pub fn run(path: &Path, daemonize: bool) -> ExitCode {
     };
     let session_id = rand::random::<u32>();
     let initial_seq = rand::random::<u32>();
-    let mut daemon =
-        match Daemon::open(daemon_config(&cfg, auth_keys, control_gid), session_id, initial_seq) {
-            Ok(d) => d,
-            Err(e) => {
-                log::error!("{e}");
-                return ExitCode::from(1);
-            }
-        };
+    let mut daemon = match Daemon::open(
+        DaemonConfig { test_hooks, ..daemon_config(&cfg, auth_keys, control_gid) },
+        session_id,
+        initial_seq,
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
     if daemonize {
         if let Err(e) = nix::unistd::daemon(false, false) {
             log::error!("cannot go to the background: {e}");
@@ -152,6 +161,11 @@ fn daemon_config(
             },
             max_seq_jump: sync.resend_queue.get(),
             auth_keys,
+            // conntrackd has no digests to compare.
+            anti_entropy_interval: match sync.wire {
+                config::WireFormat::Native => sync.anti_entropy_interval,
+                config::WireFormat::Conntrackd => std::time::Duration::ZERO,
+            },
         },
         links,
         commit_timeout: sync.commit_timeout.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32),
@@ -164,6 +178,7 @@ fn daemon_config(
             config::SyncAuth::Insecure => None,
         },
         metrics_listen: cfg.general.metrics_listen,
+        test_hooks: false,
     }
 }
 

@@ -7,7 +7,9 @@ use ctsync::{config, control, daemon};
 
 fn main() -> ExitCode {
     match cli::parse() {
-        Invocation::Daemon { config, daemonize } => daemon::run(&config, daemonize),
+        Invocation::Daemon { config, daemonize, test_hooks } => {
+            daemon::run(&config, daemonize, test_hooks)
+        }
         Invocation::Client { config, request, json } => {
             let cfg = match config::load(&config) {
                 Ok(cfg) => cfg,

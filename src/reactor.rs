@@ -23,6 +23,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::cache::{Cache, CacheStats, Upsert};
 use crate::channel::{Channels, LinkSpec};
 use crate::control::{self, CacheSel, Request};
+use crate::digest::{self, RepairLedger};
 use crate::filter::Filter;
 use crate::flow::Flow;
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
@@ -59,6 +60,8 @@ pub struct DaemonConfig {
     pub ready_file: Option<PathBuf>,
     /// Serve Prometheus metrics here (`general.metrics_listen`).
     pub metrics_listen: Option<SocketAddr>,
+    /// Honour the test-only control requests (`--test-hooks`).
+    pub test_hooks: bool,
 }
 
 /// Daemon-wide counters, as `-s runtime` shows them.
@@ -117,6 +120,10 @@ pub struct Daemon {
     readiness: Readiness,
     events_pending: bool,
     stop: bool,
+    /// Anti-entropy repairs of the external cache, counted.
+    repairs: RepairLedger,
+    /// Test hook: the peer's flow messages are dropped (drift on purpose).
+    test_drop_peer_flows: bool,
 }
 
 struct Client {
@@ -179,7 +186,13 @@ impl Daemon {
             readiness: Readiness::new(readiness_file.clone()),
             events_pending: false,
             stop: false,
+            repairs: RepairLedger::default(),
+            test_drop_peer_flows: false,
         };
+        if !daemon.cfg.ftfw.anti_entropy_interval.is_zero() {
+            daemon.internal.enable_digests();
+            daemon.external.enable_digests();
+        }
         daemon.resync_kernel(false).map_err(|e| format!("cannot dump the conntrack table: {e}"))?;
         daemon.readiness.publish().map_err(|e| {
             format!(
@@ -443,7 +456,22 @@ impl Daemon {
                 log::error!("cannot mark this node ready for keepalived: {e}");
             }
         }
+        if self.test_drop_peer_flows
+            && matches!(
+                event,
+                PeerEvent::Upsert { .. }
+                    | PeerEvent::Destroy { .. }
+                    | PeerEvent::RepairUpsert { .. }
+            )
+        {
+            return;
+        }
         match event {
+            PeerEvent::DigestDue
+            | PeerEvent::Digest { .. }
+            | PeerEvent::RepairRequested { .. }
+            | PeerEvent::RepairUpsert { .. }
+            | PeerEvent::RepairEnd { .. } => self.on_anti_entropy(now, event),
             PeerEvent::Upsert { flow, stamp } => {
                 if self.external.upsert(flow, stamp) == Upsert::Full {
                     self.log_full("external", now);
@@ -468,6 +496,69 @@ impl Daemon {
                 log::warn!("peer is down: no datagram for {:?}", self.cfg.ftfw.peer_timeout)
             }
             PeerEvent::PeerRestarted => log::info!("peer restarted: exchanging full tables"),
+        }
+    }
+}
+
+// Anti-entropy (docs/PROTOCOL.md): the protocol decides when; this only
+// brings the caches' digests and flows to it.
+impl Daemon {
+    fn on_anti_entropy(&mut self, now: Instant, event: PeerEvent) {
+        match event {
+            PeerEvent::DigestDue => {
+                if let Some(d) = self.internal.digests() {
+                    self.ftfw.send_digest(now, d.values());
+                }
+            }
+            PeerEvent::Digest { digests } => {
+                let Some(ours) = self.external.digests() else { return };
+                if self.test_drop_peer_flows {
+                    return;
+                }
+                if self.external.len() >= self.cfg.cache_limit {
+                    // A repair could not store what is missing.
+                    self.repairs.stats.skipped_full += 1;
+                    return;
+                }
+                self.repairs.stats.digests_compared += 1;
+                let differ = ours.differing(&digests);
+                if !differ.is_empty() {
+                    self.repairs.stats.digests_differing += 1;
+                    log::debug!(
+                        "anti-entropy: {} of {} ranges differ from the peer's table; asking for them",
+                        differ.len(),
+                        digest::RANGES
+                    );
+                    self.ftfw.request_repair(differ);
+                }
+            }
+            PeerEvent::RepairRequested { ranges } => {
+                let flows: Vec<&Flow> = self
+                    .internal
+                    .iter()
+                    .map(|e| &e.flow)
+                    .filter(|f| ranges.holds(&f.key()))
+                    .collect();
+                log::info!(
+                    "anti-entropy: the peer's copy of {} ranges of our table differs; resending their {} flows",
+                    ranges.len(),
+                    flows.len()
+                );
+                self.repairs.stats.repairs_served += 1;
+                self.repairs.stats.flows_resent += flows.len() as u64;
+                self.ftfw.repair_send(ranges, flows);
+            }
+            PeerEvent::RepairUpsert { flow, stamp } => match self.external.upsert(flow, stamp) {
+                Upsert::Created => self.repairs.flow(true, false),
+                Upsert::Updated { changed } => self.repairs.flow(false, changed),
+                Upsert::Full => self.log_full("external", now),
+            },
+            PeerEvent::RepairEnd { floor, ranges } => {
+                let removed =
+                    self.external.retain(|e| !(e.stamp < floor && ranges.holds(&e.flow.key())));
+                log::info!("{}", self.repairs.end(ranges, removed));
+            }
+            _ => {}
         }
     }
 }
@@ -780,6 +871,17 @@ impl Daemon {
             Request::DumpInternal => Ok(dump(&self.internal, json)),
             Request::DumpExternal => Ok(dump(&self.external, json)),
             Request::Reload => self.reload().map(|line| line + "\n"),
+            Request::TestDropPeerFlows(on) => {
+                if !self.cfg.test_hooks {
+                    return Err("test hooks are off: they are honoured only by a daemon started with --test-hooks, which test suites use".into());
+                }
+                self.test_drop_peer_flows = on;
+                log::warn!(
+                    "test hook: the peer's flow messages are {}",
+                    if on { "dropped" } else { "applied again" }
+                );
+                Ok(format!("peer flow messages {}\n", if on { "dropped" } else { "applied" }))
+            }
         }
     }
 
@@ -834,6 +936,7 @@ impl Daemon {
             netlink: self.events.stats(),
             netlink_rcvbuf: self.events.rcvbuf(),
             protocol: self.ftfw.stats().clone(),
+            anti_entropy: self.repairs.stats,
             links,
         }
     }
@@ -863,6 +966,7 @@ struct StatsReport {
     netlink: netlink::EventStats,
     netlink_rcvbuf: usize,
     protocol: crate::ftfw::FtfwStats,
+    anti_entropy: digest::AntiEntropyStats,
     links: Vec<crate::channel::LinkStatus>,
 }
 

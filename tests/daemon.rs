@@ -23,6 +23,8 @@ struct Pair {
     fw: [Netns; 2],
     dir: PathBuf,
     daemons: [Option<Child>; 2],
+    /// Extra daemon flags.
+    args: Vec<String>,
 }
 
 impl Pair {
@@ -32,6 +34,11 @@ impl Pair {
 
     /// `extra` is YAML appended under `general:` of both configs.
     fn with_config(tag: &str, extra_general: &str) -> Pair {
+        Pair::with_options(tag, extra_general, "", &[])
+    }
+
+    /// As [`Pair::with_config`], with YAML under `sync:` and daemon flags.
+    fn with_options(tag: &str, extra_general: &str, extra_sync: &str, args: &[&str]) -> Pair {
         let fw = [Netns::new(&format!("{tag}-fw1")), Netns::new(&format!("{tag}-fw2"))];
         let dir = std::env::temp_dir().join(format!("ctsync-test-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -59,14 +66,15 @@ impl Pair {
                 dir.join(format!("fw{}.yaml", i + 1)),
                 format!(
                     "general:\n  lock_file: {d}/fw{n}.lock\n  control_socket: {d}/fw{n}.sock\n{extra_general}\
-                     sync:\n  auth: {{ key_file: {d}/sync.key }}\n  channels:\n    - type: udp\n      local: 10.255.0.{n}\n      peer: 10.255.0.{peer}\n      interface: sync0\n",
+                     sync:\n{extra_sync}  auth: {{ key_file: {d}/sync.key }}\n  channels:\n    - type: udp\n      local: 10.255.0.{n}\n      peer: 10.255.0.{peer}\n      interface: sync0\n",
                     d = dir.display(),
                     n = i + 1,
                 ),
             )
             .unwrap();
         }
-        let mut pair = Pair { fw, dir, daemons: [None, None] };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut pair = Pair { fw, dir, daemons: [None, None], args };
         pair.start(0);
         pair.start(1);
         pair
@@ -80,6 +88,7 @@ impl Pair {
         let log = std::fs::File::create(self.dir.join(format!("fw{}.log", i + 1))).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", self.fw[i].name(), BIN, "-C", &self.config(i)])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -576,4 +585,75 @@ fn a_key_rotation_by_reload_keeps_sync_going() {
     std::fs::write(&key, format!("2 {new}\n")).unwrap();
     pair.commit_flows(0, (100..110).map(tcp_flow).collect());
     pair.converge(0, Duration::from_secs(10));
+}
+
+/// The issue's drift test: fw2 drops fw1's flow messages for a while
+/// (`--test-hooks`), so its external cache misses new flows, keeps stale
+/// states and flows fw1 no longer has. The digests must find it within the
+/// configured interval and the repair must count exactly what drifted.
+/// docs/PROTOCOL.md, "Anti-entropy".
+#[test]
+fn anti_entropy_finds_and_repairs_drift_within_the_interval() {
+    const INTERVAL: Duration = Duration::from_secs(2);
+    let pair = Pair::with_options("ae", "", "  anti_entropy_interval: 2s\n", &["--test-hooks"]);
+    pair.commit_flows(0, (0..300).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+
+    // Without the switch, the hook is refused.
+    let plain = Pair::new("aeoff");
+    let out = plain.cli(1, &["--test-drop-peer-flows", "on"]);
+    assert!(!out.status.success(), "the hook must need --test-hooks");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--test-hooks"));
+    drop(plain);
+
+    pair.cli_ok(1, &["--test-drop-peer-flows", "on"]);
+    // While fw2 drops them: 20 new flows, 10 changed marks, 15 destroyed.
+    pair.commit_flows(0, (300..320).map(tcp_flow).collect());
+    for i in 10..20 {
+        pair.fw[0].exec(&format!("conntrack -U -s 10.1.0.{i} -m 99"));
+    }
+    pair.delete_flows(0, (100..115).map(tcp_flow).collect());
+    let stats = |i: usize| -> serde_json::Value {
+        serde_json::from_str(&pair.cli_ok(i, &["-s", "--json"])).unwrap()
+    };
+    // fw1 has sent all of it and fw2 acknowledged it (and dropped it).
+    wait_for(Duration::from_secs(10), || {
+        let s = stats(0);
+        s["synced"] == true && s["internal"]["active"] == 305
+    })
+    .unwrap_or_else(|| panic!("fw1 did not settle: {:#}", stats(0)));
+    let ext = pair.cache_lines(1, "-e");
+    assert_eq!(ext.len(), 300, "the hook did not drop anything");
+    assert_ne!(ext, pair.kernel_lines(0));
+    assert_eq!(stats(1)["anti_entropy"]["repairs"], 0);
+
+    pair.cli_ok(1, &["--test-drop-peer-flows", "off"]);
+    let t = std::time::Instant::now();
+    wait_for(INTERVAL * 2 + Duration::from_secs(2), || {
+        stats(1)["anti_entropy"]["repairs"].as_u64().unwrap() >= 1
+    })
+    .unwrap_or_else(|| {
+        panic!("no repair: fw2 {:#}\nlog fw2: {}", stats(1), pair.log(1));
+    });
+    let took = t.elapsed();
+    println!("drift found and repaired {took:?} after it could be seen (interval {INTERVAL:?})");
+    assert!(took <= INTERVAL + Duration::from_millis(1500), "{took:?}");
+    assert_eq!(pair.cache_lines(1, "-e"), pair.kernel_lines(0));
+    let ae = stats(1)["anti_entropy"].clone();
+    assert_eq!(
+        (&ae["flows_added"], &ae["flows_changed"], &ae["flows_removed"]),
+        (&20.into(), &10.into(), &15.into()),
+        "{ae:#}"
+    );
+    assert_eq!(ae["repairs"], 1, "{ae:#}");
+    assert_eq!(stats(0)["anti_entropy"]["repairs_served"], 1);
+    let log = pair.log(1);
+    assert!(log.contains("20 flows added, 10 changed, 15 removed"), "{log}");
+    // The views stay equal: later digests match and repair nothing.
+    std::thread::sleep(INTERVAL * 2);
+    let after = stats(1);
+    assert!(after["anti_entropy"]["digests_compared"].as_u64().unwrap() >= 2, "{after:#}");
+    assert_eq!(after["anti_entropy"]["repairs"], 1, "{after:#}");
+    // The counters reach the metrics too: fw1's table never drifted.
+    assert_eq!(stats(0)["anti_entropy"]["flows_added"], 0);
 }

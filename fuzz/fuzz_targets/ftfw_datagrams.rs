@@ -9,17 +9,25 @@
 use std::time::{Duration, Instant};
 
 use ctsync::flow::{Flow, proto};
-use ctsync::ftfw::{Ftfw, FtfwConfig, LocalChange};
+use ctsync::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
 use ctsync::wire::{DatagramHeader, MessageRef, native};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let cfg = FtfwConfig { resend_queue: 64, max_seq_jump: 64, ..FtfwConfig::default() };
+    let cfg = FtfwConfig {
+        resend_queue: 64,
+        max_seq_jump: 64,
+        // Digests and repairs are exercised too.
+        anti_entropy_interval: Duration::from_millis(500),
+        ..FtfwConfig::default()
+    };
     let mut now = Instant::now();
     let mut core = Ftfw::new(cfg, 1, u32::MAX - 10, now);
-    for port in 0..20u16 {
-        let f = Flow::new_v4(proto::UDP, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), port, 53);
-        core.queue(LocalChange::New(f));
+    let flows: Vec<Flow> = (0..20u16)
+        .map(|port| Flow::new_v4(proto::UDP, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), port, 53))
+        .collect();
+    for f in &flows {
+        core.queue(LocalChange::New(f.clone()));
     }
     let mut buf = [0u8; 1472];
     let hello = [
@@ -44,8 +52,17 @@ fuzz_target!(|data: &[u8]| {
             assert!(sent < 10_000, "poll_transmit never ends");
         }
         while let Some(ev) = core.poll_event() {
-            if ev == ctsync::ftfw::PeerEvent::BulkRequested {
-                core.bulk_send(std::iter::empty());
+            match ev {
+                PeerEvent::BulkRequested => core.bulk_send(std::iter::empty()),
+                PeerEvent::DigestDue => {
+                    core.send_digest(now, &[7; ctsync::digest::RANGES]);
+                }
+                PeerEvent::Digest { digests } => {
+                    let ours = ctsync::digest::Digests::default();
+                    core.request_repair(ours.differing(&digests));
+                }
+                PeerEvent::RepairRequested { ranges } => core.repair_send(ranges, &flows),
+                _ => {}
             }
         }
         assert!(core.stats().resend_queue_len <= 64);

@@ -258,6 +258,9 @@ pub struct SyncConfig {
     pub alive_interval: Duration,
     /// A peer silent this long is considered down.
     pub peer_timeout: Duration,
+    /// Digests of the replicated table are exchanged this often to find
+    /// and repair drift (native format only); zero turns it off.
+    pub anti_entropy_interval: Duration,
     /// Largest UDP payload sent, bytes.
     pub max_datagram: u16,
     /// Timeout given to committed flows; `None` keeps the one the peer sent.
@@ -685,6 +688,17 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    let anti_entropy_interval =
+        duration(ctx, "sync.anti_entropy_interval", &s.anti_entropy_interval)?;
+    if !anti_entropy_interval.is_zero() && anti_entropy_interval < alive_interval {
+        return Err(ctx.err(
+            "sync.anti_entropy_interval",
+            format!(
+                "must be 0 (off) or at least sync.alive_interval ({}); 30s is usual",
+                value::format_duration(alive_interval)
+            ),
+        ));
+    }
     let max_datagram = match value::integer(&s.max_datagram) {
         Some(n @ 512..=65507) => n as u16,
         _ => {
@@ -748,6 +762,7 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         ack_window,
         alive_interval,
         peer_timeout,
+        anti_entropy_interval,
         max_datagram,
         commit_timeout: (!commit_timeout.is_zero()).then_some(commit_timeout),
         purge_timeout: duration(ctx, "sync.purge_timeout", &s.purge_timeout)?,
@@ -954,6 +969,7 @@ fn unconvert(c: &Config) -> RawConfig {
             ack_window: Scalar::Int(s.ack_window.get().into()),
             alive_interval: dur(s.alive_interval),
             peer_timeout: dur(s.peer_timeout),
+            anti_entropy_interval: dur(s.anti_entropy_interval),
             max_datagram: Scalar::Int(s.max_datagram.into()),
             commit_timeout: dur(s.commit_timeout.unwrap_or_default()),
             purge_timeout: dur(s.purge_timeout),

@@ -53,6 +53,7 @@ fn minimal_file_gets_the_documented_defaults() {
     assert_eq!(c.sync.ack_window.get(), 300);
     assert_eq!(c.sync.alive_interval, Duration::from_secs(1));
     assert_eq!(c.sync.peer_timeout, Duration::from_secs(4));
+    assert_eq!(c.sync.anti_entropy_interval, Duration::from_secs(30));
     assert_eq!(c.sync.max_datagram, 1472);
     assert_eq!(c.sync.commit_timeout, Some(Duration::from_secs(180)));
     assert_eq!(c.sync.purge_timeout, Duration::from_secs(60));
@@ -216,6 +217,16 @@ fn relations_between_values_are_checked() {
         "longer than sync.alive_interval (2s)",
     );
     assert_err(&with_sync("alive_interval: 0"), "sync.alive_interval", Some(5), "zero");
+    assert_err(
+        &with_sync("anti_entropy_interval: 200ms"),
+        "sync.anti_entropy_interval",
+        Some(5),
+        "0 (off) or at least sync.alive_interval (1s)",
+    );
+    assert_eq!(
+        parse(&with_sync("anti_entropy_interval: 0")).unwrap().sync.anti_entropy_interval,
+        Duration::ZERO
+    );
     assert_err(
         "general:\n  netlink: { rcvbuf: 2M, rcvbuf_max: 1M }\n",
         "general.netlink.rcvbuf_max",

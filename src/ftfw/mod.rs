@@ -3,7 +3,9 @@
 //! [`Ftfw`] is sans-IO in the manner of quinn-proto. Its API has four kinds
 //! of methods:
 //! - inputs: [`Ftfw::handle_datagram`], [`Ftfw::handle_timeout`];
-//! - commands: [`Ftfw::queue`], [`Ftfw::bulk_send`], [`Ftfw::request_resync`];
+//! - commands: [`Ftfw::queue`], [`Ftfw::bulk_send`], [`Ftfw::request_resync`],
+//!   and for anti-entropy [`Ftfw::send_digest`], [`Ftfw::request_repair`],
+//!   [`Ftfw::repair_send`];
 //! - outputs: [`Ftfw::poll_transmit`], [`Ftfw::poll_event`],
 //!   [`Ftfw::poll_timeout`];
 //! - getters: [`Ftfw::stats`], [`Ftfw::peer_state`], [`Ftfw::is_synced`].
@@ -29,6 +31,7 @@ use std::time::{Duration, Instant};
 
 pub use seq::Seq;
 
+use crate::digest::{RANGES, RangeSet};
 use crate::flow::{Flow, FlowKey};
 use crate::wire::conntrackd::{self, ConntrackdCodec};
 use crate::wire::native::{self, NativeCodec};
@@ -70,6 +73,10 @@ pub struct FtfwConfig {
     /// (the first signs what we send, any of them is accepted). Empty:
     /// no authentication. The conntrackd dialect ignores them.
     pub auth_keys: Vec<native::AuthKey>,
+    /// Native dialect: send a DIGEST of our table this often, so that the
+    /// peer finds and repairs drift (docs/PROTOCOL.md, "Anti-entropy").
+    /// Zero: off. The conntrackd dialect has no digests.
+    pub anti_entropy_interval: Duration,
 }
 
 impl Default for FtfwConfig {
@@ -83,6 +90,7 @@ impl Default for FtfwConfig {
             max_datagram: native::DEFAULT_MAX_DATAGRAM,
             max_seq_jump: 131072,
             auth_keys: Vec::new(),
+            anti_entropy_interval: Duration::ZERO,
         }
     }
 }
@@ -120,6 +128,24 @@ pub enum PeerEvent {
     /// The peer restarted (new session id). Its bulk will sweep what it no
     /// longer has; nothing needs to be flushed.
     PeerRestarted,
+    /// Anti-entropy: time to send our digests. The caller answers with
+    /// [`Ftfw::send_digest`] and the digests of the internal cache.
+    DigestDue,
+    /// Anti-entropy: the peer's digests of its whole table, consistent with
+    /// everything it sent before (all of it applied here). The caller
+    /// compares them with the external cache's and calls
+    /// [`Ftfw::request_repair`] with the ranges that differ.
+    Digest { digests: Vec<u64> },
+    /// Anti-entropy: the peer's copy of these ranges of our table differs.
+    /// The caller answers with [`Ftfw::repair_send`] and the internal
+    /// flows of these ranges.
+    RepairRequested { ranges: RangeSet },
+    /// A flow resent by a repair: store it as [`PeerEvent::Upsert`]; if
+    /// that changes the external cache, it had drifted.
+    RepairUpsert { flow: Flow, stamp: u64 },
+    /// End of a repair: remove every external entry of these ranges whose
+    /// stamp < floor (the peer no longer has them).
+    RepairEnd { floor: u64, ranges: RangeSet },
 }
 
 /// Handshake phase.
@@ -220,6 +246,24 @@ pub struct FtfwStats {
     pub resync_requests_sent: u64,
     /// RESYNC_REQUESTs accepted from the peer.
     pub resync_requests_received: u64,
+    /// Complete DIGESTs sent.
+    pub digests_sent: u64,
+    /// Digests not sent when due because data was waiting (retried soon).
+    pub digests_deferred: u64,
+    /// Complete and consistent DIGESTs received (handed over for comparison).
+    pub digests_received: u64,
+    /// DIGESTs received but not compared: a gap since the peer's oldest
+    /// unacknowledged message, a bulk or repair still under way, or parts
+    /// missing.
+    pub digests_skipped: u64,
+    /// REPAIR_REQUESTs sent.
+    pub repair_requests_sent: u64,
+    /// REPAIR_REQUESTs accepted from the peer.
+    pub repair_requests_received: u64,
+    /// FLOW_REPAIR messages sent, resends included.
+    pub repair_flows_sent: u64,
+    /// REPAIR_ENDs accepted from the peer.
+    pub repair_ends_received: u64,
 }
 
 /// Receive-side tracking of one peer session.
@@ -230,6 +274,9 @@ struct Rx {
     expected: Seq,
     /// The stamp `expected` gets when accepted.
     expected_stamp: u64,
+    /// The stamp of the first seq tracked in this session: a bulk that
+    /// started before it does not answer a request of ours.
+    base_stamp: u64,
     /// First seq of the run accepted since the last gap: ACKs cover
     /// `[run_start, expected - 1]`.
     run_start: Seq,
@@ -246,6 +293,8 @@ enum Timer {
     Keepalive = 0,
     /// Declare the peer down.
     PeerTimeout = 1,
+    /// Anti-entropy: send our digests.
+    AntiEntropy = 2,
 }
 
 /// The FTFW protocol core for one peer.
@@ -287,7 +336,14 @@ pub struct Ftfw {
     jump_ok: bool,
     peer_alive: bool,
     last_tx: Option<Instant>,
-    timers: [Option<Instant>; 2],
+    /// Anti-entropy: digests to send, and how many of them went already.
+    pending_digest: Option<(Vec<u64>, usize)>,
+    /// Anti-entropy: the parts of a DIGEST received so far, and the seq the
+    /// next part must have.
+    digest_parts: Option<(Seq, Vec<u64>)>,
+    /// Anti-entropy: REPAIR_REQUESTs sent whose REPAIR_END has not come.
+    repairs_outstanding: u32,
+    timers: [Option<Instant>; 3],
     events: VecDeque<PeerEvent>,
     decoded: Vec<Received>,
     lost: Vec<Item>,
@@ -352,13 +408,19 @@ impl Ftfw {
             jump_ok: false,
             peer_alive: false,
             last_tx: None,
-            timers: [None; 2],
+            pending_digest: None,
+            digest_parts: None,
+            repairs_outstanding: 0,
+            timers: [None; 3],
             events: VecDeque::new(),
             decoded: Vec::new(),
             lost: Vec::new(),
             stats: FtfwStats::default(),
         };
         core.timers[Timer::Keepalive as usize] = Some(now);
+        if core.anti_entropy() {
+            core.timers[Timer::AntiEntropy as usize] = Some(now + core.cfg.anti_entropy_interval);
+        }
         core
     }
 
@@ -417,6 +479,14 @@ impl Ftfw {
 
     /// Fire expired timers. A spurious call does nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(t) = self.timers[Timer::AntiEntropy as usize]
+            && now >= t
+        {
+            self.timers[Timer::AntiEntropy as usize] = Some(now + self.cfg.anti_entropy_interval);
+            if self.phase == PeerState::Established && self.rx.is_some() {
+                self.events.push_back(PeerEvent::DigestDue);
+            }
+        }
         if let Some(t) = self.timers[Timer::PeerTimeout as usize]
             && now >= t
         {
@@ -454,6 +524,61 @@ impl Ftfw {
             self.tx.push_marker(Item::BulkEnd(start), false);
         }
         self.stats.bulks_sent += 1;
+        self.update_gauges();
+    }
+
+    /// Anti-entropy: send `digests` (one per range, of the internal cache
+    /// as it is now) in the sequence right after everything queued so far.
+    /// Only taken while nothing waits to be sent, so that they describe
+    /// exactly what the peer has been sent; otherwise false, and the core
+    /// asks again shortly ([`PeerEvent::DigestDue`]).
+    pub fn send_digest(&mut self, now: Instant, digests: &[u64]) -> bool {
+        if !self.anti_entropy() {
+            return false;
+        }
+        let ready = self.phase == PeerState::Established
+            && self.tx.is_empty()
+            && self.pending_digest.is_none()
+            && digests.len() == RANGES;
+        if !ready {
+            self.stats.digests_deferred += 1;
+            let retry = (self.cfg.alive_interval / 5).min(self.cfg.anti_entropy_interval);
+            self.timers[Timer::AntiEntropy as usize] = Some(now + retry);
+            return false;
+        }
+        self.pending_digest = Some((digests.to_vec(), 0));
+        // The digest's datagram carries our ACK as a keepalive would: it
+        // resets the keepalive timer, and a peer whose resend queue holds
+        // only superseded entries does not ask for one.
+        if let Some(rx) = &mut self.rx {
+            rx.ack_due = true;
+        }
+        true
+    }
+
+    /// Anti-entropy: ask the peer to resend the flows of these ranges of its
+    /// table (their digests differ from the external cache's).
+    pub fn request_repair(&mut self, ranges: RangeSet) {
+        if self.compat || ranges.is_empty() {
+            return;
+        }
+        self.tx.push_marker(Item::RepairRequest(ranges.0), false);
+        self.repairs_outstanding += 1;
+        self.update_gauges();
+    }
+
+    /// Anti-entropy: resend `flows` (the internal flows of `ranges`), then a
+    /// REPAIR_END that lets the peer sweep the rest of these ranges (as
+    /// [`Ftfw::bulk_send`] for the whole table).
+    pub fn repair_send<'a>(&mut self, ranges: RangeSet, flows: impl IntoIterator<Item = &'a Flow>) {
+        if self.compat {
+            return;
+        }
+        let start = self.next_seq;
+        for f in flows {
+            self.tx.push_change(Item::Repair(f.clone()));
+        }
+        self.tx.push_marker(Item::RepairEnd(start, ranges.0), false);
         self.update_gauges();
     }
 
@@ -601,6 +726,12 @@ impl Ftfw {
                 self.stats.backpressure += 1;
                 return true;
             }
+            if self.pending_digest.is_some() {
+                if !self.push_digest(dg, buf) {
+                    return false;
+                }
+                continue;
+            }
             let fits = match self.tx.front() {
                 Front::Empty => return false,
                 Front::BulkEnd(start) => {
@@ -611,16 +742,33 @@ impl Ftfw {
                     dg.push(&*self.codec, &MessageRef::BulkEnd { bulk_start: start.0 }, buf)
                 }
                 Front::Resync => dg.push(&*self.codec, &MessageRef::ResyncRequest, buf),
+                Front::RepairRequest(set) => {
+                    let msg = MessageRef::RepairRequest { ranges: RANGES as u16, set };
+                    dg.push(&*self.codec, &msg, buf)
+                }
+                Front::RepairEnd(start, set) => {
+                    // A barrier, as BULK_END.
+                    if self.resend.live() > 0 {
+                        return true;
+                    }
+                    let msg =
+                        MessageRef::RepairEnd { repair_start: start.0, ranges: RANGES as u16, set };
+                    dg.push(&*self.codec, &msg, buf)
+                }
                 Front::Flow(item) => {
                     let msg = match item {
                         Item::Upsert { flow, new: true } => MessageRef::FlowNew(flow),
                         Item::Upsert { flow, new: false } => MessageRef::FlowUpdate(flow),
+                        Item::Repair(flow) => MessageRef::FlowRepair(flow),
                         Item::Destroy(key) => MessageRef::FlowDestroy(key),
                         _ => return false,
                     };
                     let ok = dg.push(&*self.codec, &msg, buf);
                     if ok {
                         self.stats.flow_msgs_sent += 1;
+                        if matches!(msg, MessageRef::FlowRepair(_)) {
+                            self.stats.repair_flows_sent += 1;
+                        }
                     }
                     ok
                 }
@@ -629,13 +777,108 @@ impl Ftfw {
                 return false;
             }
             let Some(item) = self.tx.pop() else { return false };
-            if item == Item::Resync {
-                self.stats.resync_requests_sent += 1;
+            match item {
+                Item::Resync => self.stats.resync_requests_sent += 1,
+                Item::RepairRequest(_) => self.stats.repair_requests_sent += 1,
+                _ => {}
             }
             let seq = self.next_seq;
             self.next_seq = seq.next();
             self.resend.push(seq, item);
         }
+    }
+
+    /// Append as much of the pending digest as fits. Returns false when
+    /// nothing more fits this datagram.
+    fn push_digest(&mut self, dg: &mut Builder, buf: &mut [u8]) -> bool {
+        let Some((values, sent)) = self.pending_digest.take() else { return true };
+        let room = dg.limit.saturating_sub(dg.at).saturating_sub(native::DIGEST_OVERHEAD) / 8;
+        let n = room.min(values.len() - sent);
+        if n == 0 {
+            if dg.count > 0 {
+                // A fresh datagram has room.
+                self.pending_digest = Some((values, sent));
+            }
+            return false;
+        }
+        // Every flow change sent before this seq and not acknowledged is at
+        // `oldest` or later: the peer compares only if it got all of them.
+        let oldest = self.resend.oldest_live().unwrap_or(self.next_seq);
+        let msg = MessageRef::Digest {
+            oldest: oldest.0,
+            ranges: RANGES as u16,
+            first: sent as u16,
+            digests: &values[sent..sent + n],
+        };
+        if !dg.push(&*self.codec, &msg, buf) {
+            self.pending_digest = Some((values, sent));
+            return false;
+        }
+        let seq = self.next_seq;
+        self.next_seq = seq.next();
+        self.resend.push(seq, Item::Digest);
+        if sent + n < values.len() {
+            self.pending_digest = Some((values, sent + n));
+        } else {
+            self.stats.digests_sent += 1;
+        }
+        true
+    }
+
+    /// Messages sent before a digest that is not fully sent yet were lost:
+    /// their content goes again after it, so the digest would describe
+    /// changes the peer has not got. It is dropped; the next one goes at
+    /// the next interval.
+    fn lost_before_digest(&mut self) {
+        if self.pending_digest.is_some() && self.lost.iter().any(|i| !i.is_control()) {
+            self.pending_digest = None;
+            self.stats.digests_deferred += 1;
+        }
+    }
+
+    /// Anti-entropy runs: native dialect, interval set.
+    fn anti_entropy(&self) -> bool {
+        !self.compat && !self.cfg.anti_entropy_interval.is_zero()
+    }
+
+    /// A DIGEST part `seq` arrived and was accepted. Once all parts are
+    /// there, hand them over if they are comparable: the peer's oldest
+    /// unacknowledged message (`oldest`) and everything after it arrived in
+    /// one run without a gap, so every change the peer sent before the
+    /// digest has been applied here; and no bulk or repair we asked for is
+    /// still under way.
+    fn on_digest(&mut self, seq: Seq, oldest: Seq, ranges: u16, first: u16, part: Vec<u64>) {
+        if !self.anti_entropy() {
+            // Off here: no digests of the external cache to compare with.
+            self.stats.digests_skipped += 1;
+            return;
+        }
+        let assembled = match self.digest_parts.take() {
+            _ if usize::from(ranges) != RANGES => None,
+            _ if first == 0 => Some(part),
+            // The next part, right after the previous one in the sequence.
+            Some((next, mut values)) if next == seq && values.len() == usize::from(first) => {
+                values.extend_from_slice(&part);
+                Some(values)
+            }
+            _ => None,
+        };
+        let Some(all) = assembled else {
+            self.stats.digests_skipped += 1;
+            return;
+        };
+        if all.len() < RANGES {
+            self.digest_parts = Some((seq.next(), all));
+            return;
+        }
+        let in_run =
+            self.rx.is_some_and(|rx| oldest.diff(rx.run_start) >= 0 && seq.diff(oldest) >= 0);
+        if !in_run || self.awaiting_bulk || self.repairs_outstanding > 0 || all.len() != RANGES {
+            self.stats.digests_skipped += 1;
+            return;
+        }
+        self.stats.digests_received += 1;
+        self.events.push_back(PeerEvent::Digest { digests: all });
     }
 
     // ----- receiving -----------------------------------------------------
@@ -780,12 +1023,39 @@ impl Ftfw {
                 let back = i64::from(Seq(bulk_start).diff(expected));
                 let floor = (expected_stamp as i64).saturating_add(back).max(0) as u64;
                 self.stats.bulks_received += 1;
-                self.awaiting_bulk = false;
+                // The end of a bulk begun before we tracked this session
+                // (an answer to an older incarnation of ours) leaves out
+                // what that incarnation had acknowledged.
+                if self.rx.is_some_and(|rx| floor >= rx.base_stamp) {
+                    self.awaiting_bulk = false;
+                }
                 self.events.push_back(PeerEvent::BulkEnd { floor });
             }
             Ok(Message::ResyncRequest) => {
                 self.stats.resync_requests_received += 1;
                 self.events.push_back(PeerEvent::BulkRequested);
+            }
+            Ok(Message::Digest { oldest, ranges, first, digests }) => {
+                self.on_digest(seq, Seq(oldest), ranges, first, digests);
+            }
+            Ok(Message::RepairRequest { ranges, set }) => {
+                self.stats.repair_requests_received += 1;
+                if usize::from(ranges) == RANGES && set != 0 {
+                    self.events.push_back(PeerEvent::RepairRequested { ranges: RangeSet(set) });
+                }
+            }
+            Ok(Message::FlowRepair(flow)) => {
+                self.stats.flow_msgs_accepted += 1;
+                self.events.push_back(PeerEvent::RepairUpsert { flow, stamp });
+            }
+            Ok(Message::RepairEnd { repair_start, ranges, set }) => {
+                let back = i64::from(Seq(repair_start).diff(expected));
+                let floor = (expected_stamp as i64).saturating_add(back).max(0) as u64;
+                self.stats.repair_ends_received += 1;
+                self.repairs_outstanding = self.repairs_outstanding.saturating_sub(1);
+                if usize::from(ranges) == RANGES {
+                    self.events.push_back(PeerEvent::RepairEnd { floor, ranges: RangeSet(set) });
+                }
             }
             // Sequenced only in the conntrackd dialect.
             Ok(Message::Ack { from, to }) => {
@@ -866,17 +1136,23 @@ impl Ftfw {
             // of an older one, nothing is lost either.
             self.lost.clear();
             self.resend.drain_all(self.next_seq, &mut self.lost);
+            self.lost_before_digest();
             for item in self.lost.drain(..).rev() {
                 self.tx.requeue(item);
             }
             self.ranges.clear();
         }
         self.closed_runs.clear();
+        // A new peer session: its repairs will not come, its digest parts
+        // belong to an older stream.
+        self.repairs_outstanding = 0;
+        self.digest_parts = None;
         let expected = Seq(hdr.seq);
         self.rx = Some(Rx {
             session: hdr.session,
             expected,
             expected_stamp: base,
+            base_stamp: base,
             run_start: expected,
             since_ack: 0,
             ack_due: false,
@@ -915,6 +1191,7 @@ impl Ftfw {
         } else {
             self.resend.nack(from, to, &mut self.lost);
         }
+        self.lost_before_digest();
         // Requeued at the front in reverse, so that they go in seq order.
         for item in self.lost.drain(..).rev() {
             let range = match item {
@@ -1133,6 +1410,7 @@ impl Ftfw {
             session: 0,
             expected: seq,
             expected_stamp: base,
+            base_stamp: base,
             run_start: seq,
             since_ack: 0,
             ack_due: false,

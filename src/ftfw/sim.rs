@@ -9,6 +9,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::digest::{AntiEntropyStats, Digests, RepairLedger};
 use crate::flow::{Flow, FlowKey, proto};
 use crate::wire::native;
 
@@ -60,6 +61,23 @@ pub(crate) struct Scenario {
     pub op_period_ms: u64,
     /// The protocol both sides speak.
     pub dialect: Dialect,
+    /// `anti_entropy_interval` of both sides (zero: off).
+    pub anti_entropy: Duration,
+    /// Edit one side's external view behind the protocol's back.
+    pub drift: Vec<Drift>,
+    /// `max_datagram` of both sides.
+    pub max_datagram: usize,
+}
+
+/// Drift made on purpose in side `side`'s external view at `at_ms`: remove
+/// `removed` entries, change `changed`, add `added` the peer never had.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Drift {
+    pub at_ms: u64,
+    pub side: usize,
+    pub removed: usize,
+    pub changed: usize,
+    pub added: usize,
 }
 
 impl Default for Scenario {
@@ -80,6 +98,9 @@ impl Default for Scenario {
             forge: None,
             op_period_ms: 2000,
             dialect: Dialect::Native,
+            anti_entropy: Duration::ZERO,
+            drift: Vec::new(),
+            max_datagram: native::DEFAULT_MAX_DATAGRAM,
         }
     }
 }
@@ -88,6 +109,75 @@ struct Side {
     core: Ftfw,
     internal: HashMap<FlowKey, Flow>,
     external: HashMap<FlowKey, (Flow, u64)>,
+    ledger: RepairLedger,
+    /// Virtual time of the last completed repair of `external`.
+    repaired_at: Option<Duration>,
+}
+
+impl Side {
+    /// The caller's part of anti-entropy, as the reactor does it (with
+    /// digests computed by a scan rather than kept by a cache).
+    fn anti_entropy(&mut self, now: Duration, t0: Instant, ev: PeerEvent) {
+        match ev {
+            PeerEvent::DigestDue => {
+                let d = Digests::of(self.internal.values());
+                self.core.send_digest(t0 + now, d.values());
+            }
+            PeerEvent::Digest { digests } => {
+                self.ledger.stats.digests_compared += 1;
+                let ours = Digests::of(self.external.values().map(|(f, _)| f));
+                let differ = ours.differing(&digests);
+                if !differ.is_empty() {
+                    self.ledger.stats.digests_differing += 1;
+                    self.core.request_repair(differ);
+                }
+            }
+            PeerEvent::RepairRequested { ranges } => {
+                let flows: Vec<&Flow> =
+                    self.internal.values().filter(|f| ranges.holds(&f.key())).collect();
+                self.ledger.stats.repairs_served += 1;
+                self.core.repair_send(ranges, flows);
+            }
+            PeerEvent::RepairUpsert { flow, stamp } => {
+                let old = self.external.insert(flow.key(), (flow.clone(), stamp));
+                self.ledger.flow(old.is_none(), old.is_some_and(|(o, _)| o != flow));
+            }
+            PeerEvent::RepairEnd { floor, ranges } => {
+                let before = self.external.len();
+                self.external.retain(|k, (_, stamp)| *stamp >= floor || !ranges.holds(k));
+                self.ledger.end(ranges, before - self.external.len());
+                self.repaired_at = Some(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Make the drift `d` in the external view.
+    fn drift(&mut self, d: &Drift, rng: &mut Rng) {
+        let mut keys: Vec<FlowKey> = self.external.keys().copied().collect();
+        keys.sort_by_key(|k| (k.l4, k.src));
+        assert!(keys.len() >= d.removed + d.changed, "not enough flows to drift: {d:?}");
+        for _ in 0..d.removed {
+            let k = keys.swap_remove(rng.below(keys.len() as u64) as usize);
+            self.external.remove(&k);
+        }
+        for _ in 0..d.changed {
+            let k = keys.swap_remove(rng.below(keys.len() as u64) as usize);
+            if let Some((f, _)) = self.external.get_mut(&k) {
+                f.mark ^= 0x8000_0000;
+            }
+        }
+        for i in 0..d.added {
+            let f = Flow::new_v4(
+                proto::UDP,
+                [10, 77, 0, 1].into(),
+                [10, 9, 9, 9].into(),
+                1 + i as u16,
+                53,
+            );
+            self.external.insert(f.key(), (f, 0));
+        }
+    }
 }
 
 struct Packet {
@@ -122,6 +212,10 @@ pub(crate) struct Outcome {
     /// Datagrams both sides sent during [`IDLE_CHECK`] after convergence.
     pub idle_datagrams: u64,
     pub delivered_flow_msgs: u64,
+    /// Anti-entropy counters of each side's external view.
+    pub repairs: [AntiEntropyStats; 2],
+    /// Virtual time of each side's last completed repair.
+    pub repaired_at: [Option<Duration>; 2],
 }
 
 /// How long a converged pair is watched.
@@ -162,14 +256,23 @@ fn flow_for(side: usize, port: u16, rng: &mut Rng) -> Flow {
 pub(crate) fn run(sc: &Scenario) -> Outcome {
     let t0 = Instant::now();
     let mut rng = Rng::new(sc.seed);
-    let cfg = config(sc.resend_queue, sc.dialect);
+    let cfg = FtfwConfig {
+        anti_entropy_interval: sc.anti_entropy,
+        max_datagram: sc.max_datagram,
+        ..config(sc.resend_queue, sc.dialect)
+    };
     let mut sides: Vec<Side> = (0..2)
         .map(|i| Side {
             core: Ftfw::new(cfg.clone(), 100 + i as u32, sc.initial_seq[i], t0),
             internal: HashMap::new(),
             external: HashMap::new(),
+            ledger: RepairLedger::default(),
+            repaired_at: None,
         })
         .collect();
+    let mut drifts = sc.drift.clone();
+    drifts.sort_by_key(|d| d.at_ms);
+    let mut drifts = drifts.into_iter().peekable();
     let mut ops: Vec<(u64, usize, u16, u8)> = (0..sc.ops)
         .map(|_| {
             (
@@ -194,7 +297,8 @@ pub(crate) fn run(sc: &Scenario) -> Outcome {
     let quiet_from = sc
         .op_period_ms
         .max(sc.partition.map_or(0, |p| p.1))
-        .max(sc.restarts.iter().map(|r| r.0).max().unwrap_or(0));
+        .max(sc.restarts.iter().map(|r| r.0).max().unwrap_or(0))
+        .max(sc.drift.iter().map(|d| d.at_ms).max().unwrap_or(0));
     let deadline = Duration::from_millis(quiet_from + 600_000);
     let mut session_counter = 1000u32;
     let mut converged_at = None;
@@ -251,6 +355,7 @@ pub(crate) fn run(sc: &Scenario) -> Outcome {
                             core.bulk_send(internal.values());
                         }
                         PeerEvent::PeerUp | PeerEvent::PeerDown | PeerEvent::PeerRestarted => {}
+                        ev => side.anti_entropy(now, t0, ev),
                     }
                 }
                 if !progressed {
@@ -262,6 +367,7 @@ pub(crate) fn run(sc: &Scenario) -> Outcome {
         let quiet = now >= Duration::from_millis(quiet_from)
             && ops.peek().is_none()
             && restarts.peek().is_none()
+            && drifts.peek().is_none()
             && forge.is_none();
         if quiet && converged(&sides) {
             // Stay a while: the views must stay equal and an idle pair must
@@ -312,6 +418,9 @@ pub(crate) fn run(sc: &Scenario) -> Outcome {
         if let Some(r) = restarts.peek() {
             next = next.min(Duration::from_millis(r.0));
         }
+        if let Some(d) = drifts.peek() {
+            next = next.min(Duration::from_millis(d.at_ms));
+        }
         if let Some(f) = forge {
             next = next.min(Duration::from_millis(f.0));
         }
@@ -346,6 +455,10 @@ pub(crate) fn run(sc: &Scenario) -> Outcome {
                 }
             };
             side.core.queue(change);
+        }
+        while drifts.peek().is_some_and(|d| Duration::from_millis(d.at_ms) <= now) {
+            let Some(d) = drifts.next() else { break };
+            sides[d.side].drift(&d, &mut rng);
         }
         while restarts.peek().is_some_and(|r| Duration::from_millis(r.0) <= now) {
             let Some((_, i)) = restarts.next() else { break };
@@ -384,6 +497,8 @@ pub(crate) fn run(sc: &Scenario) -> Outcome {
         virtual_time: converged_at.unwrap_or(now),
         idle_datagrams,
         delivered_flow_msgs: delivered,
+        repairs: [sides[0].ledger.stats, sides[1].ledger.stats],
+        repaired_at: [sides[0].repaired_at, sides[1].repaired_at],
     }
 }
 
@@ -610,6 +725,139 @@ mod tests {
             ops: 186,
             ..Scenario::default()
         });
+    }
+
+    /// Drift made in side 1's view at 5 s, after the changes stopped.
+    fn drift_scenario(loss: f64, dup: f64, jitter_ms: u64) -> Scenario {
+        Scenario {
+            seed: 7,
+            loss,
+            dup,
+            jitter_ms,
+            ops: 400,
+            flows: 200,
+            op_period_ms: 3000,
+            anti_entropy: Duration::from_secs(2),
+            drift: vec![
+                Drift { at_ms: 5000, side: 1, removed: 7, changed: 5, added: 3 },
+                Drift { at_ms: 5000, side: 0, removed: 0, changed: 2, added: 0 },
+            ],
+            ..Scenario::default()
+        }
+    }
+
+    #[test]
+    fn anti_entropy_finds_and_repairs_drift_within_the_interval_counting_it_exactly() {
+        // docs/PROTOCOL.md, "Anti-entropy": the digests after the drift
+        // differ in the drifted ranges only; their repair restores the
+        // views (run() checks they equal the peers' tables) and counts
+        // exactly what had drifted.
+        let sc = drift_scenario(0.0, 0.0, 0);
+        let out = run(&sc);
+        let r = out.repairs[1];
+        assert_eq!((r.flows_added, r.flows_changed, r.flows_removed), (7, 5, 3), "{r:?}");
+        assert_eq!(r.repairs, r.digests_differing);
+        assert!(r.ranges_repaired >= 1 && r.ranges_repaired <= 15, "{r:?}");
+        let l = out.repairs[0];
+        assert_eq!((l.flows_added, l.flows_changed, l.flows_removed), (0, 2, 0), "{l:?}");
+        let took = out.repaired_at[1].unwrap() - Duration::from_millis(5000);
+        assert!(took <= sc.anti_entropy + Duration::from_millis(100), "{took:?}");
+        assert_eq!(out.repairs[0].repairs_served, out.repairs[1].repairs);
+    }
+
+    #[test]
+    fn anti_entropy_repairs_exactly_through_loss_duplication_and_reordering() {
+        let out = run(&drift_scenario(0.2, 0.1, 15));
+        let r = out.repairs[1];
+        assert_eq!((r.flows_added, r.flows_changed, r.flows_removed), (7, 5, 3), "{r:?}");
+        let l = out.repairs[0];
+        assert_eq!((l.flows_added, l.flows_changed, l.flows_removed), (0, 2, 0), "{l:?}");
+    }
+
+    #[test]
+    fn anti_entropy_repairs_drift_while_changes_keep_flowing() {
+        // A busy pair is never idle: digests must still be sent and
+        // compared. Changes made meanwhile may fix some drifted flows
+        // themselves, so the repair counts at most what drifted.
+        let sc = Scenario {
+            ops: 4000,
+            flows: 300,
+            op_period_ms: 20_000,
+            drift: vec![Drift { at_ms: 10_000, side: 1, removed: 7, changed: 5, added: 3 }],
+            ..drift_scenario(0.0, 0.0, 5)
+        };
+        let out = run(&sc);
+        let r = out.repairs[1];
+        let repaired = r.flows_added + r.flows_changed + r.flows_removed;
+        assert!((1..=15).contains(&repaired), "{r:?}");
+        assert!(r.digests_compared >= 8, "{r:?}");
+        assert_eq!(r.flows_removed, 3, "nothing else can remove the added flows: {r:?}");
+        let took = out.repaired_at[1].unwrap() - Duration::from_millis(10_000);
+        assert!(took <= sc.anti_entropy + Duration::from_millis(500), "{took:?}");
+    }
+
+    #[test]
+    fn anti_entropy_digests_in_parts_when_a_datagram_is_small() {
+        // 512-byte datagrams hold 57 digests: three DIGEST parts, which the
+        // receiver compares only once all arrived in order.
+        let out = run(&Scenario { max_datagram: 512, ..drift_scenario(0.1, 0.05, 10) });
+        let r = out.repairs[1];
+        assert_eq!((r.flows_added, r.flows_changed, r.flows_removed), (7, 5, 3), "{r:?}");
+        assert!(out.stats[0].digests_sent >= 2 && out.stats[1].digests_received >= 2);
+    }
+
+    #[test]
+    fn anti_entropy_makes_no_false_repair_while_changes_flow_through_a_bad_link() {
+        // Digests cross the link while changes are in flight, lost,
+        // duplicated and reordered: every one compared must match.
+        let out = run(&Scenario {
+            seed: 11,
+            loss: 0.2,
+            dup: 0.1,
+            corrupt: 0.02,
+            jitter_ms: 20,
+            ops: 3000,
+            flows: 300,
+            op_period_ms: 30_000,
+            anti_entropy: Duration::from_millis(500),
+            ..Scenario::default()
+        });
+        for (side, r) in out.repairs.iter().enumerate() {
+            assert!(r.digests_compared >= 20, "side {side}: {r:?} {:?}", out.stats[side]);
+            assert_eq!(r.digests_differing, 0, "side {side}: {r:?}");
+        }
+        assert!(out.stats[0].digests_skipped + out.stats[1].digests_skipped > 0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        #[test]
+        fn anti_entropy_never_repairs_what_did_not_drift(
+            seed in proptest::num::u64::ANY,
+            loss in 0u32..=40,
+            dup in 0u32..=20,
+            jitter in 0u64..30,
+            rs in proptest::sample::select(vec![8usize, 64, 4096]),
+            restarts in proptest::collection::vec((0u64..3000, 0usize..2), 0..2),
+            partition in proptest::option::of((0u64..2000, 100u64..3000)),
+            ops in 20usize..400,
+        ) {
+            let out = run(&Scenario {
+                seed,
+                loss: f64::from(loss) / 100.0,
+                dup: f64::from(dup) / 100.0,
+                jitter_ms: jitter,
+                resend_queue: rs,
+                restarts,
+                partition: partition.map(|(a, len)| (a, a + len)),
+                ops,
+                anti_entropy: Duration::from_millis(300),
+                ..Scenario::default()
+            });
+            for r in out.repairs {
+                proptest::prop_assert_eq!(r.digests_differing, 0, "{:?}", r);
+            }
+        }
     }
 
     proptest::proptest! {

@@ -369,7 +369,14 @@ pub fn message_len(msg: &MessageRef<'_>) -> usize {
             ACK_HEADER_LEN
         }
         MessageRef::Alive => HEADER_LEN,
-        MessageRef::BulkEnd { .. } | MessageRef::Hello { .. } | MessageRef::HelloBack { .. } => 0,
+        // conntrackd has no digests: anti-entropy is off in this dialect.
+        MessageRef::BulkEnd { .. }
+        | MessageRef::Hello { .. }
+        | MessageRef::HelloBack { .. }
+        | MessageRef::Digest { .. }
+        | MessageRef::RepairRequest { .. }
+        | MessageRef::FlowRepair(_)
+        | MessageRef::RepairEnd { .. } => 0,
     }
 }
 
@@ -390,7 +397,13 @@ pub fn emit_message(msg: &MessageRef<'_>, seq: u32, buf: &mut [u8]) -> Result<us
         MessageRef::Ack { from, to } => (msg_type::CTL, flags::ACK, Some((*from, *to))),
         MessageRef::Nack { from, to } => (msg_type::CTL, flags::NACK, Some((*from, *to))),
         MessageRef::Alive => (msg_type::CTL, flags::ALIVE, None),
-        MessageRef::BulkEnd { .. } | MessageRef::Hello { .. } | MessageRef::HelloBack { .. } => {
+        MessageRef::BulkEnd { .. }
+        | MessageRef::Hello { .. }
+        | MessageRef::HelloBack { .. }
+        | MessageRef::Digest { .. }
+        | MessageRef::RepairRequest { .. }
+        | MessageRef::FlowRepair(_)
+        | MessageRef::RepairEnd { .. } => {
             return Err(WireError::BadMessage);
         }
     };

@@ -97,6 +97,21 @@ pub enum Message {
     BulkEnd { bulk_start: u32 },
     /// The sender wants our whole table (sequenced, so that it is reliable).
     ResyncRequest,
+    /// Anti-entropy: the digests of ranges `first..first + digests.len()`
+    /// of the sender's table, out of `ranges` (sequenced, never resent).
+    /// `oldest` is the seq of the sender's oldest unacknowledged flow
+    /// message when it sent this one.
+    Digest { oldest: u32, ranges: u16, first: u16, digests: Vec<u64> },
+    /// Anti-entropy: the ranges (a bitmap, bit i = range i, of `ranges`
+    /// ranges) whose digests differ; the receiver resends their flows
+    /// (sequenced).
+    RepairRequest { ranges: u16, set: u128 },
+    /// A flow resent by an anti-entropy repair: as [`Message::FlowUpdate`]
+    /// (sequenced).
+    FlowRepair(Flow),
+    /// End of a repair of the ranges in `set`, which started at seq
+    /// `repair_start` (sequenced).
+    RepairEnd { repair_start: u32, ranges: u16, set: u128 },
     /// `[from, to]` were accepted; everything before `from` will never be.
     Ack { from: u32, to: u32 },
     /// `[from, to]` were lost.
@@ -123,6 +138,14 @@ pub enum MessageRef<'a> {
     BulkEnd { bulk_start: u32 },
     /// See [`Message::ResyncRequest`].
     ResyncRequest,
+    /// See [`Message::Digest`].
+    Digest { oldest: u32, ranges: u16, first: u16, digests: &'a [u64] },
+    /// See [`Message::RepairRequest`].
+    RepairRequest { ranges: u16, set: u128 },
+    /// See [`Message::FlowRepair`].
+    FlowRepair(&'a Flow),
+    /// See [`Message::RepairEnd`].
+    RepairEnd { repair_start: u32, ranges: u16, set: u128 },
     /// See [`Message::Ack`].
     Ack { from: u32, to: u32 },
     /// See [`Message::Nack`].
@@ -144,6 +167,16 @@ impl Message {
             Message::FlowDestroy(k) => MessageRef::FlowDestroy(k),
             Message::BulkEnd { bulk_start } => MessageRef::BulkEnd { bulk_start: *bulk_start },
             Message::ResyncRequest => MessageRef::ResyncRequest,
+            Message::Digest { oldest, ranges, first, digests } => {
+                MessageRef::Digest { oldest: *oldest, ranges: *ranges, first: *first, digests }
+            }
+            Message::RepairRequest { ranges, set } => {
+                MessageRef::RepairRequest { ranges: *ranges, set: *set }
+            }
+            Message::FlowRepair(f) => MessageRef::FlowRepair(f),
+            Message::RepairEnd { repair_start, ranges, set } => {
+                MessageRef::RepairEnd { repair_start: *repair_start, ranges: *ranges, set: *set }
+            }
             Message::Ack { from, to } => MessageRef::Ack { from: *from, to: *to },
             Message::Nack { from, to } => MessageRef::Nack { from: *from, to: *to },
             Message::Alive => MessageRef::Alive,
@@ -172,6 +205,10 @@ impl MessageRef<'_> {
                 | MessageRef::FlowDestroy(_)
                 | MessageRef::BulkEnd { .. }
                 | MessageRef::ResyncRequest
+                | MessageRef::Digest { .. }
+                | MessageRef::RepairRequest { .. }
+                | MessageRef::FlowRepair(_)
+                | MessageRef::RepairEnd { .. }
         )
     }
 }

@@ -66,6 +66,14 @@ pub mod msg_type {
     pub const BULK_END: u8 = 4;
     /// Ask the peer for a bulk of its table.
     pub const RESYNC_REQUEST: u8 = 5;
+    /// Anti-entropy: digests of ranges of the sender's table.
+    pub const DIGEST: u8 = 6;
+    /// Anti-entropy: resend the flows of these ranges.
+    pub const REPAIR_REQUEST: u8 = 7;
+    /// Anti-entropy: a flow resent by a repair.
+    pub const FLOW_REPAIR: u8 = 8;
+    /// Anti-entropy: end of a repair (a barrier, as BULK_END).
+    pub const REPAIR_END: u8 = 9;
     /// First type reserved for expectation messages (sequenced).
     pub const EXPECT_FIRST: u8 = 32;
     /// Last type reserved for expectation messages.
@@ -136,6 +144,40 @@ const CORE_V4_LEN: usize = 16 + CORE_TAIL;
 const CORE_V6_LEN: usize = 64 + CORE_TAIL;
 const KEY_V4_LEN: usize = 16;
 const KEY_V6_LEN: usize = 40;
+/// DIGEST body before the digests: oldest, ranges, first, count, reserved.
+const DIGEST_HEAD: usize = 12;
+/// Most ranges a REPAIR_REQUEST or REPAIR_END bitmap can name here.
+const MAX_RANGES: u16 = 128;
+
+/// Largest flow attribute list ([`flow_attrs`]): CORE_V6, TCP and every
+/// optional attribute with the longest helper name.
+pub const MAX_FLOW_ATTRS: usize =
+    8 * ATTR_HEADER_LEN + CORE_V6_LEN + 4 + 16 + MAX_HELPER_LEN + 24 + 8 + 9 + 4;
+/// Largest key attribute ([`key_attr`]).
+pub const MAX_KEY_ATTR: usize = ATTR_HEADER_LEN + KEY_V6_LEN;
+
+/// DIGEST bytes besides the digests (message header and fixed fields).
+pub const DIGEST_OVERHEAD: usize = MSG_HEADER_LEN + DIGEST_HEAD;
+
+/// The attributes of `f` exactly as FLOW_UPDATE carries them, written into
+/// `buf`. Anti-entropy hashes these bytes, so that a flow and the copy a
+/// peer decoded from them always hash alike.
+pub fn flow_attrs<'b>(f: &Flow, buf: &'b mut [u8; MAX_FLOW_ATTRS]) -> &'b [u8] {
+    let len = flow_len(f).min(MAX_FLOW_ATTRS);
+    let mut w = Writer { buf: &mut buf[..len], at: 0 };
+    emit_flow(f, &mut w);
+    let end = w.at;
+    &buf[..end]
+}
+
+/// The key attribute of `k` as FLOW_DESTROY carries it.
+pub fn key_attr<'b>(k: &FlowKey, buf: &'b mut [u8; MAX_KEY_ATTR]) -> &'b [u8] {
+    let len = ATTR_HEADER_LEN + if k.is_ipv6() { KEY_V6_LEN } else { KEY_V4_LEN };
+    let mut w = Writer { buf: &mut buf[..len], at: 0 };
+    emit_key(k, &mut w);
+    let end = w.at;
+    &buf[..end]
+}
 
 /// A view of a whole datagram.
 #[derive(Debug, Clone)]
@@ -341,6 +383,16 @@ impl<'a> MessagePacket<'a> {
             msg_type::FLOW_DESTROY => Message::FlowDestroy(parse_key(body)?),
             msg_type::BULK_END => Message::BulkEnd { bulk_start: word(0)? },
             msg_type::RESYNC_REQUEST => Message::ResyncRequest,
+            msg_type::DIGEST => parse_digest(body)?,
+            msg_type::REPAIR_REQUEST => {
+                let (ranges, set) = parse_range_set(body)?;
+                Message::RepairRequest { ranges, set }
+            }
+            msg_type::FLOW_REPAIR => Message::FlowRepair(parse_flow(body)?),
+            msg_type::REPAIR_END => {
+                let (ranges, set) = parse_range_set(body.get(4..).ok_or(WireError::Truncated)?)?;
+                Message::RepairEnd { repair_start: word(0)?, ranges, set }
+            }
             msg_type::ACK => Message::Ack { from: word(0)?, to: word(4)? },
             msg_type::NACK => Message::Nack { from: word(0)?, to: word(4)? },
             msg_type::ALIVE => Message::Alive,
@@ -589,7 +641,12 @@ pub fn encode(
 pub fn message_len(msg: &MessageRef<'_>) -> usize {
     MSG_HEADER_LEN
         + match msg {
-            MessageRef::FlowNew(f) | MessageRef::FlowUpdate(f) => flow_len(f),
+            MessageRef::FlowNew(f) | MessageRef::FlowUpdate(f) | MessageRef::FlowRepair(f) => {
+                flow_len(f)
+            }
+            MessageRef::Digest { digests, .. } => DIGEST_HEAD + 8 * digests.len(),
+            MessageRef::RepairRequest { ranges, .. } => range_set_len(*ranges),
+            MessageRef::RepairEnd { ranges, .. } => 4 + range_set_len(*ranges),
             MessageRef::FlowDestroy(k) => {
                 ATTR_HEADER_LEN + if k.is_ipv6() { KEY_V6_LEN } else { KEY_V4_LEN }
             }
@@ -613,6 +670,10 @@ pub fn emit_message(msg: &MessageRef<'_>, buf: &mut [u8]) -> Result<usize, WireE
         MessageRef::FlowDestroy(_) => msg_type::FLOW_DESTROY,
         MessageRef::BulkEnd { .. } => msg_type::BULK_END,
         MessageRef::ResyncRequest => msg_type::RESYNC_REQUEST,
+        MessageRef::Digest { .. } => msg_type::DIGEST,
+        MessageRef::RepairRequest { .. } => msg_type::REPAIR_REQUEST,
+        MessageRef::FlowRepair(_) => msg_type::FLOW_REPAIR,
+        MessageRef::RepairEnd { .. } => msg_type::REPAIR_END,
         MessageRef::Ack { .. } => msg_type::ACK,
         MessageRef::Nack { .. } => msg_type::NACK,
         MessageRef::Alive => msg_type::ALIVE,
@@ -624,9 +685,28 @@ pub fn emit_message(msg: &MessageRef<'_>, buf: &mut [u8]) -> Result<usize, WireE
     buf[field::MSG_LENGTH].copy_from_slice(&len16.to_be_bytes());
     let mut w = Writer { buf, at: MSG_HEADER_LEN };
     match msg {
-        MessageRef::FlowNew(f) | MessageRef::FlowUpdate(f) => emit_flow(f, &mut w),
+        MessageRef::FlowNew(f) | MessageRef::FlowUpdate(f) | MessageRef::FlowRepair(f) => {
+            emit_flow(f, &mut w)
+        }
         MessageRef::FlowDestroy(k) => emit_key(k, &mut w),
         MessageRef::BulkEnd { bulk_start: v } => w.u32(*v),
+        MessageRef::Digest { oldest, ranges, first, digests } => {
+            // The count field bounds what fits a datagram anyway.
+            let count = u16::try_from(digests.len()).map_err(|_| WireError::BufferTooSmall)?;
+            w.u32(*oldest);
+            w.u16(*ranges);
+            w.u16(*first);
+            w.u16(count);
+            w.u16(0);
+            for d in digests.iter() {
+                w.bytes(&d.to_be_bytes());
+            }
+        }
+        MessageRef::RepairRequest { ranges, set } => emit_range_set(*ranges, *set, &mut w),
+        MessageRef::RepairEnd { repair_start, ranges, set } => {
+            w.u32(*repair_start);
+            emit_range_set(*ranges, *set, &mut w);
+        }
         MessageRef::Ack { from: a, to: b }
         | MessageRef::Nack { from: a, to: b }
         | MessageRef::Hello { session: a, round: b }
@@ -845,6 +925,49 @@ fn parse_flow(body: &[u8]) -> Result<Flow, WireError> {
     Ok(flow)
 }
 
+fn parse_digest(body: &[u8]) -> Result<Message, WireError> {
+    let head = body.get(..DIGEST_HEAD).ok_or(WireError::Truncated)?;
+    let (ranges, first, count) = (be16(&head[4..6]), be16(&head[6..8]), be16(&head[8..10]));
+    let n = usize::from(count);
+    let values = body.get(DIGEST_HEAD..DIGEST_HEAD + 8 * n).ok_or(WireError::Truncated)?;
+    if usize::from(first) + n > usize::from(ranges) {
+        return Err(WireError::BadMessage);
+    }
+    let digests = values
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    Ok(Message::Digest { oldest: be32(&head[0..4]), ranges, first, digests })
+}
+
+/// `ranges u16 | reserved u16 | bitmap`: range i is bit `i % 8` of byte
+/// `i / 8`; the bitmap has `ceil(ranges / 8)` bytes.
+fn range_set_len(ranges: u16) -> usize {
+    4 + usize::from(ranges).div_ceil(8)
+}
+
+fn emit_range_set(ranges: u16, set: u128, w: &mut Writer<'_>) {
+    w.u16(ranges);
+    w.u16(0);
+    let bytes = set.to_le_bytes();
+    for i in 0..usize::from(ranges).div_ceil(8) {
+        w.u8(bytes.get(i).copied().unwrap_or(0));
+    }
+}
+
+fn parse_range_set(body: &[u8]) -> Result<(u16, u128), WireError> {
+    let ranges = body.get(0..2).map(be16).ok_or(WireError::Truncated)?;
+    if ranges > MAX_RANGES {
+        return Err(WireError::BadMessage);
+    }
+    let n = usize::from(ranges).div_ceil(8);
+    let bitmap = body.get(4..4 + n).ok_or(WireError::Truncated)?;
+    let mut bytes = [0u8; 16];
+    bytes[..n].copy_from_slice(bitmap);
+    let mask = if ranges >= 128 { u128::MAX } else { (1u128 << ranges) - 1 };
+    Ok((ranges, u128::from_le_bytes(bytes) & mask))
+}
+
 fn parse_key(body: &[u8]) -> Result<FlowKey, WireError> {
     let mut key = None;
     for a in AttrIter::new(body) {
@@ -1021,8 +1144,41 @@ mod tests {
             Message::Alive,
             Message::Hello { session: 42, round: 1 },
             Message::HelloBack { session: 43, round: 2 },
+            Message::Digest { oldest: 9, ranges: 128, first: 120, digests: vec![1, u64::MAX] },
+            Message::RepairRequest { ranges: 128, set: 1 << 127 | 5 },
+            Message::FlowRepair(full_v6_flow()),
+            Message::RepairEnd { repair_start: u32::MAX, ranges: 128, set: 1 << 64 },
         ];
         assert_eq!(roundtrip(&msgs), msgs);
+    }
+
+    #[test]
+    fn anti_entropy_bodies_are_checked() {
+        // docs/PROTOCOL.md §2: a bitmap of more than 128 ranges, or digests
+        // past `ranges`, are refused; bits past `ranges` are ignored.
+        let parse = |t: u8, body: &[u8]| {
+            let mut buf = vec![t, 0, 0, (4 + body.len()) as u8];
+            buf.extend_from_slice(body);
+            MessagePacket::new_checked(&buf).unwrap().parse()
+        };
+        let mut set = vec![0, 12, 0, 0, 0xff, 0xff];
+        assert_eq!(
+            parse(msg_type::REPAIR_REQUEST, &set),
+            Ok(Message::RepairRequest { ranges: 12, set: 0xfff })
+        );
+        set[1] = 129;
+        assert_eq!(parse(msg_type::REPAIR_REQUEST, &set), Err(WireError::BadMessage));
+        assert_eq!(parse(msg_type::REPAIR_END, &[0, 0, 0, 1, 0, 16]), Err(WireError::Truncated));
+        let digest =
+            [0, 0, 0, 1, 0, 4, 0, 3, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2];
+        assert_eq!(parse(msg_type::DIGEST, &digest), Err(WireError::BadMessage), "3 + 2 > 4");
+        let mut ok = digest;
+        ok[7] = 2;
+        assert_eq!(
+            parse(msg_type::DIGEST, &ok),
+            Ok(Message::Digest { oldest: 1, ranges: 4, first: 2, digests: vec![1, 2] })
+        );
+        assert_eq!(parse(msg_type::DIGEST, &ok[..20]), Err(WireError::Truncated));
     }
 
     #[test]
