@@ -23,6 +23,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::cache::{Cache, CacheStats, Upsert};
 use crate::channel::{Channels, LinkSpec};
 use crate::control::{self, CacheSel, Request};
+use crate::expect::{ExpChange, ExpCommitReport, ExpState, ExpectSync};
 use crate::filter::Filter;
 use crate::flow::Flow;
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
@@ -53,6 +54,8 @@ pub struct DaemonConfig {
     /// Mark committed TCP flows `BE_LIBERAL` (no window tracking).
     pub be_liberal: bool,
     pub filter: Filter,
+    /// Which helpers' expectations are synced (`sync.expectations`).
+    pub expectations: ExpectSync,
     /// Where the sync keys come from, re-read on SIGHUP and `--reload`.
     pub key_file: Option<PathBuf>,
     /// keepalived `track_file` for readiness, if configured.
@@ -105,6 +108,7 @@ pub struct Daemon {
     ftfw: Ftfw,
     internal: Cache,
     external: Cache,
+    exp: ExpState,
     stats: RuntimeStats,
     started: Instant,
     internal_stamp: u64,
@@ -156,6 +160,7 @@ impl Daemon {
         let mut daemon = Daemon {
             internal: Cache::new(cfg.cache_limit),
             external: Cache::new(cfg.cache_limit),
+            exp: ExpState::new(cfg.expectations.clone(), cfg.cache_limit),
             cfg,
             poll,
             events,
@@ -264,6 +269,8 @@ impl Daemon {
                 CtEvent::New(flow) => self.local_upsert(flow, true),
                 CtEvent::Update(flow) => self.local_upsert(flow, false),
                 CtEvent::Destroy(flow) => self.local_destroy(&flow),
+                CtEvent::ExpNew(exp) => self.local_exp(*exp, false),
+                CtEvent::ExpDestroy(exp) => self.local_exp(*exp, true),
                 CtEvent::Overrun => self.on_overrun(now),
             }
         }
@@ -300,6 +307,19 @@ impl Daemon {
         } else {
             self.stats.events_filtered += 1;
         }
+    }
+
+    fn local_exp(&mut self, exp: crate::expect::Expectation, destroyed: bool) {
+        if let Some(change) = self.exp.local(exp, destroyed) {
+            self.queue_exp(change);
+        }
+    }
+
+    fn queue_exp(&mut self, change: ExpChange) {
+        self.ftfw.queue(match change {
+            ExpChange::Upsert(exp) => LocalChange::ExpUpsert(exp),
+            ExpChange::Destroy(key) => LocalChange::ExpDestroy(key),
+        });
     }
 
     fn on_overrun(&mut self, now: Instant) {
@@ -358,6 +378,14 @@ impl Daemon {
         if tell_peer {
             for key in vanished {
                 self.ftfw.queue(LocalChange::Destroy(key));
+            }
+        }
+        if self.exp.sync.enabled() {
+            let dumped = self.kernel.dump_expectations()?;
+            for change in self.exp.reconcile(dumped) {
+                if tell_peer {
+                    self.queue_exp(change);
+                }
             }
         }
         Ok((changed, gone))
@@ -452,7 +480,10 @@ impl Daemon {
             PeerEvent::Destroy { key } => {
                 self.external.remove(&key);
             }
+            PeerEvent::ExpUpsert { exp, stamp } => self.exp.peer_upsert(*exp, stamp),
+            PeerEvent::ExpDestroy { key } => self.exp.peer_destroy(&key),
             PeerEvent::BulkEnd { floor } => {
+                self.exp.peer_bulk_end(floor);
                 let stale = self.external.retain(|e| e.stamp >= floor);
                 log::info!(
                     "bulk update from the peer complete: {} flows in the external cache, {stale} stale ones removed",
@@ -461,7 +492,7 @@ impl Daemon {
             }
             PeerEvent::BulkRequested => {
                 log::info!("sending all {} internal flows to the peer", self.internal.len());
-                self.ftfw.bulk_send(self.internal.iter().map(|e| &e.flow));
+                self.bulk_send();
             }
             PeerEvent::PeerUp => log::info!("peer is up"),
             PeerEvent::PeerDown => {
@@ -736,6 +767,10 @@ impl Daemon {
                         self.external.len()
                     );
                     self.external.clear();
+                    self.exp.external.clear();
+                }
+                if i {
+                    self.exp.internal.clear();
                 }
                 Ok(out)
             }
@@ -755,7 +790,7 @@ impl Daemon {
                 ))
             }
             Request::BulkSend => {
-                self.ftfw.bulk_send(self.internal.iter().map(|e| &e.flow));
+                self.bulk_send();
                 Ok(format!("bulk send of {} flows queued\n", self.internal.len()))
             }
             Request::RequestResync => {
@@ -809,7 +844,57 @@ impl Daemon {
             report.failed.len()
         );
         log::info!("{line}");
-        Ok(line + "\n")
+        if !self.exp.sync.enabled() {
+            return Ok(line + "\n");
+        }
+        let failed: std::collections::HashSet<_> = report.failed.iter().map(|(k, _)| *k).collect();
+        let exp_line = self.commit_expectations(&failed)?;
+        Ok(format!("{line}\n{exp_line}\n"))
+    }
+
+    /// Commit the external expectations whose master is now in the kernel:
+    /// committed from the external cache just now (and not in `failed`),
+    /// or one of this kernel's own flows.
+    fn commit_expectations(
+        &mut self,
+        failed: &std::collections::HashSet<crate::flow::FlowKey>,
+    ) -> Result<String, String> {
+        let (external, internal) = (&self.external, &self.internal);
+        let (ready, no_master) = self.exp.committable(|m| {
+            (external.get(m).is_some() && !failed.contains(m)) || internal.get(m).is_some()
+        });
+        let kernel = self
+            .kernel
+            .commit_expectations(ready)
+            .map_err(|e| format!("commit of expectations to the kernel failed: {e}"))?;
+        let report = ExpCommitReport {
+            created: kernel.created,
+            existing: kernel.updated,
+            no_master,
+            failed: kernel.failed,
+        };
+        self.exp.count_commit(&report);
+        for (key, errno) in report.failed.iter().take(5) {
+            log::warn!(
+                "commit of the expectation {key} failed: {}",
+                io::Error::from_raw_os_error(*errno)
+            );
+        }
+        let line = format!(
+            "committed {} expectations: {} created, {} existed, {} failed, {} skipped without their master flow",
+            report.created + report.existing + report.failed.len(),
+            report.created,
+            report.existing,
+            report.failed.len(),
+            report.no_master
+        );
+        log::info!("{line}");
+        Ok(line)
+    }
+
+    fn bulk_send(&mut self) {
+        let exps = self.exp.internal.iter().map(|e| &e.exp);
+        self.ftfw.bulk_send_with_expectations(self.internal.iter().map(|e| &e.flow), exps);
     }
 
     fn stats_report(&self, section: Option<control::StatsSection>, json: bool) -> String {
@@ -835,6 +920,11 @@ impl Daemon {
             netlink_rcvbuf: self.events.rcvbuf(),
             protocol: self.ftfw.stats().clone(),
             links,
+            expectations: self.exp.sync.enabled().then(|| ExpReport {
+                internal: self.exp.internal.stats(),
+                external: self.exp.external.stats(),
+                runtime: self.exp.stats,
+            }),
         }
     }
 
@@ -864,6 +954,16 @@ struct StatsReport {
     netlink_rcvbuf: usize,
     protocol: crate::ftfw::FtfwStats,
     links: Vec<crate::channel::LinkStatus>,
+    /// Only with `sync.expectations`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expectations: Option<ExpReport>,
+}
+
+#[derive(serde::Serialize)]
+struct ExpReport {
+    internal: crate::expect::ExpCacheStats,
+    external: crate::expect::ExpCacheStats,
+    runtime: crate::expect::ExpStats,
 }
 
 impl StatsReport {

@@ -250,7 +250,11 @@ pub(crate) fn run(sc: &Scenario) -> Outcome {
                             let Side { core, internal, .. } = side;
                             core.bulk_send(internal.values());
                         }
-                        PeerEvent::PeerUp | PeerEvent::PeerDown | PeerEvent::PeerRestarted => {}
+                        PeerEvent::PeerUp
+                        | PeerEvent::PeerDown
+                        | PeerEvent::PeerRestarted
+                        | PeerEvent::ExpUpsert { .. }
+                        | PeerEvent::ExpDestroy { .. } => {}
                     }
                 }
                 if !progressed {

@@ -336,7 +336,7 @@ fn emit_untranslated_reply(w: &mut AttrWriter<'_>, flow: &Flow) {
     w.end_nest(t);
 }
 
-fn emit_addrs(w: &mut AttrWriter<'_>, src: IpAddr, dst: IpAddr) {
+pub(super) fn emit_addrs(w: &mut AttrWriter<'_>, src: IpAddr, dst: IpAddr) {
     let ip = w.begin_nest(tuple::IP);
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -351,7 +351,7 @@ fn emit_addrs(w: &mut AttrWriter<'_>, src: IpAddr, dst: IpAddr) {
     w.end_nest(ip);
 }
 
-fn emit_proto(w: &mut AttrWriter<'_>, l4proto: u8, ipv6: bool, l4: [u16; 2]) {
+pub(super) fn emit_proto(w: &mut AttrWriter<'_>, l4proto: u8, ipv6: bool, l4: [u16; 2]) {
     let p = w.begin_nest(tuple::PROTO);
     w.put(tuple::PROTO_NUM, &[l4proto]);
     match l4proto {
@@ -470,15 +470,25 @@ pub fn labels_from_bytes(bytes: &[u8]) -> u128 {
 
 /// One tuple as decoded.
 #[derive(Default)]
-struct TupleParts {
-    src: Option<IpAddr>,
-    dst: Option<IpAddr>,
-    l4proto: u8,
-    l4: [u16; 2],
-    zone: Option<u16>,
+pub(super) struct TupleParts {
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub l4proto: u8,
+    pub l4: [u16; 2],
+    pub zone: Option<u16>,
 }
 
 impl TupleParts {
+    /// Decode the value of a tuple nest (`CTA_TUPLE_IP`, `CTA_TUPLE_PROTO`,
+    /// `CTA_TUPLE_ZONE` inside), as the expectation attributes carry them.
+    pub(super) fn parse_nest(value: &[u8]) -> Result<TupleParts, ConvertError> {
+        let mut parts = Vec::with_capacity(3);
+        for nla in NlasIterator::new(value) {
+            parts.push(Tuple::parse(&nla?)?);
+        }
+        TupleParts::from_crate(&parts)
+    }
+
     fn from_crate(parts: &[Tuple]) -> Result<TupleParts, ConvertError> {
         let mut t = TupleParts::default();
         let (mut icmp_type, mut icmp_code) = (0u8, 0u8);
@@ -624,7 +634,7 @@ fn nla_value(nla: &DefaultNla) -> Vec<u8> {
     v
 }
 
-fn for_each_nla(
+pub(super) fn for_each_nla(
     buf: &[u8],
     mut f: impl FnMut(u16, &[u8]) -> Result<(), ConvertError>,
 ) -> Result<(), ConvertError> {
@@ -643,11 +653,11 @@ fn u8_of(v: &[u8]) -> Result<u8, ConvertError> {
     v.first().copied().ok_or_else(|| short("u8 attribute", v))
 }
 
-fn be_u16(v: &[u8]) -> Result<u16, ConvertError> {
+pub(super) fn be_u16(v: &[u8]) -> Result<u16, ConvertError> {
     v.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or_else(|| short("u16 attribute", v))
 }
 
-fn be_u32(v: &[u8]) -> Result<u32, ConvertError> {
+pub(super) fn be_u32(v: &[u8]) -> Result<u32, ConvertError> {
     v.get(..4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
         .ok_or_else(|| short("u32 attribute", v))

@@ -360,7 +360,8 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Received>) -> Result<DatagramHeader, W
 }
 
 /// Bytes `msg` takes on the wire (0 for what this format cannot carry:
-/// BULK_END, and HELLO / HELLO_BACK, which are flags).
+/// BULK_END, HELLO / HELLO_BACK, which are flags, and expectations, which
+/// this codec does not write yet; the core never queues them here).
 pub fn message_len(msg: &MessageRef<'_>) -> usize {
     match msg {
         MessageRef::FlowNew(f) | MessageRef::FlowUpdate(f) => HEADER_LEN + flow_len(f),
@@ -369,7 +370,11 @@ pub fn message_len(msg: &MessageRef<'_>) -> usize {
             ACK_HEADER_LEN
         }
         MessageRef::Alive => HEADER_LEN,
-        MessageRef::BulkEnd { .. } | MessageRef::Hello { .. } | MessageRef::HelloBack { .. } => 0,
+        MessageRef::BulkEnd { .. }
+        | MessageRef::Hello { .. }
+        | MessageRef::HelloBack { .. }
+        | MessageRef::ExpNew(_)
+        | MessageRef::ExpDestroy(_) => 0,
     }
 }
 
@@ -390,7 +395,11 @@ pub fn emit_message(msg: &MessageRef<'_>, seq: u32, buf: &mut [u8]) -> Result<us
         MessageRef::Ack { from, to } => (msg_type::CTL, flags::ACK, Some((*from, *to))),
         MessageRef::Nack { from, to } => (msg_type::CTL, flags::NACK, Some((*from, *to))),
         MessageRef::Alive => (msg_type::CTL, flags::ALIVE, None),
-        MessageRef::BulkEnd { .. } | MessageRef::Hello { .. } | MessageRef::HelloBack { .. } => {
+        MessageRef::BulkEnd { .. }
+        | MessageRef::Hello { .. }
+        | MessageRef::HelloBack { .. }
+        | MessageRef::ExpNew(_)
+        | MessageRef::ExpDestroy(_) => {
             return Err(WireError::BadMessage);
         }
     };

@@ -13,6 +13,7 @@
 pub mod conntrackd;
 pub mod native;
 
+use crate::expect::Expectation;
 use crate::flow::{Flow, FlowKey};
 
 /// Why bytes from the peer were refused. Each variant feeds its own drop
@@ -93,6 +94,10 @@ pub enum Message {
     FlowUpdate(Flow),
     /// A flow the peer's kernel destroyed (sequenced).
     FlowDestroy(FlowKey),
+    /// An expectation the peer's kernel holds (sequenced).
+    ExpNew(Box<Expectation>),
+    /// The expectation with this expected tuple is gone (sequenced).
+    ExpDestroy(FlowKey),
     /// End of a bulk that started at `bulk_start` (sequenced).
     BulkEnd { bulk_start: u32 },
     /// The sender wants our whole table (sequenced, so that it is reliable).
@@ -119,6 +124,10 @@ pub enum MessageRef<'a> {
     FlowUpdate(&'a Flow),
     /// See [`Message::FlowDestroy`].
     FlowDestroy(&'a FlowKey),
+    /// See [`Message::ExpNew`].
+    ExpNew(&'a Expectation),
+    /// See [`Message::ExpDestroy`].
+    ExpDestroy(&'a FlowKey),
     /// See [`Message::BulkEnd`].
     BulkEnd { bulk_start: u32 },
     /// See [`Message::ResyncRequest`].
@@ -142,6 +151,8 @@ impl Message {
             Message::FlowNew(f) => MessageRef::FlowNew(f),
             Message::FlowUpdate(f) => MessageRef::FlowUpdate(f),
             Message::FlowDestroy(k) => MessageRef::FlowDestroy(k),
+            Message::ExpNew(e) => MessageRef::ExpNew(e),
+            Message::ExpDestroy(k) => MessageRef::ExpDestroy(k),
             Message::BulkEnd { bulk_start } => MessageRef::BulkEnd { bulk_start: *bulk_start },
             Message::ResyncRequest => MessageRef::ResyncRequest,
             Message::Ack { from, to } => MessageRef::Ack { from: *from, to: *to },
@@ -170,6 +181,8 @@ impl MessageRef<'_> {
             MessageRef::FlowNew(_)
                 | MessageRef::FlowUpdate(_)
                 | MessageRef::FlowDestroy(_)
+                | MessageRef::ExpNew(_)
+                | MessageRef::ExpDestroy(_)
                 | MessageRef::BulkEnd { .. }
                 | MessageRef::ResyncRequest
         )
