@@ -1,0 +1,344 @@
+//! FTP through a firewall pair with the kernel's ftp helper and SNAT: the
+//! control connection is opened through fw1, the pair fails over to fw2,
+//! then a passive data transfer must pass fw2. The ruleset lets a data
+//! connection in only as `ct state related`, so it passes only if fw2
+//! holds the expectation fw1's helper created: with `sync.expectations`
+//! it does, without it the same transfer fails (the negative control).
+//!
+//! Real components: vsftpd (Debian's package, installed by
+//! scripts/setup.sh), Python's ftplib as the client, nftables, ctsyncd.
+//! The failover is a route switch plus `ctsyncd -c` on fw2, what
+//! keepalived's notify script does, without keepalived's timers.
+//! Needs root; skipped otherwise or when vsftpd is missing.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use common::{Netns, run_ok, wait_for};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ctsyncd");
+
+/// The client: logs in, asks for passive mode, reports the data address,
+/// then waits for "go" before connecting to it and fetching the file.
+const CLIENT: &str = r#"
+import ftplib, re, socket, sys
+ftp = ftplib.FTP()
+ftp.connect("10.0.2.2", 21, timeout=5)
+ftp.login()
+resp = ftp.sendcmd("PASV")
+nums = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", resp).groups()
+host, port = ".".join(nums[:4]), int(nums[4]) * 256 + int(nums[5])
+print("PASV", host, port, flush=True)
+sys.stdin.readline()
+try:
+    data = socket.create_connection((host, port), timeout=4)
+    ftp.sendcmd("RETR payload")
+    body = b""
+    while chunk := data.recv(65536):
+        body += chunk
+    data.close()
+    ftp.voidresp()
+    print("OK", len(body), flush=True)
+except Exception as e:
+    print("FAIL", type(e).__name__, e, flush=True)
+"#;
+
+const PAYLOAD_LEN: usize = 100_000;
+
+/// fw1 and fw2 share the client-facing and the server-facing addresses
+/// (each on its own point-to-point links), so the SNAT address 10.0.2.1
+/// stays valid after the switch.
+struct Lab {
+    cl: Netns,
+    srv: Netns,
+    fw: [Netns; 2],
+    dir: PathBuf,
+    daemons: Vec<Child>,
+}
+
+impl Lab {
+    fn new(tag: &str, expectations: &str) -> Lab {
+        let lab = Lab {
+            cl: Netns::new(&format!("{tag}-cl")),
+            srv: Netns::new(&format!("{tag}-srv")),
+            fw: [Netns::new(&format!("{tag}-fw1")), Netns::new(&format!("{tag}-fw2"))],
+            dir: std::env::temp_dir().join(format!("ctsync-exp-{}-{tag}", std::process::id())),
+            daemons: Vec::new(),
+        };
+        std::fs::create_dir_all(&lab.dir).unwrap();
+        let veth = |a: &Netns, an: &str, b: &Netns, bn: &str| {
+            run_ok(Command::new("ip").args(["link", "add", an, "netns", a.name()]).args([
+                "type",
+                "veth",
+                "peer",
+                "name",
+                bn,
+                "netns",
+                b.name(),
+            ]));
+        };
+        lab.cl.exec("ip addr add 10.0.1.2/32 dev lo");
+        lab.srv.exec("ip addr add 10.0.2.2/32 dev lo");
+        for (i, fw) in lab.fw.iter().enumerate() {
+            let n = i + 1;
+            veth(&lab.cl, &format!("c{n}"), fw, "lan");
+            veth(&lab.srv, &format!("s{n}"), fw, "wan");
+            lab.cl.exec(&format!("ip addr add 169.254.1{n}.2/30 dev c{n} && ip link set c{n} up"));
+            lab.srv.exec(&format!("ip addr add 169.254.2{n}.2/30 dev s{n} && ip link set s{n} up"));
+            fw.exec(&format!(
+                "ip addr add 169.254.1{n}.1/30 dev lan && ip link set lan up && \
+                 ip addr add 169.254.2{n}.1/30 dev wan && ip link set wan up && \
+                 ip addr add 10.0.2.1/32 dev lo && \
+                 ip route add 10.0.1.2/32 via 169.254.1{n}.2 && \
+                 ip route add 10.0.2.2/32 via 169.254.2{n}.2 && \
+                 sysctl -qw net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_loose=0"
+            ));
+            fw.exec(&format!("nft -f - <<'EOF'\n{}\nEOF", ruleset()));
+        }
+        veth(&lab.fw[0], "sync0", &lab.fw[1], "sync0");
+        let key = lab.dir.join("sync.key");
+        std::fs::write(&key, format!("1 {}\n", "5c".repeat(32))).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        for (i, fw) in lab.fw.iter().enumerate() {
+            let n = i + 1;
+            fw.exec(&format!("ip addr add 10.255.0.{n}/30 dev sync0 && ip link set sync0 up"));
+            std::fs::write(
+                lab.config(i),
+                format!(
+                    "general:\n  lock_file: {d}/fw{n}.lock\n  control_socket: {d}/fw{n}.sock\n\
+                     sync:\n{expectations}  auth: {{ key_file: {d}/sync.key }}\n  channels:\n    \
+                     - {{ type: udp, local: 10.255.0.{n}, peer: 10.255.0.{p}, interface: sync0 }}\n",
+                    d = lab.dir.display(),
+                    p = 2 - i,
+                ),
+            )
+            .unwrap();
+        }
+        lab.route_via(1);
+        lab
+    }
+
+    fn config(&self, i: usize) -> String {
+        self.dir.join(format!("fw{}.yaml", i + 1)).display().to_string()
+    }
+
+    /// Send client and server traffic through fw`n` only.
+    fn route_via(&self, n: usize) {
+        self.cl.exec(&format!("ip route replace 10.0.2.0/24 via 169.254.1{n}.1 src 10.0.1.2"));
+        self.srv.exec(&format!("ip route replace 10.0.2.1/32 via 169.254.2{n}.1 src 10.0.2.2"));
+    }
+
+    fn start_daemons(&mut self) {
+        for i in 0..2 {
+            let log = std::fs::File::create(self.dir.join(format!("fw{}.log", i + 1))).unwrap();
+            let child = Command::new("ip")
+                .args(["netns", "exec", self.fw[i].name(), BIN, "-C", &self.config(i)])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start ctsyncd");
+            self.daemons.push(child);
+            wait_for(Duration::from_secs(10), || self.cli(i, &["-s"]).status.success())
+                .unwrap_or_else(|| panic!("fw{} daemon did not start: {}", i + 1, self.log(i)));
+        }
+    }
+
+    fn start_ftp_server(&mut self) {
+        let root = self.dir.join("ftproot");
+        let empty = self.dir.join("empty");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&empty).unwrap();
+        std::fs::write(root.join("payload"), vec![b'x'; PAYLOAD_LEN]).unwrap();
+        let conf = self.dir.join("vsftpd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen=YES\nlisten_ipv6=NO\nlisten_address=10.0.2.2\nbackground=NO\n\
+                 anonymous_enable=YES\nlocal_enable=NO\nwrite_enable=NO\nno_anon_password=YES\n\
+                 anon_root={root}\nsecure_chroot_dir={empty}\npasv_enable=YES\n\
+                 pasv_min_port=50000\npasv_max_port=50100\nconnect_from_port_20=NO\n\
+                 seccomp_sandbox=NO\nisolate_network=NO\nxferlog_enable=NO\n",
+                root = root.display(),
+                empty = empty.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(self.dir.join("vsftpd.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.srv.name(), "vsftpd"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vsftpd");
+        self.daemons.push(child);
+        wait_for(Duration::from_secs(5), || {
+            self.srv.try_exec("ss -ltn | grep -q 10.0.2.2:21").status.success()
+        })
+        .expect("vsftpd did not listen");
+    }
+
+    fn cli(&self, i: usize, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", self.fw[i].name(), BIN, "-C", &self.config(i)])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn cli_ok(&self, i: usize, args: &[&str]) -> String {
+        let out = self.cli(i, args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "ctsyncd {args:?}: {text}{}", self.log(i));
+        text
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("fw{}.log", i + 1))).unwrap_or_default()
+    }
+
+    fn external_expectations(&self, i: usize) -> u64 {
+        let out = self.cli(i, &["-s", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        json["expectations"]["external"]["active"].as_u64().unwrap_or(0)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.daemons {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Strict forwarding: new connections only to the FTP control port, with
+/// SYN; everything else only as established or related (the data
+/// connection needs the helper's expectation). SNAT to the shared address.
+fn ruleset() -> &'static str {
+    r#"table inet ftpfw {
+    ct helper ftp-standard {
+        type "ftp" protocol tcp
+        l3proto ip
+    }
+    chain pre {
+        type filter hook prerouting priority filter;
+        iifname "lan" tcp dport 21 ct helper set "ftp-standard"
+    }
+    chain forward_strict {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "lan" oifname "wan" tcp dport 21 tcp flags & (syn | ack) == syn ct state new accept
+    }
+}
+table ip ftpnat {
+    chain post {
+        type nat hook postrouting priority srcnat;
+        oifname "wan" snat to 10.0.2.1
+    }
+}"#
+}
+
+struct Client {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Client {
+    fn start(ns: &Netns) -> Client {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "python3", "-c", CLIENT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the ftp client");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Client { child, stdin, stdout }
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the scenario; returns the client's verdict line and fw2's commit
+/// output.
+fn ftp_across_failover(tag: &str, expectations: &str) -> (String, String, Lab) {
+    let mut lab = Lab::new(tag, expectations);
+    lab.start_ftp_server();
+    lab.start_daemons();
+    let mut client = Client::start(&lab.cl);
+    let pasv = client.line();
+    assert!(pasv.starts_with("PASV 10.0.2.2 "), "client: {pasv:?}");
+    // fw2 holds the control connection (and, when synced, the expectation).
+    wait_for(Duration::from_secs(10), || lab.cli_ok(1, &["-e"]).contains("dport=21 "))
+        .unwrap_or_else(|| panic!("control flow not synced: {}", lab.log(0)));
+    if !expectations.is_empty() {
+        wait_for(Duration::from_secs(10), || lab.external_expectations(1) > 0)
+            .unwrap_or_else(|| panic!("expectation not synced: {}", lab.log(0)));
+    }
+    lab.route_via(2);
+    let commit = lab.cli_ok(1, &["-c"]);
+    client.stdin.write_all(b"go\n").unwrap();
+    let verdict = client.line();
+    (verdict, commit, lab)
+}
+
+fn skip() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return true;
+    }
+    if Command::new("vsftpd").arg("-v").stdin(Stdio::null()).output().is_err() {
+        eprintln!("skipped: vsftpd is not installed (scripts/setup.sh installs it)");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn passive_ftp_survives_a_failover_with_expectation_sync() {
+    if skip() {
+        return;
+    }
+    let (verdict, commit, lab) = ftp_across_failover("ftpx", "  expectations: [ftp]\n");
+    println!("{commit}{verdict}");
+    assert!(commit.contains("committed 1 expectations: 1 created"), "{commit}{}", lab.log(1));
+    assert_eq!(verdict, format!("OK {PAYLOAD_LEN}"), "fw2: {}", lab.log(1));
+    // fw1's ctnetlink dump saw the expectation as the helper made it.
+    let internal = lab.cli_ok(0, &["-s", "--json"]);
+    assert!(internal.contains("\"expectations\""), "{internal}");
+}
+
+#[test]
+fn passive_ftp_fails_after_a_failover_without_expectation_sync() {
+    if skip() {
+        return;
+    }
+    let (verdict, commit, _lab) = ftp_across_failover("ftpn", "");
+    println!("{commit}{verdict}");
+    assert!(!commit.contains("expectations"), "{commit}");
+    assert!(
+        verdict.starts_with("FAIL"),
+        "the data connection passed without expectation sync: {verdict}"
+    );
+}
