@@ -58,6 +58,8 @@ pub enum Request {
     DumpInternal,
     /// `-e`: dump the external cache.
     DumpExternal,
+    /// `-i expect` / `-e expect`: dump a cache's expectations.
+    DumpExpectations(CacheSel),
     /// Re-read the configuration file.
     Reload,
 }
@@ -270,6 +272,11 @@ pub fn decode_request(buf: &[u8]) -> Result<(Request, bool), ControlError> {
         }),
         tag::DUMP_INTERNAL => plain(Request::DumpInternal)?,
         tag::DUMP_EXTERNAL => plain(Request::DumpExternal)?,
+        tag::DUMP_EXPECT => Request::DumpExpectations(match arg {
+            1 => CacheSel::Internal,
+            2 => CacheSel::External,
+            _ => return Err(ControlError::BadArgument(arg)),
+        }),
         tag::RELOAD => plain(Request::Reload)?,
         _ => return Err(ControlError::BadRequest(tag)),
     };
@@ -524,6 +531,7 @@ mod tag {
     pub const DUMP_INTERNAL: u8 = 10;
     pub const DUMP_EXTERNAL: u8 = 11;
     pub const RELOAD: u8 = 12;
+    pub const DUMP_EXPECT: u8 = 13;
 }
 
 fn request_code(req: &Request) -> (u8, u8) {
@@ -551,6 +559,8 @@ fn request_code(req: &Request) -> (u8, u8) {
         ),
         Request::DumpInternal => (tag::DUMP_INTERNAL, 0),
         Request::DumpExternal => (tag::DUMP_EXTERNAL, 0),
+        Request::DumpExpectations(CacheSel::Internal) => (tag::DUMP_EXPECT, 1),
+        Request::DumpExpectations(CacheSel::External) => (tag::DUMP_EXPECT, 2),
         Request::Reload => (tag::RELOAD, 0),
     }
 }
@@ -589,6 +599,8 @@ mod tests {
             Request::Stats(None),
             Request::DumpInternal,
             Request::DumpExternal,
+            Request::DumpExpectations(CacheSel::Internal),
+            Request::DumpExpectations(CacheSel::External),
             Request::Reload,
         ];
         v.extend(StatsSection::ALL.iter().map(|&s| Request::Stats(Some(s))));

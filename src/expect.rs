@@ -294,6 +294,21 @@ impl ExpCache {
     }
 }
 
+/// The `-i expect` / `-e expect` listing: one line (or JSON object) per
+/// expectation.
+pub fn dump(cache: &ExpCache, json: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for e in cache.iter() {
+        if json {
+            let _ = writeln!(out, "{}", serde_json::to_string(&e.exp).unwrap_or_default());
+        } else {
+            let _ = writeln!(out, "{}", e.exp);
+        }
+    }
+    out
+}
+
 /// Daemon-side counters of expectation sync, as `-s` shows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ExpStats {

@@ -814,6 +814,13 @@ impl Daemon {
             Request::Stats(section) => Ok(self.stats_report(section, json)),
             Request::DumpInternal => Ok(dump(&self.internal, json)),
             Request::DumpExternal => Ok(dump(&self.external, json)),
+            Request::DumpExpectations(which) => {
+                let cache = match which {
+                    CacheSel::Internal => &self.exp.internal,
+                    CacheSel::External => &self.exp.external,
+                };
+                Ok(crate::expect::dump(cache, json))
+            }
             Request::Reload => self.reload().map(|line| line + "\n"),
         }
     }

@@ -22,21 +22,36 @@ use common::{Netns, run_ok, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ctsyncd");
 
-/// The client: logs in, asks for passive mode, reports the data address,
-/// then waits for "go" before connecting to it and fetching the file.
+/// The client: logs in, announces a data connection in passive (`pasv`:
+/// PASV, the client will connect) or active mode (`port`: PORT, the
+/// server will connect back), prints it, then waits for "go" before the
+/// transfer.
 const CLIENT: &str = r#"
 import ftplib, re, socket, sys
+mode = sys.argv[1]
 ftp = ftplib.FTP()
 ftp.connect("10.0.2.2", 21, timeout=5)
 ftp.login()
-resp = ftp.sendcmd("PASV")
-nums = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", resp).groups()
-host, port = ".".join(nums[:4]), int(nums[4]) * 256 + int(nums[5])
-print("PASV", host, port, flush=True)
+if mode == "pasv":
+    resp = ftp.sendcmd("PASV")
+    nums = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", resp).groups()
+    host, port = ".".join(nums[:4]), int(nums[4]) * 256 + int(nums[5])
+    print("PASV", host, port, flush=True)
+else:
+    lsock = socket.create_server(("10.0.1.2", 0))
+    lsock.settimeout(4)
+    port = lsock.getsockname()[1]
+    ftp.sendcmd("PORT 10,0,1,2,%d,%d" % (port >> 8, port & 255))
+    print("PORT 10.0.1.2", port, flush=True)
 sys.stdin.readline()
 try:
-    data = socket.create_connection((host, port), timeout=4)
-    ftp.sendcmd("RETR payload")
+    if mode == "pasv":
+        data = socket.create_connection((host, port), timeout=4)
+        ftp.sendcmd("RETR payload")
+    else:
+        ftp.putcmd("RETR payload")
+        data, _ = lsock.accept()
+        ftp.getresp()
     body = b""
     while chunk := data.recv(65536):
         body += chunk
@@ -162,7 +177,7 @@ impl Lab {
                  anonymous_enable=YES\nlocal_enable=NO\nwrite_enable=NO\nno_anon_password=YES\n\
                  anon_root={root}\nsecure_chroot_dir={empty}\npasv_enable=YES\n\
                  pasv_min_port=50000\npasv_max_port=50100\nconnect_from_port_20=NO\n\
-                 seccomp_sandbox=NO\nisolate_network=NO\nxferlog_enable=NO\n",
+                 seccomp_sandbox=NO\nisolate_network=NO\nxferlog_enable=NO\nconnect_timeout=5\n",
                 root = root.display(),
                 empty = empty.display()
             ),
@@ -253,9 +268,9 @@ struct Client {
 }
 
 impl Client {
-    fn start(ns: &Netns) -> Client {
+    fn start(ns: &Netns, mode: &str) -> Client {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "python3", "-c", CLIENT])
+            .args(["netns", "exec", ns.name(), "python3", "-c", CLIENT, mode])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -280,27 +295,34 @@ impl Drop for Client {
     }
 }
 
-/// Runs the scenario; returns the client's verdict line and fw2's commit
-/// output.
-fn ftp_across_failover(tag: &str, expectations: &str) -> (String, String, Lab) {
+/// Runs the scenario with one passive and one active session (two
+/// control connections: the ftp helper keeps one expectation per
+/// master); returns both clients' verdicts, fw2's commit output and the
+/// lab.
+fn ftp_across_failover(tag: &str, expectations: &str) -> ([String; 2], String, Lab) {
     let mut lab = Lab::new(tag, expectations);
     lab.start_ftp_server();
     lab.start_daemons();
-    let mut client = Client::start(&lab.cl);
-    let pasv = client.line();
-    assert!(pasv.starts_with("PASV 10.0.2.2 "), "client: {pasv:?}");
-    // fw2 holds the control connection (and, when synced, the expectation).
-    wait_for(Duration::from_secs(10), || lab.cli_ok(1, &["-e"]).contains("dport=21 "))
-        .unwrap_or_else(|| panic!("control flow not synced: {}", lab.log(0)));
+    let mut clients = [Client::start(&lab.cl, "pasv"), Client::start(&lab.cl, "port")];
+    for (client, want) in clients.iter_mut().zip(["PASV 10.0.2.2 ", "PORT 10.0.1.2 "]) {
+        let line = client.line();
+        assert!(line.starts_with(want), "client: {line:?}");
+    }
+    // fw2 holds both control connections (and, when synced, both
+    // expectations).
+    wait_for(Duration::from_secs(10), || lab.cli_ok(1, &["-e"]).matches("dport=21 ").count() == 2)
+        .unwrap_or_else(|| panic!("control flows not synced: {}", lab.log(0)));
     if !expectations.is_empty() {
-        wait_for(Duration::from_secs(10), || lab.external_expectations(1) > 0)
-            .unwrap_or_else(|| panic!("expectation not synced: {}", lab.log(0)));
+        wait_for(Duration::from_secs(10), || lab.external_expectations(1) == 2)
+            .unwrap_or_else(|| panic!("expectations not synced: {}", lab.log(0)));
     }
     lab.route_via(2);
     let commit = lab.cli_ok(1, &["-c"]);
-    client.stdin.write_all(b"go\n").unwrap();
-    let verdict = client.line();
-    (verdict, commit, lab)
+    for client in &mut clients {
+        client.stdin.write_all(b"go\n").unwrap();
+    }
+    let verdicts = clients.map(|mut c| c.line());
+    (verdicts, commit, lab)
 }
 
 fn skip() -> bool {
@@ -316,29 +338,36 @@ fn skip() -> bool {
 }
 
 #[test]
-fn passive_ftp_survives_a_failover_with_expectation_sync() {
+fn passive_and_active_ftp_survive_a_failover_with_expectation_sync() {
     if skip() {
         return;
     }
-    let (verdict, commit, lab) = ftp_across_failover("ftpx", "  expectations: [ftp]\n");
-    println!("{commit}{verdict}");
-    assert!(commit.contains("committed 1 expectations: 1 created"), "{commit}{}", lab.log(1));
-    assert_eq!(verdict, format!("OK {PAYLOAD_LEN}"), "fw2: {}", lab.log(1));
-    // fw1's ctnetlink dump saw the expectation as the helper made it.
-    let internal = lab.cli_ok(0, &["-s", "--json"]);
-    assert!(internal.contains("\"expectations\""), "{internal}");
+    let (verdicts, commit, lab) = ftp_across_failover("ftpx", "  expectations: [ftp]\n");
+    println!("{commit}{verdicts:?}");
+    assert!(commit.contains("committed 2 expectations: 2 created"), "{commit}{}", lab.log(1));
+    let ok = format!("OK {PAYLOAD_LEN}");
+    assert_eq!(verdicts, [ok.clone(), ok], "fw2: {}", lab.log(1));
+    // fw2 lists what it committed: both carry the helper's NAT state (the
+    // original port, and the function that NATs the data connection like
+    // its master), the active one back towards the client (dir 1, reply).
+    let listed = lab.cli_ok(1, &["-e", "expect"]);
+    assert_eq!(listed.matches("helper=ftp").count(), 2, "{listed}");
+    assert_eq!(listed.matches("fn=nat-follow-master").count(), 2, "{listed}");
+    assert!(
+        listed.contains("src=10.0.2.2 dst=10.0.2.1 ") && listed.contains("nat-dir=1"),
+        "{listed}"
+    );
 }
 
 #[test]
-fn passive_ftp_fails_after_a_failover_without_expectation_sync() {
+fn passive_and_active_ftp_fail_after_a_failover_without_expectation_sync() {
     if skip() {
         return;
     }
-    let (verdict, commit, _lab) = ftp_across_failover("ftpn", "");
-    println!("{commit}{verdict}");
+    let (verdicts, commit, _lab) = ftp_across_failover("ftpn", "");
+    println!("{commit}{verdicts:?}");
     assert!(!commit.contains("expectations"), "{commit}");
-    assert!(
-        verdict.starts_with("FAIL"),
-        "the data connection passed without expectation sync: {verdict}"
-    );
+    for v in &verdicts {
+        assert!(v.starts_with("FAIL"), "a data connection passed without expectation sync: {v}");
+    }
 }
