@@ -167,21 +167,23 @@ struct Args {
     )]
     stats: Option<Option<StatsSection>>,
 
-    /// Dump the internal cache (this firewall's flows).
+    /// Dump the internal cache (this firewall's flows; `expect`: its
+    /// expectations).
     #[arg(
         short = 'i',
         long = "dump-internal",
-        value_name = "ct",
+        value_name = "ct|expect",
         num_args = 0..=1,
         value_parser = table
     )]
     dump_internal: Option<Option<Table>>,
 
-    /// Dump the external cache (the peers' flows).
+    /// Dump the external cache (the peers' flows; `expect`: their
+    /// expectations).
     #[arg(
         short = 'e',
         long = "dump-external",
-        value_name = "ct",
+        value_name = "ct|expect",
         num_args = 0..=1,
         value_parser = table
     )]

@@ -608,21 +608,43 @@ impl<'a> Parser<'a> {
             }
             "ExpectationSync" => {
                 let token = self.expect("on, off or '{' after ExpectationSync")?;
-                let on = match token.kind {
+                let helpers = match token.kind {
                     Kind::Open => {
-                        self.skip_block(word, pos)?;
-                        true
+                        let mut names = Vec::new();
+                        loop {
+                            match self.expect_in(word, pos)?.kind {
+                                Kind::Close => break,
+                                Kind::Word(w) => names.push(w.to_ascii_lowercase()),
+                                Kind::Open => self.skip_block(word, pos)?,
+                            }
+                        }
+                        Some(if names.is_empty() {
+                            "all".to_owned()
+                        } else {
+                            format!("[{}]", names.join(", "))
+                        })
                     }
                     Kind::Word(w) => match bool_word(w) {
-                        Some(on) => on,
+                        Some(true) => Some("all".to_owned()),
+                        Some(false) => None,
                         None => {
                             return Err(self.bad_value(word, token.pos, w, "on, off or a list"));
                         }
                     },
                     Kind::Close => return Err(self.unexpected(token, "on, off or '{'")),
                 };
-                if on {
-                    self.warn(pos, word, "expectations are not synchronised yet");
+                // The import speaks conntrackd's wire format, which cannot
+                // carry them; the native format can.
+                if let Some(helpers) = helpers {
+                    self.warn(
+                        pos,
+                        word,
+                        &format!(
+                            "expectations are not carried in conntrackd's wire format; once both \
+                             firewalls run ctsyncd, set `wire: native` and `sync.expectations: \
+                             {helpers}`"
+                        ),
+                    );
                 }
             }
             _ => {

@@ -165,6 +165,9 @@ fn a_pair_is_mapped_field_by_field() {
     for (w, (line, key)) in c.warnings.iter().zip(expected) {
         assert!(w.starts_with(&format!("{}:{line}: {key}: ", path.display())), "{w}");
     }
+    // The helpers are named so that the native setting can be copied.
+    let exp = c.warnings.iter().find(|w| w.contains("ExpectationSync")).unwrap();
+    assert!(exp.ends_with("`wire: native` and `sync.expectations: [ftp, sip]`"), "{exp}");
 
     let backup = load(&fixture("backup.conf")).unwrap();
     for (p, b) in c.sync.channels.iter().zip(&backup.sync.channels) {
