@@ -81,7 +81,10 @@ pub fn parse_expectation(attrs: &[u8]) -> Result<Expectation, ConvertError> {
         if src.is_ipv4() != dst.is_ipv4() {
             return Err(ConvertError::MixedFamilies);
         }
-        Ok(FlowKey { src, dst, l4proto: t.l4proto, l4: t.l4, zone })
+        // As for flows: only these protocols' tuples carry l4 fields, so
+        // that an expectation reads back the same after a commit.
+        let l4 = if has_l4(t.l4proto) { t.l4 } else { [0, 0] };
+        Ok(FlowKey { src, dst, l4proto: t.l4proto, l4, zone })
     };
     let master = key(master)?;
     let tuple = key(tuple)?;
@@ -90,7 +93,7 @@ pub fn parse_expectation(attrs: &[u8]) -> Result<Expectation, ConvertError> {
     }
     let (mask_src, mask_sport) = match mask {
         Some(TupleParts { src: Some(src), l4, .. }) if src.is_ipv6() == tuple.is_ipv6() => {
-            (src, l4[0])
+            (src, if has_l4(tuple.l4proto) { l4[0] } else { 0 })
         }
         Some(_) => return Err(ConvertError::MixedFamilies),
         // Absent: an exact match, the safe reading.
@@ -180,6 +183,11 @@ fn parse_nat(v: &[u8]) -> Result<ExpNat, ConvertError> {
         }
         _ => Err(ConvertError::Malformed("CTA_EXPECT_NAT without direction or tuple".into())),
     }
+}
+
+fn has_l4(l4proto: u8) -> bool {
+    use crate::flow::proto::*;
+    matches!(l4proto, TCP | UDP | UDPLITE | SCTP | DCCP | GRE | ICMP | ICMPV6)
 }
 
 fn all_ones(ipv6: bool) -> IpAddr {
