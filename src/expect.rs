@@ -344,7 +344,7 @@ pub enum ExpChange {
     /// Send this state.
     Upsert(Box<Expectation>),
     /// Tell the peer it is gone.
-    Destroy(FlowKey),
+    Destroy(Box<Expectation>),
 }
 
 /// What a commit of the external expectations did.
@@ -379,7 +379,7 @@ impl ExpState {
         }
         let key = exp.key();
         if destroyed {
-            return self.internal.remove(&key).map(|_| ExpChange::Destroy(key));
+            return self.internal.remove(&key).map(|gone| ExpChange::Destroy(Box::new(gone)));
         }
         self.stamp += 1;
         self.internal.upsert(exp.clone(), self.stamp).then(|| ExpChange::Upsert(Box::new(exp)))
@@ -406,7 +406,7 @@ impl ExpState {
         self.internal.retain(|e| {
             let keep = e.stamp >= floor;
             if !keep {
-                changes.push(ExpChange::Destroy(e.exp.key()));
+                changes.push(ExpChange::Destroy(Box::new(e.exp.clone())));
             }
             keep
         });
@@ -531,7 +531,9 @@ pub(crate) mod tests {
         older.timeout = 200;
         assert!(st.reconcile(vec![older]).is_empty());
         let changes = st.reconcile(Vec::new());
-        assert!(matches!(changes.as_slice(), [ExpChange::Destroy(k)] if *k == ftp_pasv().key()));
+        assert!(
+            matches!(changes.as_slice(), [ExpChange::Destroy(e)] if e.key() == ftp_pasv().key())
+        );
         assert!(st.local(ftp_pasv(), true).is_none(), "already gone");
         assert_eq!(st.stats.ignored_helper, 1);
     }

@@ -318,7 +318,7 @@ impl Daemon {
     fn queue_exp(&mut self, change: ExpChange) {
         self.ftfw.queue(match change {
             ExpChange::Upsert(exp) => LocalChange::ExpUpsert(exp),
-            ExpChange::Destroy(key) => LocalChange::ExpDestroy(key),
+            ExpChange::Destroy(exp) => LocalChange::ExpDestroy(exp),
         });
     }
 

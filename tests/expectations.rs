@@ -6,7 +6,8 @@
 //! it does, without it the same transfer fails (the negative control).
 //!
 //! Real components: vsftpd (Debian's package, installed by
-//! scripts/setup.sh), Python's ftplib as the client, nftables, ctsyncd.
+//! scripts/setup.sh), Python's ftplib as the client, nftables, ctsyncd,
+//! and conntrackd on one side for the runs over its wire format.
 //! The failover is a route switch plus `ctsyncd -c` on fw2, what
 //! keepalived's notify script does, without keepalived's timers.
 //! Needs root; skipped otherwise or when vsftpd is missing.
@@ -21,6 +22,14 @@ use std::time::Duration;
 use common::{Netns, run_ok, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ctsyncd");
+const CONNTRACKD: &str = "/usr/sbin/conntrackd";
+
+/// Which daemon a firewall runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Ctsyncd,
+    Conntrackd,
+}
 
 /// The client: logs in, announces a data connection in passive (`pasv`:
 /// PASV, the client will connect) or active mode (`port`: PORT, the
@@ -71,19 +80,24 @@ struct Lab {
     cl: Netns,
     srv: Netns,
     fw: [Netns; 2],
+    kinds: [Kind; 2],
     dir: PathBuf,
     daemons: Vec<Child>,
 }
 
 impl Lab {
-    fn new(tag: &str, expectations: &str) -> Lab {
+    /// `expectations`: sync them (`[ftp]`) or not. With a conntrackd on
+    /// either side, both speak its wire format.
+    fn new(tag: &str, kinds: [Kind; 2], expectations: bool) -> Lab {
         let lab = Lab {
             cl: Netns::new(&format!("{tag}-cl")),
             srv: Netns::new(&format!("{tag}-srv")),
             fw: [Netns::new(&format!("{tag}-fw1")), Netns::new(&format!("{tag}-fw2"))],
+            kinds,
             dir: std::env::temp_dir().join(format!("ctsync-exp-{}-{tag}", std::process::id())),
             daemons: Vec::new(),
         };
+        let compat = kinds.contains(&Kind::Conntrackd);
         std::fs::create_dir_all(&lab.dir).unwrap();
         let veth = |a: &Netns, an: &str, b: &Netns, bn: &str| {
             run_ok(Command::new("ip").args(["link", "add", an, "netns", a.name()]).args([
@@ -121,25 +135,44 @@ impl Lab {
             .unwrap();
         for (i, fw) in lab.fw.iter().enumerate() {
             let n = i + 1;
+            let (d, p) = (lab.dir.display(), 2 - i);
             fw.exec(&format!("ip addr add 10.255.0.{n}/30 dev sync0 && ip link set sync0 up"));
-            std::fs::write(
-                lab.config(i),
-                format!(
+            let text = match (kinds[i], compat) {
+                (Kind::Ctsyncd, _) => format!(
                     "general:\n  lock_file: {d}/fw{n}.lock\n  control_socket: {d}/fw{n}.sock\n\
-                     sync:\n{expectations}  auth: {{ key_file: {d}/sync.key }}\n  channels:\n    \
+                     sync:\n{exp}{auth}  channels:\n    \
                      - {{ type: udp, local: 10.255.0.{n}, peer: 10.255.0.{p}, interface: sync0 }}\n",
-                    d = lab.dir.display(),
-                    p = 2 - i,
+                    exp = if expectations { "  expectations: [ftp]\n" } else { "" },
+                    auth = if compat {
+                        "  wire: conntrackd\n".to_owned()
+                    } else {
+                        format!("  auth: {{ key_file: {d}/sync.key }}\n")
+                    },
                 ),
-            )
-            .unwrap();
+                (Kind::Conntrackd, _) => format!(
+                    "Sync {{\n\tMode FTFW {{\n\t}}\n\tUDP {{\n\t\tIPv4_address 10.255.0.{n}\n\
+                     \t\tIPv4_Destination_Address 10.255.0.{p}\n\t\tPort 3780\n\t\tInterface sync0\n\
+                     \t\tChecksum on\n\t}}\n\tOptions {{\n\t\tExpectationSync {exp}\n\t}}\n}}\n\
+                     General {{\n\tHashSize 8192\n\tHashLimit 65536\n\
+                     \tLockFile {d}/fw{n}.cd.lock\n\tLogFile {d}/fw{n}.log\n\tSystemd off\n\
+                     \tUNIX {{\n\t\tPath {d}/fw{n}.ctl\n\t}}\n\tFilter From Userspace {{\n\
+                     \t\tAddress Ignore {{\n\t\t\tIPv4_address 10.255.0.0/30\n\t\t}}\n\t}}\n}}\n",
+                    exp = if expectations { "{\n\t\t\tftp\n\t\t}" } else { "off" },
+                ),
+            };
+            std::fs::write(lab.config(i), text).unwrap();
         }
         lab.route_via(1);
         lab
     }
 
     fn config(&self, i: usize) -> String {
-        self.dir.join(format!("fw{}.yaml", i + 1)).display().to_string()
+        let ext = if self.kinds[i] == Kind::Ctsyncd { "yaml" } else { "conf" };
+        self.dir.join(format!("fw{}.{ext}", i + 1)).display().to_string()
+    }
+
+    fn bin(&self, i: usize) -> &'static str {
+        if self.kinds[i] == Kind::Ctsyncd { BIN } else { CONNTRACKD }
     }
 
     /// Send client and server traffic through fw`n` only.
@@ -150,9 +183,10 @@ impl Lab {
 
     fn start_daemons(&mut self) {
         for i in 0..2 {
-            let log = std::fs::File::create(self.dir.join(format!("fw{}.log", i + 1))).unwrap();
+            let name = if self.kinds[i] == Kind::Ctsyncd { "log" } else { "out" };
+            let log = std::fs::File::create(self.dir.join(format!("fw{}.{name}", i + 1))).unwrap();
             let child = Command::new("ip")
-                .args(["netns", "exec", self.fw[i].name(), BIN, "-C", &self.config(i)])
+                .args(["netns", "exec", self.fw[i].name(), self.bin(i), "-C", &self.config(i)])
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -200,7 +234,7 @@ impl Lab {
 
     fn cli(&self, i: usize, args: &[&str]) -> std::process::Output {
         Command::new("ip")
-            .args(["netns", "exec", self.fw[i].name(), BIN, "-C", &self.config(i)])
+            .args(["netns", "exec", self.fw[i].name(), self.bin(i), "-C", &self.config(i)])
             .args(args)
             .output()
             .unwrap()
@@ -218,6 +252,13 @@ impl Lab {
     }
 
     fn external_expectations(&self, i: usize) -> u64 {
+        if self.kinds[i] == Kind::Conntrackd {
+            return self
+                .cli_ok(i, &["-e", "expect"])
+                .lines()
+                .filter(|l| l.contains("proto=6"))
+                .count() as u64;
+        }
         let out = self.cli(i, &["-s", "--json"]);
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         json["expectations"]["external"]["active"].as_u64().unwrap_or(0)
@@ -299,8 +340,12 @@ impl Drop for Client {
 /// control connections: the ftp helper keeps one expectation per
 /// master); returns both clients' verdicts, fw2's commit output and the
 /// lab.
-fn ftp_across_failover(tag: &str, expectations: &str) -> ([String; 2], String, Lab) {
-    let mut lab = Lab::new(tag, expectations);
+fn ftp_across_failover(
+    tag: &str,
+    kinds: [Kind; 2],
+    expectations: bool,
+) -> ([String; 2], String, Lab) {
+    let mut lab = Lab::new(tag, kinds, expectations);
     lab.start_ftp_server();
     lab.start_daemons();
     let mut clients = [Client::start(&lab.cl, "pasv"), Client::start(&lab.cl, "port")];
@@ -312,12 +357,17 @@ fn ftp_across_failover(tag: &str, expectations: &str) -> ([String; 2], String, L
     // expectations).
     wait_for(Duration::from_secs(10), || lab.cli_ok(1, &["-e"]).matches("dport=21 ").count() == 2)
         .unwrap_or_else(|| panic!("control flows not synced: {}", lab.log(0)));
-    if !expectations.is_empty() {
+    if expectations {
         wait_for(Duration::from_secs(10), || lab.external_expectations(1) == 2)
             .unwrap_or_else(|| panic!("expectations not synced: {}", lab.log(0)));
     }
     lab.route_via(2);
-    let commit = lab.cli_ok(1, &["-c"]);
+    let mut commit = lab.cli_ok(1, &["-c"]);
+    if kinds[1] == Kind::Conntrackd && expectations {
+        // conntrackd 1.4.7's plain -c commits the flows only (VyOS's
+        // notify script runs `-c exp` after it for this reason).
+        commit += &lab.cli_ok(1, &["-c", "expect"]);
+    }
     for client in &mut clients {
         client.stdin.write_all(b"go\n").unwrap();
     }
@@ -342,7 +392,7 @@ fn passive_and_active_ftp_survive_a_failover_with_expectation_sync() {
     if skip() {
         return;
     }
-    let (verdicts, commit, lab) = ftp_across_failover("ftpx", "  expectations: [ftp]\n");
+    let (verdicts, commit, lab) = ftp_across_failover("ftpx", [Kind::Ctsyncd; 2], true);
     println!("{commit}{verdicts:?}");
     assert!(commit.contains("committed 2 expectations: 2 created"), "{commit}{}", lab.log(1));
     let ok = format!("OK {PAYLOAD_LEN}");
@@ -364,10 +414,54 @@ fn passive_and_active_ftp_fail_after_a_failover_without_expectation_sync() {
     if skip() {
         return;
     }
-    let (verdicts, commit, _lab) = ftp_across_failover("ftpn", "");
+    let (verdicts, commit, _lab) = ftp_across_failover("ftpn", [Kind::Ctsyncd; 2], false);
     println!("{commit}{verdicts:?}");
     assert!(!commit.contains("expectations"), "{commit}");
     for v in &verdicts {
         assert!(v.starts_with("FAIL"), "a data connection passed without expectation sync: {v}");
     }
+}
+
+/// conntrackd's `ExpectationSync` on fw1, ctsyncd over conntrackd's wire
+/// format on fw2: conntrackd's EXP messages are understood and committed.
+#[test]
+fn expectations_from_conntrackd_are_committed_by_ctsyncd() {
+    if skip() {
+        return;
+    }
+    let (verdicts, commit, lab) =
+        ftp_across_failover("ftpcx", [Kind::Conntrackd, Kind::Ctsyncd], true);
+    println!("{commit}{verdicts:?}");
+    assert!(commit.contains("committed 2 expectations: 2 created"), "{commit}{}", lab.log(1));
+    let ok = format!("OK {PAYLOAD_LEN}");
+    assert_eq!(verdicts, [ok.clone(), ok], "fw1: {}\nfw2: {}", lab.log(0), lab.log(1));
+}
+
+/// ctsyncd on fw1 sending conntrackd's EXP messages; conntrackd on fw2
+/// takes them and commits them with its own `-c expect`. Only the passive
+/// transfer is asserted: conntrackd 1.4.7 commits expectations without
+/// their NAT state (`CTA_EXPECT_NAT`, `CTA_EXPECT_FN`), so an active
+/// transfer behind SNAT fails on a conntrackd backup whoever sent it (a
+/// conntrackd pair fails the same way).
+#[test]
+fn expectations_from_ctsyncd_are_committed_by_conntrackd() {
+    if skip() {
+        return;
+    }
+    let (verdicts, commit, lab) =
+        ftp_across_failover("ftpxc", [Kind::Ctsyncd, Kind::Conntrackd], true);
+    println!("{commit}{verdicts:?}");
+    assert!(
+        commit.contains("Committed 2 new expectations")
+            || lab.log(1).contains("Committed 2 new expectations"),
+        "{commit}{}",
+        lab.log(1)
+    );
+    let kernel = lab.fw[1].exec("conntrack -L 2>&1; conntrack -L expect 2>&1");
+    assert_eq!(
+        verdicts[0],
+        format!("OK {PAYLOAD_LEN}"),
+        "fw2 kernel: {kernel}\nfw2: {}",
+        lab.log(1)
+    );
 }

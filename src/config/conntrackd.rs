@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use super::locate::Locations;
-use super::raw::{ChannelType, RawChannel, RawConfig, Scalar};
+use super::raw::{ChannelType, RawChannel, RawConfig, RawExpectations, Scalar};
 use super::{Config, ConfigError, Ctx, Position, SyslogFacility, WireFormat, convert};
 
 /// conntrackd's compiled-in lock file.
@@ -619,13 +619,13 @@ impl<'a> Parser<'a> {
                             }
                         }
                         Some(if names.is_empty() {
-                            "all".to_owned()
+                            RawExpectations::Word("all".into())
                         } else {
-                            format!("[{}]", names.join(", "))
+                            RawExpectations::List(names)
                         })
                     }
                     Kind::Word(w) => match bool_word(w) {
-                        Some(true) => Some("all".to_owned()),
+                        Some(true) => Some(RawExpectations::Word("all".into())),
                         Some(false) => None,
                         None => {
                             return Err(self.bad_value(word, token.pos, w, "on, off or a list"));
@@ -633,19 +633,8 @@ impl<'a> Parser<'a> {
                     },
                     Kind::Close => return Err(self.unexpected(token, "on, off or '{'")),
                 };
-                // The import speaks conntrackd's wire format, which cannot
-                // carry them; the native format can.
-                if let Some(helpers) = helpers {
-                    self.warn(
-                        pos,
-                        word,
-                        &format!(
-                            "expectations are not carried in conntrackd's wire format; once both \
-                             firewalls run ctsyncd, set `wire: native` and `sync.expectations: \
-                             {helpers}`"
-                        ),
-                    );
-                }
+                self.raw.sync.expectations = helpers;
+                self.place("sync.expectations", word, pos);
             }
             _ => {
                 return Err(self.unknown(

@@ -777,12 +777,6 @@ fn expectations(ctx: &Ctx<'_>, s: &raw::RawSync) -> Result<ExpectSync, ConfigErr
         },
         Some(raw::RawExpectations::List(names)) => helper_list(ctx, KEY, names)?,
     };
-    if sync.enabled() && s.wire == WireFormat::Conntrackd {
-        return Err(ctx.err(
-            KEY,
-            "not carried by conntrackd's wire format yet; use wire: native or remove the key",
-        ));
-    }
     Ok(sync)
 }
 

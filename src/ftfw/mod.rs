@@ -100,8 +100,8 @@ pub enum LocalChange {
     Destroy(FlowKey),
     /// An expectation's current state.
     ExpUpsert(Box<Expectation>),
-    /// The expectation with this expected tuple is gone.
-    ExpDestroy(FlowKey),
+    /// The expectation is gone.
+    ExpDestroy(Box<Expectation>),
 }
 
 /// What the peer told us, for the external cache.
@@ -233,9 +233,6 @@ pub struct FtfwStats {
     pub exp_msgs_sent: u64,
     /// Expectation messages accepted from the peer.
     pub exp_msgs_accepted: u64,
-    /// Expectation changes not sent: the conntrackd dialect cannot carry
-    /// them.
-    pub exp_unsupported: u64,
 }
 
 /// Receive-side tracking of one peer session.
@@ -453,12 +450,8 @@ impl Ftfw {
             LocalChange::New(flow) => Item::Upsert { flow, new: true },
             LocalChange::Upsert(flow) => Item::Upsert { flow, new: false },
             LocalChange::Destroy(key) => Item::Destroy(key),
-            LocalChange::ExpUpsert(_) | LocalChange::ExpDestroy(_) if self.compat => {
-                self.stats.exp_unsupported += 1;
-                return;
-            }
             LocalChange::ExpUpsert(exp) => Item::ExpUpsert(exp),
-            LocalChange::ExpDestroy(key) => Item::ExpDestroy(key),
+            LocalChange::ExpDestroy(exp) => Item::ExpDestroy(exp),
         };
         self.tx.push_change(item);
         self.update_gauges();
@@ -481,10 +474,8 @@ impl Ftfw {
         for f in flows {
             self.tx.push_change(Item::Upsert { flow: f.clone(), new: false });
         }
-        if !self.compat {
-            for e in exps {
-                self.tx.push_change(Item::ExpUpsert(Box::new(e.clone())));
-            }
+        for e in exps {
+            self.tx.push_change(Item::ExpUpsert(Box::new(e.clone())));
         }
         // conntrackd has no BULK_END (and cannot parse one).
         if !self.compat {
@@ -654,7 +645,7 @@ impl Ftfw {
                         Item::Upsert { flow, new: false } => MessageRef::FlowUpdate(flow),
                         Item::Destroy(key) => MessageRef::FlowDestroy(key),
                         Item::ExpUpsert(exp) => MessageRef::ExpNew(exp),
-                        Item::ExpDestroy(key) => MessageRef::ExpDestroy(key),
+                        Item::ExpDestroy(exp) => MessageRef::ExpDestroy(exp),
                         _ => return false,
                     };
                     let ok = dg.push(&*self.codec, &msg, buf);
@@ -821,9 +812,9 @@ impl Ftfw {
                 self.stats.exp_msgs_accepted += 1;
                 self.events.push_back(PeerEvent::ExpUpsert { exp, stamp });
             }
-            Ok(Message::ExpDestroy(key)) => {
+            Ok(Message::ExpDestroy(exp)) => {
                 self.stats.exp_msgs_accepted += 1;
-                self.events.push_back(PeerEvent::ExpDestroy { key });
+                self.events.push_back(PeerEvent::ExpDestroy { key: exp.key() });
             }
             Ok(Message::BulkEnd { bulk_start }) => {
                 let back = i64::from(Seq(bulk_start).diff(expected));

@@ -20,8 +20,8 @@ pub(crate) enum Item {
     Destroy(FlowKey),
     /// An expectation's state.
     ExpUpsert(Box<Expectation>),
-    /// The expectation with this expected tuple is gone.
-    ExpDestroy(FlowKey),
+    /// The expectation is gone.
+    ExpDestroy(Box<Expectation>),
     /// End of a bulk that started at this seq (a barrier in the tx queue).
     BulkEnd(Seq),
     /// Ask the peer for its table.
@@ -49,7 +49,7 @@ impl Item {
             Item::Upsert { flow, .. } => Some(QueueKey::Flow(flow.key())),
             Item::Destroy(k) => Some(QueueKey::Flow(*k)),
             Item::ExpUpsert(e) => Some(QueueKey::Exp(e.key())),
-            Item::ExpDestroy(k) => Some(QueueKey::Exp(*k)),
+            Item::ExpDestroy(e) => Some(QueueKey::Exp(e.key())),
             _ => None,
         }
     }

@@ -603,22 +603,13 @@ fn expectations_travel_after_their_flows_and_in_bulks() {
     // Receiving: both kinds become events with stamps.
     core.handle_datagram(
         now,
-        &datagram(5000, &[Message::ExpNew(Box::new(exp.clone())), Message::ExpDestroy(exp.key())]),
+        &datagram(
+            5000,
+            &[Message::ExpNew(Box::new(exp.clone())), Message::ExpDestroy(Box::new(exp.clone()))],
+        ),
     );
     let ev = events(&mut core);
     assert!(matches!(&ev[0], PeerEvent::ExpUpsert { exp: e, .. } if **e == exp), "{ev:?}");
     assert_eq!(ev[1], PeerEvent::ExpDestroy { key: exp.key() });
     assert_eq!(core.stats().exp_msgs_accepted, 2);
-}
-
-#[test]
-fn the_conntrackd_dialect_drops_expectations_and_counts_them() {
-    let now = Instant::now();
-    let cfg = FtfwConfig { dialect: Dialect::Conntrackd, ..cfg() };
-    let mut core = Ftfw::new(cfg, US, 100, now);
-    let exp = crate::expect::tests::ftp_pasv();
-    core.queue(LocalChange::ExpUpsert(Box::new(exp.clone())));
-    core.queue(LocalChange::ExpDestroy(exp.key()));
-    assert_eq!(core.stats().exp_unsupported, 2);
-    assert_eq!(core.stats().tx_queue_len, 0);
 }

@@ -96,8 +96,9 @@ pub enum Message {
     FlowDestroy(FlowKey),
     /// An expectation the peer's kernel holds (sequenced).
     ExpNew(Box<Expectation>),
-    /// The expectation with this expected tuple is gone (sequenced).
-    ExpDestroy(FlowKey),
+    /// This expectation is gone (sequenced). It travels whole because
+    /// conntrackd finds the one to remove by more than its tuple.
+    ExpDestroy(Box<Expectation>),
     /// End of a bulk that started at `bulk_start` (sequenced).
     BulkEnd { bulk_start: u32 },
     /// The sender wants our whole table (sequenced, so that it is reliable).
@@ -127,7 +128,7 @@ pub enum MessageRef<'a> {
     /// See [`Message::ExpNew`].
     ExpNew(&'a Expectation),
     /// See [`Message::ExpDestroy`].
-    ExpDestroy(&'a FlowKey),
+    ExpDestroy(&'a Expectation),
     /// See [`Message::BulkEnd`].
     BulkEnd { bulk_start: u32 },
     /// See [`Message::ResyncRequest`].

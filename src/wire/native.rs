@@ -71,7 +71,7 @@ pub mod msg_type {
     pub const EXPECT_FIRST: u8 = 32;
     /// An expectation the sender's kernel holds (full state).
     pub const EXP_NEW: u8 = 32;
-    /// An expectation is gone (its expected tuple only).
+    /// An expectation is gone (its full state, as in EXP_NEW).
     pub const EXP_DESTROY: u8 = 33;
     /// Last type reserved for expectation messages.
     pub const EXPECT_LAST: u8 = 63;
@@ -367,7 +367,7 @@ impl<'a> MessagePacket<'a> {
             msg_type::FLOW_UPDATE => Message::FlowUpdate(parse_flow(body)?),
             msg_type::FLOW_DESTROY => Message::FlowDestroy(parse_key(body)?),
             msg_type::EXP_NEW => Message::ExpNew(Box::new(parse_exp(body)?)),
-            msg_type::EXP_DESTROY => Message::ExpDestroy(parse_key_as(body, EXP_TUPLE_KINDS)?),
+            msg_type::EXP_DESTROY => Message::ExpDestroy(Box::new(parse_exp(body)?)),
             msg_type::BULK_END => Message::BulkEnd { bulk_start: word(0)? },
             msg_type::RESYNC_REQUEST => Message::ResyncRequest,
             msg_type::ACK => Message::Ack { from: word(0)?, to: word(4)? },
@@ -619,8 +619,8 @@ pub fn message_len(msg: &MessageRef<'_>) -> usize {
     MSG_HEADER_LEN
         + match msg {
             MessageRef::FlowNew(f) | MessageRef::FlowUpdate(f) => flow_len(f),
-            MessageRef::FlowDestroy(k) | MessageRef::ExpDestroy(k) => key_len(k),
-            MessageRef::ExpNew(e) => exp_len(e),
+            MessageRef::FlowDestroy(k) => key_len(k),
+            MessageRef::ExpNew(e) | MessageRef::ExpDestroy(e) => exp_len(e),
             MessageRef::Ack { .. }
             | MessageRef::Nack { .. }
             | MessageRef::Hello { .. }
@@ -656,8 +656,7 @@ pub fn emit_message(msg: &MessageRef<'_>, buf: &mut [u8]) -> Result<usize, WireE
     match msg {
         MessageRef::FlowNew(f) | MessageRef::FlowUpdate(f) => emit_flow(f, &mut w),
         MessageRef::FlowDestroy(k) => emit_key(k, &mut w),
-        MessageRef::ExpNew(e) => emit_exp(e, &mut w),
-        MessageRef::ExpDestroy(k) => emit_key_as(k, EXP_TUPLE_KINDS, &mut w),
+        MessageRef::ExpNew(e) | MessageRef::ExpDestroy(e) => emit_exp(e, &mut w),
         MessageRef::BulkEnd { bulk_start: v } => w.u32(*v),
         MessageRef::Ack { from: a, to: b }
         | MessageRef::Nack { from: a, to: b }
@@ -1174,14 +1173,14 @@ mod tests {
         let msgs = vec![
             Message::ExpNew(Box::new(v4.clone())),
             Message::ExpNew(Box::new(v6.clone())),
-            Message::ExpDestroy(v4.key()),
-            Message::ExpDestroy(v6.key()),
+            Message::ExpDestroy(Box::new(v4.clone())),
+            Message::ExpDestroy(Box::new(v6.clone())),
         ];
         assert_eq!(roundtrip(&msgs), msgs);
         assert!(msgs.iter().all(Message::is_sequenced));
         // An EXP_NEW without its core attribute is refused, alone.
         let mut buf = [0u8; 256];
-        let n = emit_message(&MessageRef::ExpDestroy(&v4.key()), &mut buf).unwrap();
+        let n = emit_message(&MessageRef::FlowDestroy(&v4.key()), &mut buf).unwrap();
         buf[0] = msg_type::EXP_NEW;
         let view = MessagePacket::new_checked(&buf[..n]).unwrap();
         assert_eq!(view.parse(), Err(WireError::BadMessage));
