@@ -1306,6 +1306,21 @@ mod tests {
             let mut out = Vec::new();
             let _ = decode(&bytes, &mut out);
             let _ = parse_flow(&bytes);
+            let _ = parse_exp(&bytes);
+        }
+
+        #[test]
+        fn expectation_parser_never_panics_on_mutations(
+            flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..8)
+        ) {
+            let mut e = crate::expect::tests::ftp_pasv();
+            e.nat = Some(ExpNat { dir: 1, addr: [10, 0, 1, 2].into(), port: 50000 });
+            let mut buf = [0u8; 400];
+            let n = emit_message(&MessageRef::ExpNew(&e), 7, &mut buf).unwrap();
+            for (at, byte) in flips {
+                buf[HEADER_LEN + at % (n - HEADER_LEN)] = byte;
+            }
+            let _ = parse_exp(&buf[HEADER_LEN..n]);
         }
     }
 }
