@@ -444,6 +444,43 @@ impl ExpState {
         (ready, missing)
     }
 
+    /// Commit the external expectations whose master `has_master` says the
+    /// kernel holds (call it after the flows' commit); returns the line
+    /// `-c` prints, or the error.
+    pub fn commit(
+        &mut self,
+        kernel: &mut crate::netlink::Kernel,
+        has_master: impl Fn(&FlowKey) -> bool,
+    ) -> Result<String, String> {
+        let (ready, no_master) = self.committable(has_master);
+        let done = kernel
+            .commit_expectations(ready)
+            .map_err(|e| format!("commit of expectations to the kernel failed: {e}"))?;
+        let report = ExpCommitReport {
+            created: done.created,
+            existing: done.updated,
+            no_master,
+            failed: done.failed,
+        };
+        self.count_commit(&report);
+        for (key, errno) in report.failed.iter().take(5) {
+            log::warn!(
+                "commit of the expectation {key} failed: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            );
+        }
+        let line = format!(
+            "committed {} expectations: {} created, {} existed, {} failed, {} skipped without their master flow",
+            report.created + report.existing + report.failed.len(),
+            report.created,
+            report.existing,
+            report.failed.len(),
+            report.no_master
+        );
+        log::info!("{line}");
+        Ok(line)
+    }
+
     /// Count a commit's outcome.
     pub fn count_commit(&mut self, report: &ExpCommitReport) {
         self.stats.committed += report.created as u64;

@@ -23,7 +23,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::cache::{Cache, CacheStats, Upsert};
 use crate::channel::{Channels, LinkSpec};
 use crate::control::{self, CacheSel, Request};
-use crate::expect::{ExpChange, ExpCommitReport, ExpState, ExpectSync};
+use crate::expect::{ExpChange, ExpState, ExpectSync};
 use crate::filter::Filter;
 use crate::flow::Flow;
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
@@ -867,36 +867,9 @@ impl Daemon {
         failed: &std::collections::HashSet<crate::flow::FlowKey>,
     ) -> Result<String, String> {
         let (external, internal) = (&self.external, &self.internal);
-        let (ready, no_master) = self.exp.committable(|m| {
+        self.exp.commit(&mut self.kernel, |m| {
             (external.get(m).is_some() && !failed.contains(m)) || internal.get(m).is_some()
-        });
-        let kernel = self
-            .kernel
-            .commit_expectations(ready)
-            .map_err(|e| format!("commit of expectations to the kernel failed: {e}"))?;
-        let report = ExpCommitReport {
-            created: kernel.created,
-            existing: kernel.updated,
-            no_master,
-            failed: kernel.failed,
-        };
-        self.exp.count_commit(&report);
-        for (key, errno) in report.failed.iter().take(5) {
-            log::warn!(
-                "commit of the expectation {key} failed: {}",
-                io::Error::from_raw_os_error(*errno)
-            );
-        }
-        let line = format!(
-            "committed {} expectations: {} created, {} existed, {} failed, {} skipped without their master flow",
-            report.created + report.existing + report.failed.len(),
-            report.created,
-            report.existing,
-            report.failed.len(),
-            report.no_master
-        );
-        log::info!("{line}");
-        Ok(line)
+        })
     }
 
     fn bulk_send(&mut self) {
