@@ -14,8 +14,9 @@
 //!   "Invalid parameters".
 //!
 //! Differences: `-v` prints the version and exits 0; `-x` (XML) is refused
-//! with a pointer to `--json`; expectations are not replicated, so the
-//! `expect` variants of `-c`, `-i`, `-e`, `-F` and `-R` are refused.
+//! with a pointer to `--json`; `-i expect` / `-e expect` list the cached
+//! expectations (`sync.expectations`), but the `expect` variants of `-c`,
+//! `-F` and `-R` are refused: expectations go with their flows.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -168,21 +169,23 @@ struct Args {
     )]
     stats: Option<Option<StatsSection>>,
 
-    /// Dump the internal cache (this firewall's flows).
+    /// Dump the internal cache (this firewall's flows; `expect`: its
+    /// expectations).
     #[arg(
         short = 'i',
         long = "dump-internal",
-        value_name = "ct",
+        value_name = "ct|expect",
         num_args = 0..=1,
         value_parser = table
     )]
     dump_internal: Option<Option<Table>>,
 
-    /// Dump the external cache (the peers' flows).
+    /// Dump the external cache (the peers' flows; `expect`: their
+    /// expectations).
     #[arg(
         short = 'e',
         long = "dump-external",
-        value_name = "ct",
+        value_name = "ct|expect",
         num_args = 0..=1,
         value_parser = table
     )]
@@ -225,12 +228,14 @@ impl Args {
             return Err(Args::command()
                 .error(ErrorKind::InvalidValue, "XML output (-x) is not supported; use --json"));
         }
-        let no_expect = |flag: &str, table: Option<Option<Table>>| match table {
+        let no_expect = |flag: &str, table: Option<Option<Table>>| {
+            match table {
             Some(Some(Table::Expect)) => Err(Args::command().error(
                 ErrorKind::InvalidValue,
-                format!("{flag} expect: ctsyncd does not replicate expectations"),
+                format!("{flag} expect: ctsyncd handles expectations together with their flows; use {flag}"),
             )),
             _ => Ok(table.is_some()),
+        }
         };
         let mut actions: Vec<(&str, Request)> = Vec::new();
         if no_expect("-c", self.commit)? {
@@ -260,11 +265,19 @@ impl Args {
         if let Some(section) = self.stats {
             actions.push(("-s", Request::Stats(section)));
         }
-        if no_expect("-i", self.dump_internal)? {
-            actions.push(("-i", Request::DumpInternal));
+        match self.dump_internal {
+            Some(Some(Table::Expect)) => {
+                actions.push(("-i", Request::DumpExpectations(CacheSel::Internal)))
+            }
+            Some(_) => actions.push(("-i", Request::DumpInternal)),
+            None => {}
         }
-        if no_expect("-e", self.dump_external)? {
-            actions.push(("-e", Request::DumpExternal));
+        match self.dump_external {
+            Some(Some(Table::Expect)) => {
+                actions.push(("-e", Request::DumpExpectations(CacheSel::External)))
+            }
+            Some(_) => actions.push(("-e", Request::DumpExternal)),
+            None => {}
         }
         if self.reload {
             actions.push(("--reload", Request::Reload));
@@ -277,7 +290,13 @@ impl Args {
         }
         let json_ok = matches!(
             actions.as_slice(),
-            [(_, Request::Stats(_) | Request::DumpInternal | Request::DumpExternal)]
+            [(
+                _,
+                Request::Stats(_)
+                    | Request::DumpInternal
+                    | Request::DumpExternal
+                    | Request::DumpExpectations(_)
+            )]
         );
         if self.json && !json_ok {
             return Err(invalid("Invalid parameters: --json goes with -s, -i or -e".into()));
@@ -445,6 +464,8 @@ mod tests {
             ("-e", Request::DumpExternal),
             ("-e c", Request::DumpExternal),
             ("--dump-external", Request::DumpExternal),
+            ("-i expect", Request::DumpExpectations(CacheSel::Internal)),
+            ("-e exp", Request::DumpExpectations(CacheSel::External)),
             ("--reload", Request::Reload),
             ("--test-drop-peer-flows on", Request::TestDropPeerFlows(true)),
             ("--test-drop-peer-flows off", Request::TestDropPeerFlows(false)),
@@ -529,12 +550,10 @@ mod tests {
     fn refused_features_say_why() {
         fails("-i -x", "XML output (-x) is not supported; use --json");
         fails("-x", "use --json");
-        fails("-c expect", "-c expect: ctsyncd does not replicate expectations");
-        fails("-c e", "does not replicate expectations");
-        fails("-i expect", "does not replicate expectations");
-        fails("-e exp", "does not replicate expectations");
-        fails("-F expect", "does not replicate expectations");
-        fails("-R expect", "does not replicate expectations");
+        fails("-c expect", "-c expect: ctsyncd handles expectations together with their flows");
+        fails("-c e", "together with their flows");
+        fails("-F expect", "together with their flows; use -F");
+        fails("-R expect", "together with their flows");
         fails("-q", "unexpected argument");
         fails("-C", "a value is required");
     }

@@ -58,6 +58,8 @@ pub enum Request {
     DumpInternal,
     /// `-e`: dump the external cache.
     DumpExternal,
+    /// `-i expect` / `-e expect`: dump a cache's expectations.
+    DumpExpectations(CacheSel),
     /// Re-read the configuration file.
     Reload,
     /// Test suites only, honoured by a daemon started with `--test-hooks`:
@@ -274,6 +276,11 @@ pub fn decode_request(buf: &[u8]) -> Result<(Request, bool), ControlError> {
         }),
         tag::DUMP_INTERNAL => plain(Request::DumpInternal)?,
         tag::DUMP_EXTERNAL => plain(Request::DumpExternal)?,
+        tag::DUMP_EXPECT => Request::DumpExpectations(match arg {
+            1 => CacheSel::Internal,
+            2 => CacheSel::External,
+            _ => return Err(ControlError::BadArgument(arg)),
+        }),
         tag::RELOAD => plain(Request::Reload)?,
         tag::TEST_DROP_PEER_FLOWS => Request::TestDropPeerFlows(match arg {
             0 => false,
@@ -534,6 +541,7 @@ mod tag {
     pub const DUMP_EXTERNAL: u8 = 11;
     pub const RELOAD: u8 = 12;
     pub const TEST_DROP_PEER_FLOWS: u8 = 200;
+    pub const DUMP_EXPECT: u8 = 13;
 }
 
 fn request_code(req: &Request) -> (u8, u8) {
@@ -561,6 +569,8 @@ fn request_code(req: &Request) -> (u8, u8) {
         ),
         Request::DumpInternal => (tag::DUMP_INTERNAL, 0),
         Request::DumpExternal => (tag::DUMP_EXTERNAL, 0),
+        Request::DumpExpectations(CacheSel::Internal) => (tag::DUMP_EXPECT, 1),
+        Request::DumpExpectations(CacheSel::External) => (tag::DUMP_EXPECT, 2),
         Request::Reload => (tag::RELOAD, 0),
         Request::TestDropPeerFlows(on) => (tag::TEST_DROP_PEER_FLOWS, u8::from(on)),
     }
@@ -600,6 +610,8 @@ mod tests {
             Request::Stats(None),
             Request::DumpInternal,
             Request::DumpExternal,
+            Request::DumpExpectations(CacheSel::Internal),
+            Request::DumpExpectations(CacheSel::External),
             Request::Reload,
             Request::TestDropPeerFlows(true),
             Request::TestDropPeerFlows(false),

@@ -141,6 +141,7 @@ fn daemon_config(
         events: EventConfig {
             rcvbuf: cfg.general.netlink.rcvbuf.get(),
             reliable: cfg.general.netlink.reliable_events,
+            expectations: cfg.sync.expectations.enabled(),
         },
         rcvbuf_max: cfg.general.netlink.rcvbuf_max.get(),
         overrun_resync: cfg.general.netlink.overrun_resync,
@@ -172,6 +173,7 @@ fn daemon_config(
         purge_timeout: sync.purge_timeout.as_secs().min(u64::from(u32::MAX)) as u32,
         be_liberal: !sync.tcp_window_tracking,
         filter: Filter::from_config(cfg),
+        expectations: cfg.sync.expectations.clone(),
         ready_file: cfg.general.ready_file.clone(),
         key_file: match &cfg.sync.auth {
             config::SyncAuth::KeyFile(file) => Some(file.clone()),

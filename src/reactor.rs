@@ -24,6 +24,7 @@ use crate::cache::{Cache, CacheStats, Upsert};
 use crate::channel::{Channels, LinkSpec};
 use crate::control::{self, CacheSel, Request};
 use crate::digest::{self, RepairLedger};
+use crate::expect::{ExpChange, ExpState, ExpectSync};
 use crate::filter::Filter;
 use crate::flow::Flow;
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
@@ -54,6 +55,8 @@ pub struct DaemonConfig {
     /// Mark committed TCP flows `BE_LIBERAL` (no window tracking).
     pub be_liberal: bool,
     pub filter: Filter,
+    /// Which helpers' expectations are synced (`sync.expectations`).
+    pub expectations: ExpectSync,
     /// Where the sync keys come from, re-read on SIGHUP and `--reload`.
     pub key_file: Option<PathBuf>,
     /// keepalived `track_file` for readiness, if configured.
@@ -108,6 +111,7 @@ pub struct Daemon {
     ftfw: Ftfw,
     internal: Cache,
     external: Cache,
+    exp: ExpState,
     stats: RuntimeStats,
     started: Instant,
     internal_stamp: u64,
@@ -163,6 +167,7 @@ impl Daemon {
         let mut daemon = Daemon {
             internal: Cache::new(cfg.cache_limit),
             external: Cache::new(cfg.cache_limit),
+            exp: ExpState::new(cfg.expectations.clone(), cfg.cache_limit),
             cfg,
             poll,
             events,
@@ -277,6 +282,8 @@ impl Daemon {
                 CtEvent::New(flow) => self.local_upsert(flow, true),
                 CtEvent::Update(flow) => self.local_upsert(flow, false),
                 CtEvent::Destroy(flow) => self.local_destroy(&flow),
+                CtEvent::ExpNew(exp) => self.local_exp(*exp, false),
+                CtEvent::ExpDestroy(exp) => self.local_exp(*exp, true),
                 CtEvent::Overrun => self.on_overrun(now),
             }
         }
@@ -313,6 +320,19 @@ impl Daemon {
         } else {
             self.stats.events_filtered += 1;
         }
+    }
+
+    fn local_exp(&mut self, exp: crate::expect::Expectation, destroyed: bool) {
+        if let Some(change) = self.exp.local(exp, destroyed) {
+            self.queue_exp(change);
+        }
+    }
+
+    fn queue_exp(&mut self, change: ExpChange) {
+        self.ftfw.queue(match change {
+            ExpChange::Upsert(exp) => LocalChange::ExpUpsert(exp),
+            ExpChange::Destroy(exp) => LocalChange::ExpDestroy(exp),
+        });
     }
 
     fn on_overrun(&mut self, now: Instant) {
@@ -371,6 +391,14 @@ impl Daemon {
         if tell_peer {
             for key in vanished {
                 self.ftfw.queue(LocalChange::Destroy(key));
+            }
+        }
+        if self.exp.sync.enabled() {
+            let dumped = self.kernel.dump_expectations()?;
+            for change in self.exp.reconcile(dumped) {
+                if tell_peer {
+                    self.queue_exp(change);
+                }
             }
         }
         Ok((changed, gone))
@@ -480,7 +508,10 @@ impl Daemon {
             PeerEvent::Destroy { key } => {
                 self.external.remove(&key);
             }
+            PeerEvent::ExpUpsert { exp, stamp } => self.exp.peer_upsert(*exp, stamp),
+            PeerEvent::ExpDestroy { key } => self.exp.peer_destroy(&key),
             PeerEvent::BulkEnd { floor } => {
+                self.exp.peer_bulk_end(floor);
                 let stale = self.external.retain(|e| e.stamp >= floor);
                 log::info!(
                     "bulk update from the peer complete: {} flows in the external cache, {stale} stale ones removed",
@@ -489,7 +520,7 @@ impl Daemon {
             }
             PeerEvent::BulkRequested => {
                 log::info!("sending all {} internal flows to the peer", self.internal.len());
-                self.ftfw.bulk_send(self.internal.iter().map(|e| &e.flow));
+                self.bulk_send();
             }
             PeerEvent::PeerUp => log::info!("peer is up"),
             PeerEvent::PeerDown => {
@@ -827,6 +858,10 @@ impl Daemon {
                         self.external.len()
                     );
                     self.external.clear();
+                    self.exp.external.clear();
+                }
+                if i {
+                    self.exp.internal.clear();
                 }
                 Ok(out)
             }
@@ -846,7 +881,7 @@ impl Daemon {
                 ))
             }
             Request::BulkSend => {
-                self.ftfw.bulk_send(self.internal.iter().map(|e| &e.flow));
+                self.bulk_send();
                 Ok(format!("bulk send of {} flows queued\n", self.internal.len()))
             }
             Request::RequestResync => {
@@ -870,6 +905,13 @@ impl Daemon {
             Request::Stats(section) => Ok(self.stats_report(section, json)),
             Request::DumpInternal => Ok(dump(&self.internal, json)),
             Request::DumpExternal => Ok(dump(&self.external, json)),
+            Request::DumpExpectations(which) => {
+                let cache = match which {
+                    CacheSel::Internal => &self.exp.internal,
+                    CacheSel::External => &self.exp.external,
+                };
+                Ok(crate::expect::dump(cache, json))
+            }
             Request::Reload => self.reload().map(|line| line + "\n"),
             Request::TestDropPeerFlows(on) => {
                 if !self.cfg.test_hooks {
@@ -911,7 +953,30 @@ impl Daemon {
             report.failed.len()
         );
         log::info!("{line}");
-        Ok(line + "\n")
+        if !self.exp.sync.enabled() {
+            return Ok(line + "\n");
+        }
+        let failed: std::collections::HashSet<_> = report.failed.iter().map(|(k, _)| *k).collect();
+        let exp_line = self.commit_expectations(&failed)?;
+        Ok(format!("{line}\n{exp_line}\n"))
+    }
+
+    /// Commit the external expectations whose master is now in the kernel:
+    /// committed from the external cache just now (and not in `failed`),
+    /// or one of this kernel's own flows.
+    fn commit_expectations(
+        &mut self,
+        failed: &std::collections::HashSet<crate::flow::FlowKey>,
+    ) -> Result<String, String> {
+        let (external, internal) = (&self.external, &self.internal);
+        self.exp.commit(&mut self.kernel, |m| {
+            (external.get(m).is_some() && !failed.contains(m)) || internal.get(m).is_some()
+        })
+    }
+
+    fn bulk_send(&mut self) {
+        let exps = self.exp.internal.iter().map(|e| &e.exp);
+        self.ftfw.bulk_send_with_expectations(self.internal.iter().map(|e| &e.flow), exps);
     }
 
     fn stats_report(&self, section: Option<control::StatsSection>, json: bool) -> String {
@@ -938,6 +1003,11 @@ impl Daemon {
             protocol: self.ftfw.stats().clone(),
             anti_entropy: self.repairs.stats,
             links,
+            expectations: self.exp.sync.enabled().then(|| ExpReport {
+                internal: self.exp.internal.stats(),
+                external: self.exp.external.stats(),
+                runtime: self.exp.stats,
+            }),
         }
     }
 
@@ -968,6 +1038,16 @@ struct StatsReport {
     protocol: crate::ftfw::FtfwStats,
     anti_entropy: digest::AntiEntropyStats,
     links: Vec<crate::channel::LinkStatus>,
+    /// Only with `sync.expectations`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expectations: Option<ExpReport>,
+}
+
+#[derive(serde::Serialize)]
+struct ExpReport {
+    internal: crate::expect::ExpCacheStats,
+    external: crate::expect::ExpCacheStats,
+    runtime: crate::expect::ExpStats,
 }
 
 impl StatsReport {

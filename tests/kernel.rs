@@ -351,7 +351,7 @@ sleep 1",
             CtEvent::New(f) | CtEvent::Update(f) | CtEvent::Destroy(f) => {
                 f.l4proto == p && f.src(Dir::Orig) == IpAddr::V4(Ipv4Addr::new(10, 1, 0, 2))
             }
-            CtEvent::Overrun => false,
+            CtEvent::Overrun | CtEvent::ExpNew(_) | CtEvent::ExpDestroy(_) => false,
         };
         assert!(seen.iter().any(|e| of(e) && matches!(e.event, CtEvent::New(_))), "NEW {p}");
         assert!(seen.iter().any(|e| of(e) && matches!(e.event, CtEvent::Update(_))), "UPDATE {p}");
@@ -444,7 +444,7 @@ fn own_commits_are_recognised_by_port_id() {
 fn tiny_receive_buffer_overruns() {
     let ns = Netns::new("enobufs");
     let (seen, stats) = ns.run(|| {
-        let cfg = EventConfig { rcvbuf: 4096, reliable: false };
+        let cfg = EventConfig { rcvbuf: 4096, reliable: false, expectations: false };
         let mut sock = EventSocket::open(&cfg).unwrap();
         let flows = many_flows(20_000);
         Kernel::open().unwrap().commit(&flows, &Default::default()).unwrap();
@@ -496,7 +496,7 @@ fn reliable_mode_reports_no_overrun() {
     // of failing recvmsg.
     let ns = Netns::new("reliable");
     let (seen, stats) = ns.run(|| {
-        let cfg = EventConfig { rcvbuf: 4096, reliable: true };
+        let cfg = EventConfig { rcvbuf: 4096, reliable: true, expectations: false };
         let mut sock = EventSocket::open(&cfg).unwrap();
         Kernel::open().unwrap().commit(&many_flows(20_000), &Default::default()).unwrap();
         let mut seen = Vec::new();
@@ -525,4 +525,83 @@ fn failures_are_reported_per_flow_across_batches() {
     assert_eq!(report.created, 997);
     assert_eq!(report.failed, want);
     assert_eq!(ns.exec("conntrack -C").trim(), "997");
+}
+
+/// An FTP passive-mode expectation under a master 10.0.1.2:40000 →
+/// 10.0.2.2:21: the client may connect to 10.0.2.2:`port` from any port.
+fn ftp_expectation(master_sport: u16, port: u16) -> ctsync::expect::Expectation {
+    let key = |sport, dport| ctsync::flow::FlowKey {
+        src: IpAddr::V4(Ipv4Addr::new(10, 0, 1, 2)),
+        dst: IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)),
+        l4proto: proto::TCP,
+        l4: [sport, dport],
+        zone: 0,
+    };
+    ctsync::expect::Expectation {
+        master: key(master_sport, 21),
+        tuple: key(0, port),
+        mask_src: IpAddr::V4(Ipv4Addr::BROADCAST),
+        mask_sport: 0,
+        timeout: 300,
+        flags: 0,
+        class: 0,
+        helper: "ftp".into(),
+        nat: None,
+        expectfn: None,
+    }
+}
+
+#[test]
+fn expectations_commit_after_their_master_dump_report_and_delete() {
+    let ns = Netns::new("expect");
+    // Loads nf_conntrack_ftp, so that the helper is found by name.
+    ns.exec(
+        "nft add table ip t && nft add ct helper ip t ftp-std '{ type \"ftp\" protocol tcp; }'",
+    );
+    let (k_port, seen, dumped, commit, orphan, deleted) = ns.run(|| {
+        let cfg = EventConfig { expectations: true, ..EventConfig::default() };
+        let mut sock = EventSocket::open(&cfg).unwrap();
+        let mut k = Kernel::open().unwrap();
+        let mut master = tcp_established([10, 0, 1, 2], [10, 0, 2, 2], 40000, 21);
+        master.extra_mut().helper = Some("ftp".into());
+        let report = k.commit([&master], &Default::default()).unwrap();
+        assert_eq!(report.created, 1, "{report:?}");
+        let exp = ftp_expectation(40000, 50000);
+        let commit = k.commit_expectations([&exp]).unwrap();
+        // No master 10.0.1.2:40001 → 10.0.2.2:21 in the table.
+        let orphan = k.commit_expectations([&ftp_expectation(40001, 50001)]).unwrap();
+        let dumped = k.dump_expectations().unwrap();
+        let deleted = k.delete_expectations([&exp.key()]).unwrap();
+        let mut seen = Vec::new();
+        let both = |ev: &[EventItem]| {
+            ev.iter()
+                .filter(|e| matches!(e.event, CtEvent::ExpNew(_) | CtEvent::ExpDestroy(_)))
+                .count()
+                >= 2
+        };
+        collect_events(&mut sock, &mut seen, Duration::from_secs(5), both);
+        (k.port_id(), seen, dumped, commit, orphan, deleted)
+    });
+    let want = ftp_expectation(40000, 50000);
+    assert_eq!((commit.created, commit.failed.len()), (1, 0), "{commit:?}");
+    assert_eq!(orphan.failed, vec![(ftp_expectation(40001, 50001).key(), libc::ENOENT)]);
+    assert_eq!(dumped.len(), 1, "{dumped:#?}");
+    // The kernel gives it the ftp helper's policy timeout.
+    assert!(dumped[0].timeout > 290 && dumped[0].timeout <= 300, "{:?}", dumped[0]);
+    assert_eq!(ctsync::expect::Expectation { timeout: 300, ..dumped[0].clone() }, want);
+    assert_eq!(deleted.deleted, 1, "{deleted:?}");
+    let exp_events: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match &e.event {
+            CtEvent::ExpNew(x) => Some(("new", x.key(), e.origin_pid)),
+            CtEvent::ExpDestroy(x) => Some(("destroy", x.key(), e.origin_pid)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        exp_events,
+        vec![("new", want.key(), k_port), ("destroy", want.key(), k_port)],
+        "{seen:#?}"
+    );
+    assert!(ns.exec("conntrack -L expect 2>/dev/null").is_empty());
 }

@@ -1,9 +1,10 @@
 //! Any bytes a `recvmsg` on the event socket could return: decoding must
-//! never panic, and every decoded flow must survive a create/parse round
-//! trip without panicking either.
+//! never panic, and every decoded flow or expectation must survive a
+//! create/parse round trip without panicking either.
 #![no_main]
 
 use ctsync::netlink::convert::{AttrWriter, EmitOptions, emit_create, emit_update, parse_flow};
+use ctsync::netlink::expect::{emit_expect_create, parse_expectation};
 use ctsync::netlink::{CtEvent, decode_events};
 use libfuzzer_sys::fuzz_target;
 
@@ -13,6 +14,13 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(stats.events, out.len());
     let mut buf = Vec::new();
     for item in &out {
+        if let CtEvent::ExpNew(exp) | CtEvent::ExpDestroy(exp) = &item.event {
+            buf.clear();
+            emit_expect_create(&mut AttrWriter::new(&mut buf), exp);
+            let again = parse_expectation(&buf).expect("our own create bytes parse");
+            assert_eq!(again.key(), exp.key());
+            continue;
+        }
         let (CtEvent::New(flow) | CtEvent::Update(flow) | CtEvent::Destroy(flow)) = &item.event
         else {
             continue;
@@ -27,4 +35,5 @@ fuzz_target!(|data: &[u8]| {
     }
     // The attribute decoder alone, on the raw bytes.
     let _ = parse_flow(data);
+    let _ = parse_expectation(data);
 });

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use super::locate::Locations;
-use super::raw::{ChannelType, RawChannel, RawConfig, Scalar};
+use super::raw::{ChannelType, RawChannel, RawConfig, RawExpectations, Scalar};
 use super::{Config, ConfigError, Ctx, Position, SyslogFacility, WireFormat, convert};
 
 /// conntrackd's compiled-in lock file.
@@ -608,22 +608,33 @@ impl<'a> Parser<'a> {
             }
             "ExpectationSync" => {
                 let token = self.expect("on, off or '{' after ExpectationSync")?;
-                let on = match token.kind {
+                let helpers = match token.kind {
                     Kind::Open => {
-                        self.skip_block(word, pos)?;
-                        true
+                        let mut names = Vec::new();
+                        loop {
+                            match self.expect_in(word, pos)?.kind {
+                                Kind::Close => break,
+                                Kind::Word(w) => names.push(w.to_ascii_lowercase()),
+                                Kind::Open => self.skip_block(word, pos)?,
+                            }
+                        }
+                        Some(if names.is_empty() {
+                            RawExpectations::Word("all".into())
+                        } else {
+                            RawExpectations::List(names)
+                        })
                     }
                     Kind::Word(w) => match bool_word(w) {
-                        Some(on) => on,
+                        Some(true) => Some(RawExpectations::Word("all".into())),
+                        Some(false) => None,
                         None => {
                             return Err(self.bad_value(word, token.pos, w, "on, off or a list"));
                         }
                     },
                     Kind::Close => return Err(self.unexpected(token, "on, off or '{'")),
                 };
-                if on {
-                    self.warn(pos, word, "expectations are not synchronised yet");
-                }
+                self.raw.sync.expectations = helpers;
+                self.place("sync.expectations", word, pos);
             }
             _ => {
                 return Err(self.unknown(

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::expect::ExpectSync;
 use crate::filter::Cidr;
 use locate::Locations;
 use raw::{ChannelType, RawChannel, RawConfig, RawLists, Scalar};
@@ -272,6 +273,8 @@ pub struct SyncConfig {
     pub tcp_window_tracking: bool,
     /// Ask the peer for a full resync at start.
     pub startup_resync: bool,
+    /// Which helpers' expectations are synced (`ExpectationSync`).
+    pub expectations: crate::expect::ExpectSync,
     /// How datagrams are authenticated (`sync.auth`).
     pub auth: SyncAuth,
     /// Links to the peer, in order of preference; never empty.
@@ -768,10 +771,50 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         purge_timeout: duration(ctx, "sync.purge_timeout", &s.purge_timeout)?,
         tcp_window_tracking: s.tcp_window_tracking,
         startup_resync: s.startup_resync,
+        expectations: expectations(ctx, s)?,
         auth,
         channels,
     };
     Ok(Config { general, sync, warnings: Vec::new() })
+}
+
+/// `sync.expectations`: `[ftp, sip]`, `all`, `true`/`false`, or absent
+/// (off).
+fn expectations(ctx: &Ctx<'_>, s: &raw::RawSync) -> Result<ExpectSync, ConfigError> {
+    const KEY: &str = "sync.expectations";
+    let sync = match &s.expectations {
+        None | Some(raw::RawExpectations::Flag(false)) => ExpectSync::Off,
+        Some(raw::RawExpectations::Flag(true)) => ExpectSync::All,
+        Some(raw::RawExpectations::Word(w)) => match w.as_str() {
+            "all" | "on" => ExpectSync::All,
+            "off" | "none" => ExpectSync::Off,
+            name => helper_list(ctx, KEY, std::slice::from_ref(&name.to_owned()))?,
+        },
+        Some(raw::RawExpectations::List(names)) => helper_list(ctx, KEY, names)?,
+    };
+    Ok(sync)
+}
+
+fn helper_list(ctx: &Ctx<'_>, key: &str, names: &[String]) -> Result<ExpectSync, ConfigError> {
+    if names.is_empty() {
+        return Ok(ExpectSync::Off);
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let valid = !name.is_empty()
+            && name.len() <= 15
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid || name == "all" {
+            return Err(ctx.err(
+                key,
+                format!(
+                    "invalid helper name \"{name}\": give kernel helper names such as [ftp, sip, tftp], or all"
+                ),
+            ));
+        }
+        out.push(name.clone());
+    }
+    Ok(ExpectSync::Helpers(out))
 }
 
 fn channel(ctx: &Ctx<'_>, key: &str, c: &RawChannel) -> Result<ChannelConfig, ConfigError> {
@@ -975,6 +1018,11 @@ fn unconvert(c: &Config) -> RawConfig {
             purge_timeout: dur(s.purge_timeout),
             tcp_window_tracking: s.tcp_window_tracking,
             startup_resync: s.startup_resync,
+            expectations: match &s.expectations {
+                ExpectSync::Off => None,
+                ExpectSync::All => Some(raw::RawExpectations::Word("all".into())),
+                ExpectSync::Helpers(names) => Some(raw::RawExpectations::List(names.clone())),
+            },
             auth: match &s.auth {
                 SyncAuth::KeyFile(f) => {
                     raw::RawAuth { key_file: Some(f.display().to_string()), insecure: false }

@@ -122,8 +122,19 @@ pub(super) struct RawSync {
     pub purge_timeout: Scalar,
     pub tcp_window_tracking: bool,
     pub startup_resync: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expectations: Option<RawExpectations>,
     pub auth: RawAuth,
     pub channels: Vec<RawChannel>,
+}
+
+/// `sync.expectations`: a list of helper names, `all`, or a boolean.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub(super) enum RawExpectations {
+    Flag(bool),
+    Word(String),
+    List(Vec<String>),
 }
 
 #[derive(Deserialize, Serialize, Debug, Default)]
@@ -150,6 +161,7 @@ impl Default for RawSync {
             purge_timeout: Scalar::Text("60s".into()),
             tcp_window_tracking: false,
             startup_resync: true,
+            expectations: None,
             auth: RawAuth::default(),
             channels: Vec::new(),
         }

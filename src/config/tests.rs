@@ -400,3 +400,26 @@ fn key_file_permissions_and_lengths_are_checked() {
     assert!(e.contains("good: owned by uid") && e.contains("root"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn expectation_sync_is_off_unless_helpers_are_listed() {
+    let sync = |extra: &str| parse(&with_sync(extra)).unwrap().sync.expectations;
+    assert_eq!(parse(MINIMAL).unwrap().sync.expectations, ExpectSync::Off);
+    assert_eq!(
+        sync("expectations: [ftp, sip]"),
+        ExpectSync::Helpers(vec!["ftp".into(), "sip".into()])
+    );
+    assert_eq!(sync("expectations: ftp"), ExpectSync::Helpers(vec!["ftp".into()]));
+    assert_eq!(sync("expectations: all"), ExpectSync::All);
+    assert_eq!(sync("expectations: true"), ExpectSync::All);
+    assert_eq!(sync("expectations: false"), ExpectSync::Off);
+    assert_eq!(sync("expectations: []"), ExpectSync::Off);
+    assert_err(
+        &with_sync("expectations: [ftp, 'not a helper']"),
+        "sync.expectations",
+        Some(5),
+        "invalid helper name \"not a helper\"",
+    );
+    let compat = parse(&with_sync("expectations: [ftp]\n  wire: conntrackd")).unwrap();
+    assert_eq!(compat.sync.expectations, ExpectSync::Helpers(vec!["ftp".into()]));
+}

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 pub use seq::Seq;
 
 use crate::digest::{RANGES, RangeSet};
+use crate::expect::Expectation;
 use crate::flow::{Flow, FlowKey};
 use crate::wire::conntrackd::{self, ConntrackdCodec};
 use crate::wire::native::{self, NativeCodec};
@@ -105,6 +106,10 @@ pub enum LocalChange {
     Upsert(Flow),
     /// The flow is gone.
     Destroy(FlowKey),
+    /// An expectation's current state.
+    ExpUpsert(Box<Expectation>),
+    /// The expectation is gone.
+    ExpDestroy(Box<Expectation>),
 }
 
 /// What the peer told us, for the external cache.
@@ -115,6 +120,10 @@ pub enum PeerEvent {
     Upsert { flow: Flow, stamp: u64 },
     /// Remove this flow.
     Destroy { key: FlowKey },
+    /// Store this expectation; `stamp` as for [`PeerEvent::Upsert`].
+    ExpUpsert { exp: Box<Expectation>, stamp: u64 },
+    /// Remove the expectation with this expected tuple.
+    ExpDestroy { key: FlowKey },
     /// End of a bulk from the peer: remove every external entry whose stamp
     /// < floor.
     BulkEnd { floor: u64 },
@@ -264,6 +273,10 @@ pub struct FtfwStats {
     pub repair_flows_sent: u64,
     /// REPAIR_ENDs accepted from the peer.
     pub repair_ends_received: u64,
+    /// Expectation messages (EXP_NEW, EXP_DESTROY) sent, resends included.
+    pub exp_msgs_sent: u64,
+    /// Expectation messages accepted from the peer.
+    pub exp_msgs_accepted: u64,
 }
 
 /// Receive-side tracking of one peer session.
@@ -507,6 +520,8 @@ impl Ftfw {
             LocalChange::New(flow) => Item::Upsert { flow, new: true },
             LocalChange::Upsert(flow) => Item::Upsert { flow, new: false },
             LocalChange::Destroy(key) => Item::Destroy(key),
+            LocalChange::ExpUpsert(exp) => Item::ExpUpsert(exp),
+            LocalChange::ExpDestroy(exp) => Item::ExpDestroy(exp),
         };
         self.tx.push_change(item);
         self.update_gauges();
@@ -515,9 +530,22 @@ impl Ftfw {
     /// Send our whole table, then a BULK_END that lets the peer sweep what
     /// we no longer have (see docs/PROTOCOL.md, "Bulk").
     pub fn bulk_send<'a>(&mut self, flows: impl IntoIterator<Item = &'a Flow>) {
+        self.bulk_send_with_expectations(flows, []);
+    }
+
+    /// As [`Ftfw::bulk_send`], with our expectations after the flows (their
+    /// masters), before the BULK_END.
+    pub fn bulk_send_with_expectations<'a, 'b>(
+        &mut self,
+        flows: impl IntoIterator<Item = &'a Flow>,
+        exps: impl IntoIterator<Item = &'b Expectation>,
+    ) {
         let start = self.next_seq;
         for f in flows {
             self.tx.push_change(Item::Upsert { flow: f.clone(), new: false });
+        }
+        for e in exps {
+            self.tx.push_change(Item::ExpUpsert(Box::new(e.clone())));
         }
         // conntrackd has no BULK_END (and cannot parse one).
         if !self.compat {
@@ -761,10 +789,14 @@ impl Ftfw {
                         Item::Upsert { flow, new: false } => MessageRef::FlowUpdate(flow),
                         Item::Repair(flow) => MessageRef::FlowRepair(flow),
                         Item::Destroy(key) => MessageRef::FlowDestroy(key),
+                        Item::ExpUpsert(exp) => MessageRef::ExpNew(exp),
+                        Item::ExpDestroy(exp) => MessageRef::ExpDestroy(exp),
                         _ => return false,
                     };
                     let ok = dg.push(&*self.codec, &msg, buf);
-                    if ok {
+                    if ok && matches!(msg, MessageRef::ExpNew(_) | MessageRef::ExpDestroy(_)) {
+                        self.stats.exp_msgs_sent += 1;
+                    } else if ok {
                         self.stats.flow_msgs_sent += 1;
                         if matches!(msg, MessageRef::FlowRepair(_)) {
                             self.stats.repair_flows_sent += 1;
@@ -1018,6 +1050,14 @@ impl Ftfw {
             Ok(Message::FlowDestroy(key)) => {
                 self.stats.flow_msgs_accepted += 1;
                 self.events.push_back(PeerEvent::Destroy { key });
+            }
+            Ok(Message::ExpNew(exp)) => {
+                self.stats.exp_msgs_accepted += 1;
+                self.events.push_back(PeerEvent::ExpUpsert { exp, stamp });
+            }
+            Ok(Message::ExpDestroy(exp)) => {
+                self.stats.exp_msgs_accepted += 1;
+                self.events.push_back(PeerEvent::ExpDestroy { key: exp.key() });
             }
             Ok(Message::BulkEnd { bulk_start }) => {
                 let back = i64::from(Seq(bulk_start).diff(expected));

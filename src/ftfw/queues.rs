@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use hashbrown::HashMap;
 
 use super::Seq;
+use crate::expect::Expectation;
 use crate::flow::{Flow, FlowKey};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
@@ -17,6 +18,10 @@ pub(crate) enum Item {
     Upsert { flow: Flow, new: bool },
     /// The flow is gone.
     Destroy(FlowKey),
+    /// An expectation's state.
+    ExpUpsert(Box<Expectation>),
+    /// The expectation is gone.
+    ExpDestroy(Box<Expectation>),
     /// End of a bulk that started at this seq (a barrier in the tx queue).
     BulkEnd(Seq),
     /// Ask the peer for its table.
@@ -41,11 +46,21 @@ pub(crate) enum Item {
     RepairEnd(Seq, u128),
 }
 
+/// What a queued change is about: a flow, or an expectation (whose
+/// expected tuple may equal some flow's key, so the two never share a slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum QueueKey {
+    Flow(FlowKey),
+    Exp(FlowKey),
+}
+
 impl Item {
-    fn key(&self) -> Option<FlowKey> {
+    fn key(&self) -> Option<QueueKey> {
         match self {
-            Item::Upsert { flow, .. } | Item::Repair(flow) => Some(flow.key()),
-            Item::Destroy(k) => Some(*k),
+            Item::Upsert { flow, .. } | Item::Repair(flow) => Some(QueueKey::Flow(flow.key())),
+            Item::Destroy(k) => Some(QueueKey::Flow(*k)),
+            Item::ExpUpsert(e) => Some(QueueKey::Exp(e.key())),
+            Item::ExpDestroy(e) => Some(QueueKey::Exp(e.key())),
             _ => None,
         }
     }
@@ -61,7 +76,7 @@ impl Item {
 /// generation, so a slot whose change was dropped or re-queued is skipped.
 #[derive(Clone, Copy, Debug)]
 enum Slot {
-    Flow(FlowKey, u64),
+    Flow(QueueKey, u64),
     BulkEnd(Seq),
     Resync,
     RepairRequest(u128),
@@ -72,7 +87,7 @@ enum Slot {
 /// position of the first one.
 #[derive(Default)]
 pub(crate) struct TxQueue {
-    pending: Map<FlowKey, (Item, u64)>,
+    pending: Map<QueueKey, (Item, u64)>,
     order: VecDeque<Slot>,
     next_gen: u64,
     /// BULK_END, RESYNC_REQUEST, REPAIR_REQUEST and REPAIR_END slots in
@@ -131,6 +146,8 @@ impl TxQueue {
                 | (Item::Repair(_), Item::Upsert { flow, .. }) => {
                     Some(Item::Upsert { flow, new: false })
                 }
+                // Expectations have no NEW/UPDATE distinction: the latest
+                // state or the destroy goes.
                 (_, other) => Some(other),
             };
             match merged {
@@ -287,7 +304,7 @@ pub(crate) struct ResendQueue {
     ring: VecDeque<Held>,
     /// Seq of `ring[0]`; when the ring is empty, the next seq to be sent.
     first: Seq,
-    latest: Map<FlowKey, Seq>,
+    latest: Map<QueueKey, Seq>,
     live: usize,
     /// Live entries that are control messages ([`Item::is_control`]).
     live_control: usize,

@@ -354,7 +354,11 @@ pub(crate) fn run(sc: &Scenario) -> Outcome {
                             let Side { core, internal, .. } = side;
                             core.bulk_send(internal.values());
                         }
-                        PeerEvent::PeerUp | PeerEvent::PeerDown | PeerEvent::PeerRestarted => {}
+                        PeerEvent::PeerUp
+                        | PeerEvent::PeerDown
+                        | PeerEvent::PeerRestarted
+                        | PeerEvent::ExpUpsert { .. }
+                        | PeerEvent::ExpDestroy { .. } => {}
                         ev => side.anti_entropy(now, t0, ev),
                     }
                 }

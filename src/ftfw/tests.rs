@@ -669,3 +669,49 @@ fn a_digest_goes_only_behind_what_it_describes() {
         vec![Message::RepairEnd { repair_start: 105, ranges: 128, set: 8 }]
     );
 }
+
+#[test]
+fn expectations_travel_after_their_flows_and_in_bulks() {
+    // docs/PROTOCOL.md, "Expectation messages": sequenced like flows,
+    // coalesced per expected tuple, sent in a bulk before its BULK_END.
+    let now = Instant::now();
+    let mut core = established(5000, now);
+    let exp = crate::expect::tests::ftp_pasv();
+    core.queue(LocalChange::Upsert(flow(1)));
+    core.queue(LocalChange::ExpUpsert(Box::new(exp.clone())));
+    let mut older = exp.clone();
+    older.timeout = 1;
+    core.queue(LocalChange::ExpUpsert(Box::new(older)));
+    let out = messages(&mut core, now);
+    let data: Vec<_> = out.iter().filter(|m| m.is_sequenced()).cloned().collect();
+    assert_eq!(data.len(), 2, "{out:?}");
+    assert_eq!(data[0], upsert(1));
+    assert!(matches!(&data[1], Message::ExpNew(e) if e.timeout == 1));
+    assert_eq!(core.stats().exp_msgs_sent, 1);
+    core.bulk_send_with_expectations([&flow(2)], [&exp]);
+    let out = messages(&mut core, now);
+    let kinds: Vec<_> = out
+        .iter()
+        .filter(|m| m.is_sequenced())
+        .map(|m| match m {
+            Message::FlowUpdate(_) => "flow",
+            Message::ExpNew(_) => "exp",
+            Message::BulkEnd { .. } => "end",
+            _ => "other",
+        })
+        .collect();
+    // The BULK_END waits for the bulk's ACK: flow then expectation first.
+    assert_eq!(kinds, ["flow", "exp"], "{out:?}");
+    // Receiving: both kinds become events with stamps.
+    core.handle_datagram(
+        now,
+        &datagram(
+            5000,
+            &[Message::ExpNew(Box::new(exp.clone())), Message::ExpDestroy(Box::new(exp.clone()))],
+        ),
+    );
+    let ev = events(&mut core);
+    assert!(matches!(&ev[0], PeerEvent::ExpUpsert { exp: e, .. } if **e == exp), "{ev:?}");
+    assert_eq!(ev[1], PeerEvent::ExpDestroy { key: exp.key() });
+    assert_eq!(core.stats().exp_msgs_accepted, 2);
+}

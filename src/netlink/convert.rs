@@ -378,7 +378,7 @@ fn emit_untranslated_reply(w: &mut AttrWriter<'_>, flow: &Flow) {
     w.end_nest(t);
 }
 
-fn emit_addrs(w: &mut AttrWriter<'_>, src: IpAddr, dst: IpAddr) {
+pub(super) fn emit_addrs(w: &mut AttrWriter<'_>, src: IpAddr, dst: IpAddr) {
     let ip = w.begin_nest(tuple::IP);
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -393,7 +393,7 @@ fn emit_addrs(w: &mut AttrWriter<'_>, src: IpAddr, dst: IpAddr) {
     w.end_nest(ip);
 }
 
-fn emit_proto(w: &mut AttrWriter<'_>, l4proto: u8, ipv6: bool, l4: [u16; 2]) {
+pub(super) fn emit_proto(w: &mut AttrWriter<'_>, l4proto: u8, ipv6: bool, l4: [u16; 2]) {
     let p = w.begin_nest(tuple::PROTO);
     w.put(tuple::PROTO_NUM, &[l4proto]);
     match l4proto {
@@ -512,12 +512,12 @@ pub fn labels_from_bytes(bytes: &[u8]) -> u128 {
 
 /// One tuple as decoded.
 #[derive(Default)]
-struct TupleParts {
-    src: Option<IpAddr>,
-    dst: Option<IpAddr>,
-    l4proto: u8,
-    l4: [u16; 2],
-    zone: Option<u16>,
+pub(super) struct TupleParts {
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub l4proto: u8,
+    pub l4: [u16; 2],
+    pub zone: Option<u16>,
 }
 
 impl TupleParts {
@@ -556,6 +556,12 @@ impl TupleParts {
             t.l4[1] = u16::from_be_bytes([icmp_type, icmp_code]);
         }
         Ok(t)
+    }
+
+    /// Decode the value of a tuple nest (`CTA_TUPLE_IP`, `CTA_TUPLE_PROTO`,
+    /// `CTA_TUPLE_ZONE` inside), as the expectation attributes carry them.
+    pub(super) fn parse_nest(value: &[u8]) -> Result<TupleParts, ConvertError> {
+        TupleParts::from_bytes(value)
     }
 
     fn from_crate(parts: &[Tuple]) -> Result<TupleParts, ConvertError> {
@@ -726,7 +732,7 @@ fn nla_value(nla: &DefaultNla) -> Vec<u8> {
 /// the stop-at-first-error of `NlasIterator`. Hand-written because the hot
 /// path reads every event through it: `NlaBuffer` re-reads and re-checks
 /// the header in each accessor, which cost a tenth of an event's time.
-fn for_each_nla(
+pub(super) fn for_each_nla(
     mut buf: &[u8],
     mut f: impl FnMut(u16, &[u8]) -> Result<(), ConvertError>,
 ) -> Result<(), ConvertError> {
@@ -778,11 +784,11 @@ fn u8_of(v: &[u8]) -> Result<u8, ConvertError> {
     Ok(exact::<1>("u8 attribute", v)?[0])
 }
 
-fn be_u16(v: &[u8]) -> Result<u16, ConvertError> {
+pub(super) fn be_u16(v: &[u8]) -> Result<u16, ConvertError> {
     Ok(u16::from_be_bytes(exact("u16 attribute", v)?))
 }
 
-fn be_u32(v: &[u8]) -> Result<u32, ConvertError> {
+pub(super) fn be_u32(v: &[u8]) -> Result<u32, ConvertError> {
     Ok(u32::from_be_bytes(exact("u32 attribute", v)?))
 }
 

@@ -6,11 +6,19 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use nix::sys::socket::{setsockopt, sockopt};
 
 use super::convert::parse_flow;
-use super::msg::{IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW, Messages, NLM_F_CREATE};
+use super::expect::parse_expectation;
+use super::msg::{
+    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW, IPCTNL_MSG_EXP_DELETE, IPCTNL_MSG_EXP_NEW, Messages,
+    NLM_F_CREATE,
+};
+use crate::expect::Expectation;
 use crate::flow::Flow;
 
 /// `NFNLGRP_CONNTRACK_NEW`, `_UPDATE`, `_DESTROY`.
 const NFNLGRP_CONNTRACK: [u32; 3] = [1, 2, 3];
+/// `NFNLGRP_CONNTRACK_EXP_NEW`, `_DESTROY` (the kernel sends no
+/// expectation updates).
+const NFNLGRP_CONNTRACK_EXP: [u32; 2] = [4, 6];
 
 /// Size of the receive buffer handed to `recvmsg`: larger than any message
 /// ctnetlink sends.
@@ -27,11 +35,13 @@ pub struct EventConfig {
     /// kernel then keeps destroy events it could not deliver and retries
     /// them, instead of dropping events and reporting ENOBUFS.
     pub reliable: bool,
+    /// Also subscribe to expectation events.
+    pub expectations: bool,
 }
 
 impl Default for EventConfig {
     fn default() -> Self {
-        EventConfig { rcvbuf: 8 << 20, reliable: false }
+        EventConfig { rcvbuf: 8 << 20, reliable: false, expectations: false }
     }
 }
 
@@ -44,6 +54,10 @@ pub enum CtEvent {
     Update(Flow),
     /// An entry was removed.
     Destroy(Flow),
+    /// A helper created an expectation.
+    ExpNew(Box<Expectation>),
+    /// An expectation was used up, timed out or removed with its master.
+    ExpDestroy(Box<Expectation>),
     /// `recvmsg` failed with ENOBUFS: events were lost, and the caller must
     /// resync from a dump.
     Overrun,
@@ -91,6 +105,24 @@ pub fn decode_events(buf: &[u8], out: &mut Vec<EventItem>) -> DecodeStats {
             stats.errors += 1;
             break;
         };
+        if let Some((kind, attrs)) = msg.ctnetlink_exp() {
+            let make: fn(Box<Expectation>) -> CtEvent = match kind {
+                IPCTNL_MSG_EXP_NEW => CtEvent::ExpNew,
+                IPCTNL_MSG_EXP_DELETE => CtEvent::ExpDestroy,
+                _ => {
+                    stats.ignored += 1;
+                    continue;
+                }
+            };
+            match parse_expectation(attrs) {
+                Ok(exp) => {
+                    out.push(EventItem { event: make(Box::new(exp)), origin_pid: msg.pid });
+                    stats.events += 1;
+                }
+                Err(_) => stats.errors += 1,
+            }
+            continue;
+        }
         let Some((ct, attrs)) = msg.ctnetlink() else {
             stats.ignored += 1;
             continue;
@@ -133,6 +165,12 @@ impl EventSocket {
         for group in NFNLGRP_CONNTRACK {
             sock.add_membership(group)
                 .map_err(|e| ctx(e, "cannot subscribe to conntrack events"))?;
+        }
+        if cfg.expectations {
+            for group in NFNLGRP_CONNTRACK_EXP {
+                sock.add_membership(group)
+                    .map_err(|e| ctx(e, "cannot subscribe to expectation events"))?;
+            }
         }
         if cfg.reliable {
             sock.set_broadcast_error(true)
@@ -262,10 +300,10 @@ mod tests {
         ct_message(&mut buf, IPCTNL_MSG_CT_NEW, create, 0, 2, |w| emit_create(w, &f, &eo));
         ct_message(&mut buf, IPCTNL_MSG_CT_NEW, 0, 0, 2, |w| emit_create(w, &f, &eo));
         ct_message(&mut buf, IPCTNL_MSG_CT_DELETE, 0, 0, 2, |w| emit_key(w, &f.key()));
-        // nfnetlink subsystem 2 (ctnetlink expectations): ignored.
+        // nfnetlink subsystem 3 (not ctnetlink): ignored.
         let start = buf.len();
         ct_message(&mut buf, IPCTNL_MSG_CT_NEW, 0, 0, 2, |_| {});
-        buf[start + 5] = 2;
+        buf[start + 5] = 3;
         (buf, f)
     }
 

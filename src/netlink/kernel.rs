@@ -16,10 +16,13 @@ use super::convert::{
     EmitOptions, emit_create, emit_key, emit_timeout_update, emit_update, parse_flow,
 };
 use super::event::{ctx, set_rcvbuf};
+use super::expect::{emit_expect_create, emit_expect_key, parse_expectation};
 use super::msg::{
-    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_NEW, Messages, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, add_flags, ct_message,
+    IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_NEW, IPCTNL_MSG_EXP_DELETE,
+    IPCTNL_MSG_EXP_GET, IPCTNL_MSG_EXP_NEW, Messages, Msg, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, add_flags, ct_message, exp_message,
 };
+use crate::expect::Expectation;
 use crate::flow::{Flow, FlowKey};
 
 /// Bytes of messages per `sendmsg`: well under the default socket send
@@ -105,21 +108,50 @@ impl Kernel {
 
     /// The whole table of both families, one flow at a time.
     pub fn dump_into(&mut self, mut f: impl FnMut(Flow)) -> io::Result<()> {
+        let mut errors = 0;
+        self.dump_messages(false, |msg| {
+            match msg.ctnetlink().map(|(_, attrs)| parse_flow(attrs)) {
+                Some(Ok(flow)) => f(flow),
+                _ => errors += 1,
+            }
+        })?;
+        self.decode_errors += errors;
+        Ok(())
+    }
+
+    /// Every expectation of both families.
+    pub fn dump_expectations(&mut self) -> io::Result<Vec<Expectation>> {
+        let mut exps = Vec::new();
+        let mut errors = 0;
+        self.dump_messages(true, |msg| {
+            match msg.ctnetlink_exp().map(|(_, attrs)| parse_expectation(attrs)) {
+                Some(Ok(exp)) => exps.push(exp),
+                _ => errors += 1,
+            }
+        })?;
+        self.decode_errors += errors;
+        Ok(exps)
+    }
+
+    /// Send a dump request (conntrack table, or expectations when
+    /// `expectations`) and hand each answer message to `f`.
+    fn dump_messages(&mut self, expectations: bool, mut f: impl FnMut(&Msg<'_>)) -> io::Result<()> {
         let seq = self.next_seq();
         self.send_buf.clear();
         let flags = NLM_F_REQUEST | NLM_F_DUMP;
-        ct_message(
-            &mut self.send_buf,
-            IPCTNL_MSG_CT_GET,
-            flags,
-            seq,
-            libc::AF_UNSPEC as u8,
-            |_| {},
-        );
-        self.sock.send(&self.send_buf, 0).map_err(|e| ctx(e, "cannot request a conntrack dump"))?;
+        let family = libc::AF_UNSPEC as u8;
+        let what = if expectations { "expectation dump" } else { "conntrack dump" };
+        if expectations {
+            exp_message(&mut self.send_buf, IPCTNL_MSG_EXP_GET, flags, seq, family, |_| {});
+        } else {
+            ct_message(&mut self.send_buf, IPCTNL_MSG_CT_GET, flags, seq, family, |_| {});
+        }
+        self.sock
+            .send(&self.send_buf, 0)
+            .map_err(|e| ctx(e, &format!("cannot request a {what}")))?;
         loop {
             self.recv_buf.clear();
-            let n = recv(&self.sock, &mut self.recv_buf).map_err(|e| ctx(e, "conntrack dump"))?;
+            let n = recv(&self.sock, &mut self.recv_buf).map_err(|e| ctx(e, what))?;
             for msg in Messages::new(&self.recv_buf[..n]) {
                 let Ok((_, msg)) = msg else {
                     self.decode_errors += 1;
@@ -133,16 +165,60 @@ impl Kernel {
                     NLMSG_ERROR => match msg.errno() {
                         Some(0) | None => {}
                         Some(errno) => {
-                            return Err(ctx(io::Error::from_raw_os_error(errno), "conntrack dump"));
+                            return Err(ctx(io::Error::from_raw_os_error(errno), what));
                         }
                     },
-                    _ => match msg.ctnetlink().map(|(_, attrs)| parse_flow(attrs)) {
-                        Some(Ok(flow)) => f(flow),
-                        _ => self.decode_errors += 1,
-                    },
+                    _ => f(&msg),
                 }
             }
         }
+    }
+
+    /// Create each expectation. Its master must be in the table already
+    /// (else ENOENT) with a helper (else EOPNOTSUPP); one that exists
+    /// (EEXIST) counts as updated, since an expectation has nothing an
+    /// update could bring but its timeout.
+    pub fn commit_expectations<'a>(
+        &mut self,
+        exps: impl IntoIterator<Item = &'a Expectation>,
+    ) -> io::Result<CommitReport> {
+        let start = Instant::now();
+        let create_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL;
+        let (created, refused) = self.batched(exps, |buf, seq, exp: &Expectation| {
+            exp_message(buf, IPCTNL_MSG_EXP_NEW, create_flags, seq, exp.family(), |w| {
+                emit_expect_create(w, exp)
+            })
+        })?;
+        let mut report = CommitReport { created, ..CommitReport::default() };
+        for (exp, errno) in refused {
+            if errno == libc::EEXIST {
+                report.updated += 1;
+            } else {
+                report.failed.push((exp.key(), errno));
+            }
+        }
+        report.elapsed = start.elapsed();
+        Ok(report)
+    }
+
+    /// Delete the expectations with these expected tuples.
+    pub fn delete_expectations<'a>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'a FlowKey>,
+    ) -> io::Result<CommitReport> {
+        let start = Instant::now();
+        let (deleted, refused) = self.batched(keys, |buf, seq, key: &FlowKey| {
+            let family = if key.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET } as u8;
+            exp_message(buf, IPCTNL_MSG_EXP_DELETE, NLM_F_REQUEST, seq, family, |w| {
+                emit_expect_key(w, key)
+            })
+        })?;
+        Ok(CommitReport {
+            deleted,
+            failed: refused.into_iter().map(|(k, e)| (*k, e)).collect(),
+            elapsed: start.elapsed(),
+            ..CommitReport::default()
+        })
     }
 
     /// Create each flow; a flow that exists already (EEXIST) is updated

@@ -10,6 +10,7 @@
 
 pub mod convert;
 mod event;
+pub mod expect;
 mod kernel;
 mod msg;
 
@@ -18,4 +19,4 @@ pub use event::{
     CtEvent, DecodeStats, EventConfig, EventItem, EventSocket, EventStats, decode_events,
 };
 pub use kernel::{CommitOptions, CommitReport, Kernel};
-pub use msg::{ct_message, ct_msg_type};
+pub use msg::{ct_message, ct_msg_type, exp_message};

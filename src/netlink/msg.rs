@@ -7,6 +7,14 @@ use super::convert::AttrWriter;
 
 /// `NFNL_SUBSYS_CTNETLINK`.
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+/// `NFNL_SUBSYS_CTNETLINK_EXP`: expectations.
+pub const NFNL_SUBSYS_CTNETLINK_EXP: u16 = 2;
+/// `IPCTNL_MSG_EXP_NEW`, also the type of expectation NEW events.
+pub const IPCTNL_MSG_EXP_NEW: u8 = 0;
+/// `IPCTNL_MSG_EXP_GET`.
+pub const IPCTNL_MSG_EXP_GET: u8 = 1;
+/// `IPCTNL_MSG_EXP_DELETE`, also the type of expectation DESTROY events.
+pub const IPCTNL_MSG_EXP_DELETE: u8 = 2;
 /// `IPCTNL_MSG_CT_NEW`, also the type of NEW and UPDATE events.
 pub const IPCTNL_MSG_CT_NEW: u8 = 0;
 /// `IPCTNL_MSG_CT_GET`.
@@ -43,6 +51,30 @@ pub fn ct_message(
     family: u8,
     attrs: impl FnOnce(&mut AttrWriter<'_>),
 ) {
+    nfnl_message(buf, NFNL_SUBSYS_CTNETLINK, ct, flags, seq, family, attrs)
+}
+
+/// As [`ct_message`], for the expectation subsystem.
+pub fn exp_message(
+    buf: &mut Vec<u8>,
+    exp: u8,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    attrs: impl FnOnce(&mut AttrWriter<'_>),
+) {
+    nfnl_message(buf, NFNL_SUBSYS_CTNETLINK_EXP, exp, flags, seq, family, attrs)
+}
+
+fn nfnl_message(
+    buf: &mut Vec<u8>,
+    subsys: u16,
+    msg: u8,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    attrs: impl FnOnce(&mut AttrWriter<'_>),
+) {
     let start = buf.len();
     buf.resize(start + NLMSG_HDRLEN, 0);
     buf.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]);
@@ -50,7 +82,7 @@ pub fn ct_message(
     let len = u32::try_from(buf.len() - start).unwrap_or(u32::MAX);
     let mut hdr = NetlinkBuffer::new(&mut buf[start..]);
     hdr.set_length(len);
-    hdr.set_message_type(ct_msg_type(ct));
+    hdr.set_message_type((subsys << 8) | u16::from(msg));
     hdr.set_flags(flags);
     hdr.set_sequence_number(seq);
     hdr.set_port_number(0);
@@ -93,6 +125,16 @@ impl<'a> Msg<'a> {
             return None;
         }
         Some((ct, self.payload.get(NFGENMSG_LEN..)?))
+    }
+
+    /// For ctnetlink expectation messages: the `IPCTNL_MSG_EXP_*` type and
+    /// the attribute bytes after `nfgenmsg`.
+    pub fn ctnetlink_exp(&self) -> Option<(u8, &'a [u8])> {
+        let [subsys, exp] = self.msg_type.to_be_bytes();
+        if u16::from(subsys) != NFNL_SUBSYS_CTNETLINK_EXP {
+            return None;
+        }
+        Some((exp, self.payload.get(NFGENMSG_LEN..)?))
     }
 }
 

@@ -29,6 +29,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::{
     Codec, DatagramHeader, Message, MessageHeader, MessageRef, Received, WireError, Writer,
 };
+use crate::expect::{ExpNat, Expectation};
 use crate::flow::{Dir, Flow, FlowKey, SeqAdj, proto};
 
 /// `CONNTRACKD_PROTOCOL_VERSION`.
@@ -52,7 +53,13 @@ pub mod msg_type {
     pub const CT_UPD: u8 = 1;
     /// A conntrack destroyed.
     pub const CT_DEL: u8 = 2;
-    /// Last expectation type (3..=5); not supported here.
+    /// An expectation created.
+    pub const EXP_NEW: u8 = 3;
+    /// An expectation updated (read as EXP_NEW).
+    pub const EXP_UPD: u8 = 4;
+    /// An expectation destroyed (the whole expectation).
+    pub const EXP_DEL: u8 = 5;
+    /// Last data message type.
     pub const STATE_MAX: u8 = 5;
     /// Control message: ACK, NACK, RESYNC or ALIVE, by flag.
     pub const CTL: u8 = 10;
@@ -112,6 +119,67 @@ pub mod nta {
     /// `NTA_MAX`: conntrackd 1.4.7 refuses a message with anything above.
     pub const MAX: u16 = 33;
 }
+
+/// `NTA_EXP_*` attribute numbers (conntrackd's `enum nta_exp_attr`) of
+/// the expectation messages: master, expected and mask tuples as address,
+/// protocol and port groups, then the expectation's own fields.
+pub mod nta_exp {
+    pub const MASTER_IPV4: u16 = 0;
+    pub const MASTER_IPV6: u16 = 1;
+    pub const MASTER_L4PROTO: u16 = 2;
+    pub const MASTER_PORT: u16 = 3;
+    pub const EXPECT_IPV4: u16 = 4;
+    pub const EXPECT_IPV6: u16 = 5;
+    pub const EXPECT_L4PROTO: u16 = 6;
+    pub const EXPECT_PORT: u16 = 7;
+    pub const MASK_IPV4: u16 = 8;
+    pub const MASK_IPV6: u16 = 9;
+    pub const MASK_L4PROTO: u16 = 10;
+    pub const MASK_PORT: u16 = 11;
+    pub const TIMEOUT: u16 = 12;
+    pub const FLAGS: u16 = 13;
+    pub const CLASS: u16 = 14;
+    pub const NAT_IPV4: u16 = 15;
+    pub const NAT_PORT: u16 = 16;
+    pub const NAT_L4PROTO: u16 = 17;
+    pub const NAT_DIR: u16 = 18;
+    pub const HELPER_NAME: u16 = 19;
+    pub const FN: u16 = 20;
+    /// `NTA_EXP_MAX`: a message with anything above is refused.
+    pub const MAX: u16 = 21;
+}
+
+/// Longest expectation function name conntrackd accepts (`nta_len` ≤ 32
+/// with the NUL).
+pub const MAX_EXP_FN_LEN: usize = 27;
+
+const EXP_SIZES: [Size; nta_exp::MAX as usize] = {
+    use Size::{Exact, Max};
+    let tuple = [Exact(8), Exact(32), Exact(1), Exact(4)];
+    [
+        tuple[0],
+        tuple[1],
+        tuple[2],
+        tuple[3],
+        tuple[0],
+        tuple[1],
+        tuple[2],
+        tuple[3],
+        tuple[0],
+        tuple[1],
+        tuple[2],
+        tuple[3],
+        Exact(4),
+        Exact(4),
+        Exact(4),
+        Exact(8),
+        Exact(4),
+        Exact(1),
+        Exact(4),
+        Max(MAX_HELPER_LEN + 1),
+        Max(MAX_EXP_FN_LEN + 1),
+    ]
+};
 
 /// Value length of each attribute: `Exact(n)` must match, `Max(n)` is a
 /// bound (strings and labels), as conntrackd's parser checks them.
@@ -300,6 +368,10 @@ impl<'a> MessageView<'a> {
                 msg_type::CT_NEW => Ok(Message::FlowNew(parse_flow(self.payload())?)),
                 msg_type::CT_UPD => Ok(Message::FlowUpdate(parse_flow(self.payload())?)),
                 msg_type::CT_DEL => Ok(Message::FlowDestroy(parse_flow(self.payload())?.key())),
+                msg_type::EXP_NEW | msg_type::EXP_UPD => {
+                    Ok(Message::ExpNew(Box::new(parse_exp(self.payload())?)))
+                }
+                msg_type::EXP_DEL => Ok(Message::ExpDestroy(Box::new(parse_exp(self.payload())?))),
                 other => Err(WireError::UnknownMessage(other)),
             };
         }
@@ -370,6 +442,7 @@ pub fn message_len(msg: &MessageRef<'_>) -> usize {
         }
         MessageRef::Alive => HEADER_LEN,
         // conntrackd has no digests: anti-entropy is off in this dialect.
+        MessageRef::ExpNew(e) | MessageRef::ExpDestroy(e) => HEADER_LEN + exp_len(e),
         MessageRef::BulkEnd { .. }
         | MessageRef::Hello { .. }
         | MessageRef::HelloBack { .. }
@@ -393,6 +466,8 @@ pub fn emit_message(msg: &MessageRef<'_>, seq: u32, buf: &mut [u8]) -> Result<us
         MessageRef::FlowNew(_) => (msg_type::CT_NEW, 0, None),
         MessageRef::FlowUpdate(_) => (msg_type::CT_UPD, 0, None),
         MessageRef::FlowDestroy(_) => (msg_type::CT_DEL, 0, None),
+        MessageRef::ExpNew(_) => (msg_type::EXP_NEW, 0, None),
+        MessageRef::ExpDestroy(_) => (msg_type::EXP_DEL, 0, None),
         MessageRef::ResyncRequest => (msg_type::CTL, flags::RESYNC, Some((0, 0))),
         MessageRef::Ack { from, to } => (msg_type::CTL, flags::ACK, Some((*from, *to))),
         MessageRef::Nack { from, to } => (msg_type::CTL, flags::NACK, Some((*from, *to))),
@@ -419,6 +494,7 @@ pub fn emit_message(msg: &MessageRef<'_>, seq: u32, buf: &mut [u8]) -> Result<us
     match msg {
         MessageRef::FlowNew(flow) | MessageRef::FlowUpdate(flow) => emit_flow(flow, &mut w),
         MessageRef::FlowDestroy(key) => emit_key(key, &mut w),
+        MessageRef::ExpNew(e) | MessageRef::ExpDestroy(e) => emit_exp(e, &mut w),
         _ => {}
     }
     debug_assert_eq!(w.at, len);
@@ -817,6 +893,196 @@ fn emit_key(k: &FlowKey, w: &mut Writer<'_>) {
     }
 }
 
+/// Protocols whose expectation tuples get a port group (conntrackd's
+/// `exp_l4proto_fcn`).
+fn exp_ports(l4proto: u8) -> bool {
+    matches!(l4proto, proto::TCP | proto::UDP | proto::SCTP | proto::DCCP)
+}
+
+/// The NAT part conntrackd can carry: IPv4 only.
+fn exp_nat(e: &Expectation) -> Option<ExpNat> {
+    e.nat.filter(|n| n.addr.is_ipv4())
+}
+
+fn exp_helper(e: &Expectation) -> Option<&str> {
+    Some(&*e.helper).filter(|h| !h.is_empty() && h.len() <= MAX_HELPER_LEN)
+}
+
+fn exp_fn(e: &Expectation) -> Option<&str> {
+    e.expectfn.as_deref().filter(|f| !f.is_empty() && f.len() <= MAX_EXP_FN_LEN)
+}
+
+fn exp_len(e: &Expectation) -> usize {
+    let ports = if exp_ports(e.tuple.l4proto) { attr_len(4) } else { 0 };
+    let tuple = addr_len(e.is_ipv6()) + attr_len(1) + ports;
+    let mut len = 3 * tuple + 3 * attr_len(4);
+    if exp_nat(e).is_some() {
+        len += attr_len(8) + attr_len(1) + ports + attr_len(4);
+    }
+    len += exp_helper(e).map_or(0, |h| attr_len(h.len() + 1));
+    len + exp_fn(e).map_or(0, |f| attr_len(f.len() + 1))
+}
+
+/// conntrackd's `exp2msg` order.
+fn emit_exp(e: &Expectation, w: &mut Writer<'_>) {
+    let l4proto = e.tuple.l4proto;
+    let v6 = e.is_ipv6();
+    let all_ones =
+        if v6 { IpAddr::V6(Ipv6Addr::from(u128::MAX)) } else { IpAddr::V4(Ipv4Addr::BROADCAST) };
+    let mut tuple = |first: u16, src: IpAddr, dst: IpAddr, l4: [u16; 2]| {
+        w.exp_addrs(first + u16::from(v6), src, dst);
+        w.nta(first + 2, &[l4proto]);
+        if exp_ports(l4proto) {
+            w.exp_ports(first + 3, l4);
+        }
+    };
+    tuple(nta_exp::MASTER_IPV4, e.master.src, e.master.dst, e.master.l4);
+    tuple(nta_exp::EXPECT_IPV4, e.tuple.src, e.tuple.dst, e.tuple.l4);
+    tuple(nta_exp::MASK_IPV4, e.mask_src, all_ones, [e.mask_sport, u16::MAX]);
+    w.nta(nta_exp::TIMEOUT, &e.timeout.to_be_bytes());
+    w.nta(nta_exp::FLAGS, &e.flags.to_be_bytes());
+    w.nta(nta_exp::CLASS, &e.class.to_be_bytes());
+    if let Some(nat) = exp_nat(e) {
+        w.exp_addrs(nta_exp::NAT_IPV4, nat.addr, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        w.nta(nta_exp::NAT_L4PROTO, &[l4proto]);
+        if exp_ports(l4proto) {
+            w.exp_ports(nta_exp::NAT_PORT, [nat.port, 0]);
+        }
+        w.nta(nta_exp::NAT_DIR, &nat.dir.to_be_bytes());
+    }
+    if let Some(h) = exp_helper(e) {
+        w.nta_str(nta_exp::HELPER_NAME, h);
+    }
+    if let Some(f) = exp_fn(e) {
+        w.nta_str(nta_exp::FN, f);
+    }
+}
+
+/// This format's expectation attributes on the shared [`Writer`].
+impl Writer<'_> {
+    fn exp_addrs(&mut self, kind: u16, src: IpAddr, dst: IpAddr) {
+        let mut v = [0u8; 32];
+        let n = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                v[..4].copy_from_slice(&s.octets());
+                v[4..8].copy_from_slice(&d.octets());
+                8
+            }
+            (s, d) => {
+                v[..16].copy_from_slice(&to_v6(s).octets());
+                v[16..].copy_from_slice(&to_v6(d).octets());
+                32
+            }
+        };
+        self.nta(kind, &v[..n]);
+    }
+    fn exp_ports(&mut self, kind: u16, l4: [u16; 2]) {
+        let mut v = [0u8; 4];
+        v[..2].copy_from_slice(&l4[0].to_be_bytes());
+        v[2..].copy_from_slice(&l4[1].to_be_bytes());
+        self.nta(kind, &v);
+    }
+    fn nta_str(&mut self, kind: u16, s: &str) {
+        self.u16((4 + s.len() + 1) as u16);
+        self.u16(kind);
+        self.bytes(s.as_bytes());
+        self.u8(0);
+        self.at = align4(self.at);
+    }
+}
+
+/// Parse an EXP message's attributes, with conntrackd's `msg2exp` checks.
+pub fn parse_exp(mut body: &[u8]) -> Result<Expectation, WireError> {
+    #[derive(Default, Clone, Copy)]
+    struct Tuple {
+        addrs: Option<(IpAddr, IpAddr)>,
+        l4proto: Option<u8>,
+        ports: [u16; 2],
+    }
+    let mut tuples = [Tuple::default(); 4];
+    let (mut timeout, mut flags, mut class, mut dir) = (0, 0, 0, None);
+    let mut helper: Box<str> = "".into();
+    let mut expectfn = None;
+    while body.len() > 4 {
+        let nta_len = usize::from(be16(&body[0..2]));
+        let kind = be16(&body[2..4]);
+        if nta_len < 4 || nta_len > body.len() {
+            return Err(WireError::BadLength);
+        }
+        let size = EXP_SIZES.get(usize::from(kind)).ok_or(WireError::BadAttribute(kind))?;
+        let v = &body[4..nta_len];
+        let ok = match *size {
+            Size::Exact(n) => v.len() == n,
+            Size::Max(n) => v.len() <= n,
+        };
+        if !ok {
+            return Err(WireError::BadAttribute(kind));
+        }
+        let string = |v: &[u8]| -> Result<Box<str>, WireError> {
+            let s = v.split(|&b| b == 0).next().unwrap_or(&[]);
+            std::str::from_utf8(s).map(Into::into).map_err(|_| WireError::BadMessage)
+        };
+        match kind {
+            // Master, expected, mask: four attributes each, from 0, 4, 8;
+            // NAT's address, port and protocol are 15, 16, 17.
+            0..=11 | nta_exp::NAT_IPV4..=nta_exp::NAT_L4PROTO => {
+                let (t, field) = match kind {
+                    0..=11 => (usize::from(kind / 4), kind % 4),
+                    nta_exp::NAT_IPV4 => (3, 0),
+                    nta_exp::NAT_PORT => (3, 3),
+                    _ => (3, 2),
+                };
+                let t = &mut tuples[t];
+                match field {
+                    0 => t.addrs = Some((IpAddr::V4(ip4(&v[0..4])), IpAddr::V4(ip4(&v[4..8])))),
+                    1 => t.addrs = Some((IpAddr::V6(ip6(&v[0..16])), IpAddr::V6(ip6(&v[16..32])))),
+                    2 => t.l4proto = Some(v[0]),
+                    _ => t.ports = [be16(&v[0..2]), be16(&v[2..4])],
+                }
+            }
+            nta_exp::TIMEOUT => timeout = be32(v),
+            nta_exp::FLAGS => flags = be32(v),
+            nta_exp::CLASS => class = be32(v),
+            nta_exp::NAT_DIR => dir = Some(be32(v)),
+            nta_exp::HELPER_NAME => helper = string(v)?,
+            nta_exp::FN => expectfn = Some(string(v)?).filter(|f| !f.is_empty()),
+            _ => {}
+        }
+        body = &body[align4(nta_len).min(body.len())..];
+    }
+    let key = |t: Tuple| -> Result<FlowKey, WireError> {
+        let ((src, dst), l4proto) = t.addrs.zip(t.l4proto).ok_or(WireError::BadMessage)?;
+        let l4 = if exp_ports(l4proto) { t.ports } else { [0, 0] };
+        Ok(FlowKey { src, dst, l4proto, l4, zone: 0 })
+    };
+    let master = key(tuples[0])?;
+    let tuple = key(tuples[1])?;
+    let (mask_src, mask_sport) = match tuples[2].addrs {
+        Some((src, _)) => (src, if exp_ports(tuple.l4proto) { tuples[2].ports[0] } else { 0 }),
+        None if tuple.is_ipv6() => (IpAddr::V6(Ipv6Addr::from(u128::MAX)), u16::MAX),
+        None => (IpAddr::V4(Ipv4Addr::BROADCAST), u16::MAX),
+    };
+    if master.is_ipv6() != tuple.is_ipv6() || mask_src.is_ipv6() != tuple.is_ipv6() {
+        return Err(WireError::BadMessage);
+    }
+    let nat = match (tuples[3].addrs, dir) {
+        (Some((addr, _)), Some(dir)) => Some(ExpNat { dir, addr, port: tuples[3].ports[0] }),
+        _ => None,
+    };
+    Ok(Expectation {
+        master,
+        tuple,
+        mask_src,
+        mask_sport,
+        timeout,
+        flags,
+        class,
+        helper,
+        nat,
+        expectfn,
+    })
+}
+
 fn to_v6(a: IpAddr) -> Ipv6Addr {
     match a {
         IpAddr::V4(a) => a.to_ipv6_mapped(),
@@ -981,6 +1247,55 @@ mod tests {
     }
 
     #[test]
+    fn expectation_messages_follow_exp2msg() {
+        // conntrackd's include/network.h (`enum nta_exp_attr`) and
+        // build.c (`exp2msg`): master, expected and mask groups, timeout,
+        // flags, class, IPv4 NAT, helper, function.
+        let mut e = crate::expect::tests::ftp_pasv();
+        e.nat = Some(ExpNat { dir: 1, addr: [10, 0, 1, 2].into(), port: 50000 });
+        e.expectfn = Some("nat-follow-master".into());
+        let mut buf = [0u8; 400];
+        let n = emit_message(&MessageRef::ExpNew(&e), 7, &mut buf).unwrap();
+        assert_eq!(n, message_len(&MessageRef::ExpNew(&e)));
+        let b = &buf[..n];
+        assert_eq!(b[0], (VERSION << 4) | msg_type::EXP_NEW);
+        #[rustfmt::skip]
+        let head: &[u8] = &[
+            0, 12, 0, 0, 10, 0, 1, 2, 10, 0, 2, 2, // MASTER_IPV4
+            0, 5, 0, 2, 6, 0, 0, 0,                // MASTER_L4PROTO
+            0, 8, 0, 3, 0x9c, 0x40, 0, 21,         // MASTER_PORT 40000 → 21
+            0, 12, 0, 4, 10, 0, 1, 2, 10, 0, 2, 2, // EXPECT_IPV4
+            0, 5, 0, 6, 6, 0, 0, 0,                // EXPECT_L4PROTO
+            0, 8, 0, 7, 0, 0, 0xc3, 0x50,          // EXPECT_PORT 0 → 50000
+            0, 12, 0, 8, 255, 255, 255, 255, 255, 255, 255, 255, // MASK_IPV4
+        ];
+        assert_eq!(&b[HEADER_LEN..HEADER_LEN + head.len()], head);
+        assert!(b.windows(8).any(|w| w == [0, 8, 0, 12, 0, 0, 1, 44]), "TIMEOUT 300");
+        assert!(b.windows(8).any(|w| w == [0, 8, 0, 18, 0, 0, 0, 1]), "NAT_DIR 1");
+        assert!(b.windows(8).any(|w| w == [0, 8, 0, 19, b'f', b't', b'p', 0]), "HELPER_NAME");
+        let view = MessageView::new_checked(b).unwrap();
+        assert_eq!(view.parse(), Ok(Message::ExpNew(Box::new(e.clone()))));
+        let n = emit_message(&MessageRef::ExpDestroy(&e), 8, &mut buf).unwrap();
+        assert_eq!(buf[0] & 0x0f, msg_type::EXP_DEL);
+        let view = MessageView::new_checked(&buf[..n]).unwrap();
+        assert_eq!(view.parse(), Ok(Message::ExpDestroy(Box::new(e.clone()))));
+        // IPv6 NAT has no attribute in conntrackd: left out, the rest goes.
+        let mut v6 = e.clone();
+        let a = |n: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n));
+        (v6.master.src, v6.master.dst, v6.tuple.src, v6.tuple.dst) = (a(1), a(2), a(1), a(2));
+        v6.mask_src = IpAddr::V6(Ipv6Addr::from(u128::MAX));
+        v6.nat = Some(ExpNat { dir: 0, addr: a(9), port: 1 });
+        let n = emit_message(&MessageRef::ExpNew(&v6), 9, &mut buf).unwrap();
+        let view = MessageView::new_checked(&buf[..n]).unwrap();
+        assert_eq!(view.parse(), Ok(Message::ExpNew(Box::new(Expectation { nat: None, ..v6 }))));
+        // An attribute beyond NTA_EXP_MAX refuses the message.
+        let n = emit_message(&MessageRef::ExpNew(&e), 7, &mut buf).unwrap();
+        buf[HEADER_LEN + 3] = nta_exp::MAX as u8;
+        let view = MessageView::new_checked(&buf[..n]).unwrap();
+        assert_eq!(view.parse(), Err(WireError::BadAttribute(nta_exp::MAX)));
+    }
+
+    #[test]
     fn unknown_attribute_kills_the_message_not_its_seq() {
         let mut bytes = CAPTURED_NEW;
         bytes[84 + 3] = 40; // SYNPROXY → attribute 40
@@ -1004,6 +1319,21 @@ mod tests {
             let mut out = Vec::new();
             let _ = decode(&bytes, &mut out);
             let _ = parse_flow(&bytes);
+            let _ = parse_exp(&bytes);
+        }
+
+        #[test]
+        fn expectation_parser_never_panics_on_mutations(
+            flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..8)
+        ) {
+            let mut e = crate::expect::tests::ftp_pasv();
+            e.nat = Some(ExpNat { dir: 1, addr: [10, 0, 1, 2].into(), port: 50000 });
+            let mut buf = [0u8; 400];
+            let n = emit_message(&MessageRef::ExpNew(&e), 7, &mut buf).unwrap();
+            for (at, byte) in flips {
+                buf[HEADER_LEN + at % (n - HEADER_LEN)] = byte;
+            }
+            let _ = parse_exp(&buf[HEADER_LEN..n]);
         }
     }
 }

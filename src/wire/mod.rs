@@ -13,6 +13,7 @@
 pub mod conntrackd;
 pub mod native;
 
+use crate::expect::Expectation;
 use crate::flow::{Flow, FlowKey};
 
 /// Why bytes from the peer were refused. Each variant feeds its own drop
@@ -93,6 +94,11 @@ pub enum Message {
     FlowUpdate(Flow),
     /// A flow the peer's kernel destroyed (sequenced).
     FlowDestroy(FlowKey),
+    /// An expectation the peer's kernel holds (sequenced).
+    ExpNew(Box<Expectation>),
+    /// This expectation is gone (sequenced). It travels whole because
+    /// conntrackd finds the one to remove by more than its tuple.
+    ExpDestroy(Box<Expectation>),
     /// End of a bulk that started at `bulk_start` (sequenced).
     BulkEnd { bulk_start: u32 },
     /// The sender wants our whole table (sequenced, so that it is reliable).
@@ -134,6 +140,10 @@ pub enum MessageRef<'a> {
     FlowUpdate(&'a Flow),
     /// See [`Message::FlowDestroy`].
     FlowDestroy(&'a FlowKey),
+    /// See [`Message::ExpNew`].
+    ExpNew(&'a Expectation),
+    /// See [`Message::ExpDestroy`].
+    ExpDestroy(&'a Expectation),
     /// See [`Message::BulkEnd`].
     BulkEnd { bulk_start: u32 },
     /// See [`Message::ResyncRequest`].
@@ -165,6 +175,8 @@ impl Message {
             Message::FlowNew(f) => MessageRef::FlowNew(f),
             Message::FlowUpdate(f) => MessageRef::FlowUpdate(f),
             Message::FlowDestroy(k) => MessageRef::FlowDestroy(k),
+            Message::ExpNew(e) => MessageRef::ExpNew(e),
+            Message::ExpDestroy(k) => MessageRef::ExpDestroy(k),
             Message::BulkEnd { bulk_start } => MessageRef::BulkEnd { bulk_start: *bulk_start },
             Message::ResyncRequest => MessageRef::ResyncRequest,
             Message::Digest { oldest, ranges, first, digests } => {
@@ -203,6 +215,8 @@ impl MessageRef<'_> {
             MessageRef::FlowNew(_)
                 | MessageRef::FlowUpdate(_)
                 | MessageRef::FlowDestroy(_)
+                | MessageRef::ExpNew(_)
+                | MessageRef::ExpDestroy(_)
                 | MessageRef::BulkEnd { .. }
                 | MessageRef::ResyncRequest
                 | MessageRef::Digest { .. }

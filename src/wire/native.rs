@@ -20,6 +20,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use super::{Codec, DatagramHeader, Message, MessageRef, Received, WireError, Writer};
+use crate::expect::{ExpNat, Expectation};
 use crate::flow::{Addrs, Flow, FlowExtra, FlowKey, SeqAdj, TcpInfo};
 
 /// `"CT"`.
@@ -76,6 +77,10 @@ pub mod msg_type {
     pub const REPAIR_END: u8 = 9;
     /// First type reserved for expectation messages (sequenced).
     pub const EXPECT_FIRST: u8 = 32;
+    /// An expectation the sender's kernel holds (full state).
+    pub const EXP_NEW: u8 = 32;
+    /// An expectation is gone (its full state, as in EXP_NEW).
+    pub const EXP_DESTROY: u8 = 33;
     /// Last type reserved for expectation messages.
     pub const EXPECT_LAST: u8 = 63;
     /// Acknowledge a range.
@@ -120,6 +125,28 @@ pub mod attr {
     pub const KEY_V4: u16 = 16;
     /// IPv6 flow key (40 bytes).
     pub const KEY_V6: u16 = 17;
+    /// Expectation: the master's key, IPv4 (16 bytes, layout of KEY_V4).
+    pub const EXP_MASTER_V4: u16 = 32;
+    /// Expectation: the master's key, IPv6 (40 bytes).
+    pub const EXP_MASTER_V6: u16 = 33;
+    /// Expectation: the expected tuple, IPv4 (16 bytes, layout of KEY_V4).
+    pub const EXP_TUPLE_V4: u16 = 34;
+    /// Expectation: the expected tuple, IPv6 (40 bytes).
+    pub const EXP_TUPLE_V6: u16 = 35;
+    /// Expectation: source address mask and source port mask, then
+    /// timeout, flags and class (IPv4: 4 + 2 + 2 pad + 12 = 20 bytes).
+    pub const EXP_CORE_V4: u16 = 36;
+    /// As EXP_CORE_V4 with an IPv6 mask (32 bytes).
+    pub const EXP_CORE_V6: u16 = 37;
+    /// Expectation: helper name (UTF-8, up to 64 bytes).
+    pub const EXP_HELPER: u16 = 38;
+    /// Expectation NAT: direction u32, address, port u16, 2 pad bytes
+    /// (IPv4: 12 bytes).
+    pub const EXP_NAT_V4: u16 = 39;
+    /// As EXP_NAT_V4 with an IPv6 address (24 bytes).
+    pub const EXP_NAT_V6: u16 = 40;
+    /// Expectation function name (UTF-8, up to 64 bytes).
+    pub const EXP_FN: u16 = 41;
 }
 
 mod field {
@@ -381,6 +408,8 @@ impl<'a> MessagePacket<'a> {
             msg_type::FLOW_NEW => Message::FlowNew(parse_flow(body)?),
             msg_type::FLOW_UPDATE => Message::FlowUpdate(parse_flow(body)?),
             msg_type::FLOW_DESTROY => Message::FlowDestroy(parse_key(body)?),
+            msg_type::EXP_NEW => Message::ExpNew(Box::new(parse_exp(body)?)),
+            msg_type::EXP_DESTROY => Message::ExpDestroy(Box::new(parse_exp(body)?)),
             msg_type::BULK_END => Message::BulkEnd { bulk_start: word(0)? },
             msg_type::RESYNC_REQUEST => Message::ResyncRequest,
             msg_type::DIGEST => parse_digest(body)?,
@@ -647,9 +676,8 @@ pub fn message_len(msg: &MessageRef<'_>) -> usize {
             MessageRef::Digest { digests, .. } => DIGEST_HEAD + 8 * digests.len(),
             MessageRef::RepairRequest { ranges, .. } => range_set_len(*ranges),
             MessageRef::RepairEnd { ranges, .. } => 4 + range_set_len(*ranges),
-            MessageRef::FlowDestroy(k) => {
-                ATTR_HEADER_LEN + if k.is_ipv6() { KEY_V6_LEN } else { KEY_V4_LEN }
-            }
+            MessageRef::FlowDestroy(k) => key_len(k),
+            MessageRef::ExpNew(e) | MessageRef::ExpDestroy(e) => exp_len(e),
             MessageRef::Ack { .. }
             | MessageRef::Nack { .. }
             | MessageRef::Hello { .. }
@@ -668,6 +696,8 @@ pub fn emit_message(msg: &MessageRef<'_>, buf: &mut [u8]) -> Result<usize, WireE
         MessageRef::FlowNew(_) => msg_type::FLOW_NEW,
         MessageRef::FlowUpdate(_) => msg_type::FLOW_UPDATE,
         MessageRef::FlowDestroy(_) => msg_type::FLOW_DESTROY,
+        MessageRef::ExpNew(_) => msg_type::EXP_NEW,
+        MessageRef::ExpDestroy(_) => msg_type::EXP_DESTROY,
         MessageRef::BulkEnd { .. } => msg_type::BULK_END,
         MessageRef::ResyncRequest => msg_type::RESYNC_REQUEST,
         MessageRef::Digest { .. } => msg_type::DIGEST,
@@ -689,6 +719,7 @@ pub fn emit_message(msg: &MessageRef<'_>, buf: &mut [u8]) -> Result<usize, WireE
             emit_flow(f, &mut w)
         }
         MessageRef::FlowDestroy(k) => emit_key(k, &mut w),
+        MessageRef::ExpNew(e) | MessageRef::ExpDestroy(e) => emit_exp(e, &mut w),
         MessageRef::BulkEnd { bulk_start: v } => w.u32(*v),
         MessageRef::Digest { oldest, ranges, first, digests } => {
             // The count field bounds what fits a datagram anyway.
@@ -812,14 +843,20 @@ fn emit_flow(f: &Flow, w: &mut Writer<'_>) {
 }
 
 fn emit_key(k: &FlowKey, w: &mut Writer<'_>) {
+    emit_key_as(k, [attr::KEY_V4, attr::KEY_V6], w)
+}
+
+/// A key in the layout of KEY_V4 / KEY_V6 under the attribute types
+/// `kinds` (IPv4, IPv6).
+fn emit_key_as(k: &FlowKey, kinds: [u16; 2], w: &mut Writer<'_>) {
     match (k.src, k.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            w.tlv(attr::KEY_V4, KEY_V4_LEN);
+            w.tlv(kinds[0], KEY_V4_LEN);
             w.bytes(&s.octets());
             w.bytes(&d.octets());
         }
         (s, d) => {
-            w.tlv(attr::KEY_V6, KEY_V6_LEN);
+            w.tlv(kinds[1], KEY_V6_LEN);
             w.bytes(&v6(s).octets());
             w.bytes(&v6(d).octets());
         }
@@ -969,38 +1006,198 @@ fn parse_range_set(body: &[u8]) -> Result<(u16, u128), WireError> {
 }
 
 fn parse_key(body: &[u8]) -> Result<FlowKey, WireError> {
+    parse_key_as(body, [attr::KEY_V4, attr::KEY_V6])
+}
+
+/// The one key of `body` under the attribute types `kinds` (IPv4, IPv6);
+/// other attributes are skipped.
+fn parse_key_as(body: &[u8], kinds: [u16; 2]) -> Result<FlowKey, WireError> {
     let mut key = None;
     for a in AttrIter::new(body) {
         let (kind, v) = a?;
+        let Some(key_value) = key_value(kind, v, kinds)? else { continue };
+        if key.is_some() {
+            return Err(WireError::BadMessage);
+        }
+        key = Some(key_value);
+    }
+    key.ok_or(WireError::BadMessage)
+}
+
+/// Decode `v` as a key when `kind` is one of `kinds` (IPv4, IPv6).
+fn key_value(kind: u16, v: &[u8], kinds: [u16; 2]) -> Result<Option<FlowKey>, WireError> {
+    {
         let (src, dst, tail) = match kind {
-            attr::KEY_V4 => {
+            k if k == kinds[0] => {
                 if v.len() != KEY_V4_LEN {
                     return Err(WireError::BadAttribute(kind));
                 }
                 let s = IpAddr::V4(be32(&v[0..4]).into());
                 (s, IpAddr::V4(be32(&v[4..8]).into()), &v[8..])
             }
-            attr::KEY_V6 => {
+            k if k == kinds[1] => {
                 if v.len() != KEY_V6_LEN {
                     return Err(WireError::BadAttribute(kind));
                 }
                 let s = IpAddr::V6(be128(&v[0..16]).into());
                 (s, IpAddr::V6(be128(&v[16..32]).into()), &v[32..])
             }
-            _ => continue,
+            _ => return Ok(None),
         };
-        if key.is_some() {
-            return Err(WireError::BadMessage);
-        }
-        key = Some(FlowKey {
+        Ok(Some(FlowKey {
             src,
             dst,
             l4: [be16(&tail[0..2]), be16(&tail[2..4])],
             l4proto: tail[4],
             zone: be16(&tail[6..8]),
-        });
+        }))
     }
-    key.ok_or(WireError::BadMessage)
+}
+
+const EXP_MASTER_KINDS: [u16; 2] = [attr::EXP_MASTER_V4, attr::EXP_MASTER_V6];
+const EXP_TUPLE_KINDS: [u16; 2] = [attr::EXP_TUPLE_V4, attr::EXP_TUPLE_V6];
+const EXP_CORE_TAIL: usize = 2 + 2 + 12;
+const EXP_NAT_TAIL: usize = 4 + 2 + 2;
+
+fn key_len(k: &FlowKey) -> usize {
+    ATTR_HEADER_LEN + if k.is_ipv6() { KEY_V6_LEN } else { KEY_V4_LEN }
+}
+
+fn addr_len(a: IpAddr) -> usize {
+    if a.is_ipv6() { 16 } else { 4 }
+}
+
+fn addr_bytes(a: IpAddr, w: &mut Writer<'_>) {
+    match a {
+        IpAddr::V4(a) => w.bytes(&a.octets()),
+        IpAddr::V6(a) => w.bytes(&a.octets()),
+    }
+}
+
+/// Bytes the attributes of an expectation take.
+fn exp_len(e: &Expectation) -> usize {
+    let a = ATTR_HEADER_LEN;
+    key_len(&e.master)
+        + key_len(&e.tuple)
+        + a
+        + addr_len(e.mask_src)
+        + EXP_CORE_TAIL
+        + if e.helper.is_empty() { 0 } else { a + helper_bytes(&e.helper).len() }
+        + e.nat.map_or(0, |n| a + addr_len(n.addr) + EXP_NAT_TAIL)
+        + e.expectfn.as_ref().map_or(0, |f| a + helper_bytes(f).len())
+}
+
+fn emit_exp(e: &Expectation, w: &mut Writer<'_>) {
+    emit_key_as(&e.master, EXP_MASTER_KINDS, w);
+    emit_key_as(&e.tuple, EXP_TUPLE_KINDS, w);
+    let core = if e.mask_src.is_ipv6() { attr::EXP_CORE_V6 } else { attr::EXP_CORE_V4 };
+    w.tlv(core, addr_len(e.mask_src) + EXP_CORE_TAIL);
+    addr_bytes(e.mask_src, w);
+    w.u16(e.mask_sport);
+    w.u16(0);
+    w.u32(e.timeout);
+    w.u32(e.flags);
+    w.u32(e.class);
+    if !e.helper.is_empty() {
+        let name = helper_bytes(&e.helper);
+        w.tlv(attr::EXP_HELPER, name.len());
+        w.bytes(name);
+    }
+    if let Some(nat) = e.nat {
+        let kind = if nat.addr.is_ipv6() { attr::EXP_NAT_V6 } else { attr::EXP_NAT_V4 };
+        w.tlv(kind, addr_len(nat.addr) + EXP_NAT_TAIL);
+        w.u32(nat.dir);
+        addr_bytes(nat.addr, w);
+        w.u16(nat.port);
+        w.u16(0);
+    }
+    if let Some(f) = &e.expectfn {
+        let name = helper_bytes(f);
+        w.tlv(attr::EXP_FN, name.len());
+        w.bytes(name);
+    }
+}
+
+fn parse_exp(body: &[u8]) -> Result<Expectation, WireError> {
+    let mut master = None;
+    let mut tuple = None;
+    let mut core = None;
+    let mut helper: Box<str> = "".into();
+    let mut nat = None;
+    let mut expectfn = None;
+    let addr = |v: &[u8]| -> IpAddr {
+        if v.len() == 16 { IpAddr::V6(be128(v).into()) } else { IpAddr::V4(be32(v).into()) }
+    };
+    let name = |kind: u16, v: &[u8]| -> Result<Box<str>, WireError> {
+        if v.len() > MAX_HELPER_LEN {
+            return Err(WireError::BadAttribute(kind));
+        }
+        std::str::from_utf8(v).map(Into::into).map_err(|_| WireError::BadMessage)
+    };
+    for a in AttrIter::new(body) {
+        let (kind, v) = a?;
+        let once = |slot: bool| if slot { Err(WireError::BadMessage) } else { Ok(()) };
+        match kind {
+            attr::EXP_MASTER_V4 | attr::EXP_MASTER_V6 => {
+                once(master.is_some())?;
+                master = key_value(kind, v, EXP_MASTER_KINDS)?;
+            }
+            attr::EXP_TUPLE_V4 | attr::EXP_TUPLE_V6 => {
+                once(tuple.is_some())?;
+                tuple = key_value(kind, v, EXP_TUPLE_KINDS)?;
+            }
+            attr::EXP_CORE_V4 | attr::EXP_CORE_V6 => {
+                once(core.is_some())?;
+                let n = if kind == attr::EXP_CORE_V6 { 16 } else { 4 };
+                if v.len() != n + EXP_CORE_TAIL {
+                    return Err(WireError::BadAttribute(kind));
+                }
+                let t = &v[n..];
+                core = Some((
+                    addr(&v[..n]),
+                    be16(&t[0..2]),
+                    be32(&t[4..8]),
+                    be32(&t[8..12]),
+                    be32(&t[12..16]),
+                ));
+            }
+            attr::EXP_HELPER => helper = name(kind, v)?,
+            attr::EXP_FN => expectfn = Some(name(kind, v)?),
+            attr::EXP_NAT_V4 | attr::EXP_NAT_V6 => {
+                let n = if kind == attr::EXP_NAT_V6 { 16 } else { 4 };
+                if v.len() != n + EXP_NAT_TAIL {
+                    return Err(WireError::BadAttribute(kind));
+                }
+                nat = Some(ExpNat {
+                    dir: be32(&v[0..4]),
+                    addr: addr(&v[4..4 + n]),
+                    port: be16(&v[4 + n..6 + n]),
+                });
+            }
+            // A newer peer's attribute: skipped, not fatal.
+            _ => {}
+        }
+    }
+    let (Some(master), Some(tuple), Some((mask_src, mask_sport, timeout, flags, class))) =
+        (master, tuple, core)
+    else {
+        return Err(WireError::BadMessage);
+    };
+    if master.is_ipv6() != tuple.is_ipv6() || mask_src.is_ipv6() != tuple.is_ipv6() {
+        return Err(WireError::BadMessage);
+    }
+    Ok(Expectation {
+        master,
+        tuple,
+        mask_src,
+        mask_sport,
+        timeout,
+        flags,
+        class,
+        helper,
+        nat,
+        expectfn,
+    })
 }
 
 /// The helper name as sent: longer names are cut at a char boundary
@@ -1084,6 +1281,32 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(decode(&buf[..len], &mut out).unwrap(), hdr);
         out.into_iter().map(|r| r.msg.unwrap()).collect()
+    }
+
+    #[test]
+    fn expectation_messages_round_trip_and_keep_their_slot() {
+        // docs/PROTOCOL.md, "Expectation messages".
+        let v4 = crate::expect::tests::ftp_pasv();
+        let mut v6 = v4.clone();
+        let a = |n: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n));
+        (v6.master.src, v6.master.dst, v6.tuple.src, v6.tuple.dst) = (a(1), a(2), a(1), a(2));
+        v6.mask_src = IpAddr::V6(Ipv6Addr::from(u128::MAX));
+        v6.nat = Some(ExpNat { dir: 1, addr: a(9), port: 2121 });
+        v6.expectfn = Some("nat-follow-master".into());
+        let msgs = vec![
+            Message::ExpNew(Box::new(v4.clone())),
+            Message::ExpNew(Box::new(v6.clone())),
+            Message::ExpDestroy(Box::new(v4.clone())),
+            Message::ExpDestroy(Box::new(v6.clone())),
+        ];
+        assert_eq!(roundtrip(&msgs), msgs);
+        assert!(msgs.iter().all(Message::is_sequenced));
+        // An EXP_NEW without its core attribute is refused, alone.
+        let mut buf = [0u8; 256];
+        let n = emit_message(&MessageRef::FlowDestroy(&v4.key()), &mut buf).unwrap();
+        buf[0] = msg_type::EXP_NEW;
+        let view = MessagePacket::new_checked(&buf[..n]).unwrap();
+        assert_eq!(view.parse(), Err(WireError::BadMessage));
     }
 
     #[test]
@@ -1295,7 +1518,7 @@ mod tests {
         let hdr = DatagramHeader { flags: 0, session: 1, seq: 1 };
         let mut buf = [0u8; 64];
         let len = encode(&hdr, &[MessageRef::ResyncRequest, MessageRef::Alive], &mut buf).unwrap();
-        buf[HEADER_LEN] = msg_type::EXPECT_FIRST;
+        buf[HEADER_LEN] = msg_type::EXPECT_LAST;
         buf[HEADER_LEN + 4] = 200;
         let end = len - CRC_LEN;
         let crc = crc32fast::hash(&buf[..end]);
@@ -1305,7 +1528,7 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Received { sequenced: true, msg: Err(WireError::UnknownMessage(32)), header: None },
+                Received { sequenced: true, msg: Err(WireError::UnknownMessage(63)), header: None },
                 Received {
                     sequenced: false,
                     msg: Err(WireError::UnknownMessage(200)),

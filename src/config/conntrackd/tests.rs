@@ -153,18 +153,17 @@ fn a_pair_is_mapped_field_by_field() {
     assert_eq!(b.interface.as_deref(), Some("eth3"));
     assert_eq!((b.sndbuf, b.rcvbuf), (None, None));
 
-    let expected = [
-        (33, "ExpectationSync"),
-        (49, "UNIX Backlog"),
-        (55, "EventIterationLimit"),
-        (56, "Scheduler"),
-        (45, "Syslog"),
-    ];
+    let expected =
+        [(49, "UNIX Backlog"), (55, "EventIterationLimit"), (56, "Scheduler"), (45, "Syslog")];
     assert_eq!(c.warnings.len(), expected.len(), "{:#?}", c.warnings);
     let path = fixture("primary.conf");
     for (w, (line, key)) in c.warnings.iter().zip(expected) {
         assert!(w.starts_with(&format!("{}:{line}: {key}: ", path.display())), "{w}");
     }
+    assert_eq!(
+        c.sync.expectations,
+        crate::expect::ExpectSync::Helpers(vec!["ftp".into(), "sip".into()])
+    );
 
     let backup = load(&fixture("backup.conf")).unwrap();
     for (p, b) in c.sync.channels.iter().zip(&backup.sync.channels) {
