@@ -269,6 +269,10 @@ pub struct SyncConfig {
     pub tcp_window_tracking: bool,
     /// Ask the peer for a full resync at start.
     pub startup_resync: bool,
+    /// Write the peer's flows into the local kernel as they arrive
+    /// (conntrackd's `DisableExternalCache`, though the external cache is
+    /// still kept for `-e`, readiness and `-c`); see `docs/active-active.md`.
+    pub direct_to_kernel: bool,
     /// How datagrams are authenticated (`sync.auth`).
     pub auth: SyncAuth,
     /// Links to the peer, in order of preference; never empty.
@@ -753,6 +757,7 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         purge_timeout: duration(ctx, "sync.purge_timeout", &s.purge_timeout)?,
         tcp_window_tracking: s.tcp_window_tracking,
         startup_resync: s.startup_resync,
+        direct_to_kernel: s.direct_to_kernel,
         auth,
         channels,
     };
@@ -959,6 +964,7 @@ fn unconvert(c: &Config) -> RawConfig {
             purge_timeout: dur(s.purge_timeout),
             tcp_window_tracking: s.tcp_window_tracking,
             startup_resync: s.startup_resync,
+            direct_to_kernel: s.direct_to_kernel,
             auth: match &s.auth {
                 SyncAuth::KeyFile(f) => {
                     raw::RawAuth { key_file: Some(f.display().to_string()), insecure: false }

@@ -121,6 +121,7 @@ pub(super) struct RawSync {
     pub purge_timeout: Scalar,
     pub tcp_window_tracking: bool,
     pub startup_resync: bool,
+    pub direct_to_kernel: bool,
     pub auth: RawAuth,
     pub channels: Vec<RawChannel>,
 }
@@ -148,6 +149,7 @@ impl Default for RawSync {
             purge_timeout: Scalar::Text("60s".into()),
             tcp_window_tracking: false,
             startup_resync: true,
+            direct_to_kernel: false,
             auth: RawAuth::default(),
             channels: Vec::new(),
         }
