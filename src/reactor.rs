@@ -23,6 +23,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::cache::{Cache, CacheStats, Upsert};
 use crate::channel::{Channels, LinkSpec};
 use crate::control::{self, CacheSel, Request};
+use crate::direct::{DirectStats, DirectToKernel, Role};
 use crate::filter::Filter;
 use crate::flow::Flow;
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
@@ -52,6 +53,9 @@ pub struct DaemonConfig {
     pub purge_timeout: u32,
     /// Mark committed TCP flows `BE_LIBERAL` (no window tracking).
     pub be_liberal: bool,
+    /// Write the peer's flows into the kernel as they arrive
+    /// (`sync.direct_to_kernel`, see [`crate::direct`]).
+    pub direct_to_kernel: bool,
     pub filter: Filter,
     /// Where the sync keys come from, re-read on SIGHUP and `--reload`.
     pub key_file: Option<PathBuf>,
@@ -116,6 +120,8 @@ pub struct Daemon {
     full_log: RateLimit,
     readiness: Readiness,
     events_pending: bool,
+    /// `Some` in direct-to-kernel mode.
+    direct: Option<DirectToKernel>,
     stop: bool,
 }
 
@@ -139,6 +145,9 @@ impl Daemon {
             format!("cannot subscribe to conntrack events: {e} (needs root or CAP_NET_ADMIN and the nf_conntrack_netlink module)")
         })?;
         let kernel = Kernel::open().map_err(|e| format!("cannot open a ctnetlink socket: {e}"))?;
+        if let Err(e) = events.ignore_origin(kernel.port_id()) {
+            log::warn!("{e}: our own commits will come back as events and be dropped one by one");
+        }
         let mut channels = Channels::open(&cfg.links).map_err(|e| e.to_string())?;
         let mut control = bind_control(&cfg.control_socket)?;
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
@@ -152,6 +161,7 @@ impl Daemon {
         let metrics = cfg.metrics_listen.map(|a| metrics::Server::bind(a, registry)).transpose()?;
         let now = Instant::now();
         let readiness_file = cfg.ready_file.clone();
+        let direct = cfg.direct_to_kernel.then(DirectToKernel::new);
         let ftfw = Ftfw::new(cfg.ftfw.clone(), session_id, initial_seq, now);
         let mut daemon = Daemon {
             internal: Cache::new(cfg.cache_limit),
@@ -178,6 +188,7 @@ impl Daemon {
             full_log: RateLimit::new(Duration::from_secs(10)),
             readiness: Readiness::new(readiness_file.clone()),
             events_pending: false,
+            direct,
             stop: false,
         };
         daemon.resync_kernel(false).map_err(|e| format!("cannot dump the conntrack table: {e}"))?;
@@ -195,9 +206,14 @@ impl Daemon {
         let mut events = Events::with_capacity(256);
         systemd::notify_ready(&self.status_line());
         log::info!(
-            "ctsyncd started: {} flows in the internal cache, sync via {}",
+            "ctsyncd started: {} flows in the internal cache, sync via {}{}",
             self.internal.len(),
-            self.channels.name(self.channels.active())
+            self.channels.name(self.channels.active()),
+            if self.direct.is_some() {
+                ", the peer's flows go straight into the kernel"
+            } else {
+                ""
+            }
         );
         while !self.stop {
             let now = Instant::now();
@@ -331,7 +347,7 @@ impl Daemon {
         let mut dumped = Vec::new();
         self.kernel.dump_into(|flow| dumped.push(flow))?;
         for flow in dumped {
-            if !self.cfg.filter.accepts(&flow) {
+            if !self.cfg.filter.accepts(&flow) || self.owned_by_peer(&flow) {
                 continue;
             }
             self.internal_stamp += 1;
@@ -361,6 +377,15 @@ impl Daemon {
             }
         }
         Ok((changed, gone))
+    }
+
+    /// In direct-to-kernel mode, a flow in our kernel that the peer wrote and
+    /// we have not changed since: a dump must not claim it as ours.
+    fn owned_by_peer(&self, flow: &Flow) -> bool {
+        let key = flow.key();
+        self.direct.is_some()
+            && self.internal.get(&key).is_none()
+            && self.external.get(&key).is_some()
     }
 
     fn log_full(&mut self, which: &str, now: Instant) {
@@ -408,6 +433,7 @@ impl Daemon {
         while let Some(event) = self.ftfw.poll_event() {
             self.on_peer_event(now, event);
         }
+        self.flush_direct(now);
         // Events may have queued more output (a bulk send).
         if self.unsent.is_none() {
             while let Some(n) = self.ftfw.poll_transmit(now, &mut buf) {
@@ -420,6 +446,28 @@ impl Daemon {
 
     /// Send one datagram; false when the socket is full and the bytes were
     /// kept for the next turn.
+    /// Direct-to-kernel mode, the `-t` scheduled at the last backup
+    /// transition: the flows in our kernel that the peer's complete table
+    /// does not hold are leftovers of our time as master.
+    fn purge_zombies(&mut self) {
+        let external = &self.external;
+        let secs = self.cfg.purge_timeout;
+        match self.kernel.set_timeout_where(secs, |f| external.get(&f.key()).is_none()) {
+            Ok(n) => log::info!(
+                "{n} kernel flows the peer does not hold now expire in {secs} s unless traffic refreshes them"
+            ),
+            Err(e) => log::error!("purging the flows the peer does not hold failed: {e}"),
+        }
+    }
+
+    /// Direct-to-kernel mode: write this turn's peer changes in one batch.
+    fn flush_direct(&mut self, now: Instant) {
+        let opts = self.commit_options();
+        if let Some(direct) = self.direct.as_mut().filter(|d| d.has_pending()) {
+            direct.flush(&mut self.kernel, &opts, now);
+        }
+    }
+
     fn send(&mut self, now: Instant, bytes: &[u8]) -> bool {
         match self.channels.send(now, bytes) {
             Ok(()) => true,
@@ -445,15 +493,41 @@ impl Daemon {
         }
         match event {
             PeerEvent::Upsert { flow, stamp } => {
+                if let Some(direct) = &mut self.direct {
+                    let key = flow.key();
+                    let local = self.internal.get(&key).map(|e| &e.flow);
+                    let held = self.external.get(&key).map(|e| &e.flow);
+                    if direct.peer_upsert(flow.clone(), local, held) {
+                        self.internal.remove(&key);
+                    }
+                }
                 if self.external.upsert(flow, stamp) == Upsert::Full {
                     self.log_full("external", now);
                 }
             }
             PeerEvent::Destroy { key } => {
                 self.external.remove(&key);
+                if let Some(direct) = &mut self.direct {
+                    direct.peer_destroy(key, self.internal.get(&key).is_some());
+                }
             }
             PeerEvent::BulkEnd { floor } => {
-                let stale = self.external.retain(|e| e.stamp >= floor);
+                let mut gone = Vec::new();
+                let stale = self.external.retain(|e| {
+                    let keep = e.stamp >= floor;
+                    if !keep {
+                        gone.push(e.flow.key());
+                    }
+                    keep
+                });
+                if let Some(direct) = &mut self.direct {
+                    for key in gone {
+                        direct.peer_destroy(key, self.internal.get(&key).is_some());
+                    }
+                    if direct.take_purge() {
+                        self.purge_zombies();
+                    }
+                }
                 log::info!(
                     "bulk update from the peer complete: {} flows in the external cache, {stale} stale ones removed",
                     self.external.len()
@@ -713,7 +787,12 @@ impl Daemon {
     /// error line.
     fn execute(&mut self, request: Request, json: bool) -> Result<String, String> {
         match request {
-            Request::Commit => self.commit(),
+            Request::Commit => {
+                if let Some(direct) = &mut self.direct {
+                    direct.set_role(Role::Master);
+                }
+                self.commit()
+            }
             Request::FlushCache(which) => {
                 let (i, e) = match which {
                     Some(CacheSel::Internal) => (true, false),
@@ -763,6 +842,16 @@ impl Daemon {
                 Ok("resync requested from the peer\n".into())
             }
             Request::Purge => {
+                if let Some(direct) = &mut self.direct {
+                    // The peer's flows in our kernel are its replicas, not
+                    // zombies of our time as master; which are which is
+                    // known once the peer's next complete table is here.
+                    direct.schedule_purge();
+                    return Ok(format!(
+                        "after the peer's next complete table, kernel flows it does not hold will expire in {} s unless traffic refreshes them\n",
+                        self.cfg.purge_timeout
+                    ));
+                }
                 let n = self
                     .kernel
                     .set_timeout_all(self.cfg.purge_timeout)
@@ -783,14 +872,23 @@ impl Daemon {
         }
     }
 
+    fn commit_options(&self) -> CommitOptions {
+        CommitOptions {
+            timeout: self.cfg.commit_timeout,
+            be_liberal: self.cfg.be_liberal,
+            // In direct-to-kernel mode what the kernel holds is the peer's
+            // latest state or newer local state: only fill in what expired.
+            create_only: self.direct.is_some(),
+        }
+    }
+
     fn commit(&mut self) -> Result<String, String> {
         // Most recently updated first: the flows carrying traffic now reach
         // the kernel before a long tail of idle ones.
         let mut order: Vec<(u64, &Flow)> =
             self.external.iter().map(|e| (e.stamp, &e.flow)).collect();
         order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
-        let opts =
-            CommitOptions { timeout: self.cfg.commit_timeout, be_liberal: self.cfg.be_liberal };
+        let opts = self.commit_options();
         let report = self
             .kernel
             .commit(order.into_iter().map(|(_, f)| f), &opts)
@@ -800,14 +898,7 @@ impl Daemon {
         for (key, errno) in report.failed.iter().take(5) {
             log::warn!("commit of {key} failed: {}", io::Error::from_raw_os_error(*errno));
         }
-        let line = format!(
-            "committed {} flows in {:.3} s: {} created, {} updated, {} failed",
-            report.created + report.updated + report.failed.len(),
-            report.elapsed.as_secs_f64(),
-            report.created,
-            report.updated,
-            report.failed.len()
-        );
+        let line = format!("committed {}", report.summary());
         log::info!("{line}");
         Ok(line + "\n")
     }
@@ -835,6 +926,7 @@ impl Daemon {
             netlink_rcvbuf: self.events.rcvbuf(),
             protocol: self.ftfw.stats().clone(),
             links,
+            direct: self.direct.as_ref().map(DirectToKernel::stats).unwrap_or_default(),
         }
     }
 
@@ -864,6 +956,7 @@ struct StatsReport {
     netlink_rcvbuf: usize,
     protocol: crate::ftfw::FtfwStats,
     links: Vec<crate::channel::LinkStatus>,
+    direct: DirectStats,
 }
 
 impl StatsReport {
