@@ -37,7 +37,7 @@
 //! Our own writes come back as events from our request socket's port id and
 //! are dropped by the reactor before they reach the internal cache.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -88,7 +88,11 @@ pub enum Role {
 pub struct DirectToKernel {
     pending: HashMap<FlowKey, Option<Flow>>,
     role: Role,
-    purge_scheduled: bool,
+    purge_at: Option<Instant>,
+    /// Keys of the external cache whose flow is not in the kernel (the
+    /// kernel expired the replica, or refused it), if known: `None` after
+    /// events were lost, until a dump or a full `-c` tells again.
+    missing: Option<HashSet<FlowKey>>,
     stats: DirectStats,
     failure_log: RateLimit,
 }
@@ -105,7 +109,8 @@ impl DirectToKernel {
         DirectToKernel {
             pending: HashMap::new(),
             role: Role::Unknown,
-            purge_scheduled: false,
+            purge_at: None,
+            missing: Some(HashSet::new()),
             stats: DirectStats::default(),
             failure_log: RateLimit::new(Duration::from_secs(10)),
         }
@@ -122,22 +127,58 @@ impl DirectToKernel {
     pub fn set_role(&mut self, role: Role) {
         self.role = role;
         if role == Role::Master {
-            self.purge_scheduled = false;
+            self.purge_at = None;
         }
     }
 
-    /// `-t`: this node is backup now; the flows in its kernel that the
-    /// peer's next complete table does not hold are to be purged then (see
-    /// [`DirectToKernel::take_purge`]).
-    pub fn schedule_purge(&mut self) {
-        self.role = Role::Backup;
-        self.purge_scheduled = true;
+    /// The external cache's keys whose flow is not in the kernel, or `None`
+    /// when that is not known (then `-c` writes everything).
+    pub fn missing(&self) -> Option<&HashSet<FlowKey>> {
+        self.missing.as_ref()
     }
 
-    /// At the end of a bulk update from the peer: true once after
-    /// [`DirectToKernel::schedule_purge`].
-    pub fn take_purge(&mut self) -> bool {
-        std::mem::take(&mut self.purge_scheduled)
+    /// The kernel dropped the entry of `key`, which the external cache
+    /// holds (a DESTROY event not caused by us).
+    pub fn kernel_dropped(&mut self, key: FlowKey) {
+        if let Some(m) = &mut self.missing {
+            m.insert(key);
+        }
+    }
+
+    /// Events were lost (or the table flushed behind our back): which
+    /// replicas the kernel holds is unknown until [`DirectToKernel::set_missing`].
+    pub fn lost_track(&mut self) {
+        self.missing = None;
+    }
+
+    /// Exactly these keys are missing from the kernel (after a dump, or a
+    /// full commit).
+    pub fn set_missing(&mut self, keys: impl IntoIterator<Item = FlowKey>) {
+        self.missing = Some(keys.into_iter().collect());
+    }
+
+    /// `-t`: this node is backup now. At `at` (a purge timeout later, when
+    /// the new master's table has arrived whatever the order of the notify
+    /// scripts' steps), the flows in the kernel that the external cache
+    /// does not hold are to be purged ([`DirectToKernel::take_purge`]),
+    /// like conntrackd's scheduled flush.
+    pub fn schedule_purge(&mut self, at: Instant) {
+        self.role = Role::Backup;
+        self.purge_at = Some(at);
+    }
+
+    /// When the scheduled purge is due.
+    pub fn purge_at(&self) -> Option<Instant> {
+        self.purge_at
+    }
+
+    /// True once when the scheduled purge is due at `now`.
+    pub fn take_purge(&mut self, now: Instant) -> bool {
+        if self.purge_at.is_some_and(|t| t <= now) {
+            self.purge_at = None;
+            return true;
+        }
+        false
     }
 
     /// The current role.
@@ -164,7 +205,9 @@ impl DirectToKernel {
             self.pending.insert(flow.key(), Some(flow));
             return true;
         }
-        if held.is_some_and(|h| same_state(h, &flow)) {
+        // When it is not known which replicas the kernel holds, write.
+        let dropped = self.missing.as_ref().is_none_or(|m| m.contains(&flow.key()));
+        if !dropped && held.is_some_and(|h| same_state(h, &flow)) {
             self.stats.unchanged += 1;
             return false;
         }
@@ -175,6 +218,9 @@ impl DirectToKernel {
     /// The peer destroyed `key`; `owned_locally`: it is in the internal
     /// cache, so our kernel changed it after the peer did.
     pub fn peer_destroy(&mut self, key: FlowKey, owned_locally: bool) {
+        if let Some(m) = &mut self.missing {
+            m.remove(&key);
+        }
         if owned_locally {
             self.stats.kept_local += 1;
             // An update queued earlier in this turn must not be written over
@@ -183,6 +229,18 @@ impl DirectToKernel {
             return;
         }
         self.pending.insert(key, None);
+    }
+
+    /// The peer's complete table no longer holds `key` (the sweep at the
+    /// end of a bulk update). Unlike a destroy this is no proof that the
+    /// flow ended (a bulk can race with a flush of the peer's caches), so
+    /// the kernel entry stays: it expires by its own timeout, by the purge
+    /// after `-t`, or is written again by a later update.
+    pub fn peer_forgot(&mut self, key: FlowKey) {
+        if let Some(m) = &mut self.missing {
+            m.remove(&key);
+        }
+        self.pending.remove(&key);
     }
 
     /// True when something waits for [`DirectToKernel::flush`].
@@ -207,9 +265,18 @@ impl DirectToKernel {
                 Ok(r) => {
                     self.stats.created += r.created as u64;
                     self.stats.updated += r.updated as u64;
+                    if let Some(m) = &mut self.missing {
+                        for flow in &upserts {
+                            m.remove(&flow.key());
+                        }
+                        m.extend(r.failed.iter().map(|(k, _)| *k));
+                    }
                     failures.extend(r.failed);
                 }
-                Err(e) => error = Some(e),
+                Err(e) => {
+                    self.missing = None;
+                    error = Some(e);
+                }
             }
         }
         if !deletes.is_empty() && error.is_none() {
@@ -345,17 +412,40 @@ mod tests {
     }
 
     #[test]
-    fn a_purge_waits_for_the_next_complete_table_and_runs_once() {
+    fn a_purge_runs_once_when_due_unless_the_node_became_master() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(60);
         let mut d = DirectToKernel::new();
-        assert!(!d.take_purge());
-        d.schedule_purge();
+        assert!(!d.take_purge(later));
+        d.schedule_purge(later);
         assert_eq!(d.role(), Role::Backup);
-        assert!(d.take_purge());
-        assert!(!d.take_purge());
-        // Master again before the peer's table came: nothing to purge.
-        d.schedule_purge();
+        assert_eq!(d.purge_at(), Some(later));
+        assert!(!d.take_purge(t0));
+        assert!(d.take_purge(later));
+        assert!(!d.take_purge(later));
+        // Master again before it was due: nothing to purge.
+        d.schedule_purge(later);
         d.set_role(Role::Master);
-        assert!(!d.take_purge());
+        assert!(!d.take_purge(later));
+    }
+
+    #[test]
+    fn missing_replicas_are_tracked_until_events_are_lost() {
+        let mut d = DirectToKernel::new();
+        assert_eq!(d.missing().map(HashSet::len), Some(0));
+        d.kernel_dropped(flow(1, 1).key());
+        d.kernel_dropped(flow(2, 1).key());
+        d.peer_destroy(flow(2, 1).key(), false);
+        assert_eq!(d.missing().unwrap().iter().collect::<Vec<_>>(), vec![&flow(1, 1).key()]);
+        d.lost_track();
+        assert!(d.missing().is_none());
+        d.kernel_dropped(flow(3, 1).key());
+        assert!(d.missing().is_none());
+        d.set_missing([flow(4, 1).key()]);
+        assert!(d.missing().unwrap().contains(&flow(4, 1).key()));
+        // A resend of a replica the kernel dropped is written again.
+        d.peer_upsert(flow(4, 1), None, Some(&flow(4, 1)));
+        assert_eq!(d.take().0, vec![flow(4, 1)]);
     }
 
     #[test]

@@ -191,7 +191,9 @@ impl Daemon {
             direct,
             stop: false,
         };
-        daemon.resync_kernel(false).map_err(|e| format!("cannot dump the conntrack table: {e}"))?;
+        daemon
+            .resync_kernel(false, true)
+            .map_err(|e| format!("cannot dump the conntrack table: {e}"))?;
         daemon.readiness.publish().map_err(|e| {
             format!(
                 "cannot write the ready file {}: {e}",
@@ -311,6 +313,11 @@ impl Daemon {
 
     fn local_destroy(&mut self, flow: &Flow) {
         let key = flow.key();
+        if let Some(direct) = &mut self.direct
+            && self.external.get(&key).is_some()
+        {
+            direct.kernel_dropped(key);
+        }
         if self.internal.remove(&key).is_some() {
             self.ftfw.queue(LocalChange::Destroy(key));
         } else {
@@ -320,6 +327,9 @@ impl Daemon {
 
     fn on_overrun(&mut self, now: Instant) {
         self.stats.netlink_overruns += 1;
+        if let Some(direct) = &mut self.direct {
+            direct.lost_track();
+        }
         let current = self.events.rcvbuf();
         if current < self.cfg.rcvbuf_max {
             let grown = (current * 2).min(self.cfg.rcvbuf_max);
@@ -340,14 +350,23 @@ impl Daemon {
     /// Dump the kernel table and reconcile the internal cache with it: new
     /// and changed flows are upserted, flows that vanished are destroyed;
     /// when `tell_peer`, every difference is queued for the peer.
-    fn resync_kernel(&mut self, tell_peer: bool) -> io::Result<(usize, usize)> {
+    ///
+    /// `claim_all`: every dumped flow becomes ours (start, `-R`); otherwise
+    /// (recovery from an overrun) the replicas that direct-to-kernel mode
+    /// wrote for the peer stay the peer's.
+    fn resync_kernel(&mut self, tell_peer: bool, claim_all: bool) -> io::Result<(usize, usize)> {
         self.stats.kernel_resyncs += 1;
         let floor = self.internal_stamp + 1;
         let mut changed = 0usize;
         let mut dumped = Vec::new();
         self.kernel.dump_into(|flow| dumped.push(flow))?;
+        if let Some(direct) = &mut self.direct {
+            let in_kernel: std::collections::HashSet<_> = dumped.iter().map(Flow::key).collect();
+            let missing = self.external.iter().map(|e| e.flow.key());
+            direct.set_missing(missing.filter(|k| !in_kernel.contains(k)));
+        }
         for flow in dumped {
-            if !self.cfg.filter.accepts(&flow) || self.owned_by_peer(&flow) {
+            if !self.cfg.filter.accepts(&flow) || (!claim_all && self.owned_by_peer(&flow)) {
                 continue;
             }
             self.internal_stamp += 1;
@@ -447,8 +466,8 @@ impl Daemon {
     /// Send one datagram; false when the socket is full and the bytes were
     /// kept for the next turn.
     /// Direct-to-kernel mode, the `-t` scheduled at the last backup
-    /// transition: the flows in our kernel that the peer's complete table
-    /// does not hold are leftovers of our time as master.
+    /// transition: the flows in our kernel that the new master's table does
+    /// not hold are leftovers of our time as master.
     fn purge_zombies(&mut self) {
         let external = &self.external;
         let secs = self.cfg.purge_timeout;
@@ -513,19 +532,20 @@ impl Daemon {
             }
             PeerEvent::BulkEnd { floor } => {
                 let mut gone = Vec::new();
+                let direct = self.direct.is_some();
                 let stale = self.external.retain(|e| {
                     let keep = e.stamp >= floor;
-                    if !keep {
-                        gone.push(e.flow.key());
+                    if !keep && direct {
+                        gone.push(e.flow.clone());
                     }
                     keep
                 });
                 if let Some(direct) = &mut self.direct {
-                    for key in gone {
-                        direct.peer_destroy(key, self.internal.get(&key).is_some());
-                    }
-                    if direct.take_purge() {
-                        self.purge_zombies();
+                    // Not deleted from the kernel: a bulk can race with a
+                    // flush of the peer's caches (primary-backup.sh's -f),
+                    // so missing from it is no proof that a flow ended.
+                    for flow in &gone {
+                        direct.peer_forgot(flow.key());
                     }
                 }
                 log::info!(
@@ -553,6 +573,7 @@ impl Daemon {
         for t in [
             self.ftfw.poll_timeout(),
             self.resync_at,
+            self.direct.as_ref().and_then(DirectToKernel::purge_at),
             self.watchdog.map(|(interval, last)| last + interval),
         ]
         .into_iter()
@@ -567,9 +588,12 @@ impl Daemon {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        if self.direct.as_mut().is_some_and(|d| d.take_purge(now)) {
+            self.purge_zombies();
+        }
         if self.resync_at.is_some_and(|t| t <= now) {
             self.resync_at = None;
-            match self.resync_kernel(true) {
+            match self.resync_kernel(true, false) {
                 Ok((changed, gone)) => log::info!(
                     "resynced with the kernel after an overrun: {changed} flows new or changed, {gone} gone"
                 ),
@@ -819,6 +843,9 @@ impl Daemon {
                 Ok(out)
             }
             Request::FlushKernel => {
+                if let Some(direct) = &mut self.direct {
+                    direct.lost_track();
+                }
                 self.kernel
                     .flush()
                     .map_err(|e| format!("flushing the kernel table failed: {e}"))?;
@@ -826,7 +853,7 @@ impl Daemon {
             }
             Request::ResyncKernel => {
                 let (changed, gone) = self
-                    .resync_kernel(true)
+                    .resync_kernel(true, true)
                     .map_err(|e| format!("dumping the kernel table failed: {e}"))?;
                 Ok(format!(
                     "internal cache resynced with the kernel: {} flows, {changed} new or changed, {gone} gone\n",
@@ -845,10 +872,12 @@ impl Daemon {
                 if let Some(direct) = &mut self.direct {
                     // The peer's flows in our kernel are its replicas, not
                     // zombies of our time as master; which are which is
-                    // known once the peer's next complete table is here.
-                    direct.schedule_purge();
+                    // known once the new master's table is here.
+                    direct.schedule_purge(
+                        Instant::now() + Duration::from_secs(self.cfg.purge_timeout.into()),
+                    );
                     return Ok(format!(
-                        "after the peer's next complete table, kernel flows it does not hold will expire in {} s unless traffic refreshes them\n",
+                        "in {0} s, kernel flows the peer does not hold will be set to expire in {0} s unless traffic refreshes them\n",
                         self.cfg.purge_timeout
                     ));
                 }
@@ -885,14 +914,24 @@ impl Daemon {
     fn commit(&mut self) -> Result<String, String> {
         // Most recently updated first: the flows carrying traffic now reach
         // the kernel before a long tail of idle ones.
-        let mut order: Vec<(u64, &Flow)> =
-            self.external.iter().map(|e| (e.stamp, &e.flow)).collect();
+        // In direct-to-kernel mode only the replicas the kernel dropped need
+        // it, when the daemon knows which they are.
+        let missing = self.direct.as_ref().and_then(DirectToKernel::missing);
+        let mut order: Vec<(u64, &Flow)> = self
+            .external
+            .iter()
+            .filter(|e| missing.is_none_or(|m| m.contains(&e.flow.key())))
+            .map(|e| (e.stamp, &e.flow))
+            .collect();
         order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
         let opts = self.commit_options();
         let report = self
             .kernel
             .commit(order.into_iter().map(|(_, f)| f), &opts)
             .map_err(|e| format!("commit to the kernel failed: {e}"))?;
+        if let Some(direct) = &mut self.direct {
+            direct.set_missing(report.failed.iter().map(|(k, _)| *k));
+        }
         self.stats.commits += 1;
         self.stats.commit_failures += report.failed.len() as u64;
         for (key, errno) in report.failed.iter().take(5) {

@@ -259,7 +259,17 @@ impl Kernel {
     ) -> io::Result<usize> {
         let mut flows = self.dump()?;
         flows.retain(|f| pick(f));
-        let (changed, _gone) = self.batched(&flows, |buf, seq, flow: &Flow| {
+        self.set_timeout(&flows, secs)
+    }
+
+    /// Set the timeout of these flows' entries to `secs`; returns how many
+    /// were changed (missing ones are not counted).
+    pub fn set_timeout<'a>(
+        &mut self,
+        flows: impl IntoIterator<Item = &'a Flow>,
+        secs: u32,
+    ) -> io::Result<usize> {
+        let (changed, _gone) = self.batched(flows, |buf, seq, flow: &Flow| {
             ct_message(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST, seq, flow.family(), |w| {
                 emit_timeout_update(w, flow, secs)
             })
