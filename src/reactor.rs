@@ -463,8 +463,6 @@ impl Daemon {
         }
     }
 
-    /// Send one datagram; false when the socket is full and the bytes were
-    /// kept for the next turn.
     /// Direct-to-kernel mode, the `-t` scheduled at the last backup
     /// transition: the flows in our kernel that the new master's table does
     /// not hold are leftovers of our time as master.
@@ -487,6 +485,8 @@ impl Daemon {
         }
     }
 
+    /// Send one datagram; false when the socket is full and the bytes were
+    /// kept for the next turn.
     fn send(&mut self, now: Instant, bytes: &[u8]) -> bool {
         match self.channels.send(now, bytes) {
             Ok(()) => true,
