@@ -256,6 +256,9 @@ fn loaded_vars(direct: bool, tcp_loose: &str) -> Vec<(&'static str, String)> {
         ("LAB_USER_TIMEOUT_MS", "1500".to_string()),
         ("LAB_GAP_LOG_MS", "20".to_string()),
         ("LAB_FORGET", "1".to_string()),
+        // A switch under this load takes seconds of notify work; on a busy
+        // machine more than the lab's usual 20 s limit.
+        ("LAB_SWITCH_TIMEOUT_MS", "60000".to_string()),
     ]
 }
 
@@ -306,11 +309,13 @@ fn direct_to_kernel_survives_failovers_under_200k_flows_tcp_loose_0() {
 
 /// Negative control of the test above: the default mode commits the
 /// external cache only when keepalived has already moved the addresses.
-/// The stream's flow is older than the 200k background flows, so the
-/// most-recent-first commit writes it last, and its first packets on the
-/// new master find no state: the first loaded failover loses at least one
-/// segment (a TCP retransmission waits 200 ms or more), or the stream
-/// breaks. Only that is asserted; the figures are printed.
+/// The stream's flow changed state long before the 200k background flows,
+/// so the most-recent-first commit writes it last, and its packets on the
+/// new master find no state until then: the loaded failover loses at least
+/// one segment (a TCP retransmission waits 200 ms or more), or the stream
+/// breaks. Only that is asserted; the figures are printed. One loaded
+/// round: in the default mode every switch under this load costs tens of
+/// seconds of notify work (`-t` rewrites 200k timeouts, `-c` 200k flows).
 #[test]
 fn commit_at_failover_under_200k_flows_shows_the_gap() {
     if !is_root() {
@@ -321,7 +326,7 @@ fn commit_at_failover_under_200k_flows_shows_the_gap() {
     let mut vars = loaded_vars(false, "1");
     vars.push(("LAB_EXPECT", "measure".to_string()));
     vars.push(("LAB_BASELINE_CYCLES", "1".to_string()));
-    vars.push(("LAB_CYCLES", "2".to_string()));
+    vars.push(("LAB_CYCLES", "1".to_string()));
     // The lab's usual 3 s, so that a long outage is measured, not aborted.
     vars.push(("LAB_USER_TIMEOUT_MS", "3000".to_string()));
     vars.push(("LAB_HOLD", "4".to_string()));
