@@ -32,6 +32,11 @@ impl Pair {
 
     /// `extra` is YAML appended under `general:` of both configs.
     fn with_config(tag: &str, extra_general: &str) -> Pair {
+        Pair::with_configs(tag, extra_general, "")
+    }
+
+    /// The same, with `extra_sync` YAML under `sync:` too.
+    fn with_configs(tag: &str, extra_general: &str, extra_sync: &str) -> Pair {
         let fw = [Netns::new(&format!("{tag}-fw1")), Netns::new(&format!("{tag}-fw2"))];
         let dir = std::env::temp_dir().join(format!("ctsync-test-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -59,7 +64,7 @@ impl Pair {
                 dir.join(format!("fw{}.yaml", i + 1)),
                 format!(
                     "general:\n  lock_file: {d}/fw{n}.lock\n  control_socket: {d}/fw{n}.sock\n{extra_general}\
-                     sync:\n  auth: {{ key_file: {d}/sync.key }}\n  channels:\n    - type: udp\n      local: 10.255.0.{n}\n      peer: 10.255.0.{peer}\n      interface: sync0\n",
+                     sync:\n{extra_sync}  auth: {{ key_file: {d}/sync.key }}\n  channels:\n    - type: udp\n      local: 10.255.0.{n}\n      peer: 10.255.0.{peer}\n      interface: sync0\n",
                     d = dir.display(),
                     n = i + 1,
                 ),
@@ -579,4 +584,53 @@ fn a_key_rotation_by_reload_keeps_sync_going() {
     std::fs::write(&key, format!("2 {new}\n")).unwrap();
     pair.commit_flows(0, (100..110).map(tcp_flow).collect());
     pair.converge(0, Duration::from_secs(10));
+}
+
+/// Direct-to-kernel mode (docs/active-active.md): the peer's flows reach
+/// the local kernel without `-c`; our own writes do not come back into the
+/// internal cache (nothing is echoed to the peer); a replica the local
+/// kernel drops is not replicated as a local destroy, and `-c` recreates
+/// exactly it; a destroy on the peer deletes the replica.
+#[test]
+fn direct_to_kernel_writes_the_peers_flows_and_keeps_replicas_to_itself() {
+    let pair = Pair::with_configs("dtk", "", "  direct_to_kernel: true\n");
+    let mut flows: Vec<Flow> = (0..50).map(tcp_flow).collect();
+    flows.extend((50..55).map(snat_flow));
+    pair.commit_flows(0, flows);
+    let source = pair.kernel_lines(0);
+    assert_eq!(source.len(), 55);
+    let mut last = BTreeSet::new();
+    let same = wait_for(Duration::from_secs(10), || {
+        last = pair.kernel_lines(1);
+        last == source
+    });
+    assert!(same.is_some(), "fw2's kernel never matched fw1's:\n{last:#?}\nlog: {}", pair.log(1));
+    // Our own writes are not our flows: nothing in fw2's internal cache,
+    // nothing sent back into fw1's external cache.
+    assert!(pair.cache_lines(1, "-i").is_empty(), "{:#?}", pair.cache_lines(1, "-i"));
+    assert_eq!(pair.cache_lines(1, "-e").len(), 55);
+    let stats: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
+    assert!(stats["direct"]["created"].as_u64().unwrap() >= 55, "{stats:#}");
+
+    // fw2's kernel drops a replica (as when its timeout runs out): that is
+    // not a local destroy, so fw1 keeps the flow and fw2 its cache entry.
+    pair.delete_flows(1, vec![tcp_flow(3)]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(pair.cache_lines(0, "-e").is_empty(), "{:#?}", pair.cache_lines(0, "-e"));
+    assert_eq!(pair.kernel_lines(0), source);
+    assert_eq!(pair.cache_lines(1, "-e").len(), 55);
+    // -c writes back exactly what the kernel lost, and says how fast.
+    let out = pair.cli_ok(1, &["-c"]);
+    assert!(out.contains("committed 1 flows: first 1 % in"), "{out}");
+    assert!(out.contains("1 created"), "{out}");
+    assert_eq!(pair.kernel_lines(1), source);
+
+    // A destroy on fw1 deletes the replica on fw2.
+    pair.delete_flows(0, vec![tcp_flow(7)]);
+    let gone = wait_for(Duration::from_secs(10), || {
+        !pair.kernel_lines(1).iter().any(|l| l.contains("src=10.1.0.7 "))
+    });
+    assert!(gone.is_some(), "the replica of a destroyed flow stayed: {}", pair.log(1));
+    assert_eq!(pair.kernel_lines(1).len(), 54);
 }
