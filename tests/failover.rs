@@ -5,8 +5,11 @@
 //! installs them); skipped when not root. Knobs, read from the environment:
 //! `CTSYNC_LAB_CYCLES` (failover/fail-back rounds, default 10),
 //! `CTSYNC_LAB_LINK_CYCLES` (rounds with links set down, default 3) and
-//! `CTSYNC_LAB_FLOWS` (background flows in fw1's table, default 100000).
-//! Run alone with its report: `cargo test --test failover -- --nocapture`.
+//! `CTSYNC_LAB_FLOWS` (background flows in fw1's table, default 100000);
+//! for the loaded direct-to-kernel runs `CTSYNC_LAB_LOADED_FLOWS` (200000),
+//! `CTSYNC_LAB_BASELINE_CYCLES` (3) and `CTSYNC_LAB_LOADED_CYCLES` (5).
+//! Run alone with its report:
+//! `cargo nextest run --cargo-profile ci --test failover --no-capture`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
