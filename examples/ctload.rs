@@ -47,9 +47,10 @@ fn main() {
         let end = (i + batch).min(start + count);
         let flows: Vec<Flow> = (i..end).map(|n| flow(n, mark)).collect();
         let result = match op.as_str() {
-            "create" | "update" => {
-                kernel.commit(flows.iter(), &CommitOptions { timeout: None, be_liberal: false })
-            }
+            "create" | "update" => kernel.commit(
+                flows.iter(),
+                &CommitOptions { timeout: None, be_liberal: false, create_only: false },
+            ),
             "destroy" => {
                 let keys: Vec<_> = flows.iter().map(Flow::key).collect();
                 kernel.delete(keys.iter())

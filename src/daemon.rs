@@ -172,6 +172,7 @@ fn daemon_config(
         commit_timeout: sync.commit_timeout.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32),
         purge_timeout: sync.purge_timeout.as_secs().min(u64::from(u32::MAX)) as u32,
         be_liberal: !sync.tcp_window_tracking,
+        direct_to_kernel: sync.direct_to_kernel,
         filter: Filter::from_config(cfg),
         expectations: cfg.sync.expectations.clone(),
         ready_file: cfg.general.ready_file.clone(),

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod digest;
+pub mod direct;
 pub mod expect;
 pub mod filter;
 pub mod flow;

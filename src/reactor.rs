@@ -24,6 +24,7 @@ use crate::cache::{Cache, CacheStats, Upsert};
 use crate::channel::{Channels, LinkSpec};
 use crate::control::{self, CacheSel, Request};
 use crate::digest::{self, RepairLedger};
+use crate::direct::{DirectStats, DirectToKernel, Role};
 use crate::expect::{ExpChange, ExpState, ExpectSync};
 use crate::filter::Filter;
 use crate::flow::Flow;
@@ -54,6 +55,9 @@ pub struct DaemonConfig {
     pub purge_timeout: u32,
     /// Mark committed TCP flows `BE_LIBERAL` (no window tracking).
     pub be_liberal: bool,
+    /// Write the peer's flows into the kernel as they arrive
+    /// (`sync.direct_to_kernel`, see [`crate::direct`]).
+    pub direct_to_kernel: bool,
     pub filter: Filter,
     /// Which helpers' expectations are synced (`sync.expectations`).
     pub expectations: ExpectSync,
@@ -123,6 +127,8 @@ pub struct Daemon {
     full_log: RateLimit,
     readiness: Readiness,
     events_pending: bool,
+    /// `Some` in direct-to-kernel mode.
+    direct: Option<DirectToKernel>,
     stop: bool,
     /// Anti-entropy repairs of the external cache, counted.
     repairs: RepairLedger,
@@ -150,6 +156,9 @@ impl Daemon {
             format!("cannot subscribe to conntrack events: {e} (needs root or CAP_NET_ADMIN and the nf_conntrack_netlink module)")
         })?;
         let kernel = Kernel::open().map_err(|e| format!("cannot open a ctnetlink socket: {e}"))?;
+        if let Err(e) = events.ignore_origin(kernel.port_id()) {
+            log::warn!("{e}: our own commits will come back as events and be dropped one by one");
+        }
         let mut channels = Channels::open(&cfg.links).map_err(|e| e.to_string())?;
         let mut control = bind_control(&cfg.control_socket)?;
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
@@ -163,6 +172,7 @@ impl Daemon {
         let metrics = cfg.metrics_listen.map(|a| metrics::Server::bind(a, registry)).transpose()?;
         let now = Instant::now();
         let readiness_file = cfg.ready_file.clone();
+        let direct = cfg.direct_to_kernel.then(DirectToKernel::new);
         let ftfw = Ftfw::new(cfg.ftfw.clone(), session_id, initial_seq, now);
         let mut daemon = Daemon {
             internal: Cache::new(cfg.cache_limit),
@@ -190,6 +200,7 @@ impl Daemon {
             full_log: RateLimit::new(Duration::from_secs(10)),
             readiness: Readiness::new(readiness_file.clone()),
             events_pending: false,
+            direct,
             stop: false,
             repairs: RepairLedger::default(),
             test_drop_peer_flows: false,
@@ -198,7 +209,9 @@ impl Daemon {
             daemon.internal.enable_digests();
             daemon.external.enable_digests();
         }
-        daemon.resync_kernel(false).map_err(|e| format!("cannot dump the conntrack table: {e}"))?;
+        daemon
+            .resync_kernel(false, true)
+            .map_err(|e| format!("cannot dump the conntrack table: {e}"))?;
         daemon.readiness.publish().map_err(|e| {
             format!(
                 "cannot write the ready file {}: {e}",
@@ -213,9 +226,14 @@ impl Daemon {
         let mut events = Events::with_capacity(256);
         systemd::notify_ready(&self.status_line());
         log::info!(
-            "ctsyncd started: {} flows in the internal cache, sync via {}",
+            "ctsyncd started: {} flows in the internal cache, sync via {}{}",
             self.internal.len(),
-            self.channels.name(self.channels.active())
+            self.channels.name(self.channels.active()),
+            if self.direct.is_some() {
+                ", the peer's flows go straight into the kernel"
+            } else {
+                ""
+            }
         );
         while !self.stop {
             let now = Instant::now();
@@ -315,6 +333,11 @@ impl Daemon {
 
     fn local_destroy(&mut self, flow: &Flow) {
         let key = flow.key();
+        if let Some(direct) = &mut self.direct
+            && self.external.get(&key).is_some()
+        {
+            direct.kernel_dropped(key);
+        }
         if self.internal.remove(&key).is_some() {
             self.ftfw.queue(LocalChange::Destroy(key));
         } else {
@@ -337,6 +360,9 @@ impl Daemon {
 
     fn on_overrun(&mut self, now: Instant) {
         self.stats.netlink_overruns += 1;
+        if let Some(direct) = &mut self.direct {
+            direct.lost_track();
+        }
         let current = self.events.rcvbuf();
         if current < self.cfg.rcvbuf_max {
             let grown = (current * 2).min(self.cfg.rcvbuf_max);
@@ -357,14 +383,23 @@ impl Daemon {
     /// Dump the kernel table and reconcile the internal cache with it: new
     /// and changed flows are upserted, flows that vanished are destroyed;
     /// when `tell_peer`, every difference is queued for the peer.
-    fn resync_kernel(&mut self, tell_peer: bool) -> io::Result<(usize, usize)> {
+    ///
+    /// `claim_all`: every dumped flow becomes ours (start, `-R`); otherwise
+    /// (recovery from an overrun) the replicas that direct-to-kernel mode
+    /// wrote for the peer stay the peer's.
+    fn resync_kernel(&mut self, tell_peer: bool, claim_all: bool) -> io::Result<(usize, usize)> {
         self.stats.kernel_resyncs += 1;
         let floor = self.internal_stamp + 1;
         let mut changed = 0usize;
         let mut dumped = Vec::new();
         self.kernel.dump_into(|flow| dumped.push(flow))?;
+        if let Some(direct) = &mut self.direct {
+            let in_kernel: std::collections::HashSet<_> = dumped.iter().map(Flow::key).collect();
+            let missing = self.external.iter().map(|e| e.flow.key());
+            direct.set_missing(missing.filter(|k| !in_kernel.contains(k)));
+        }
         for flow in dumped {
-            if !self.cfg.filter.accepts(&flow) {
+            if !self.cfg.filter.accepts(&flow) || (!claim_all && self.owned_by_peer(&flow)) {
                 continue;
             }
             self.internal_stamp += 1;
@@ -402,6 +437,15 @@ impl Daemon {
             }
         }
         Ok((changed, gone))
+    }
+
+    /// In direct-to-kernel mode, a flow in our kernel that the peer wrote and
+    /// we have not changed since: a dump must not claim it as ours.
+    fn owned_by_peer(&self, flow: &Flow) -> bool {
+        let key = flow.key();
+        self.direct.is_some()
+            && self.internal.get(&key).is_none()
+            && self.external.get(&key).is_some()
     }
 
     fn log_full(&mut self, which: &str, now: Instant) {
@@ -449,6 +493,7 @@ impl Daemon {
         while let Some(event) = self.ftfw.poll_event() {
             self.on_peer_event(now, event);
         }
+        self.flush_direct(now);
         // Events may have queued more output (a bulk send).
         if self.unsent.is_none() {
             while let Some(n) = self.ftfw.poll_transmit(now, &mut buf) {
@@ -456,6 +501,28 @@ impl Daemon {
                     break;
                 }
             }
+        }
+    }
+
+    /// Direct-to-kernel mode, the `-t` scheduled at the last backup
+    /// transition: the flows in our kernel that the new master's table does
+    /// not hold are leftovers of our time as master.
+    fn purge_zombies(&mut self) {
+        let external = &self.external;
+        let secs = self.cfg.purge_timeout;
+        match self.kernel.set_timeout_where(secs, |f| external.get(&f.key()).is_none()) {
+            Ok(n) => log::info!(
+                "{n} kernel flows the peer does not hold now expire in {secs} s unless traffic refreshes them"
+            ),
+            Err(e) => log::error!("purging the flows the peer does not hold failed: {e}"),
+        }
+    }
+
+    /// Direct-to-kernel mode: write this turn's peer changes in one batch.
+    fn flush_direct(&mut self, now: Instant) {
+        let opts = self.commit_options();
+        if let Some(direct) = self.direct.as_mut().filter(|d| d.has_pending()) {
+            direct.flush(&mut self.kernel, &opts, now);
         }
     }
 
@@ -475,6 +542,20 @@ impl Daemon {
                 true
             }
         }
+    }
+
+    /// A flow from the peer into the external cache and, in direct mode,
+    /// towards the kernel.
+    fn peer_upsert(&mut self, flow: Flow, stamp: u64) -> Upsert {
+        if let Some(direct) = &mut self.direct {
+            let key = flow.key();
+            let local = self.internal.get(&key).map(|e| &e.flow);
+            let held = self.external.get(&key).map(|e| &e.flow);
+            if direct.peer_upsert(flow.clone(), local, held) {
+                self.internal.remove(&key);
+            }
+        }
+        self.external.upsert(flow, stamp)
     }
 
     fn on_peer_event(&mut self, now: Instant, event: PeerEvent) {
@@ -501,18 +582,37 @@ impl Daemon {
             | PeerEvent::RepairUpsert { .. }
             | PeerEvent::RepairEnd { .. } => self.on_anti_entropy(now, event),
             PeerEvent::Upsert { flow, stamp } => {
-                if self.external.upsert(flow, stamp) == Upsert::Full {
+                if self.peer_upsert(flow, stamp) == Upsert::Full {
                     self.log_full("external", now);
                 }
             }
             PeerEvent::Destroy { key } => {
                 self.external.remove(&key);
+                if let Some(direct) = &mut self.direct {
+                    direct.peer_destroy(key, self.internal.get(&key).is_some());
+                }
             }
             PeerEvent::ExpUpsert { exp, stamp } => self.exp.peer_upsert(*exp, stamp),
             PeerEvent::ExpDestroy { key } => self.exp.peer_destroy(&key),
             PeerEvent::BulkEnd { floor } => {
                 self.exp.peer_bulk_end(floor);
-                let stale = self.external.retain(|e| e.stamp >= floor);
+                let mut gone = Vec::new();
+                let direct = self.direct.is_some();
+                let stale = self.external.retain(|e| {
+                    let keep = e.stamp >= floor;
+                    if !keep && direct {
+                        gone.push(e.flow.clone());
+                    }
+                    keep
+                });
+                if let Some(direct) = &mut self.direct {
+                    // Not deleted from the kernel: a bulk can race with a
+                    // flush of the peer's caches (primary-backup.sh's -f),
+                    // so missing from it is no proof that a flow ended.
+                    for flow in &gone {
+                        direct.peer_forgot(flow.key());
+                    }
+                }
                 log::info!(
                     "bulk update from the peer complete: {} flows in the external cache, {stale} stale ones removed",
                     self.external.len()
@@ -579,14 +679,28 @@ impl Daemon {
                 self.repairs.stats.flows_resent += flows.len() as u64;
                 self.ftfw.repair_send(ranges, flows);
             }
-            PeerEvent::RepairUpsert { flow, stamp } => match self.external.upsert(flow, stamp) {
+            PeerEvent::RepairUpsert { flow, stamp } => match self.peer_upsert(flow, stamp) {
                 Upsert::Created => self.repairs.flow(true, false),
                 Upsert::Updated { changed } => self.repairs.flow(false, changed),
                 Upsert::Full => self.log_full("external", now),
             },
             PeerEvent::RepairEnd { floor, ranges } => {
-                let removed =
-                    self.external.retain(|e| !(e.stamp < floor && ranges.holds(&e.flow.key())));
+                let mut gone = Vec::new();
+                let direct = self.direct.is_some();
+                let removed = self.external.retain(|e| {
+                    let keep = !(e.stamp < floor && ranges.holds(&e.flow.key()));
+                    if !keep && direct {
+                        gone.push(e.flow.key());
+                    }
+                    keep
+                });
+                // The digests proved the peer no longer has these: a destroy
+                // that was lost, so the kernel's replica goes too.
+                if let Some(direct) = &mut self.direct {
+                    for key in gone {
+                        direct.peer_destroy(key, self.internal.get(&key).is_some());
+                    }
+                }
                 log::info!("{}", self.repairs.end(ranges, removed));
             }
             _ => {}
@@ -601,6 +715,7 @@ impl Daemon {
         for t in [
             self.ftfw.poll_timeout(),
             self.resync_at,
+            self.direct.as_ref().and_then(DirectToKernel::purge_at),
             self.watchdog.map(|(interval, last)| last + interval),
         ]
         .into_iter()
@@ -615,9 +730,12 @@ impl Daemon {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        if self.direct.as_mut().is_some_and(|d| d.take_purge(now)) {
+            self.purge_zombies();
+        }
         if self.resync_at.is_some_and(|t| t <= now) {
             self.resync_at = None;
-            match self.resync_kernel(true) {
+            match self.resync_kernel(true, false) {
                 Ok((changed, gone)) => log::info!(
                     "resynced with the kernel after an overrun: {changed} flows new or changed, {gone} gone"
                 ),
@@ -835,7 +953,12 @@ impl Daemon {
     /// error line.
     fn execute(&mut self, request: Request, json: bool) -> Result<String, String> {
         match request {
-            Request::Commit => self.commit(),
+            Request::Commit => {
+                if let Some(direct) = &mut self.direct {
+                    direct.set_role(Role::Master);
+                }
+                self.commit()
+            }
             Request::FlushCache(which) => {
                 let (i, e) = match which {
                     Some(CacheSel::Internal) => (true, false),
@@ -866,6 +989,9 @@ impl Daemon {
                 Ok(out)
             }
             Request::FlushKernel => {
+                if let Some(direct) = &mut self.direct {
+                    direct.lost_track();
+                }
                 self.kernel
                     .flush()
                     .map_err(|e| format!("flushing the kernel table failed: {e}"))?;
@@ -873,7 +999,7 @@ impl Daemon {
             }
             Request::ResyncKernel => {
                 let (changed, gone) = self
-                    .resync_kernel(true)
+                    .resync_kernel(true, true)
                     .map_err(|e| format!("dumping the kernel table failed: {e}"))?;
                 Ok(format!(
                     "internal cache resynced with the kernel: {} flows, {changed} new or changed, {gone} gone\n",
@@ -889,6 +1015,18 @@ impl Daemon {
                 Ok("resync requested from the peer\n".into())
             }
             Request::Purge => {
+                if let Some(direct) = &mut self.direct {
+                    // The peer's flows in our kernel are its replicas, not
+                    // zombies of our time as master; which are which is
+                    // known once the new master's table is here.
+                    direct.schedule_purge(
+                        Instant::now() + Duration::from_secs(self.cfg.purge_timeout.into()),
+                    );
+                    return Ok(format!(
+                        "in {0} s, kernel flows the peer does not hold will be set to expire in {0} s unless traffic refreshes them\n",
+                        self.cfg.purge_timeout
+                    ));
+                }
                 let n = self
                     .kernel
                     .set_timeout_all(self.cfg.purge_timeout)
@@ -927,31 +1065,43 @@ impl Daemon {
         }
     }
 
+    fn commit_options(&self) -> CommitOptions {
+        CommitOptions {
+            timeout: self.cfg.commit_timeout,
+            be_liberal: self.cfg.be_liberal,
+            // In direct-to-kernel mode what the kernel holds is the peer's
+            // latest state or newer local state: only fill in what expired.
+            create_only: self.direct.is_some(),
+        }
+    }
+
     fn commit(&mut self) -> Result<String, String> {
         // Most recently updated first: the flows carrying traffic now reach
         // the kernel before a long tail of idle ones.
-        let mut order: Vec<(u64, &Flow)> =
-            self.external.iter().map(|e| (e.stamp, &e.flow)).collect();
+        // In direct-to-kernel mode only the replicas the kernel dropped need
+        // it, when the daemon knows which they are.
+        let missing = self.direct.as_ref().and_then(DirectToKernel::missing);
+        let mut order: Vec<(u64, &Flow)> = self
+            .external
+            .iter()
+            .filter(|e| missing.is_none_or(|m| m.contains(&e.flow.key())))
+            .map(|e| (e.stamp, &e.flow))
+            .collect();
         order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
-        let opts =
-            CommitOptions { timeout: self.cfg.commit_timeout, be_liberal: self.cfg.be_liberal };
+        let opts = self.commit_options();
         let report = self
             .kernel
             .commit(order.into_iter().map(|(_, f)| f), &opts)
             .map_err(|e| format!("commit to the kernel failed: {e}"))?;
+        if let Some(direct) = &mut self.direct {
+            direct.set_missing(report.failed.iter().map(|(k, _)| *k));
+        }
         self.stats.commits += 1;
         self.stats.commit_failures += report.failed.len() as u64;
         for (key, errno) in report.failed.iter().take(5) {
             log::warn!("commit of {key} failed: {}", io::Error::from_raw_os_error(*errno));
         }
-        let line = format!(
-            "committed {} flows in {:.3} s: {} created, {} updated, {} failed",
-            report.created + report.updated + report.failed.len(),
-            report.elapsed.as_secs_f64(),
-            report.created,
-            report.updated,
-            report.failed.len()
-        );
+        let line = format!("committed {}", report.summary());
         log::info!("{line}");
         if !self.exp.sync.enabled() {
             return Ok(line + "\n");
@@ -1008,6 +1158,7 @@ impl Daemon {
                 external: self.exp.external.stats(),
                 runtime: self.exp.stats,
             }),
+            direct: self.direct.as_ref().map(DirectToKernel::stats).unwrap_or_default(),
         }
     }
 
@@ -1038,6 +1189,7 @@ struct StatsReport {
     protocol: crate::ftfw::FtfwStats,
     anti_entropy: digest::AntiEntropyStats,
     links: Vec<crate::channel::LinkStatus>,
+    direct: DirectStats,
     /// Only with `sync.expectations`.
     #[serde(skip_serializing_if = "Option::is_none")]
     expectations: Option<ExpReport>,

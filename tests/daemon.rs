@@ -166,7 +166,10 @@ impl Pair {
         in_netns(self.fw[i].name(), move || {
             let mut k = Kernel::open().unwrap();
             let report = k
-                .commit(flows.iter(), &CommitOptions { timeout: None, be_liberal: false })
+                .commit(
+                    flows.iter(),
+                    &CommitOptions { timeout: None, be_liberal: false, create_only: false },
+                )
                 .unwrap();
             assert!(report.failed.is_empty(), "{:?}", &report.failed[..report.failed.len().min(5)]);
         })
@@ -656,4 +659,53 @@ fn anti_entropy_finds_and_repairs_drift_within_the_interval() {
     assert_eq!(after["anti_entropy"]["repairs"], 1, "{after:#}");
     // The counters reach the metrics too: fw1's table never drifted.
     assert_eq!(stats(0)["anti_entropy"]["flows_added"], 0);
+}
+
+/// Direct-to-kernel mode (docs/active-active.md): the peer's flows reach
+/// the local kernel without `-c`; our own writes do not come back into the
+/// internal cache (nothing is echoed to the peer); a replica the local
+/// kernel drops is not replicated as a local destroy, and `-c` recreates
+/// exactly it; a destroy on the peer deletes the replica.
+#[test]
+fn direct_to_kernel_writes_the_peers_flows_and_keeps_replicas_to_itself() {
+    let pair = Pair::with_options("dtk", "", "  direct_to_kernel: true\n", &[]);
+    let mut flows: Vec<Flow> = (0..50).map(tcp_flow).collect();
+    flows.extend((50..55).map(snat_flow));
+    pair.commit_flows(0, flows);
+    let source = pair.kernel_lines(0);
+    assert_eq!(source.len(), 55);
+    let mut last = BTreeSet::new();
+    let same = wait_for(Duration::from_secs(10), || {
+        last = pair.kernel_lines(1);
+        last == source
+    });
+    assert!(same.is_some(), "fw2's kernel never matched fw1's:\n{last:#?}\nlog: {}", pair.log(1));
+    // Our own writes are not our flows: nothing in fw2's internal cache,
+    // nothing sent back into fw1's external cache.
+    assert!(pair.cache_lines(1, "-i").is_empty(), "{:#?}", pair.cache_lines(1, "-i"));
+    assert_eq!(pair.cache_lines(1, "-e").len(), 55);
+    let stats: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
+    assert!(stats["direct"]["created"].as_u64().unwrap() >= 55, "{stats:#}");
+
+    // fw2's kernel drops a replica (as when its timeout runs out): that is
+    // not a local destroy, so fw1 keeps the flow and fw2 its cache entry.
+    pair.delete_flows(1, vec![tcp_flow(3)]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(pair.cache_lines(0, "-e").is_empty(), "{:#?}", pair.cache_lines(0, "-e"));
+    assert_eq!(pair.kernel_lines(0), source);
+    assert_eq!(pair.cache_lines(1, "-e").len(), 55);
+    // -c writes back exactly what the kernel lost, and says how fast.
+    let out = pair.cli_ok(1, &["-c"]);
+    assert!(out.contains("committed 1 flows: first 1 % in"), "{out}");
+    assert!(out.contains("1 created"), "{out}");
+    assert_eq!(pair.kernel_lines(1), source);
+
+    // A destroy on fw1 deletes the replica on fw2.
+    pair.delete_flows(0, vec![tcp_flow(7)]);
+    let gone = wait_for(Duration::from_secs(10), || {
+        !pair.kernel_lines(1).iter().any(|l| l.contains("src=10.1.0.7 "))
+    });
+    assert!(gone.is_some(), "the replica of a destroyed flow stayed: {}", pair.log(1));
+    assert_eq!(pair.kernel_lines(1).len(), 54);
 }

@@ -212,7 +212,10 @@ impl Mixed {
         in_netns(self.fw[i].name(), move || {
             let mut k = Kernel::open().unwrap();
             let report = k
-                .commit(flows.iter(), &CommitOptions { timeout: None, be_liberal: false })
+                .commit(
+                    flows.iter(),
+                    &CommitOptions { timeout: None, be_liberal: false, create_only: false },
+                )
                 .unwrap();
             assert!(report.failed.is_empty(), "{:?}", &report.failed[..report.failed.len().min(5)]);
         })

@@ -210,7 +210,7 @@ fn existing_flows_are_updated_not_duplicated() {
     let (r1, r2, dumped) = ns.run(move || {
         let mut k = Kernel::open().unwrap();
         let r1 = k.commit([&first, &nat], &CommitOptions::default()).unwrap();
-        let opts = CommitOptions { timeout: None, be_liberal: true };
+        let opts = CommitOptions { timeout: None, be_liberal: true, create_only: false };
         let r2 = k.commit([&second, &nat_again], &opts).unwrap();
         (r1, r2, k.dump().unwrap())
     });

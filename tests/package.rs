@@ -246,6 +246,7 @@ fn debian_package_has_the_files_fields_and_scripts_it_should() {
         "/usr/share/doc/ctsync/README.md",
         "/usr/share/doc/ctsync/copyright",
         "/usr/share/doc/ctsync/changelog.Debian.gz",
+        "/usr/share/doc/ctsync/active-active.md",
         "/usr/share/doc/ctsync/keepalived.md",
         "/usr/share/doc/ctsync/metrics.md",
         "/usr/share/doc/ctsync/migrating-from-conntrackd.md",

@@ -565,14 +565,8 @@ impl<'a> Parser<'a> {
             }
             "CommitTimeout" | "PurgeTimeout" => self.timeout(word, pos)?,
             "DisableExternalCache" => {
-                if self.boolean(word)? {
-                    self.warn(
-                        pos,
-                        word,
-                        "not implemented: received flows are kept in the external cache and \
-                         written to the kernel by `-c`",
-                    );
-                }
+                self.raw.sync.direct_to_kernel = self.boolean(word)?;
+                self.place("sync.direct_to_kernel", word, pos);
             }
             "StartupResync" => {
                 self.raw.sync.startup_resync = self.boolean(word)?;

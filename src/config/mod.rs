@@ -275,6 +275,10 @@ pub struct SyncConfig {
     pub startup_resync: bool,
     /// Which helpers' expectations are synced (`ExpectationSync`).
     pub expectations: crate::expect::ExpectSync,
+    /// Write the peer's flows into the local kernel as they arrive
+    /// (conntrackd's `DisableExternalCache`, though the external cache is
+    /// still kept for `-e`, readiness and `-c`); see `docs/active-active.md`.
+    pub direct_to_kernel: bool,
     /// How datagrams are authenticated (`sync.auth`).
     pub auth: SyncAuth,
     /// Links to the peer, in order of preference; never empty.
@@ -772,6 +776,7 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         tcp_window_tracking: s.tcp_window_tracking,
         startup_resync: s.startup_resync,
         expectations: expectations(ctx, s)?,
+        direct_to_kernel: s.direct_to_kernel,
         auth,
         channels,
     };
@@ -1023,6 +1028,7 @@ fn unconvert(c: &Config) -> RawConfig {
                 ExpectSync::All => Some(raw::RawExpectations::Word("all".into())),
                 ExpectSync::Helpers(names) => Some(raw::RawExpectations::List(names.clone())),
             },
+            direct_to_kernel: s.direct_to_kernel,
             auth: match &s.auth {
                 SyncAuth::KeyFile(f) => {
                     raw::RawAuth { key_file: Some(f.display().to_string()), insecure: false }

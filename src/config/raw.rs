@@ -124,6 +124,7 @@ pub(super) struct RawSync {
     pub startup_resync: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expectations: Option<RawExpectations>,
+    pub direct_to_kernel: bool,
     pub auth: RawAuth,
     pub channels: Vec<RawChannel>,
 }
@@ -162,6 +163,7 @@ impl Default for RawSync {
             tcp_window_tracking: false,
             startup_resync: true,
             expectations: None,
+            direct_to_kernel: false,
             auth: RawAuth::default(),
             channels: Vec::new(),
         }

@@ -59,6 +59,7 @@ fn minimal_file_gets_the_documented_defaults() {
     assert_eq!(c.sync.purge_timeout, Duration::from_secs(60));
     assert!(!c.sync.tcp_window_tracking);
     assert!(c.sync.startup_resync);
+    assert!(!c.sync.direct_to_kernel);
     let ch = &c.sync.channels[0];
     assert_eq!(ch.kind, ChannelKind::Udp { peer: "10.0.0.2".parse().unwrap() });
     assert_eq!(ch.local_addr(), "10.0.0.1:3780".parse().unwrap());
@@ -107,6 +108,7 @@ sync:
   purge_timeout: 5
   tcp_window_tracking: true
   startup_resync: false
+  direct_to_kernel: true
   channels:
     - { type: multicast, local: 10.1.0.1, group: 225.0.0.50, interface: sync1, port: 3781 }
     - { local: 'fd00::1', peer: 'fd00::2', sndbuf: 4M, rcvbuf: 8388608 }
@@ -118,6 +120,7 @@ sync:
     assert_eq!(c.general.filter.tcp_states.ignore, vec![tcp_state::CLOSE, tcp_state::TIME_WAIT]);
     assert_eq!(c.general.filter.addresses.ignore[2], "192.0.2.7/32".parse().unwrap());
     assert_eq!(c.sync.commit_timeout, None);
+    assert!(c.sync.direct_to_kernel);
     assert_eq!(c.sync.alive_interval, Duration::from_millis(250));
     assert_eq!(c.sync.channels[0].remote_addr(), "225.0.0.50:3781".parse().unwrap());
     assert_eq!(c.sync.channels[1].sndbuf.map(|n| n.get()), Some(4 << 20));
@@ -159,6 +162,7 @@ fn type_errors_name_the_key() {
     assert_err("general:\n  log:\n    level: loud\n", "general.log.level", Some(3), "`loud`");
     assert_err(&with_sync("mode: alarm"), "sync.mode", Some(5), "ftfw");
     assert_err(&with_sync("startup_resync: maybe"), "sync.startup_resync", Some(5), "");
+    assert_err(&with_sync("direct_to_kernel: yes please"), "sync.direct_to_kernel", Some(5), "");
     assert_err("sync:\n  ack_window: [1]\n", "sync.ack_window", Some(2), "sequence");
     assert_err("general: [\n", "general", Some(1), "");
 }

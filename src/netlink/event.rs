@@ -233,6 +233,27 @@ impl EventSocket {
         Ok(())
     }
 
+    /// Have the kernel drop, before they are queued, the events caused by
+    /// the request socket with port id `port` (our own commits): a commit
+    /// of a whole table would otherwise fill this socket's buffer with
+    /// echoes, overrun it and lose the events that matter. A classic BPF
+    /// filter on `nlmsg_pid` (conntrackd filters its event socket the same
+    /// way); the reactor's own port-id check stays as a fallback.
+    pub fn ignore_origin(&self, port: u32) -> io::Result<()> {
+        use socket2::SockFilter;
+        // BPF_LD|BPF_W|BPF_ABS reads big-endian; nlmsg_pid is host order.
+        let pid = u32::from_be_bytes(port.to_ne_bytes());
+        let program = [
+            SockFilter::new(0x20, 0, 0, 12),       // A = nlmsg_pid
+            SockFilter::new(0x15, 0, 1, pid),      // A == port ? next : skip one
+            SockFilter::new(0x06, 0, 0, 0),        // drop
+            SockFilter::new(0x06, 0, 0, u32::MAX), // keep all of it
+        ];
+        socket2::SockRef::from(&self.sock)
+            .attach_filter(&program)
+            .map_err(|e| ctx(e, "cannot attach the event filter"))
+    }
+
     /// The netlink port id of this socket.
     pub fn port_id(&self) -> io::Result<u32> {
         let mut addr = SocketAddr::new(0, 0);

@@ -13,6 +13,15 @@
 #
 # Every name carries the run id, so runs never meet: namespaces
 # ctlab-ID-{client,server,fw1,fw2,sw}, work directory /tmp/ctsync-lab-ID.
+#
+# Knobs shared by the scripts that source it:
+#   LAB_TCP_LOOSE   nf_conntrack_tcp_loose in both firewalls (0: strict, a
+#                   mid-stream packet never creates a flow; 1: the kernel's
+#                   default, it picks one up)
+#   LAB_DIRECT      1: ctsyncd runs with sync.direct_to_kernel
+#   LAB_READY       1: ctsyncd writes general.ready_file and keepalived
+#                   tracks it (docs/keepalived.md)
+#   LAB_PRIO_FW1, LAB_PRIO_FW2   keepalived priorities (150, 100)
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$LAB_DIR/../.." && pwd)
@@ -78,6 +87,8 @@ lab_up() {
     in_ns "$NS_CLIENT" sysctl -qw net.ipv4.neigh.c0.locktime=0
     in_ns "$NS_SERVER" sysctl -qw net.ipv4.neigh.s0.locktime=0
 
+    local host_loose
+    host_loose=$(sysctl -n net.netfilter.nf_conntrack_tcp_loose)
     for n in 1 2; do
         local ns fw=fw$n
         ns=$(fw_ns "$fw")
@@ -92,12 +103,17 @@ lab_up() {
             -e "s/@LAN_NET@/$LAN_NET.0\/24/g" -e "s/@SYNC_PORT@/$SYNC_PORT/g" \
             "$LAB_DIR/ruleset.nft.in" >"$WORK/$fw/ruleset.nft"
         in_ns "$ns" nft -f "$WORK/$fw/ruleset.nft"
-        # Strict TCP tracking: a mid-stream packet never creates a flow,
-        # so a firewall without the synced state drops the stream.
-        in_ns "$ns" sysctl -qw net.netfilter.nf_conntrack_tcp_loose=0
+        # Strict TCP tracking by default: a mid-stream packet never creates
+        # a flow, so a firewall without the synced state drops the stream.
+        # The sysctl is per namespace: nothing outside the lab changes.
+        in_ns "$ns" sysctl -qw net.netfilter.nf_conntrack_tcp_loose="${LAB_TCP_LOOSE:-0}"
         in_ns "$ns" sysctl -qw net.netfilter.nf_conntrack_tcp_be_liberal=0
-        [ "$(in_ns "$ns" sysctl -n net.netfilter.nf_conntrack_tcp_loose)" = 0 ] ||
-            die "nf_conntrack_tcp_loose is not per namespace here"
+        [ "$(in_ns "$ns" sysctl -n net.netfilter.nf_conntrack_tcp_loose)" = "${LAB_TCP_LOOSE:-0}" ] ||
+            die "nf_conntrack_tcp_loose did not take ${LAB_TCP_LOOSE:-0} in $ns"
+        if [ "$(sysctl -n net.netfilter.nf_conntrack_tcp_loose)" != "$host_loose" ]; then
+            sysctl -qw net.netfilter.nf_conntrack_tcp_loose="$host_loose"
+            die "nf_conntrack_tcp_loose is not per namespace here (the host's value changed; restored)"
+        fi
     done
 }
 
@@ -128,12 +144,19 @@ keepalived_stop() {
 
 keepalived_conf() {
     # $1: fw1 or fw2
-    local fw=$1 prio=100
-    [ "$fw" = fw1 ] && prio=150
+    local fw=$1 prio=${LAB_PRIO_FW2:-100} track=
+    [ "$fw" = fw1 ] && prio=${LAB_PRIO_FW1:-150}
+    # docs/keepalived.md: a node that is not ready loses 100 priority points.
+    if [ "${LAB_READY:-0}" = 1 ]; then
+        track="sync_group_tracking_weight\\n    track_file {\\n        ctsync_ready weight -100\\n    }"
+        # Defined before the group that uses it, or keepalived ignores it.
+        printf 'track_file ctsync_ready {\n    file "%s"\n}\n' "$WORK/$fw/ready"
+    fi
     sed -e "s|@ROUTER_ID@|$fw|g" -e "s|@PRIORITY@|$prio|g" \
         -e "s|@LAN_VIP@|$LAN_VIP|g" -e "s|@WAN_VIP@|$WAN_VIP|g" \
         -e "s|@ADVERT_INT@|${LAB_ADVERT_INT:-0.1}|g" \
         -e "s|@NOTIFY@|$LAB_DIR/notify.sh $WORK $fw|g" \
+        -e "s|@TRACK@|$track|g" \
         "$LAB_DIR/keepalived.conf.in"
 }
 
@@ -144,8 +167,10 @@ ctsyncd_conf() {
 general:
   lock_file: $WORK/$1/ctsyncd.lock
   control_socket: $WORK/$1/ctsyncd.sock
+$([ "${LAB_READY:-0}" = 1 ] && echo "  ready_file: $WORK/$1/ready")
 sync:
   auth: { key_file: $WORK/sync.key }
+  direct_to_kernel: $([ "${LAB_DIRECT:-0}" = 1 ] && echo true || echo false)
   channels:
     - type: udp
       local: 10.255.0.$n

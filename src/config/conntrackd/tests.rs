@@ -251,9 +251,9 @@ fn parsed_but_unimplemented_options_warn_with_their_line() {
          UDP { IPv4_address 10.0.1.1 IPv4_Destination_Address 10.0.1.2 Checksum off }",
     ))
     .unwrap();
+    assert!(c.sync.direct_to_kernel);
     let w = &c.warnings;
     let expect = [
-        ":8: DisableExternalCache: not implemented",
         ":9: RefreshTime: ignored",
         ":10: Checksum: off is ignored",
         ":13: PollSecs: polling is not implemented",
