@@ -2,8 +2,11 @@
 //! peer's flows): a map by [`FlowKey`] with a bounded size and counters.
 //!
 //! Memory is the constraint: entries live densely in a `Vec`, and the hash
-//! index holds only a `u32` position per flow, so a million common flows
-//! cost the `Flow` itself plus about 10 bytes of index.
+//! index holds a `u32` position and 32 bits of the key's hash per flow, so a
+//! million common flows cost the `Flow` itself plus about 20 bytes of index.
+//! The stored hash bits let the index grow without reading a single entry:
+//! rehashing from the entries (a cache miss and a key hash each) stalled the
+//! event loop for tens of milliseconds whenever a growing table doubled.
 
 use std::hash::{BuildHasher, Hash};
 
@@ -54,7 +57,7 @@ const MIN_SHRINK_ROOM: usize = 4096;
 /// A bounded map from flow identity to flow.
 pub struct Cache {
     entries: Vec<Entry>,
-    index: HashTable<u32>,
+    index: HashTable<Slot>,
     hasher: foldhash::fast::FixedState,
     limit: usize,
     stats: CacheStats,
@@ -112,32 +115,29 @@ impl Cache {
     /// Pre-allocate room for `additional` more flows.
     pub fn reserve(&mut self, additional: usize) {
         self.entries.reserve(additional);
-        let entries = &self.entries;
-        let hasher = &self.hasher;
-        self.index.reserve(additional, |&i| hash_flow(hasher, &entries[i as usize].flow));
+        self.index.reserve(additional, Slot::hash);
     }
 
     /// The flow with this identity.
     pub fn get(&self, key: &FlowKey) -> Option<&Entry> {
-        let hash = self.hasher.hash_one(key);
+        let (hash, bits) = key_hash(&self.hasher, key);
         self.index
-            .find(hash, |&i| self.entries[i as usize].flow.matches(key))
-            .map(|&i| &self.entries[i as usize])
+            .find(hash, |s| s.bits == bits && self.entries[s.pos as usize].flow.matches(key))
+            .map(|s| &self.entries[s.pos as usize])
     }
 
     /// Insert or replace a flow, stamping it with `stamp`.
     pub fn upsert(&mut self, flow: Flow, stamp: u64) -> Upsert {
-        let hash = hash_flow(&self.hasher, &flow);
-        let entries = &mut self.entries;
-        let hasher = &self.hasher;
         let key = flow.key();
+        let (hash, bits) = key_hash(&self.hasher, &key);
+        let entries = &mut self.entries;
         match self.index.entry(
             hash,
-            |&i| entries[i as usize].flow.matches(&key),
-            |&i| hash_flow(hasher, &entries[i as usize].flow),
+            |s| s.bits == bits && entries[s.pos as usize].flow.matches(&key),
+            Slot::hash,
         ) {
             TableEntry::Occupied(slot) => {
-                let entry = &mut entries[*slot.get() as usize];
+                let entry = &mut entries[slot.get().pos as usize];
                 let changed = entry.flow != flow;
                 if changed && let Some(d) = &mut self.digests {
                     d.replace(&entry.flow, &flow);
@@ -152,7 +152,7 @@ impl Cache {
                     self.stats.failed_full += 1;
                     return Upsert::Full;
                 }
-                slot.insert(entries.len() as u32);
+                slot.insert(Slot { pos: entries.len() as u32, bits });
                 if let Some(d) = &mut self.digests {
                     d.add(&flow);
                 }
@@ -165,12 +165,15 @@ impl Cache {
 
     /// Remove a flow; returns it if it was there.
     pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
-        let hash = self.hasher.hash_one(key);
+        let (hash, bits) = key_hash(&self.hasher, key);
         let entries = &self.entries;
-        let slot = self.index.find_entry(hash, |&i| entries[i as usize].flow.matches(key)).ok()?;
-        let (pos, _) = slot.remove();
+        let slot = self
+            .index
+            .find_entry(hash, |s| s.bits == bits && entries[s.pos as usize].flow.matches(key))
+            .ok()?;
+        let (slot, _) = slot.remove();
         self.stats.destroyed += 1;
-        let flow = self.take_at(pos as usize);
+        let flow = self.take_at(slot.pos as usize);
         if let Some(d) = &mut self.digests {
             d.remove(&flow);
         }
@@ -217,9 +220,7 @@ impl Cache {
         if room > MIN_SHRINK_ROOM && len * 4 <= room {
             let keep = (len * 2).max(MIN_SHRINK_ROOM / 2);
             self.entries.shrink_to(keep);
-            let entries = &self.entries;
-            let hasher = &self.hasher;
-            self.index.shrink_to(keep, |&i| hash_flow(hasher, &entries[i as usize].flow));
+            self.index.shrink_to(keep, Slot::hash);
         }
     }
 
@@ -256,9 +257,9 @@ impl Cache {
     fn take_at(&mut self, pos: usize) -> Flow {
         let last = self.entries.len() - 1;
         if pos != last {
-            let moved_hash = hash_flow(&self.hasher, &self.entries[last].flow);
-            if let Some(slot) = self.index.find_mut(moved_hash, |&i| i as usize == last) {
-                *slot = pos as u32;
+            let (moved_hash, _) = key_hash(&self.hasher, &self.entries[last].flow.key());
+            if let Some(slot) = self.index.find_mut(moved_hash, |s| s.pos as usize == last) {
+                slot.pos = pos as u32;
             }
         }
         self.entries.swap_remove(pos).flow
@@ -266,20 +267,40 @@ impl Cache {
 
     fn rebuild_index(&mut self) {
         self.index.clear();
-        let entries = &self.entries;
-        let hasher = &self.hasher;
-        for (i, e) in entries.iter().enumerate() {
-            self.index.insert_unique(hash_flow(hasher, &e.flow), i as u32, |&j| {
-                hash_flow(hasher, &entries[j as usize].flow)
-            });
+        for (i, e) in self.entries.iter().enumerate() {
+            let (hash, bits) = key_hash(&self.hasher, &e.flow.key());
+            self.index.insert_unique(hash, Slot { pos: i as u32, bits }, Slot::hash);
         }
     }
 }
 
-fn hash_flow(hasher: &foldhash::fast::FixedState, flow: &Flow) -> u64 {
+/// One index slot: where the entry is, and the 32 bits of its key's hash
+/// that the table's hash is made of.
+#[derive(Clone, Copy)]
+struct Slot {
+    pos: u32,
+    bits: u32,
+}
+
+impl Slot {
+    fn hash(&self) -> u64 {
+        widen(self.bits)
+    }
+}
+
+/// The table's hash of a key and the 32 bits it is made of. The bits fill
+/// both halves, so that the low bits (the bucket) and the top seven (the
+/// control byte) both come from them.
+fn key_hash(hasher: &foldhash::fast::FixedState, key: &FlowKey) -> (u64, u32) {
     let mut state = hasher.build_hasher();
-    flow.key().hash(&mut state);
-    std::hash::Hasher::finish(&state)
+    key.hash(&mut state);
+    let h = std::hash::Hasher::finish(&state);
+    let bits = (h ^ (h >> 32)) as u32;
+    (widen(bits), bits)
+}
+
+fn widen(bits: u32) -> u64 {
+    u64::from(bits) << 32 | u64::from(bits)
 }
 
 #[cfg(test)]
