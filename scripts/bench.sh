@@ -20,6 +20,8 @@ DEFAULTS=${BENCH_DEFAULTS:-500000}
 BULK=${BENCH_BULK:-1000000}
 # Seconds of mixed load from two load tools (0 skips it).
 MIXED=${BENCH_MIXED:-60}
+# Creates per second for the loaded latency run (0 skips latency).
+LATENCY=${BENCH_LATENCY:-50000}
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh: needs root" >&2; exit 1; }
 command -v conntrackd >/dev/null || { echo "bench.sh: conntrackd not installed" >&2; exit 1; }
@@ -72,8 +74,11 @@ for rep in $(seq "$REPS"); do
             --ns "$NS1" "$NS2" --ctsyncd "$CTSYNCD" --load "$LOAD" --workdir "$WORK/$rep")
         echo "${json%\}}, \"daemon\": \"$daemon\", \"rep\": $rep}" | tee -a "$results" >&2
     done
-    for mode in drain defaults bulk mixed; do
-        case $mode in drain) n=$DRAIN ;; defaults) n=$DEFAULTS ;; bulk) n=$BULK ;; mixed) n=$MIXED ;; esac
+    for mode in drain defaults bulk mixed latency; do
+        case $mode in
+            drain) n=$DRAIN ;; defaults) n=$DEFAULTS ;; bulk) n=$BULK ;; mixed) n=$MIXED ;;
+            latency) n=$LATENCY ;;
+        esac
         [ "$n" -gt 0 ] || continue
         for daemon in ctsyncd conntrackd; do
             echo "run $rep/$REPS: $daemon, $mode, $n" >&2

@@ -98,7 +98,9 @@ def load_result(out):
 class Daemon:
     """One side of a pair: its config, process and control commands."""
 
-    def __init__(self, kind, binary, ns, n, side, workdir, flows, nlbuf=8 << 20, defaults=False):
+    def __init__(
+        self, kind, binary, ns, n, side, workdir, flows, nlbuf=8 << 20, defaults=False, direct=False
+    ):
         self.kind, self.binary, self.ns = kind, binary, ns
         self.dir = os.path.join(workdir, f"{kind}-fw{side}")
         os.makedirs(self.dir, exist_ok=True)
@@ -117,7 +119,8 @@ class Daemon:
                 text = (
                     f"general:\n  lock_file: {self.dir}/lock\n  control_socket: {self.dir}/ctl\n"
                     f"sync:\n  auth:\n    key_file: {key}\n"
-                    f"  channels:\n    - type: udp\n      local: {local}\n"
+                    + ("  direct_to_kernel: true\n" if direct else "")
+                    + f"  channels:\n    - type: udp\n      local: {local}\n"
                     f"      peer: {peer}\n      interface: sync0\n"
                 )
             else:
@@ -136,6 +139,7 @@ class Daemon:
             # flows filtered out as in conntrackd's example configurations.
             text = f"""Sync {{
     Mode FTFW {{
+        DisableExternalCache {"On" if direct else "Off"}
     }}
     UDP {{
         IPv4_address {local}
@@ -398,6 +402,73 @@ def mixed(args):
     print(json.dumps(res))
 
 
+def kernel_starts(ns):
+    """Original tuple -> creation time (ns) of every entry of `ns`'s table,
+    from the kernel's own timestamps (`nf_conntrack_timestamp`)."""
+    out = sh(ns, "conntrack", "-L", "-o", "xml,ktimestamp")
+    starts = {}
+    for flow in re.finditer(r"<flow>(.*?)</flow>", out):
+        body = flow.group(1)
+        orig = re.search(
+            r'direction="original">.*?<src>(.*?)</src><dst>(.*?)</dst>.*?'
+            r"<sport>(\d+)</sport><dport>(\d+)</dport>",
+            body,
+        )
+        start = re.search(r"<start>(\d+)</start>", body)
+        if orig and start:
+            starts[orig.groups()] = int(start.group(1))
+    return starts
+
+
+def latency(args):
+    """From a flow's creation in fw1's kernel to its creation in fw2's, with
+    both daemons writing the peer's flows straight into the kernel
+    (ctsyncd's direct_to_kernel, conntrackd's DisableExternalCache). Both
+    ends are the kernel's own creation timestamps (`nf_conntrack_timestamp`,
+    same clock), read from a dump of each table afterwards: no listener's
+    scheduling enters the figure. Idle (200 creates/s) and under load
+    (args.flows creates/s)."""
+    n, (ns1, ns2) = args.flows, args.ns
+    binary = args.ctsyncd if args.daemon == "ctsyncd" else "conntrackd"
+    sides = [
+        Daemon(args.daemon, binary, ns, n, i + 1, args.workdir, n, defaults=True, direct=True)
+        for i, ns in enumerate((ns1, ns2))
+    ]
+    res = {"mode": "latency"}
+    for ns in (ns1, ns2):
+        sh(ns, "sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1")
+    try:
+        for d in sides:
+            d.start()
+        time.sleep(3)
+        start, seen = 0, set()
+        for label, rate, secs in (("idle", 200, 5), ("load", n, 5)):
+            count = int(rate * secs)
+            # Batches of a millisecond's worth: a paced stream, not bursts.
+            batch = str(max(1, rate // 1000))
+            sh(ns1, args.load, "create", str(count), "--start", str(start), "--rate", str(rate),
+               "--batch", batch)
+            start += count
+            deadline = time.monotonic() + 30
+            while kernel_count(ns2) < kernel_count(ns1) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            t1, t2 = kernel_starts(ns1), kernel_starts(ns2)
+            fresh = {k: v for k, v in t1.items() if k not in seen}
+            seen.update(t1)
+            lat = sorted((t2[k] - v) / 1e6 for k, v in fresh.items() if k in t2)
+            res[f"lat_{label}_seen"] = f"{len(lat)}/{len(fresh)}"
+            if lat:
+                res[f"lat_{label}_p50_ms"] = lat[len(lat) // 2]
+                res[f"lat_{label}_p99_ms"] = lat[min(len(lat) - 1, len(lat) * 99 // 100)]
+    finally:
+        for d in sides:
+            d.stop()
+    for ns in (ns1, ns2):
+        flush(ns)
+        sh(ns, "sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=0")
+    print(json.dumps(res))
+
+
 def drain(args):
     """Daemon throughput without the kernel's event rate in the way: the
     sender is stopped while N flows are created, so their events queue in
@@ -489,6 +560,9 @@ def main():
     ap.add_argument("--bulk", action="store_true", help="measure -n and -B into a fresh peer")
     ap.add_argument("--mixed", action="store_true", help="two load tools cycling for --seconds")
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument(
+        "--latency", action="store_true", help="creation to the peer's kernel, idle and at --flows/s"
+    )
     args = ap.parse_args()
     n, (ns1, ns2) = args.flows, args.ns
     for ns in (ns1, ns2):
@@ -497,6 +571,8 @@ def main():
         return drain(args)
     if args.mixed:
         return mixed(args)
+    if args.latency:
+        return latency(args)
 
     if args.daemon == "none":
         done, rate = load_result(sh(ns1, args.load, "create", str(n), check=False))

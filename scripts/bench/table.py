@@ -41,6 +41,10 @@ ROWS = [
     ("mixed", "mixed_settle_s", "mixed load: time to exact convergence after it (s)", "{:.1f}", False),
     ("mixed", "mixed_cpu_send_per100k", "mixed load: CPU s per 100k changes, fw1", "{:.2f}", False),
     ("mixed", "mixed_cpu_recv_per100k", "mixed load: CPU s per 100k changes, fw2", "{:.2f}", False),
+    ("latency", "lat_idle_p50_ms", "latency to fw2's kernel, idle, p50 (ms)", "{:.2f}", False),
+    ("latency", "lat_idle_p99_ms", "latency to fw2's kernel, idle, p99 (ms)", "{:.2f}", False),
+    ("latency", "lat_load_p50_ms", "latency to fw2's kernel, loaded, p50 (ms)", "{:.2f}", False),
+    ("latency", "lat_load_p99_ms", "latency to fw2's kernel, loaded, p99 (ms)", "{:.2f}", False),
     ("bulk", "created", "bulk: flows in fw1's table", "{:.0f}", True),
     ("bulk", "bulk_n_s", "bulk -n into a fresh fw2 (s)", "{:.2f}", False),
     ("bulk", "bulk_n_missing", "bulk -n: flows missing at fw2", "{:.0f}", False),
@@ -111,6 +115,10 @@ def main():
         if rs:
             got = [f"{r.get('drain_arrived')}/{r.get('drain_created')}" for r in rs]
             out.append(f"drain, {name}: flows at the peer {got}")
+        rs = [r for r in runs[name] if r.get("mode") == "latency"]
+        if rs:
+            got = [(r.get("lat_idle_seen"), r.get("lat_load_seen")) for r in rs]
+            out.append(f"latency, {name}: flows matched (idle, loaded) {got}")
     print("\n".join(out))
 
 
