@@ -306,7 +306,7 @@ t=socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 t.bind((\"0.0.0.0\",8080)); t.listen(1)
 u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((\"0.0.0.0\",5353))
 d,a=u.recvfrom(100); u.sendto(d,a)
-c,_=t.accept(); c.recv(10); c.send(b\"pong\"); time.sleep(6)
+c,_=t.accept(); c.recv(10); c.send(b\"pong\"); time.sleep(20)
 ' >/dev/null 2>&1 &
 sleep 0.5",
     );
@@ -316,13 +316,20 @@ import socket,struct,time
 u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(3)
 u.bind((\"0.0.0.0\",4444)); u.sendto(b\"ping\",(\"10.2.0.2\",5353)); u.recvfrom(10)
 t=socket.create_connection((\"10.2.0.2\",8080), timeout=3); t.send(b\"ping\"); t.recv(10)
-time.sleep(5)
+time.sleep(18)
 ' >/dev/null 2>&1 &
 sleep 1",
     );
     // The client holds its connection open, so the listing and the dump
-    // below see the same ESTABLISHED state instead of racing its close.
-    let lines = conntrack_list(&fw);
+    // below see the same ESTABLISHED state instead of racing its close. On
+    // a busy machine the client may take a while to start: wait for both.
+    let mut lines = Vec::new();
+    let both = common::wait_for(Duration::from_secs(15), || {
+        lines = conntrack_list(&fw);
+        let has = |words: &[&str]| lines.iter().any(|l| words.iter().all(|w| l.contains(w)));
+        has(&["tcp", "ESTABLISHED", "dport=8080"]) && has(&["udp", "dport=5353"])
+    });
+    assert!(both.is_some(), "the client's flows never showed up: {lines:#?}");
     go_tx.send(()).unwrap();
     // The TCP entry sits in TIME_WAIT for minutes, and an expired UDP entry
     // waits for the conntrack garbage collector (up to a minute on an idle
