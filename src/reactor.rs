@@ -21,7 +21,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::cache::{Cache, CacheStats, Upsert};
-use crate::channel::{Channels, LinkSpec};
+use crate::channel::{Channels, LinkSpec, Recv};
 use crate::control::{self, CacheSel, Request};
 use crate::filter::Filter;
 use crate::flow::Flow;
@@ -30,6 +30,7 @@ use crate::logging::RateLimit;
 use crate::metrics;
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
 use crate::readiness::Readiness;
+use crate::reject;
 use crate::systemd;
 
 /// What the reactor needs from the configuration, already validated.
@@ -114,6 +115,7 @@ pub struct Daemon {
     next_link_check: Instant,
     watchdog: Option<(Duration, Instant)>,
     full_log: RateLimit,
+    reject_log: reject::RejectLog,
     readiness: Readiness,
     events_pending: bool,
     stop: bool,
@@ -176,6 +178,7 @@ impl Daemon {
             next_link_check: now + LINK_CHECK,
             watchdog: systemd::watchdog_interval().map(|d| (d, now)),
             full_log: RateLimit::new(Duration::from_secs(10)),
+            reject_log: reject::RejectLog::default(),
             readiness: Readiness::new(readiness_file.clone()),
             events_pending: false,
             stop: false,
@@ -379,7 +382,17 @@ impl Daemon {
         let mut buf = [0u8; 65536];
         loop {
             match self.channels.recv(link, &mut buf) {
-                Ok(Some(n)) => self.ftfw.handle_datagram(now, &buf[..n]),
+                Ok(Some(Recv::Datagram { len, from })) => {
+                    let before = reject::Snapshot::of(self.ftfw.stats());
+                    self.ftfw.handle_datagram(now, &buf[..len]);
+                    if let Some(reason) = before.reason(self.ftfw.stats()) {
+                        self.reject_log.note(reason, from, self.channels.name(link), now);
+                    }
+                }
+                Ok(Some(Recv::Foreign { from })) => {
+                    let name = self.channels.name(link);
+                    self.reject_log.note(reject::Reason::WrongSource, from, name, now);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     log::debug!("sync link {}: {e}", self.channels.name(link));
