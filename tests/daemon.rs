@@ -795,3 +795,72 @@ fn injected_forged_tampered_truncated_and_replayed_datagrams_are_refused_by_reas
     assert_eq!(protocol_counter(&stats, "drop_replay"), n(&recorded), "{stats:#}");
     assert_eq!(pair.cache_lines(1, "-e").len(), 250);
 }
+
+/// A throwaway system group, deleted when dropped.
+struct TempGroup {
+    name: String,
+    gid: u32,
+}
+
+impl TempGroup {
+    fn add(name: &str) -> TempGroup {
+        let _ = Command::new("groupdel").arg(name).output();
+        run(Command::new("groupadd").args(["--system", name]));
+        let gid = nix::unistd::Group::from_name(name).unwrap().expect("group just added").gid;
+        TempGroup { name: name.to_owned(), gid: gid.as_raw() }
+    }
+}
+
+impl Drop for TempGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.name).output();
+    }
+}
+
+#[test]
+fn control_group_members_get_in_by_primary_or_supplementary_group() {
+    use std::os::unix::fs::MetadataExt;
+    let group = TempGroup::add(&format!("ctsync-t{}", std::process::id()));
+    let pair = Pair::with_config("cgrp", &format!("  control_group: {}\n", group.name));
+    let meta = std::fs::metadata(pair.dir.join("fw1.sock")).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (group.gid, 0o660));
+    // User nobody, with the control group given in one way or another.
+    let as_nobody = |ids: &[String]| {
+        Command::new("ip")
+            .args(["netns", "exec", pair.fw[0].name(), "setpriv", "--reuid=65534"])
+            .args(ids)
+            .args([BIN, "-C", &pair.config(0), "-s", "--json"])
+            .output()
+            .unwrap()
+    };
+    let gid = group.gid;
+    for (how, ids) in [
+        ("supplementary", vec!["--regid=65534".to_owned(), format!("--groups={gid}")]),
+        ("primary", vec![format!("--regid={gid}"), "--clear-groups".to_owned()]),
+    ] {
+        let out = as_nobody(&ids);
+        assert!(
+            out.status.success(),
+            "{how} member refused: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            pair.log(0)
+        );
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(stats["runtime"]["control_refused"], 0, "{how}");
+    }
+    // An outsider is stopped by the file mode, and if that is loosened, by
+    // the credential check.
+    let outsider = ["--regid=65534".to_owned(), "--groups=100".to_owned()];
+    let out = as_nobody(&outsider);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("permission denied"), "{err}");
+    std::fs::set_permissions(
+        pair.dir.join("fw1.sock"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    assert!(!as_nobody(&outsider).status.success(), "an outsider got in");
+    let stats: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(0, &["-s", "--json"])).unwrap();
+    assert_eq!(stats["runtime"]["control_refused"], 1, "{stats:#}");
+}
