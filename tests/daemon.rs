@@ -864,3 +864,44 @@ fn control_group_members_get_in_by_primary_or_supplementary_group() {
         serde_json::from_str(&pair.cli_ok(0, &["-s", "--json"])).unwrap();
     assert_eq!(stats["runtime"]["control_refused"], 1, "{stats:#}");
 }
+
+/// The rotation of docs/SECURITY.md while fw1's kernel keeps creating
+/// flows: every reload lands between datagrams in flight, none is refused
+/// and every flow arrives.
+#[test]
+fn flows_created_during_a_key_rotation_all_arrive() {
+    let pair = Pair::new("rotlive");
+    let key = pair.dir.join("sync.key");
+    let (old, new) = ("5c".repeat(32), "a7".repeat(32));
+    pair.converge(0, Duration::from_secs(10));
+    let creator = pair.fw[0].spawn(|| {
+        let mut k = Kernel::open().unwrap();
+        let opts = CommitOptions { timeout: None, be_liberal: false };
+        for batch in 0..60u32 {
+            let flows: Vec<Flow> = (batch * 10..batch * 10 + 10).map(tcp_flow).collect();
+            let report = k.commit(flows.iter(), &opts).unwrap();
+            assert!(report.failed.is_empty(), "{:?}", report.failed);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let steps =
+        [format!("1 {old}\n2 {new}\n"), format!("2 {new}\n1 {old}\n"), format!("2 {new}\n")];
+    for keys in &steps {
+        std::fs::write(&key, keys).unwrap();
+        for fw in 0..2 {
+            let out = pair.cli_ok(fw, &["--reload"]);
+            assert!(out.contains("reloaded the sync keys"), "{out}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    creator.join().unwrap();
+    pair.converge(0, Duration::from_secs(10));
+    assert_eq!(pair.cache_lines(1, "-e").len(), 600);
+    for fw in 0..2 {
+        let stats: serde_json::Value =
+            serde_json::from_str(&pair.cli_ok(fw, &["-s", "--json"])).unwrap();
+        for counter in ["drop_bad_mac", "drop_unknown_key", "drop_auth"] {
+            assert_eq!(stats["protocol"][counter], 0, "fw{}: {counter}: {stats:#}", fw + 1);
+        }
+    }
+}
