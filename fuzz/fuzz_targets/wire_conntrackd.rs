@@ -3,8 +3,8 @@
 //! that parse to the same message.
 #![no_main]
 
-use ctsync::wire::conntrackd;
 use ctsync::wire::Message;
+use ctsync::wire::conntrackd;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
