@@ -24,4 +24,8 @@ if ! command -v cargo >/dev/null; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# Fuzzing (scripts/fuzz.sh) needs cargo-fuzz, and a nightly toolchain to run.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install --locked cargo-fuzz || echo "cargo-fuzz could not be installed: fuzzing will be skipped" >&2
+fi
 modprobe nf_conntrack 2>/dev/null || true

@@ -2,6 +2,7 @@
 # Runs every test: unit, simulation and property tests, and the tests
 # against the real kernel, conntrack tools and daemons in network namespaces.
 # Needs root (namespaces, netlink). Usage: scripts/test.sh [nextest filter...]
+# A full run (no filter) also fuzzes each target for FUZZ_SECONDS (20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -19,4 +20,7 @@ fi
 # a full run, not when a filter picks tests).
 if [ $# -eq 0 ]; then
   scripts/package-check.sh
+  # Every fuzz target for a short budget: a regression in a decoder or a
+  # parser shows here, a long run is done by hand (docs/SECURITY.md).
+  scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 fi

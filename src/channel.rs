@@ -64,6 +64,15 @@ pub struct LinkStatus {
     pub stats: LinkStats,
 }
 
+/// What [`Channels::recv`] read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recv {
+    /// `len` bytes from the peer (or a multicast member) at `from`.
+    Datagram { len: usize, from: SocketAddr },
+    /// A datagram from an address that is not the peer, dropped.
+    Foreign { from: SocketAddr },
+}
+
 /// A link could not be opened.
 #[derive(Debug)]
 pub struct ChannelError {
@@ -169,20 +178,20 @@ impl Channels {
     }
 
     /// Read one datagram from link `index` into `buf`. Returns `Ok(None)`
-    /// when the socket is drained; datagrams from anyone but the peer are
-    /// counted and skipped.
-    pub fn recv(&mut self, index: usize, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    /// when the socket is drained; a datagram from anyone but the peer is
+    /// counted and reported as [`Recv::Foreign`], its bytes unread.
+    pub fn recv(&mut self, index: usize, buf: &mut [u8]) -> io::Result<Option<Recv>> {
         let Some(link) = self.links.get_mut(index) else { return Ok(None) };
         loop {
             match link.socket.recv_from(buf) {
                 Ok((n, from)) => {
                     if !link.accepts_from(from) {
                         link.stats.foreign_source += 1;
-                        continue;
+                        return Ok(Some(Recv::Foreign { from }));
                     }
                     link.stats.packets_recv += 1;
                     link.stats.bytes_recv += n as u64;
-                    return Ok(Some(n));
+                    return Ok(Some(Recv::Datagram { len: n, from }));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -433,8 +442,9 @@ mod tests {
         let mut buf = [0u8; 64];
         let mut got = None;
         for _ in 0..100 {
-            if let Some(n) = b.recv(0, &mut buf).unwrap() {
-                got = Some(n);
+            if let Some(Recv::Datagram { len, from }) = b.recv(0, &mut buf).unwrap() {
+                assert_eq!(from.ip(), IpAddr::from([127, 0, 0, 1]));
+                got = Some(len);
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -444,6 +454,8 @@ mod tests {
         let stranger = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
         stranger.send_to(b"forged", ("127.0.0.2", port)).unwrap();
         std::thread::sleep(Duration::from_millis(20));
+        let from = stranger.local_addr().unwrap();
+        assert_eq!(b.recv(0, &mut buf).unwrap(), Some(Recv::Foreign { from }));
         assert_eq!(b.recv(0, &mut buf).unwrap(), None);
         assert_eq!(b.status()[0].stats.foreign_source, 1);
     }

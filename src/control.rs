@@ -589,11 +589,59 @@ fn push_frame(out: &mut Vec<u8>, kind: u8, head: &[u8], body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// Who may use the control socket: root, or a process whose primary group
+/// (`gid`) or one of whose supplementary `groups` is `control_gid`
+/// (`general.control_group`). `SO_PEERCRED` gives only the primary group;
+/// an operator is usually in the group as a supplementary one.
+pub fn client_allowed(uid: u32, gid: u32, groups: &[u32], control_gid: Option<u32>) -> bool {
+    uid == 0 || control_gid.is_some_and(|g| gid == g || groups.contains(&g))
+}
+
+/// The supplementary groups on the `Groups:` line of a `/proc/PID/status`
+/// text; empty when the line is missing or unreadable (refusing is safe).
+pub fn status_groups(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().map_while(|n| n.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The supplementary groups of process `pid`, as the kernel has them now.
+pub fn process_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| status_groups(&s))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn the_control_group_admits_primary_and_supplementary_members_only() {
+        let g = Some(1234);
+        assert!(client_allowed(0, 0, &[], None), "root");
+        assert!(client_allowed(0, 5, &[], g), "root in any group");
+        assert!(client_allowed(1000, 1234, &[], g), "primary group");
+        assert!(client_allowed(1000, 1000, &[27, 1234], g), "supplementary group");
+        assert!(!client_allowed(1000, 1000, &[27, 100], g), "other groups");
+        assert!(!client_allowed(1000, 1234, &[1234], None), "no control group configured");
+    }
+
+    #[test]
+    fn supplementary_groups_come_from_the_status_groups_line() {
+        let status = "Name:\tctsyncd\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\nGroups:\t24 27 1234 \nNSpid:\t1\n";
+        assert_eq!(status_groups(status), vec![24, 27, 1234]);
+        assert_eq!(status_groups("Name:\tx\nGroups:\t\n"), Vec::<u32>::new());
+        assert_eq!(status_groups("Name:\tx\n"), Vec::<u32>::new());
+        assert_eq!(status_groups("Groups:\t12 x 13\n"), vec![12]);
+        // Our own process: whatever its groups, the line parses.
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert_eq!(process_groups(std::process::id() as i32), status_groups(&own));
+    }
 
     fn all_requests() -> Vec<Request> {
         let mut v = vec![

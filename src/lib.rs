@@ -22,5 +22,6 @@ pub mod metrics;
 pub mod netlink;
 pub mod reactor;
 pub mod readiness;
+pub mod reject;
 pub mod systemd;
 pub mod wire;

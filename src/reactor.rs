@@ -21,7 +21,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::cache::{Cache, CacheStats, Upsert};
-use crate::channel::{Channels, LinkSpec};
+use crate::channel::{Channels, LinkSpec, Recv};
 use crate::control::{self, CacheSel, Request};
 use crate::digest::{self, RepairLedger};
 use crate::direct::{DirectStats, DirectToKernel, Role};
@@ -33,13 +33,15 @@ use crate::logging::RateLimit;
 use crate::metrics;
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
 use crate::readiness::Readiness;
+use crate::reject;
 use crate::systemd;
 
 /// What the reactor needs from the configuration, already validated.
 pub struct DaemonConfig {
     pub control_socket: PathBuf,
-    /// Besides root, clients whose primary group is this one may use the
-    /// control socket (`general.control_group`, resolved).
+    /// Besides root, members of this group (primary or supplementary) may
+    /// use the control socket (`general.control_group`, resolved); the
+    /// socket file is then group-owned by it with mode 0660.
     pub control_gid: Option<u32>,
     pub cache_limit: usize,
     pub events: EventConfig,
@@ -125,6 +127,7 @@ pub struct Daemon {
     next_link_check: Instant,
     watchdog: Option<(Duration, Instant)>,
     full_log: RateLimit,
+    reject_log: reject::RejectLog,
     readiness: Readiness,
     events_pending: bool,
     /// `Some` in direct-to-kernel mode.
@@ -160,7 +163,7 @@ impl Daemon {
             log::warn!("{e}: our own commits will come back as events and be dropped one by one");
         }
         let mut channels = Channels::open(&cfg.links).map_err(|e| e.to_string())?;
-        let mut control = bind_control(&cfg.control_socket)?;
+        let mut control = bind_control(&cfg.control_socket, cfg.control_gid)?;
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         let registry = poll.registry();
@@ -198,6 +201,7 @@ impl Daemon {
             next_link_check: now + LINK_CHECK,
             watchdog: systemd::watchdog_interval().map(|d| (d, now)),
             full_log: RateLimit::new(Duration::from_secs(10)),
+            reject_log: reject::RejectLog::default(),
             readiness: Readiness::new(readiness_file.clone()),
             events_pending: false,
             direct,
@@ -464,7 +468,17 @@ impl Daemon {
         let mut buf = [0u8; 65536];
         loop {
             match self.channels.recv(link, &mut buf) {
-                Ok(Some(n)) => self.ftfw.handle_datagram(now, &buf[..n]),
+                Ok(Some(Recv::Datagram { len, from })) => {
+                    let before = reject::Snapshot::of(self.ftfw.stats());
+                    self.ftfw.handle_datagram(now, &buf[..len]);
+                    if let Some(reason) = before.reason(self.ftfw.stats()) {
+                        self.reject_log.note(reason, from, self.channels.name(link), now);
+                    }
+                }
+                Ok(Some(Recv::Foreign { from })) => {
+                    let name = self.channels.name(link);
+                    self.reject_log.note(reject::Reason::WrongSource, from, name, now);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     log::debug!("sync link {}: {e}", self.channels.name(link));
@@ -849,12 +863,19 @@ impl Daemon {
         }
     }
 
-    /// The socket file is mode 0600, but a file mode can be loosened by
-    /// hand or by a package: the kernel's word on who connected decides.
+    /// The socket file is mode 0600 (0660 for the control group), but a
+    /// file mode can be loosened by hand or by a package: the kernel's word
+    /// on who connected decides.
     fn client_allowed(&self, stream: &UnixStream) -> bool {
         use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
         match getsockopt(stream, PeerCredentials) {
-            Ok(c) => c.uid() == 0 || self.cfg.control_gid.is_some_and(|g| c.gid() == g),
+            Ok(c) => {
+                let groups = match self.cfg.control_gid {
+                    Some(g) if c.uid() != 0 && c.gid() != g => control::process_groups(c.pid()),
+                    _ => Vec::new(),
+                };
+                control::client_allowed(c.uid(), c.gid(), &groups, self.cfg.control_gid)
+            }
             Err(e) => {
                 log::warn!("control socket: cannot read the client's credentials: {e}");
                 false
@@ -1249,9 +1270,10 @@ fn dump(cache: &Cache, json: bool) -> String {
     out
 }
 
-/// Bind the control socket with mode 0600. A socket file left by a dead
-/// daemon is replaced; one that answers belongs to a running daemon.
-fn bind_control(path: &Path) -> Result<UnixListener, String> {
+/// Bind the control socket with mode 0600, or group-owned by `group` with
+/// mode 0660. A socket file left by a dead daemon is replaced; one that
+/// answers belongs to a running daemon.
+fn bind_control(path: &Path, group: Option<u32>) -> Result<UnixListener, String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -1270,6 +1292,20 @@ fn bind_control(path: &Path) -> Result<UnixListener, String> {
     nix::sys::stat::umask(old);
     let listener =
         bound.map_err(|e| format!("cannot bind control socket {}: {e}", path.display()))?;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    // Created 0600 by the umask, so the group gets in only once it owns it.
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+                format!(
+                    "cannot give control socket {} to general.control_group: {e}",
+                    path.display()
+                )
+            })?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set the mode of control socket {}: {e}", path.display()))?;
     Ok(listener)
 }

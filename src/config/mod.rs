@@ -83,7 +83,8 @@ pub struct GeneralConfig {
     /// The UNIX socket the CLI talks to; created with mode 0600 (0660 with
     /// `control_group`).
     pub control_socket: PathBuf,
-    /// A group allowed on the control socket besides root.
+    /// A group allowed on the control socket besides root (its members by
+    /// primary or supplementary group); the socket file becomes its, 0660.
     pub control_group: Option<String>,
     /// A file the daemon keeps at `0` once it holds a complete copy of the
     /// peer's table and `1` before, for keepalived's `track_file`.

@@ -218,7 +218,9 @@ pub struct FtfwStats {
     /// Dropped: authenticated with a key id we do not have.
     pub drop_unknown_key: u64,
     /// Dropped: a stale handshake answer (a HELLO_BACK that does not echo
-    /// our current session and round, e.g. a replayed one).
+    /// our current session and round), or a datagram of the tracked session
+    /// whose sequenced messages were all accepted before (a recording
+    /// replayed, or a duplicate).
     pub drop_replay: u64,
     /// Dropped: from a session we have no handshake with.
     pub drop_unknown_session: u64,
@@ -953,6 +955,7 @@ impl Ftfw {
         }
         let mut seq = first;
         let mut any_sequenced = false;
+        let late_before = self.stats.drop_late;
         for r in msgs.iter_mut() {
             if !r.sequenced {
                 continue;
@@ -961,6 +964,13 @@ impl Ftfw {
             let msg = std::mem::replace(&mut r.msg, Err(WireError::BadMessage));
             self.on_sequenced(seq, msg);
             seq = seq.next();
+        }
+        // Every seq is sent once (a resend takes a new one), so a datagram
+        // whose data all lies behind us is a recording or a duplicate.
+        if any_sequenced
+            && self.stats.drop_late - late_before == u64::from(seq.0.wrapping_sub(first.0))
+        {
+            self.stats.drop_replay += 1;
         }
         if !any_sequenced {
             // The header carries the sender's next seq: a lost tail shows.

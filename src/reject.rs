@@ -1,0 +1,207 @@
+//! Refused sync datagrams in the operator's log: one line per reason per
+//! interval, naming the sender and how many more were refused meanwhile.
+//!
+//! The counters themselves live where the refusal is decided (the protocol
+//! core's `drop_*`, a link's `foreign_source`); this module only reads
+//! which of them moved for one datagram, so the core stays free of logging
+//! and a storm of forgeries costs one line per interval, not one per
+//! datagram.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::ftfw::FtfwStats;
+use crate::logging::RateLimit;
+
+/// Why a datagram was refused, as an operator needs to tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The MAC does not match.
+    BadMac,
+    /// A key id that is not configured here.
+    UnknownKey,
+    /// The two sides disagree on whether datagrams are authenticated.
+    AuthMismatch,
+    /// A stale handshake answer, or data already received.
+    Replay,
+    /// Checksum mismatch.
+    BadCrc,
+    /// Does not parse.
+    Malformed,
+    /// Not from the configured peer address.
+    WrongSource,
+}
+
+const ALL: [Reason; 7] = [
+    Reason::BadMac,
+    Reason::UnknownKey,
+    Reason::AuthMismatch,
+    Reason::Replay,
+    Reason::BadCrc,
+    Reason::Malformed,
+    Reason::WrongSource,
+];
+
+impl Reason {
+    /// What it means and which counter has it, for the log line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::BadMac => {
+                "MAC mismatch: forged, altered, or made with another key (protocol.drop_bad_mac)"
+            }
+            Reason::UnknownKey => {
+                "signed with a key id not in our key file (protocol.drop_unknown_key); check both key files during a rotation"
+            }
+            Reason::AuthMismatch => {
+                "one side has sync.auth.key_file and the other not (protocol.drop_auth)"
+            }
+            Reason::Replay => {
+                "replayed or duplicated: its data or handshake answer is already past (protocol.drop_replay)"
+            }
+            Reason::BadCrc => "checksum mismatch (protocol.drop_bad_crc)",
+            Reason::Malformed => {
+                "malformed or truncated (protocol.drop_malformed, drop_truncated, drop_bad_magic, drop_bad_version)"
+            }
+            Reason::WrongSource => "not from the configured peer address (links.foreign_source)",
+        }
+    }
+
+    fn index(self) -> usize {
+        ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// The drop counters of the protocol core, to tell afterwards which one a
+/// datagram moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    bad_mac: u64,
+    unknown_key: u64,
+    auth: u64,
+    replay: u64,
+    bad_crc: u64,
+    malformed: u64,
+}
+
+impl Snapshot {
+    pub fn of(s: &FtfwStats) -> Snapshot {
+        Snapshot {
+            bad_mac: s.drop_bad_mac,
+            unknown_key: s.drop_unknown_key,
+            auth: s.drop_auth,
+            replay: s.drop_replay,
+            bad_crc: s.drop_bad_crc,
+            malformed: s.drop_malformed + s.drop_truncated + s.drop_bad_magic + s.drop_bad_version,
+        }
+    }
+
+    /// Why the datagram handled between `self` and `after` was refused, if
+    /// it was (the first reason, in the order checks are made).
+    pub fn reason(&self, after: &FtfwStats) -> Option<Reason> {
+        let now = Snapshot::of(after);
+        [
+            (now.auth, self.auth, Reason::AuthMismatch),
+            (now.unknown_key, self.unknown_key, Reason::UnknownKey),
+            (now.bad_mac, self.bad_mac, Reason::BadMac),
+            (now.bad_crc, self.bad_crc, Reason::BadCrc),
+            (now.malformed, self.malformed, Reason::Malformed),
+            (now.replay, self.replay, Reason::Replay),
+        ]
+        .into_iter()
+        .find(|(a, b, _)| a != b)
+        .map(|(_, _, r)| r)
+    }
+}
+
+/// How often each reason may log a line.
+pub const INTERVAL: Duration = Duration::from_secs(10);
+
+/// One rate limiter per reason.
+#[derive(Debug)]
+pub struct RejectLog {
+    limits: Vec<RateLimit>,
+}
+
+impl Default for RejectLog {
+    fn default() -> RejectLog {
+        RejectLog::new(INTERVAL)
+    }
+}
+
+impl RejectLog {
+    pub fn new(interval: Duration) -> RejectLog {
+        RejectLog { limits: ALL.iter().map(|_| RateLimit::new(interval)).collect() }
+    }
+
+    /// The line to log for a datagram refused now, if this reason may log.
+    pub fn line(
+        &mut self,
+        reason: Reason,
+        from: SocketAddr,
+        link: &str,
+        now: Instant,
+    ) -> Option<String> {
+        let suppressed = self.limits[reason.index()].allow(now)?;
+        Some(format!(
+            "sync link {link}: refused a datagram from {from}: {}; {suppressed} more refused for this reason since the last such line",
+            reason.describe()
+        ))
+    }
+
+    /// Log a datagram refused now (at most one line per reason per interval).
+    pub fn note(&mut self, reason: Reason, from: SocketAddr, link: &str, now: Instant) {
+        if let Some(line) = self.line(reason, from, link, now) {
+            log::warn!("{line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counter_that_moved_names_the_reason() {
+        let before = FtfwStats::default();
+        let snap = Snapshot::of(&before);
+        assert_eq!(snap.reason(&before), None);
+        type Bump = fn(&mut FtfwStats);
+        let cases: [(Bump, Reason); 7] = [
+            (|s| s.drop_bad_mac += 1, Reason::BadMac),
+            (|s| s.drop_unknown_key += 1, Reason::UnknownKey),
+            (|s| s.drop_auth += 1, Reason::AuthMismatch),
+            (|s| s.drop_replay += 1, Reason::Replay),
+            (|s| s.drop_bad_crc += 1, Reason::BadCrc),
+            (|s| s.drop_truncated += 1, Reason::Malformed),
+            (|s| s.drop_bad_magic += 1, Reason::Malformed),
+        ];
+        for (bump, reason) in cases {
+            let mut after = before.clone();
+            bump(&mut after);
+            assert_eq!(snap.reason(&after), Some(reason));
+        }
+        // Counters that are not refusals of the datagram do not log.
+        let mut after = before.clone();
+        after.drop_late += 3;
+        after.drop_unknown_session += 1;
+        assert_eq!(snap.reason(&after), None);
+    }
+
+    #[test]
+    fn each_reason_logs_once_per_interval_with_the_count_it_swallowed() {
+        let mut log = RejectLog::new(Duration::from_secs(10));
+        let from: SocketAddr = "10.255.0.1:40000".parse().unwrap();
+        let t0 = Instant::now();
+        let first = log.line(Reason::BadMac, from, "udp 10.255.0.1:3780", t0).unwrap();
+        assert!(first.contains("10.255.0.1:40000") && first.contains("MAC mismatch"), "{first}");
+        assert!(first.contains("0 more refused"), "{first}");
+        for i in 1..=5 {
+            assert_eq!(log.line(Reason::BadMac, from, "l", t0 + Duration::from_secs(i)), None);
+        }
+        // Another reason has its own budget.
+        let crc = log.line(Reason::BadCrc, from, "l", t0 + Duration::from_secs(1)).unwrap();
+        assert!(crc.contains("checksum"), "{crc}");
+        let next = log.line(Reason::BadMac, from, "l", t0 + Duration::from_secs(11)).unwrap();
+        assert!(next.contains("5 more refused"), "{next}");
+    }
+}
