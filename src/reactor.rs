@@ -395,6 +395,12 @@ impl Daemon {
         self.stats.kernel_resyncs += 1;
         let floor = self.internal_stamp + 1;
         let mut changed = 0usize;
+        // Events queued before the dump are older than it: after an overrun
+        // some that followed them are lost, so replaying them after the dump
+        // would regress flows for good. Events from here on are newer than
+        // the dump's start and are applied after it.
+        self.events.discard_queued()?;
+        self.events_pending = false;
         let mut dumped = Vec::new();
         self.kernel.dump_into(|flow| dumped.push(flow))?;
         if let Some(direct) = &mut self.direct {

@@ -216,6 +216,26 @@ impl EventSocket {
         Ok(appended)
     }
 
+    /// Throw away every event queued now, returning how many messages went.
+    /// Before a dump that replaces the cache: those events are all older
+    /// than the dump, and after an overrun the ones that followed them are
+    /// lost, so applying them after the dump would put back states that no
+    /// later event corrects.
+    pub fn discard_queued(&mut self) -> io::Result<usize> {
+        let mut discarded = 0;
+        loop {
+            self.buf.clear();
+            match self.sock.recv(&mut self.buf, 0) {
+                Ok(_) => discarded += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(discarded),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Lost events: the dump that follows covers them too.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => self.stats.overruns += 1,
+                Err(e) => return Err(ctx(e, "cannot read conntrack events")),
+            }
+        }
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> EventStats {
         self.stats
