@@ -49,8 +49,10 @@ fn assert_listed(lines: &[String], flow: &Flow, needles: &[&str]) {
     let (got, got_timeout) = normalized(line);
     let (want, want_timeout) = normalized(&flow.to_string());
     assert_eq!(got, want, "kernel: {line}\nours:   {flow}");
+    // The kernel counts down from the commit: a busy machine may take a
+    // few seconds to list it.
     assert!(
-        got_timeout.abs_diff(want_timeout) <= 1,
+        got_timeout.abs_diff(want_timeout) <= 5,
         "timeout {got_timeout} vs {want_timeout}: {line}"
     );
 }
