@@ -501,9 +501,38 @@ pub fn emit_message(msg: &MessageRef<'_>, seq: u32, buf: &mut [u8]) -> Result<us
     Ok(len)
 }
 
+/// Each attribute's type and value, checked against `sizes` (exact or
+/// maximum length per type), as conntrackd walks them: while more than an
+/// attribute header remains.
+fn for_each_nta(
+    mut body: &[u8],
+    sizes: &[Size],
+    mut f: impl FnMut(u16, &[u8]) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    while body.len() > 4 {
+        let nta_len = usize::from(be16(&body[0..2]));
+        let kind = be16(&body[2..4]);
+        if nta_len < 4 || nta_len > body.len() {
+            return Err(WireError::BadLength);
+        }
+        let size = sizes.get(usize::from(kind)).ok_or(WireError::BadAttribute(kind))?;
+        let v = &body[4..nta_len];
+        let ok = match *size {
+            Size::Exact(n) => v.len() == n,
+            Size::Max(n) => v.len() <= n,
+        };
+        if !ok {
+            return Err(WireError::BadAttribute(kind));
+        }
+        f(kind, v)?;
+        body = &body[align4(nta_len).min(body.len())..];
+    }
+    Ok(())
+}
+
 /// Parse the attributes of a CT message into a flow, rebuilding the reply
 /// tuple from the NAT attributes as conntrackd does on commit.
-pub fn parse_flow(mut body: &[u8]) -> Result<Flow, WireError> {
+pub fn parse_flow(body: &[u8]) -> Result<Flow, WireError> {
     let mut v4: Option<[Ipv4Addr; 2]> = None;
     let mut v6: Option<[Ipv6Addr; 2]> = None;
     let mut l4proto = None;
@@ -516,22 +545,7 @@ pub fn parse_flow(mut body: &[u8]) -> Result<Flow, WireError> {
     let mut dpat = None;
     let mut flow = Flow::new_v4(0, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, 0, 0);
     let mut vtags: [Option<u32>; 2] = [None, None];
-    // conntrackd walks while more than an attribute header remains.
-    while body.len() > 4 {
-        let nta_len = usize::from(be16(&body[0..2]));
-        let kind = be16(&body[2..4]);
-        if nta_len < 4 || nta_len > body.len() {
-            return Err(WireError::BadLength);
-        }
-        let size = SIZES.get(usize::from(kind)).ok_or(WireError::BadAttribute(kind))?;
-        let v = &body[4..nta_len];
-        let ok = match *size {
-            Size::Exact(n) => v.len() == n,
-            Size::Max(n) => v.len() <= n,
-        };
-        if !ok {
-            return Err(WireError::BadAttribute(kind));
-        }
+    for_each_nta(body, &SIZES, |kind, v| {
         match kind {
             nta::IPV4 => v4 = Some([ip4(&v[0..4]), ip4(&v[4..8])]),
             nta::IPV6 => v6 = Some([ip6(&v[0..16]), ip6(&v[16..32])]),
@@ -583,8 +597,8 @@ pub fn parse_flow(mut body: &[u8]) -> Result<Flow, WireError> {
             // Master tuples and synproxy offsets have no place in a Flow.
             _ => {}
         }
-        body = &body[align4(nta_len).min(body.len())..];
-    }
+        Ok(())
+    })?;
     let l4proto = l4proto.ok_or(WireError::BadMessage)?;
     let (src, dst) = match (v4, v6) {
         (Some([s, d]), None) => (IpAddr::V4(s), IpAddr::V4(d)),
@@ -992,7 +1006,7 @@ impl Writer<'_> {
 }
 
 /// Parse an EXP message's attributes, with conntrackd's `msg2exp` checks.
-pub fn parse_exp(mut body: &[u8]) -> Result<Expectation, WireError> {
+pub fn parse_exp(body: &[u8]) -> Result<Expectation, WireError> {
     #[derive(Default, Clone, Copy)]
     struct Tuple {
         addrs: Option<(IpAddr, IpAddr)>,
@@ -1003,21 +1017,7 @@ pub fn parse_exp(mut body: &[u8]) -> Result<Expectation, WireError> {
     let (mut timeout, mut flags, mut class, mut dir) = (0, 0, 0, None);
     let mut helper: Box<str> = "".into();
     let mut expectfn = None;
-    while body.len() > 4 {
-        let nta_len = usize::from(be16(&body[0..2]));
-        let kind = be16(&body[2..4]);
-        if nta_len < 4 || nta_len > body.len() {
-            return Err(WireError::BadLength);
-        }
-        let size = EXP_SIZES.get(usize::from(kind)).ok_or(WireError::BadAttribute(kind))?;
-        let v = &body[4..nta_len];
-        let ok = match *size {
-            Size::Exact(n) => v.len() == n,
-            Size::Max(n) => v.len() <= n,
-        };
-        if !ok {
-            return Err(WireError::BadAttribute(kind));
-        }
+    for_each_nta(body, &EXP_SIZES, |kind, v| {
         let string = |v: &[u8]| -> Result<Box<str>, WireError> {
             let s = v.split(|&b| b == 0).next().unwrap_or(&[]);
             std::str::from_utf8(s).map(Into::into).map_err(|_| WireError::BadMessage)
@@ -1048,8 +1048,8 @@ pub fn parse_exp(mut body: &[u8]) -> Result<Expectation, WireError> {
             nta_exp::FN => expectfn = Some(string(v)?).filter(|f| !f.is_empty()),
             _ => {}
         }
-        body = &body[align4(nta_len).min(body.len())..];
-    }
+        Ok(())
+    })?;
     let key = |t: Tuple| -> Result<FlowKey, WireError> {
         let ((src, dst), l4proto) = t.addrs.zip(t.l4proto).ok_or(WireError::BadMessage)?;
         let l4 = if exp_ports(l4proto) { t.ports } else { [0, 0] };
