@@ -243,18 +243,10 @@ impl Kernel {
         &mut self,
         keys: impl IntoIterator<Item = &'a FlowKey>,
     ) -> io::Result<CommitReport> {
-        let start = Instant::now();
-        let (deleted, refused) = self.batched(keys, |buf, seq, key: &FlowKey| {
-            let family = if key.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET } as u8;
+        self.delete_keys(keys, |buf, seq, family, key| {
             exp_message(buf, IPCTNL_MSG_EXP_DELETE, NLM_F_REQUEST, seq, family, |w| {
                 emit_expect_key(w, key)
             })
-        })?;
-        Ok(CommitReport {
-            deleted,
-            failed: refused.into_iter().map(|(k, e)| (*k, e)).collect(),
-            elapsed: start.elapsed(),
-            ..CommitReport::default()
         })
     }
 
@@ -308,10 +300,22 @@ impl Kernel {
         &mut self,
         keys: impl IntoIterator<Item = &'a FlowKey>,
     ) -> io::Result<CommitReport> {
+        self.delete_keys(keys, |buf, seq, family, key| {
+            ct_message(buf, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST, seq, family, |w| emit_key(w, key))
+        })
+    }
+
+    /// Batched deletes, one message per key built by `message` (given the
+    /// key's address family); refusals are reported per key.
+    fn delete_keys<'a>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'a FlowKey>,
+        mut message: impl FnMut(&mut Vec<u8>, u32, u8, &FlowKey),
+    ) -> io::Result<CommitReport> {
         let start = Instant::now();
         let (deleted, refused) = self.batched(keys, |buf, seq, key: &FlowKey| {
             let family = if key.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET } as u8;
-            ct_message(buf, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST, seq, family, |w| emit_key(w, key))
+            message(buf, seq, family, key)
         })?;
         Ok(CommitReport {
             deleted,
