@@ -286,6 +286,16 @@ General {{
         self.log.close()
 
 
+def pair(args, n, *extra, **options):
+    """fw1's and fw2's daemon of the kind under test, sized for `n` flows
+    (not started)."""
+    binary = args.ctsyncd if args.daemon == "ctsyncd" else "conntrackd"
+    return [
+        Daemon(args.daemon, binary, ns, n, i + 1, args.workdir, n, *extra, **options)
+        for i, ns in enumerate(args.ns)
+    ]
+
+
 def wait_for_count(daemon, target, t0, stall=20):
     """Seconds from `t0` until `daemon`'s external cache holds `target`
     flows, None if it stops growing for `stall` seconds before."""
@@ -337,11 +347,7 @@ def mixed(args):
     import threading
 
     n, (ns1, ns2) = args.flows, args.ns
-    binary = args.ctsyncd if args.daemon == "ctsyncd" else "conntrackd"
-    sides = [
-        Daemon(args.daemon, binary, ns, n, i + 1, args.workdir, n, defaults=True)
-        for i, ns in enumerate((ns1, ns2))
-    ]
+    sides = pair(args, n, defaults=True)
     res = {"mode": "mixed"}
     block = 20000
     changes = [0, 0]
@@ -429,11 +435,7 @@ def latency(args):
     scheduling enters the figure. Idle (200 creates/s) and under load
     (args.flows creates/s)."""
     n, (ns1, ns2) = args.flows, args.ns
-    binary = args.ctsyncd if args.daemon == "ctsyncd" else "conntrackd"
-    sides = [
-        Daemon(args.daemon, binary, ns, n, i + 1, args.workdir, n, defaults=True, direct=True)
-        for i, ns in enumerate((ns1, ns2))
-    ]
+    sides = pair(args, n, defaults=True, direct=True)
     res = {"mode": "latency"}
     for ns in (ns1, ns2):
         sh(ns, "sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1")
@@ -475,13 +477,9 @@ def drain(args):
     its netlink socket (sized to hold them all); then it is resumed and we
     time until the peer's external cache holds them all."""
     n, (ns1, ns2) = args.flows, args.ns
-    binary = args.ctsyncd if args.daemon == "ctsyncd" else "conntrackd"
     # Big enough for every queued event: an event's buffer costs about 1 KiB.
     nlbuf = max(8 << 20, n * 2048)
-    sides = [
-        Daemon(args.daemon, binary, ns, n, i + 1, args.workdir, n, nlbuf)
-        for i, ns in enumerate((ns1, ns2))
-    ]
+    sides = pair(args, n, nlbuf)
     res = {"mode": "drain"}
     try:
         for d in sides:
@@ -580,11 +578,7 @@ def main():
         print(json.dumps({"raw_rate": rate, "created": done}))
         return
 
-    binary = args.ctsyncd if args.daemon == "ctsyncd" else "conntrackd"
-    sides = [
-        Daemon(args.daemon, binary, ns, n, i + 1, args.workdir, n, defaults=args.defaults)
-        for i, ns in enumerate((ns1, ns2))
-    ]
+    sides = pair(args, n, defaults=args.defaults)
     res = {"mode": "defaults" if args.defaults else "bulk" if args.bulk else "main"}
     try:
         for d in sides:
