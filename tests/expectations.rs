@@ -251,6 +251,19 @@ impl Lab {
         std::fs::read_to_string(self.dir.join(format!("fw{}.log", i + 1))).unwrap_or_default()
     }
 
+    /// No unacknowledged bytes on either end of the FTP control
+    /// connections (Send-Q is 0 on both sides), so nothing of them will be
+    /// retransmitted after the route switch.
+    fn control_quiescent(&self) -> bool {
+        [&self.cl, &self.srv].iter().all(|ns| {
+            let out = ns.try_exec("ss -tnH state established '( sport = :21 or dport = :21 )'");
+            let text = String::from_utf8_lossy(&out.stdout);
+            out.status.success()
+                && text.lines().count() == 2
+                && text.lines().all(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+    }
+
     fn external_expectations(&self, i: usize) -> u64 {
         if self.kinds[i] == Kind::Conntrackd {
             return self
@@ -361,6 +374,12 @@ fn ftp_across_failover(
         wait_for(Duration::from_secs(10), || lab.external_expectations(1) == 2)
             .unwrap_or_else(|| panic!("expectations not synced: {}", lab.log(0)));
     }
+    // Every control segment must be acknowledged before the switch: a
+    // retransmitted 227 reply crossing fw2 would let fw2's own ftp helper
+    // (committed with the control flow) create the expectation itself,
+    // and the negative control would pass for the wrong reason.
+    wait_for(Duration::from_secs(10), || lab.control_quiescent())
+        .expect("control connections still had unacknowledged data");
     lab.route_via(2);
     let mut commit = lab.cli_ok(1, &["-c"]);
     if kinds[1] == Kind::Conntrackd && expectations {
