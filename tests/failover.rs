@@ -172,6 +172,12 @@ fn tcp_stream_survives_link_failures_with_ctsyncd() {
         ("LAB_TRIGGER", "links".to_string()),
         ("LAB_CYCLES", env_or("CTSYNC_LAB_LINK_CYCLES", "3")),
         ("LAB_FLOWS", env_or("CTSYNC_LAB_FLOWS", "100000")),
+        // fw2 notices the silence only after keepalived's master-down
+        // interval, and TCP's doubling retransmission timer turns an
+        // outage just past 3 s into a 6 s gap: on a loaded machine the
+        // notify script starts late enough for that. What survival means
+        // stays strict: no reset, every counter in order, none missing.
+        ("LAB_MAX_GAP_MS", "7000".to_string()),
     ];
     let (ok, output) = run_failover(&vars, true);
     assert!(ok, "the TCP stream did not survive the link failures:\n{}", tail(&output));
