@@ -743,7 +743,11 @@ impl Daemon {
         {
             next = next.min(t);
         }
-        if self.unsent.is_some() || self.events_pending {
+        // Unread events: look at the other sockets and go straight on. A
+        // full link socket: give the kernel a moment to drain it.
+        if self.events_pending {
+            next = next.min(Instant::now());
+        } else if self.unsent.is_some() {
             next = next.min(Instant::now() + Duration::from_millis(1));
         }
         Some(next)
