@@ -366,6 +366,47 @@ impl Flow {
         }
     }
 
+    /// Take from `old`, the same flow as last known, what an update event
+    /// left out. ctnetlink puts protocol info, labels and sequence
+    /// adjustment into an update event only when the event is about them
+    /// (a mark or status change carries none of them), so replacing the
+    /// cached flow with the event would lose, say, the offset an FTP
+    /// helper's NAT set on its control connection, and the peer could not
+    /// forward that connection after a failover. A confirmed TCP, SCTP or
+    /// DCCP entry is never in state 0, so state 0 means "not reported";
+    /// labels the kernel reports only while any is set, so cleared labels
+    /// read as unreported and stay (conntrackd's cache merges the same way).
+    pub fn inherit_unreported(&mut self, old: &Flow) {
+        let keeps_state = matches!(self.l4proto, proto::TCP | proto::SCTP | proto::DCCP);
+        let protoinfo_missing = keeps_state && self.proto_state == 0 && old.proto_state != 0;
+        if protoinfo_missing {
+            self.proto_state = old.proto_state;
+            self.tcp = old.tcp;
+        }
+        let Some(o) = old.extra() else { return };
+        let new = self.extra.as_deref();
+        let labels = new.is_none_or(|e| e.labels.is_none()).then_some(o.labels).flatten();
+        let seq_adj = new.is_none_or(|e| e.seq_adj.is_none()).then_some(o.seq_adj).flatten();
+        let helper = new.is_none_or(|e| e.helper.is_none()).then(|| o.helper.clone()).flatten();
+        let (vtags, dccp) = if protoinfo_missing { (o.sctp_vtags, o.dccp) } else { (None, None) };
+        if labels.is_none()
+            && seq_adj.is_none()
+            && helper.is_none()
+            && vtags.is_none()
+            && dccp.is_none()
+        {
+            return;
+        }
+        let e = self.extra_mut();
+        e.labels = e.labels.or(labels);
+        e.seq_adj = e.seq_adj.or(seq_adj);
+        e.sctp_vtags = e.sctp_vtags.or(vtags);
+        e.dccp = e.dccp.or(dccp);
+        if e.helper.is_none() {
+            e.helper = helper;
+        }
+    }
+
     /// Labels, if any.
     pub fn labels(&self) -> Option<u128> {
         self.extra().and_then(|e| e.labels)
@@ -539,6 +580,43 @@ fn to_v6(addr: IpAddr) -> Ipv6Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_event_keeps_what_it_did_not_report() {
+        let mut known = Flow::new_v4(proto::TCP, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1, 21);
+        known.proto_state = tcp_state::ESTABLISHED;
+        known.tcp.wscale_orig = 7;
+        let adj = SeqAdj { correction_pos: 100, offset_before: 0, offset_after: u32::MAX - 1 };
+        known.extra_mut().seq_adj = Some([adj, SeqAdj::default()]);
+        known.extra_mut().labels = Some(1 << 5);
+        known.extra_mut().helper = Some("ftp".into());
+
+        // A mark change: no protocol info, labels or adjustment in it.
+        let mut event = Flow::new_v4(proto::TCP, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1, 21);
+        event.mark = 9;
+        event.inherit_unreported(&known);
+        assert_eq!(event.proto_state, tcp_state::ESTABLISHED);
+        assert_eq!(event.tcp.wscale_orig, 7);
+        assert_eq!(event.extra().and_then(|e| e.seq_adj), Some([adj, SeqAdj::default()]));
+        assert_eq!(event.labels(), Some(1 << 5));
+        assert_eq!(event.helper(), Some("ftp"));
+        assert_eq!(event.mark, 9, "what the event reports wins");
+
+        // What an event does report replaces the old value.
+        let mut closing = known.clone();
+        closing.proto_state = tcp_state::TIME_WAIT;
+        let newer = SeqAdj { correction_pos: 200, offset_before: 5, offset_after: 7 };
+        closing.extra_mut().seq_adj = Some([newer, SeqAdj::default()]);
+        closing.inherit_unreported(&known);
+        assert_eq!(closing.proto_state, tcp_state::TIME_WAIT);
+        assert_eq!(closing.extra().and_then(|e| e.seq_adj).map(|a| a[0]), Some(newer));
+
+        // UDP has no protocol state to keep.
+        let mut udp = Flow::new_v4(proto::UDP, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1, 53);
+        let before = udp.clone();
+        udp.inherit_unreported(&before);
+        assert_eq!(udp, before);
+    }
 
     #[test]
     fn common_flow_is_64_bytes() {
