@@ -27,7 +27,7 @@ use crate::digest::{self, RepairLedger};
 use crate::direct::{DirectStats, DirectToKernel, Role};
 use crate::expect::{ExpChange, ExpState, ExpectSync};
 use crate::filter::Filter;
-use crate::flow::Flow;
+use crate::flow::{Flow, FlowKey};
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
 use crate::logging::RateLimit;
 use crate::metrics;
@@ -99,6 +99,8 @@ const CLIENTS: usize = 1024;
 /// How many kernel events one turn handles before it serves the network and
 /// the control socket again, so a storm cannot starve them.
 const EVENT_BATCH: usize = 8192;
+/// How long after a new expectation its master is read back.
+const MASTER_REFRESH_DELAY: Duration = Duration::from_millis(5);
 const LINK_CHECK: Duration = Duration::from_secs(1);
 const MAX_REQUEST: usize = 4096;
 
@@ -124,6 +126,8 @@ pub struct Daemon {
     event_buf: Vec<netlink::EventItem>,
     unsent: Option<Vec<u8>>,
     resync_at: Option<Instant>,
+    /// Masters of new expectations to read back from the kernel, and when.
+    master_refresh: Vec<(Instant, FlowKey)>,
     next_link_check: Instant,
     watchdog: Option<(Duration, Instant)>,
     full_log: RateLimit,
@@ -198,6 +202,7 @@ impl Daemon {
             event_buf: Vec::with_capacity(EVENT_BATCH),
             unsent: None,
             resync_at: None,
+            master_refresh: Vec::new(),
             next_link_check: now + LINK_CHECK,
             watchdog: systemd::watchdog_interval().map(|d| (d, now)),
             full_log: RateLimit::new(Duration::from_secs(10)),
@@ -304,7 +309,10 @@ impl Daemon {
                 CtEvent::New(flow) => self.local_upsert(flow, true),
                 CtEvent::Update(flow) => self.local_upsert(flow, false),
                 CtEvent::Destroy(flow) => self.local_destroy(&flow),
-                CtEvent::ExpNew(exp) => self.local_exp(*exp, false),
+                CtEvent::ExpNew(exp) => {
+                    self.master_refresh.push((now + MASTER_REFRESH_DELAY, exp.master));
+                    self.local_exp(*exp, false);
+                }
                 CtEvent::ExpDestroy(exp) => self.local_exp(*exp, true),
                 CtEvent::Overrun => self.on_overrun(now),
             }
@@ -314,7 +322,10 @@ impl Daemon {
 
     /// `born`: the kernel just created this flow, so the peer cannot know it
     /// and a destroy before it is sent cancels both.
-    fn local_upsert(&mut self, flow: Flow, born: bool) {
+    fn local_upsert(&mut self, mut flow: Flow, born: bool) {
+        if !born && let Some(old) = self.internal.get(&flow.key()) {
+            flow.inherit_unreported(&old.flow);
+        }
         if !self.cfg.filter.accepts(&flow) {
             self.stats.events_filtered += 1;
             // A flow that moved into an ignored state leaves the peer too.
@@ -360,6 +371,40 @@ impl Daemon {
             ExpChange::Upsert(exp) => LocalChange::ExpUpsert(exp),
             ExpChange::Destroy(exp) => LocalChange::ExpDestroy(exp),
         });
+    }
+
+    /// A helper that creates an expectation of a NAT flow usually rewrites
+    /// an address in the payload too, and the length change becomes the
+    /// master's sequence adjustment. The kernel sets that without an event
+    /// (only a dump or get reports it), yet a new master that lacks it
+    /// mangles every later segment of the control connection. So the master
+    /// is read back shortly after the expectation appears (the rewrite
+    /// follows the expectation's insertion within the same packet).
+    fn refresh_masters(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        self.master_refresh.retain(|&(t, key)| {
+            if t <= now {
+                due.push(key);
+            }
+            t > now
+        });
+        for key in due {
+            let natted = self
+                .internal
+                .get(&key)
+                .is_some_and(|e| e.flow.snat().is_some() || e.flow.dnat().is_some());
+            if !natted {
+                continue;
+            }
+            match self.kernel.get(&key) {
+                Ok(Some(flow)) => self.local_upsert(flow, false),
+                // Gone meanwhile: its destroy event follows.
+                Ok(None) => {}
+                Err(e) => log::warn!(
+                    "cannot read back {key}, the master of a new expectation: {e}; the peer may lack its NAT sequence adjustment until its next change"
+                ),
+            }
+        }
     }
 
     fn on_overrun(&mut self, now: Instant) {
@@ -735,6 +780,7 @@ impl Daemon {
         for t in [
             self.ftfw.poll_timeout(),
             self.resync_at,
+            self.master_refresh.iter().map(|(t, _)| *t).min(),
             self.direct.as_ref().and_then(DirectToKernel::purge_at),
             self.watchdog.map(|(interval, last)| last + interval),
         ]
@@ -754,6 +800,9 @@ impl Daemon {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        if self.master_refresh.iter().any(|(t, _)| *t <= now) {
+            self.refresh_masters(now);
+        }
         if self.direct.as_mut().is_some_and(|d| d.take_purge(now)) {
             self.purge_zombies();
         }

@@ -9,7 +9,10 @@
 //! scripts/setup.sh), Python's ftplib as the client, nftables, ctsyncd,
 //! and conntrackd on one side for the runs over its wire format.
 //! The failover is a route switch plus `ctsyncd -c` on fw2, what
-//! keepalived's notify script does, without keepalived's timers.
+//! keepalived's notify script does, without keepalived's timers; the same
+//! FTP scenario through a real keepalived failover (with an SNAT that
+//! changes the announcement's length) is tests/lab/ftp.sh, run by
+//! tests/failover.rs.
 //! Needs root; skipped otherwise or when vsftpd is missing.
 
 mod common;

@@ -389,3 +389,60 @@ fn a_fresh_daemon_takes_the_vips_only_once_it_holds_the_peer_table() {
     assert!(out.status.success(), "readiness scenario failed:\n{}", tail(&text));
     assert!(text.contains("PASS: a fresh ctsyncd waited"), "no verdict:\n{}", tail(&text));
 }
+
+/// Runs tests/lab/ftp.sh (FTP through a keepalived failover, SNAT that
+/// changes the length of the address in a PORT command) with `vars`.
+fn run_ftp_lab(vars: &[(&str, &str)]) -> (bool, String) {
+    let guard = LabGuard::new();
+    let out = Command::new(lab_dir().join("ftp.sh"))
+        .env("LAB_ID", &guard.id)
+        .env("CTSYNCD", env!("CARGO_BIN_EXE_ctsyncd"))
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tests/lab/ftp.sh");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    (out.status.success(), text)
+}
+
+fn have_vsftpd() -> bool {
+    let found = Command::new("vsftpd").arg("-v").stdin(Stdio::null()).output().is_ok();
+    if !found {
+        eprintln!("skipped: vsftpd is not installed (scripts/setup.sh installs it)");
+    }
+    found
+}
+
+/// Issue 11: after keepalived moves the VIPs, a passive and an active FTP
+/// data connection pass fw2 as `related`: fw2 holds the expectations and
+/// the control connection's NAT sequence adjustment (which the kernel sets
+/// without an event, so the daemon reads the master back).
+#[test]
+fn ftp_data_connections_pass_the_new_master_after_a_keepalived_failover() {
+    if !is_root() || !have_vsftpd() {
+        eprintln!("skipped: the FTP lab needs root and vsftpd");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (ok, text) = run_ftp_lab(&[("LAB_EXPECTATIONS", "1"), ("LAB_EXPECT", "survive")]);
+    assert!(ok, "FTP through the failover failed:\n{}", tail(&text));
+    assert!(text.contains("FTP passive after failover: OK 100000"), "{}", tail(&text));
+    assert!(text.contains("FTP active after failover: OK 100000"), "{}", tail(&text));
+}
+
+/// Negative control: the same lab without expectation sync; both data
+/// connections must fail, or the ruleset proves nothing.
+#[test]
+fn ftp_data_connections_fail_after_a_keepalived_failover_without_expectation_sync() {
+    if !is_root() || !have_vsftpd() {
+        eprintln!("skipped: the FTP lab needs root and vsftpd");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (ok, text) = run_ftp_lab(&[("LAB_EXPECTATIONS", "0"), ("LAB_EXPECT", "break")]);
+    assert!(ok, "the negative control failed:\n{}", tail(&text));
+    assert!(text.contains("FTP passive after failover: FAIL"), "{}", tail(&text));
+    assert!(text.contains("FTP active after failover: FAIL"), "{}", tail(&text));
+}

@@ -156,6 +156,49 @@ impl Kernel {
         Ok(())
     }
 
+    /// One entry as the kernel holds it now, by its original tuple and zone;
+    /// `None` if the table has no such entry. Unlike an event, the answer
+    /// carries everything: protocol info, labels and sequence adjustment.
+    pub fn get(&mut self, key: &FlowKey) -> io::Result<Option<Flow>> {
+        let seq = self.next_seq();
+        self.send_buf.clear();
+        let family = if key.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET } as u8;
+        let flags = NLM_F_REQUEST | NLM_F_ACK;
+        ct_message(&mut self.send_buf, IPCTNL_MSG_CT_GET, flags, seq, family, |w| emit_key(w, key));
+        self.sock
+            .send(&self.send_buf, 0)
+            .map_err(|e| ctx(e, "cannot ask for a conntrack entry"))?;
+        let mut found = None;
+        loop {
+            self.recv_buf.clear();
+            let n = recv(&self.sock, &mut self.recv_buf).map_err(|e| ctx(e, "conntrack get"))?;
+            for msg in Messages::new(&self.recv_buf[..n]) {
+                let Ok((_, msg)) = msg else {
+                    self.decode_errors += 1;
+                    break;
+                };
+                if msg.seq != seq {
+                    continue;
+                }
+                match msg.msg_type {
+                    NLMSG_ERROR => {
+                        return match msg.errno() {
+                            Some(0) | None => Ok(found),
+                            Some(libc::ENOENT) => Ok(None),
+                            Some(errno) => {
+                                Err(ctx(io::Error::from_raw_os_error(errno), "conntrack get"))
+                            }
+                        };
+                    }
+                    _ => match msg.ctnetlink().map(|(_, attrs)| parse_flow(attrs)) {
+                        Some(Ok(flow)) => found = Some(flow),
+                        _ => self.decode_errors += 1,
+                    },
+                }
+            }
+        }
+    }
+
     /// Every expectation of both families.
     pub fn dump_expectations(&mut self) -> io::Result<Vec<Expectation>> {
         let mut exps = Vec::new();

@@ -22,6 +22,10 @@
 #   LAB_READY       1: ctsyncd writes general.ready_file and keepalived
 #                   tracks it (docs/keepalived.md)
 #   LAB_PRIO_FW1, LAB_PRIO_FW2   keepalived priorities (150, 100)
+#   LAB_FTP         1: the kernel's ftp helper on connections to port 21 (an
+#                   nft `ct helper`), and new connections only to port 21:
+#                   an FTP data connection passes only as `related`
+#   LAB_EXPECTATIONS  1: ctsyncd syncs the ftp helper's expectations
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$LAB_DIR/../.." && pwd)
@@ -102,6 +106,7 @@ lab_up() {
         sed -e "s/@LAN_VIP@/$LAN_VIP/g" -e "s/@WAN_VIP@/$WAN_VIP/g" \
             -e "s/@LAN_NET@/$LAN_NET.0\/24/g" -e "s/@SYNC_PORT@/$SYNC_PORT/g" \
             "$LAB_DIR/ruleset.nft.in" >"$WORK/$fw/ruleset.nft"
+        [ "${LAB_FTP:-0}" = 1 ] && ftp_ruleset "$WORK/$fw/ruleset.nft"
         in_ns "$ns" nft -f "$WORK/$fw/ruleset.nft"
         # Strict TCP tracking by default: a mid-stream packet never creates
         # a flow, so a firewall without the synced state drops the stream.
@@ -115,6 +120,27 @@ lab_up() {
             die "nf_conntrack_tcp_loose is not per namespace here (the host's value changed; restored)"
         fi
     done
+}
+
+# The FTP variant of the ruleset, in place: new TCP only to the control
+# port, which gets the ftp helper; UDP and ICMP not at all.
+ftp_ruleset() {
+    sed -i -e '/ct state new meta l4proto/d' \
+        -e 's/oifname "wan0" ct state new tcp flags/oifname "wan0" tcp dport 21 ct state new tcp flags/' "$1"
+    grep -q 'tcp dport 21 ct state new' "$1" || die "the FTP ruleset edit did not apply to $1"
+    cat >>"$1" <<'NFT'
+
+table inet labftp {
+    ct helper ftp-standard {
+        type "ftp" protocol tcp
+        l3proto ip
+    }
+    chain pre {
+        type filter hook prerouting priority filter;
+        iifname "lan0" tcp dport 21 ct helper set "ftp-standard"
+    }
+}
+NFT
 }
 
 # keepalived for one firewall, in the foreground of a background job, with
@@ -171,6 +197,7 @@ $([ "${LAB_READY:-0}" = 1 ] && echo "  ready_file: $WORK/$1/ready")
 sync:
   auth: { key_file: $WORK/sync.key }
   direct_to_kernel: $([ "${LAB_DIRECT:-0}" = 1 ] && echo true || echo false)
+$([ "${LAB_EXPECTATIONS:-0}" = 1 ] && echo "  expectations: [ftp]")
   channels:
     - type: udp
       local: 10.255.0.$n

@@ -6,6 +6,9 @@
   labtool.py udp-server IP PORT               echoes datagrams
   labtool.py udp-client IP PORT RESULT        sends every 10 ms, counts echoes
   labtool.py ctflood COUNT                    adds COUNT flows to the kernel table
+  labtool.py ftp-client pasv|port SERVER OWN_IP   announces a data connection,
+                                              waits for a line on stdin, then
+                                              transfers "payload"
   labtool.py report WORK survive|break|measure  prints figures, exit 0 if as
                                               expected (measure: always)
 
@@ -304,6 +307,49 @@ def ctflood(count, nat_ip="203.0.113.1", timeout=1200, batch=256):
     return 0 if failed == 0 else 1
 
 
+def ftp_client(mode, server, own_ip):
+    """Logs in anonymously and announces a data connection: PASV (the client
+    will connect) or PORT (the server will connect back). Prints what it
+    announced, waits for a line on stdin (the failover happens meanwhile),
+    then transfers "payload" and prints "OK <bytes>" or "FAIL <why>"."""
+    import ftplib
+    import re
+    ftp = ftplib.FTP()
+    ftp.connect(server, 21, timeout=5)
+    ftp.login()
+    if mode == "pasv":
+        resp = ftp.sendcmd("PASV")
+        nums = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", resp).groups()
+        host, port = ".".join(nums[:4]), int(nums[4]) * 256 + int(nums[5])
+        print("PASV", host, port, flush=True)
+    else:
+        lsock = socket.create_server((own_ip, 0))
+        lsock.settimeout(4)
+        port = lsock.getsockname()[1]
+        ftp.sendcmd("PORT %s,%d,%d" % (own_ip.replace(".", ","), port >> 8, port & 255))
+        print("PORT", own_ip, port, flush=True)
+    sys.stdin.readline()
+    try:
+        if mode == "pasv":
+            data = socket.create_connection((host, port), timeout=4)
+            ftp.sendcmd("RETR payload")
+        else:
+            ftp.putcmd("RETR payload")
+            data, _ = lsock.accept()
+            ftp.getresp()
+        body = b""
+        while True:
+            chunk = data.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        data.close()
+        ftp.voidresp()
+        print("OK", len(body), flush=True)
+    except Exception as e:  # the verdict is the output, not a traceback
+        print("FAIL", type(e).__name__, e, flush=True)
+
+
 def load(path, default=None):
     try:
         with open(path) as f:
@@ -436,6 +482,8 @@ def main(argv):
         udp_client(*args)
     elif cmd == "ctflood":
         return ctflood(int(args[0]), *args[1:2])
+    elif cmd == "ftp-client":
+        ftp_client(*args)
     elif cmd == "report":
         return report(args[0], args[1])
     else:
