@@ -34,47 +34,13 @@ enum Kind {
     Conntrackd,
 }
 
-/// The client: logs in, announces a data connection in passive (`pasv`:
-/// PASV, the client will connect) or active mode (`port`: PORT, the
-/// server will connect back), prints it, then waits for "go" before the
-/// transfer.
-const CLIENT: &str = r#"
-import ftplib, re, socket, sys
-mode = sys.argv[1]
-ftp = ftplib.FTP()
-ftp.connect("10.0.2.2", 21, timeout=5)
-ftp.login()
-if mode == "pasv":
-    resp = ftp.sendcmd("PASV")
-    nums = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", resp).groups()
-    host, port = ".".join(nums[:4]), int(nums[4]) * 256 + int(nums[5])
-    print("PASV", host, port, flush=True)
-else:
-    lsock = socket.create_server(("10.0.1.2", 0))
-    lsock.settimeout(4)
-    port = lsock.getsockname()[1]
-    ftp.sendcmd("PORT 10,0,1,2,%d,%d" % (port >> 8, port & 255))
-    print("PORT 10.0.1.2", port, flush=True)
-sys.stdin.readline()
-try:
-    if mode == "pasv":
-        data = socket.create_connection((host, port), timeout=4)
-        ftp.sendcmd("RETR payload")
-    else:
-        ftp.putcmd("RETR payload")
-        data, _ = lsock.accept()
-        ftp.getresp()
-    body = b""
-    while chunk := data.recv(65536):
-        body += chunk
-    data.close()
-    ftp.voidresp()
-    print("OK", len(body), flush=True)
-except Exception as e:
-    print("FAIL", type(e).__name__, e, flush=True)
-"#;
-
 const PAYLOAD_LEN: usize = 100_000;
+
+/// tests/lab: the FTP client (`labtool.py ftp-client`) and vsftpd's
+/// configuration are shared with the keepalived FTP lab.
+fn lab_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("lab")
+}
 
 /// fw1 and fw2 share the client-facing and the server-facing addresses
 /// (each on its own point-to-point links), so the SNAT address 10.0.2.1
@@ -207,19 +173,12 @@ impl Lab {
         std::fs::create_dir_all(&empty).unwrap();
         std::fs::write(root.join("payload"), vec![b'x'; PAYLOAD_LEN]).unwrap();
         let conf = self.dir.join("vsftpd.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listen=YES\nlisten_ipv6=NO\nlisten_address=10.0.2.2\nbackground=NO\n\
-                 anonymous_enable=YES\nlocal_enable=NO\nwrite_enable=NO\nno_anon_password=YES\n\
-                 anon_root={root}\nsecure_chroot_dir={empty}\npasv_enable=YES\n\
-                 pasv_min_port=50000\npasv_max_port=50100\nconnect_from_port_20=NO\n\
-                 seccomp_sandbox=NO\nisolate_network=NO\nxferlog_enable=NO\nconnect_timeout=5\n",
-                root = root.display(),
-                empty = empty.display()
-            ),
-        )
-        .unwrap();
+        let template = std::fs::read_to_string(lab_dir().join("vsftpd.conf.in")).unwrap();
+        let text = template
+            .replace("@LISTEN@", "10.0.2.2")
+            .replace("@ROOT@", &root.display().to_string())
+            .replace("@EMPTY@", &empty.display().to_string());
+        std::fs::write(&conf, text).unwrap();
         let log = std::fs::File::create(self.dir.join("vsftpd.log")).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", self.srv.name(), "vsftpd"])
@@ -327,7 +286,9 @@ struct Client {
 impl Client {
     fn start(ns: &Netns, mode: &str) -> Client {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "python3", "-c", CLIENT, mode])
+            .args(["netns", "exec", ns.name(), "python3"])
+            .arg(lab_dir().join("labtool.py"))
+            .args(["ftp-client", mode, "10.0.2.2", "10.0.1.2"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -76,26 +76,8 @@ log "fw1 is master"
 
 mkdir -p "$WORK/ftproot" "$WORK/empty"
 head -c "$PAYLOAD_LEN" /dev/zero | tr '\0' x >"$WORK/ftproot/payload"
-cat >"$WORK/vsftpd.conf" <<CONF
-listen=YES
-listen_ipv6=NO
-listen_address=$SERVER_IP
-background=NO
-anonymous_enable=YES
-local_enable=NO
-write_enable=NO
-no_anon_password=YES
-anon_root=$WORK/ftproot
-secure_chroot_dir=$WORK/empty
-pasv_enable=YES
-pasv_min_port=50000
-pasv_max_port=50100
-connect_from_port_20=NO
-seccomp_sandbox=NO
-isolate_network=NO
-xferlog_enable=NO
-connect_timeout=5
-CONF
+sed -e "s|@LISTEN@|$SERVER_IP|" -e "s|@ROOT@|$WORK/ftproot|" -e "s|@EMPTY@|$WORK/empty|" \
+    "$LAB_DIR/vsftpd.conf.in" >"$WORK/vsftpd.conf"
 ip netns exec "$NS_SERVER" vsftpd "$WORK/vsftpd.conf" >"$WORK/vsftpd.log" 2>&1 &
 echo $! >"$WORK/vsftpd.job"
 settle in_ns "$NS_SERVER" sh -c "ss -ltnH | grep -q '$SERVER_IP:21 '" || die "vsftpd did not listen"
