@@ -5,8 +5,9 @@
 //! 1. Encode + decode of flow messages on one core (datagrams of up to
 //!    1472 bytes, IPv4 TCP flows).
 //! 2. End to end: two cores joined in memory, one sends `flows` new flows to
-//!    the other, at 0 % and 10 % loss; flows delivered per second of CPU
-//!    (both cores on this one thread, codec included).
+//!    the other, at 0 % and 10 % loss, and as a bulk (`-B`) at 0 % loss;
+//!    flows delivered per second of CPU (both cores on this one thread,
+//!    codec included).
 //! 3. What anti-entropy digests add to a cache change: `flows` inserts and
 //!    as many changes into a cache, with and without digests.
 
@@ -66,7 +67,7 @@ fn codec_bench() {
     );
 }
 
-fn end_to_end(n: u32, loss_percent: u64) {
+fn end_to_end(n: u32, loss_percent: u64, bulk: bool) {
     let cfg = FtfwConfig::default();
     let t0 = Instant::now();
     let mut now = t0;
@@ -82,9 +83,14 @@ fn end_to_end(n: u32, loss_percent: u64) {
     };
     let mut buf = [0u8; 1472];
     let mut wire: Vec<(bool, Vec<u8>)> = Vec::new();
+    let table: Vec<Flow> = if bulk { (0..n).map(flow).collect() } else { Vec::new() };
     let cpu = Instant::now();
-    for i in 0..n {
-        a.queue(LocalChange::New(flow(i)));
+    if bulk {
+        a.bulk_send(&table);
+    } else {
+        for i in 0..n {
+            a.queue(LocalChange::New(flow(i)));
+        }
     }
     let mut rounds = 0u64;
     loop {
@@ -120,8 +126,9 @@ fn end_to_end(n: u32, loss_percent: u64) {
     let secs = cpu.elapsed().as_secs_f64();
     let s = a.stats();
     println!(
-        "end to end, {loss_percent:>2} % loss: {n} flows in {secs:.3} s CPU = {:.2} M flows/s \
+        "end to end{}, {loss_percent:>2} % loss: {n} flows in {secs:.3} s CPU = {:.2} M flows/s \
          ({} datagrams, {} resent, {} virtual ms)",
+        if bulk { " (bulk)" } else { "" },
         f64::from(n) / secs / 1e6,
         s.datagrams_sent,
         s.resent,
@@ -135,8 +142,9 @@ fn main() {
     if std::env::args().nth(2).as_deref() != Some("e2e") {
         codec_bench();
     }
-    end_to_end(n, 0);
-    end_to_end(n, 10);
+    end_to_end(n, 0, false);
+    end_to_end(n, 10, false);
+    end_to_end(n, 0, true);
     digest_cost(n);
 }
 
