@@ -17,7 +17,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chacha20poly1305::aead::inout::InOutBuf;
