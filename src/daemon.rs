@@ -162,6 +162,7 @@ fn daemon_config(
             },
             max_seq_jump: sync.resend_queue.get(),
             auth_keys,
+            encrypt: sync.encrypt,
             // conntrackd has no digests to compare.
             anti_entropy_interval: match sync.wire {
                 config::WireFormat::Native => sync.anti_entropy_interval,

@@ -20,7 +20,8 @@ pub enum Reason {
     BadMac,
     /// A key id that is not configured here.
     UnknownKey,
-    /// The two sides disagree on whether datagrams are authenticated.
+    /// The two sides disagree on whether datagrams are authenticated, or
+    /// encrypted.
     AuthMismatch,
     /// A stale handshake answer, or data already received.
     Replay,
@@ -53,7 +54,7 @@ impl Reason {
                 "signed with a key id not in our key file (protocol.drop_unknown_key); check both key files during a rotation"
             }
             Reason::AuthMismatch => {
-                "one side has sync.auth.key_file and the other not (protocol.drop_auth)"
+                "one side has sync.auth.key_file and the other not, or sync.auth.encrypt differs (protocol.drop_auth)"
             }
             Reason::Replay => {
                 "replayed or duplicated: its data or handshake answer is already past (protocol.drop_replay)"

@@ -39,6 +39,18 @@ impl Pair {
 
     /// As [`Pair::with_config`], with YAML under `sync:` and daemon flags.
     fn with_options(tag: &str, extra_general: &str, extra_sync: &str, args: &[&str]) -> Pair {
+        Pair::with_auth(tag, extra_general, extra_sync, args, ["", ""])
+    }
+
+    /// As [`Pair::with_options`], with more keys in each side's
+    /// `sync.auth` flow mapping (after `key_file`), e.g. `, encrypt: true`.
+    fn with_auth(
+        tag: &str,
+        extra_general: &str,
+        extra_sync: &str,
+        args: &[&str],
+        extra_auth: [&str; 2],
+    ) -> Pair {
         let fw = [Netns::new(&format!("{tag}-fw1")), Netns::new(&format!("{tag}-fw2"))];
         let dir = std::env::temp_dir().join(format!("ctsync-test-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -66,9 +78,10 @@ impl Pair {
                 dir.join(format!("fw{}.yaml", i + 1)),
                 format!(
                     "general:\n  lock_file: {d}/fw{n}.lock\n  control_socket: {d}/fw{n}.sock\n{extra_general}\
-                     sync:\n{extra_sync}  auth: {{ key_file: {d}/sync.key }}\n  channels:\n    - type: udp\n      local: 10.255.0.{n}\n      peer: 10.255.0.{peer}\n      interface: sync0\n",
+                     sync:\n{extra_sync}  auth: {{ key_file: {d}/sync.key{auth} }}\n  channels:\n    - type: udp\n      local: 10.255.0.{n}\n      peer: 10.255.0.{peer}\n      interface: sync0\n",
                     d = dir.display(),
                     n = i + 1,
+                    auth = extra_auth[i],
                 ),
             )
             .unwrap();
@@ -1035,5 +1048,89 @@ fn flows_created_during_a_key_rotation_all_arrive() {
         for counter in ["drop_bad_mac", "drop_unknown_key", "drop_auth"] {
             assert_eq!(stats["protocol"][counter], 0, "fw{}: {counter}: {stats:#}", fw + 1);
         }
+    }
+}
+
+/// `sync.auth.encrypt` on a real pair: flows sync, a recording of the link
+/// holds none of their addresses or ports in clear, and the key rotation
+/// of docs/SECURITY.md works with encryption on.
+#[test]
+fn an_encrypted_pair_syncs_and_rotates_keys_with_no_flow_in_clear_on_the_link() {
+    use ctsync::wire::Message;
+    use ctsync::wire::native::{AuthKey, NativeCodec, flags};
+    let on = ", encrypt: true";
+    let pair = Pair::with_auth("aead", "", "", &[], [on, on]);
+    pair.converge(0, Duration::from_secs(10));
+    let capture = open_capture(&pair);
+    let flows: Vec<Flow> = (0..50).map(tcp_flow).collect();
+    pair.commit_flows(0, flows.clone());
+    pair.converge(0, Duration::from_secs(10));
+    let recorded = captured_sync_datagrams(&capture);
+    drop(capture);
+    assert!(!recorded.is_empty(), "nothing recorded on the link");
+    // What the link carried were the flows (the key opens them) ...
+    let codec = NativeCodec::encrypting(vec![AuthKey::new(1, vec![0x5c; 32])], 0);
+    let mut seen = 0;
+    for d in &recorded {
+        assert_eq!(d[3] & (flags::AUTH | flags::ENCRYPT), flags::AUTH | flags::ENCRYPT);
+        let mut msgs = Vec::new();
+        codec.decode_datagram(d, &mut msgs).expect("a datagram of the pair decodes");
+        seen += msgs.iter().filter(|r| matches!(r.msg, Ok(Message::FlowNew(_)))).count();
+    }
+    assert!(seen >= 10, "only {seen} flow messages recorded");
+    // ... and none of their addresses or ports is readable without it.
+    let window = |d: &[u8], needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
+    for d in &recorded {
+        assert!(!window(d, &[198, 51, 100, 7]), "destination address in clear: {d:02x?}");
+        for f in &flows {
+            let src = match f.key().src {
+                std::net::IpAddr::V4(a) => a.octets(),
+                a => panic!("{a}"),
+            };
+            assert!(!window(d, &src), "{src:?} in clear: {d:02x?}");
+        }
+    }
+
+    let key = pair.dir.join("sync.key");
+    let (old, new) = ("5c".repeat(32), "a7".repeat(32));
+    let steps =
+        [format!("1 {old}\n2 {new}\n"), format!("2 {new}\n1 {old}\n"), format!("2 {new}\n")];
+    for (i, keys) in steps.iter().enumerate() {
+        std::fs::write(&key, keys).unwrap();
+        for fw in 0..2 {
+            let out = pair.cli_ok(fw, &["--reload"]);
+            assert!(out.contains("reloaded the sync keys"), "{out}");
+        }
+        let first = 50 + 20 * i as u32;
+        pair.commit_flows(0, (first..first + 20).map(tcp_flow).collect());
+        pair.converge(0, Duration::from_secs(10));
+    }
+    for fw in 0..2 {
+        let stats: serde_json::Value =
+            serde_json::from_str(&pair.cli_ok(fw, &["-s", "--json"])).unwrap();
+        for counter in ["drop_bad_mac", "drop_unknown_key", "drop_auth", "drop_bad_crc"] {
+            assert_eq!(stats["protocol"][counter], 0, "fw{}: {counter}: {stats:#}", fw + 1);
+        }
+    }
+}
+
+/// One side encrypts, the other only signs: nothing syncs, both count
+/// the other's datagrams under `drop_auth` and log the reason.
+#[test]
+fn one_side_encrypting_and_the_other_not_syncs_nothing_and_counts_drop_auth() {
+    let pair = Pair::with_auth("aeadmix", "", "", &[], [", encrypt: true", ""]);
+    pair.commit_flows(0, (0..10).map(tcp_flow).collect());
+    let drops = |fw: usize| {
+        let stats: serde_json::Value =
+            serde_json::from_str(&pair.cli_ok(fw, &["-s", "--json"])).unwrap();
+        protocol_counter(&stats, "drop_auth")
+    };
+    wait_for(Duration::from_secs(10), || drops(0) >= 3 && drops(1) >= 3).unwrap_or_else(|| {
+        panic!("drop_auth {} and {}\n{}\n{}", drops(0), drops(1), pair.log(0), pair.log(1))
+    });
+    assert!(pair.cache_lines(1, "-e").is_empty(), "fw2 took flows from a mismatched peer");
+    assert!(pair.cache_lines(0, "-e").is_empty());
+    for fw in 0..2 {
+        assert!(pair.log(fw).contains("(protocol.drop_auth)"), "fw{}: {}", fw + 1, pair.log(fw));
     }
 }

@@ -282,6 +282,9 @@ pub struct SyncConfig {
     pub direct_to_kernel: bool,
     /// How datagrams are authenticated (`sync.auth`).
     pub auth: SyncAuth,
+    /// Encrypt the payload of native datagrams with the key file's keys
+    /// (`sync.auth.encrypt`; only with [`SyncAuth::KeyFile`]).
+    pub encrypt: bool,
     /// Links to the peer, in order of preference; never empty.
     pub channels: Vec<ChannelConfig>,
 }
@@ -763,6 +766,13 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
             ));
         }
     };
+    if s.auth.encrypt && !matches!(auth, SyncAuth::KeyFile(_)) {
+        return Err(ctx.err(
+            "sync.auth.encrypt",
+            "encryption uses the shared key: set sync.auth.key_file too (and remove \
+             insecure), or remove encrypt",
+        ));
+    }
     let sync = SyncConfig {
         mode: s.mode,
         wire: s.wire,
@@ -779,6 +789,7 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         expectations: expectations(ctx, s)?,
         direct_to_kernel: s.direct_to_kernel,
         auth,
+        encrypt: s.auth.encrypt,
         channels,
     };
     Ok(Config { general, sync, warnings: Vec::new() })
@@ -1031,12 +1042,16 @@ fn unconvert(c: &Config) -> RawConfig {
             },
             direct_to_kernel: s.direct_to_kernel,
             auth: match &s.auth {
-                SyncAuth::KeyFile(f) => {
-                    raw::RawAuth { key_file: Some(f.display().to_string()), insecure: false }
-                }
-                SyncAuth::Insecure => {
-                    raw::RawAuth { key_file: None, insecure: s.wire == WireFormat::Native }
-                }
+                SyncAuth::KeyFile(f) => raw::RawAuth {
+                    key_file: Some(f.display().to_string()),
+                    insecure: false,
+                    encrypt: s.encrypt,
+                },
+                SyncAuth::Insecure => raw::RawAuth {
+                    key_file: None,
+                    insecure: s.wire == WireFormat::Native,
+                    encrypt: false,
+                },
             },
             channels: s
                 .channels

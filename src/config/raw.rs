@@ -145,6 +145,8 @@ pub(super) struct RawAuth {
     pub key_file: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub encrypt: bool,
 }
 
 impl Default for RawSync {

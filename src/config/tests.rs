@@ -366,6 +366,19 @@ fn native_wire_needs_a_key_or_an_explicit_insecure() {
 }
 
 #[test]
+fn encrypt_needs_a_key_file() {
+    let keyed = "sync:\n  auth:\n    key_file: /etc/ctsync/sync.key\n    encrypt: true\n  \
+                 channels:\n    - { local: 10.0.0.1, peer: 10.0.0.2 }\n";
+    let c = parse(keyed).unwrap();
+    assert!(c.sync.encrypt);
+    assert_eq!(parse(&c.to_yaml()).unwrap(), c, "encrypt survives printing");
+    assert!(!parse(MINIMAL).unwrap().sync.encrypt, "off by default");
+    let insecure = "sync:\n  auth:\n    insecure: true\n    encrypt: true\n  channels:\n    - \
+                    { local: 10.0.0.1, peer: 10.0.0.2 }\n";
+    assert_err(insecure, "sync.auth.encrypt", Some(4), "set sync.auth.key_file");
+}
+
+#[test]
 fn key_file_permissions_and_lengths_are_checked() {
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("ctsync-keys-{}", std::process::id()));

@@ -74,6 +74,9 @@ pub struct FtfwConfig {
     /// (the first signs what we send, any of them is accepted). Empty:
     /// no authentication. The conntrackd dialect ignores them.
     pub auth_keys: Vec<native::AuthKey>,
+    /// Native dialect with keys: encrypt what we send and refuse what is
+    /// not encrypted (ChaCha20-Poly1305, docs/SECURITY.md).
+    pub encrypt: bool,
     /// Native dialect: send a DIGEST of our table this often, so that the
     /// peer finds and repairs drift (docs/PROTOCOL.md, "Anti-entropy").
     /// Zero: off. The conntrackd dialect has no digests.
@@ -91,6 +94,7 @@ impl Default for FtfwConfig {
             max_datagram: native::DEFAULT_MAX_DATAGRAM,
             max_seq_jump: 131072,
             auth_keys: Vec::new(),
+            encrypt: false,
             anti_entropy_interval: Duration::ZERO,
         }
     }
@@ -211,7 +215,8 @@ pub struct FtfwStats {
     /// unknown type).
     pub drop_malformed: u64,
     /// Dropped: the peers disagree on authentication (an authenticated
-    /// datagram and no key here, or a key here and no MAC).
+    /// datagram and no key here, or a key here and no MAC) or on
+    /// encryption (`sync.auth.encrypt` on one side only).
     pub drop_auth: u64,
     /// Dropped: MAC mismatch (forged, or made with another key).
     pub drop_bad_mac: u64,
@@ -371,6 +376,13 @@ impl Ftfw {
     /// `cfg.dialect`.
     pub fn new(cfg: FtfwConfig, session_id: u32, initial_seq: u32, now: Instant) -> Ftfw {
         let codec: Box<dyn Codec> = match cfg.dialect {
+            // The nonce counter starts at a random multiple of 2^32, so
+            // that two starts with the same session id still do not meet
+            // (docs/SECURITY.md, "Encryption").
+            Dialect::Native if cfg.encrypt => Box::new(NativeCodec::encrypting(
+                cfg.auth_keys.clone(),
+                u64::from(initial_seq) << 32,
+            )),
             Dialect::Native => Box::new(NativeCodec::with_keys(cfg.auth_keys.clone())),
             Dialect::Conntrackd => Box::new(ConntrackdCodec),
         };
@@ -385,7 +397,7 @@ impl Ftfw {
         if self.cfg.dialect != Dialect::Native {
             return false;
         }
-        self.codec = Box::new(NativeCodec::with_keys(keys.clone()));
+        self.codec.set_auth_keys(keys.clone());
         self.cfg.auth_keys = keys;
         true
     }
@@ -1268,7 +1280,10 @@ impl Ftfw {
             WireError::BadMagic => c.drop_bad_magic += 1,
             WireError::BadVersion(_) => c.drop_bad_version += 1,
             WireError::BadCrc => c.drop_bad_crc += 1,
-            WireError::AuthUnsupported | WireError::AuthMissing => c.drop_auth += 1,
+            WireError::AuthUnsupported
+            | WireError::AuthMissing
+            | WireError::NotEncrypted
+            | WireError::EncryptUnsupported => c.drop_auth += 1,
             WireError::BadMac => c.drop_bad_mac += 1,
             WireError::UnknownKey(_) => c.drop_unknown_key += 1,
             WireError::BadLength

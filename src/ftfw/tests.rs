@@ -573,6 +573,58 @@ fn authenticated_cores_drop_forgeries_by_reason_and_go_on() {
     );
 }
 
+#[test]
+fn encrypting_cores_sync_rotate_and_refuse_clear_datagrams() {
+    use crate::wire::native::AuthKey;
+    let now = Instant::now();
+    let key = |id: u32, b: u8| AuthKey::new(id, vec![b; native::MIN_KEY_LEN]);
+    let sealed = |k: Vec<AuthKey>| FtfwConfig { auth_keys: k, encrypt: true, ..cfg() };
+    let mut a = Ftfw::new(sealed(vec![key(1, 0x11)]), 1, 10, now);
+    let mut b = Ftfw::new(sealed(vec![key(1, 0x11)]), 2, 20, now);
+    let mut clear = Ftfw::new(FtfwConfig { auth_keys: vec![key(1, 0x11)], ..cfg() }, 2, 20, now);
+    let pump = |a: &mut Ftfw, b: &mut Ftfw| {
+        let mut buf = [0u8; 1472];
+        for _ in 0..4 {
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                b.handle_datagram(now, &buf[..n]);
+            }
+            while let Some(n) = b.poll_transmit(now, &mut buf) {
+                a.handle_datagram(now, &buf[..n]);
+            }
+        }
+    };
+    // A peer that only signs gets nowhere, and is counted.
+    pump(&mut a, &mut clear);
+    assert_ne!(a.peer_state(), PeerState::Established);
+    assert!(a.stats().drop_auth > 0 && clear.stats().drop_auth > 0);
+    let mut a = Ftfw::new(sealed(vec![key(1, 0x11)]), 1, 10, now);
+    pump(&mut a, &mut b);
+    assert_eq!(a.peer_state(), PeerState::Established);
+    b.queue(LocalChange::Upsert(flow(4)));
+    pump(&mut a, &mut b);
+    let got = |a: &mut Ftfw, port: u16| {
+        events(a).iter().any(|e| matches!(e, PeerEvent::Upsert { flow: f, .. } if f.l4[0] == port))
+    };
+    assert!(got(&mut a, 4));
+    // docs/SECURITY.md, "Rotating keys", with encryption on.
+    for keys in [vec![key(1, 0x11), key(2, 0x22)], vec![key(2, 0x22), key(1, 0x11)]] {
+        a.set_auth_keys(keys.clone());
+        b.queue(LocalChange::Upsert(flow(5)));
+        pump(&mut a, &mut b);
+        b.set_auth_keys(keys);
+        b.queue(LocalChange::Upsert(flow(6)));
+        pump(&mut a, &mut b);
+        assert!(got(&mut a, 6));
+    }
+    a.set_auth_keys(vec![key(2, 0x22)]);
+    b.set_auth_keys(vec![key(2, 0x22)]);
+    b.queue(LocalChange::Upsert(flow(7)));
+    pump(&mut a, &mut b);
+    assert!(got(&mut a, 7));
+    let s = a.stats();
+    assert_eq!((s.drop_bad_mac, s.drop_unknown_key, s.drop_auth), (0, 0, 0));
+}
+
 fn anti_entropy_core(now: Instant) -> Ftfw {
     let cfg = FtfwConfig { anti_entropy_interval: Duration::from_secs(30), ..cfg() };
     let mut core = established_with(cfg, 1000, now);

@@ -45,6 +45,10 @@ pub enum WireError {
     UnknownKey(u32),
     /// The MAC does not match: forged, or made with another key.
     BadMac,
+    /// Encryption is required here but the datagram is in clear.
+    NotEncrypted,
+    /// The datagram is encrypted but encryption is off here.
+    EncryptUnsupported,
     /// The output buffer is too small for what was to be written.
     BufferTooSmall,
 }
@@ -66,6 +70,12 @@ impl std::fmt::Display for WireError {
             WireError::AuthMissing => f.write_str("unauthenticated datagram but a key is required"),
             WireError::UnknownKey(id) => write!(f, "unknown key id {id}"),
             WireError::BadMac => f.write_str("MAC mismatch"),
+            WireError::NotEncrypted => {
+                f.write_str("datagram in clear but sync.auth.encrypt is on here")
+            }
+            WireError::EncryptUnsupported => {
+                f.write_str("encrypted datagram but sync.auth.encrypt is off here")
+            }
             WireError::BufferTooSmall => f.write_str("output buffer too small"),
         }
     }
@@ -289,6 +299,10 @@ pub trait Codec: Send {
     fn is_sequenced(&self, msg: &MessageRef<'_>) -> bool {
         msg.is_sequenced()
     }
+    /// Replace the authentication keys (a rotation), keeping whatever
+    /// else the codec holds (an encrypting codec's nonce counter must
+    /// never restart). Formats without authentication ignore it.
+    fn set_auth_keys(&mut self, _keys: Vec<native::AuthKey>) {}
 }
 
 /// Sequential big-endian writer over a buffer the caller sized beforehand

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! datagram: header (20) | message* | crc32 (4) [| mac (16) when flag AUTH]
+//! encrypted (flags AUTH|ENCRYPT): header (20) | nonce (8)
+//!           | ChaCha20-Poly1305(message* | crc32 (4)) | tag (16)
 //! header:   magic "CT" u16 | version u8 | flags u8 | session u32 | seq u32
 //!           | length u16 | count u16 | key id u32
 //! message:  type u8 | flags u8 | length u16 | body
@@ -15,7 +17,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use chacha20poly1305::aead::inout::InOutBuf;
+use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, Nonce, Tag};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -34,6 +39,9 @@ pub const CRC_LEN: usize = 4;
 /// Authentication trailer length: HMAC-SHA256 truncated to its first 16
 /// bytes (128 bits, as RFC 2104 §5 allows: forging still takes 2^128 tries).
 pub const MAC_LEN: usize = 16;
+/// Encrypted datagrams only: the explicit part of the AEAD nonce, a
+/// per-sender datagram counter between the header and the ciphertext.
+pub const NONCE_LEN: usize = 8;
 /// Shortest authentication key accepted (256 bits).
 pub const MIN_KEY_LEN: usize = 32;
 /// Message header length.
@@ -52,6 +60,10 @@ pub mod flags {
     pub const AUTH: u8 = 0x01;
     /// The sender's resend queue is filling up: please acknowledge now.
     pub const ACK_REQUEST: u8 = 0x02;
+    /// Encrypted (only with AUTH): a [`NONCE_LEN`](super::NONCE_LEN)-byte
+    /// counter follows the header, the messages and the CRC are
+    /// ChaCha20-Poly1305 ciphertext, and the trailer is its tag.
+    pub const ENCRYPT: u8 = 0x04;
 }
 
 /// Message type numbers. Types below 64 consume a sequence number, so that
@@ -242,7 +254,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if len > buf.len() {
             return Err(WireError::Truncated);
         }
-        if len != buf.len() || len < HEADER_LEN + self.trailer_len() {
+        // ENCRYPT without AUTH has no defined layout: its trailer is a tag.
+        if self.is_encrypted() && !self.is_authenticated() {
+            return Err(WireError::BadLength);
+        }
+        if len != buf.len() || len < self.messages_start() + self.trailer_len() {
             return Err(WireError::BadLength);
         }
         Ok(())
@@ -251,6 +267,16 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// True when the AUTH flag is set.
     pub fn is_authenticated(&self) -> bool {
         self.flags() & flags::AUTH != 0
+    }
+
+    /// True when the ENCRYPT flag is set.
+    pub fn is_encrypted(&self) -> bool {
+        self.flags() & flags::ENCRYPT != 0
+    }
+
+    /// Where the messages (or their ciphertext) begin.
+    pub fn messages_start(&self) -> usize {
+        if self.is_encrypted() { field::MESSAGES + NONCE_LEN } else { field::MESSAGES }
     }
 
     /// Bytes after the messages: the CRC, and the MAC when authenticated.
@@ -310,17 +336,27 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn key_id(&self) -> u32 {
         be32(&self.buffer.as_ref()[field::KEY_ID])
     }
-    /// The messages.
+    /// The sender's datagram counter of an encrypted datagram (0 when
+    /// not encrypted).
+    pub fn nonce_counter(&self) -> u64 {
+        if !self.is_encrypted() {
+            return 0;
+        }
+        let b = &self.buffer.as_ref()[field::MESSAGES..field::MESSAGES + NONCE_LEN];
+        u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+    /// The messages; for an encrypted datagram, their ciphertext.
     pub fn payload(&self) -> &[u8] {
         let end = usize::from(self.length()) - self.trailer_len();
-        &self.buffer.as_ref()[field::MESSAGES..end]
+        &self.buffer.as_ref()[self.messages_start()..end]
     }
-    /// The CRC trailer as received.
+    /// The CRC trailer as received (encrypted in an encrypted datagram).
     pub fn crc(&self) -> u32 {
         let end = usize::from(self.length()) - self.trailer_len() + CRC_LEN;
         be32(&self.buffer.as_ref()[end - CRC_LEN..end])
     }
-    /// The CRC32 of everything before the trailer.
+    /// The CRC32 of everything before the trailer, as received (for an
+    /// encrypted datagram the CRC covers the plaintext instead).
     pub fn computed_crc(&self) -> u32 {
         let end = usize::from(self.length()) - self.trailer_len();
         crc32fast::hash(&self.buffer.as_ref()[..end])
@@ -335,16 +371,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Write the header fields, the CRC and, with a `key`, the MAC. `len`
     /// is the total length, trailers included.
     pub fn fill(&mut self, hdr: &DatagramHeader, count: u16, len: u16, key: Option<&AuthKey>) {
-        let buf = self.buffer.as_mut();
         let auth = if key.is_some() { flags::AUTH } else { 0 };
-        buf[field::MAGIC].copy_from_slice(&MAGIC.to_be_bytes());
-        buf[field::VERSION] = VERSION;
-        buf[field::FLAGS] = (hdr.flags & !flags::AUTH) | auth;
-        buf[field::SESSION].copy_from_slice(&hdr.session.to_be_bytes());
-        buf[field::SEQ].copy_from_slice(&hdr.seq.to_be_bytes());
-        buf[field::LENGTH].copy_from_slice(&len.to_be_bytes());
-        buf[field::COUNT].copy_from_slice(&count.to_be_bytes());
-        buf[field::KEY_ID].copy_from_slice(&key.map_or(0, |k| k.id).to_be_bytes());
+        self.fill_header(hdr, auth, count, len, key.map_or(0, |k| k.id));
+        let buf = self.buffer.as_mut();
         let len = usize::from(len);
         let mac_len = if key.is_some() { MAC_LEN } else { 0 };
         let end = len - mac_len - CRC_LEN;
@@ -357,6 +386,59 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
             buf[len - MAC_LEN..len].copy_from_slice(&tag[..MAC_LEN]);
         }
     }
+
+    /// Write an encrypted datagram around the plaintext messages at
+    /// `[HEADER_LEN + NONCE_LEN, len - CRC_LEN - MAC_LEN)`: the header
+    /// and `counter`, the CRC of that plaintext datagram, then encrypt the
+    /// messages and the CRC in place with the header and counter as
+    /// associated data, and append the tag.
+    pub fn seal(
+        &mut self,
+        hdr: &DatagramHeader,
+        count: u16,
+        len: u16,
+        key: &SealKey,
+        counter: u64,
+    ) -> Result<(), WireError> {
+        self.fill_header(hdr, flags::AUTH | flags::ENCRYPT, count, len, key.id);
+        let buf = self.buffer.as_mut();
+        let len = usize::from(len);
+        let head = field::MESSAGES + NONCE_LEN;
+        buf[field::MESSAGES..head].copy_from_slice(&counter.to_be_bytes());
+        let end = len - MAC_LEN - CRC_LEN;
+        let crc = crc32fast::hash(&buf[..end]);
+        buf[end..end + CRC_LEN].copy_from_slice(&crc.to_be_bytes());
+        let (aad, rest) = buf[..len].split_at_mut(head);
+        let (body, tag_out) = rest.split_at_mut(len - head - MAC_LEN);
+        let tag = key
+            .cipher
+            .encrypt_inout_detached(&nonce(hdr.session, counter), aad, body.into())
+            .map_err(|_| WireError::BufferTooSmall)?;
+        tag_out.copy_from_slice(&tag);
+        Ok(())
+    }
+
+    fn fill_header(&mut self, hdr: &DatagramHeader, auth: u8, count: u16, len: u16, key_id: u32) {
+        let buf = self.buffer.as_mut();
+        buf[field::MAGIC].copy_from_slice(&MAGIC.to_be_bytes());
+        buf[field::VERSION] = VERSION;
+        buf[field::FLAGS] = (hdr.flags & !(flags::AUTH | flags::ENCRYPT)) | auth;
+        buf[field::SESSION].copy_from_slice(&hdr.session.to_be_bytes());
+        buf[field::SEQ].copy_from_slice(&hdr.seq.to_be_bytes());
+        buf[field::LENGTH].copy_from_slice(&len.to_be_bytes());
+        buf[field::COUNT].copy_from_slice(&count.to_be_bytes());
+        buf[field::KEY_ID].copy_from_slice(&key_id.to_be_bytes());
+    }
+}
+
+/// The AEAD nonce of a datagram: the sender's session id, then its
+/// datagram counter (docs/SECURITY.md, "Encryption", says why it never
+/// repeats under one key).
+fn nonce(session: u32, counter: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[..4].copy_from_slice(&session.to_be_bytes());
+    n[4..].copy_from_slice(&counter.to_be_bytes());
+    Nonce::from(n)
 }
 
 /// A view of one message.
@@ -530,34 +612,128 @@ impl std::fmt::Debug for AuthKey {
     }
 }
 
+/// The ChaCha20-Poly1305 key that encrypts datagrams under an [`AuthKey`]'s
+/// id.
+#[derive(Clone)]
+pub struct SealKey {
+    /// The key id carried in the header.
+    pub id: u32,
+    cipher: ChaCha20Poly1305,
+}
+
+impl SealKey {
+    /// What the AEAD uses for `key`: HMAC-SHA256(key, a fixed label), so
+    /// that one secret never serves as both an HMAC key and a cipher key
+    /// (a peer that does not encrypt still signs with the key itself).
+    pub fn derive(key: &AuthKey) -> SealKey {
+        let mut mac = key.mac();
+        mac.update(b"ctsync v1 ChaCha20-Poly1305 payload key");
+        let derived = mac.finalize().into_bytes();
+        // 32 bytes from SHA-256 are exactly a ChaCha20 key.
+        let cipher = ChaCha20Poly1305::new_from_slice(&derived)
+            .unwrap_or_else(|_| unreachable!("SHA-256 output is a 32-byte key"));
+        SealKey { id: key.id, cipher }
+    }
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
 /// The native codec, for the protocol core. With keys, every datagram sent
 /// is authenticated with the first and every datagram received must be
 /// authenticated with one of them; without, authenticated datagrams are
-/// refused (the peers' configurations disagree).
+/// refused (the peers' configurations disagree). An encrypting codec
+/// also encrypts what it sends and refuses datagrams that are not
+/// encrypted, and the other way round.
 #[derive(Debug, Clone, Default)]
 pub struct NativeCodec {
     keys: Option<Arc<[AuthKey]>>,
+    encryption: Option<Encryption>,
+}
+
+#[derive(Debug, Clone)]
+struct Encryption {
+    keys: Arc<[SealKey]>,
+    /// The next datagram's nonce counter. Clones share it, and a key
+    /// reload keeps it, so that one sender never takes a value twice.
+    next_counter: Arc<AtomicU64>,
+}
+
+impl Encryption {
+    fn new(keys: &[AuthKey], next_counter: Arc<AtomicU64>) -> Encryption {
+        Encryption { keys: keys.iter().map(SealKey::derive).collect(), next_counter }
+    }
+
+    /// Verify the tag, then decrypt: the datagram without its tag, in
+    /// clear. In fuzzing builds a datagram whose tag does not verify is
+    /// taken as it is, so that the fuzzer reaches the parsers (and what
+    /// the codec encrypted still decrypts, for round trips).
+    #[allow(unexpected_cfgs)]
+    fn open(&self, packet: &Packet<&[u8]>) -> Result<Vec<u8>, WireError> {
+        let id = packet.key_id();
+        let key = self.keys.iter().find(|k| k.id == id).ok_or(WireError::UnknownKey(id))?;
+        let bytes = packet.buffer;
+        let len = usize::from(packet.length());
+        let head = packet.messages_start();
+        let end = len - MAC_LEN;
+        let mut plain = vec![0u8; end];
+        plain[..head].copy_from_slice(&bytes[..head]);
+        let tag = Tag::try_from(&bytes[end..len]).map_err(|_| WireError::BadLength)?;
+        let (aad, body) = plain.split_at_mut(head);
+        let body = InOutBuf::new(&bytes[head..end], body).map_err(|_| WireError::BadLength)?;
+        let nonce = nonce(packet.session(), packet.nonce_counter());
+        match key.cipher.decrypt_inout_detached(&nonce, aad, body, &tag) {
+            Ok(()) => Ok(plain),
+            Err(_) if cfg!(fuzzing) => Ok(bytes[..end].to_vec()),
+            Err(_) => Err(WireError::BadMac),
+        }
+    }
 }
 
 impl NativeCodec {
     /// A codec that neither sends nor accepts authentication.
     pub fn insecure() -> NativeCodec {
-        NativeCodec { keys: None }
+        NativeCodec { keys: None, encryption: None }
     }
 
     /// A codec that authenticates with `keys[0]` and accepts any of `keys`.
     /// An empty list means [`NativeCodec::insecure`].
     pub fn with_keys(keys: Vec<AuthKey>) -> NativeCodec {
-        NativeCodec { keys: if keys.is_empty() { None } else { Some(keys.into()) } }
+        NativeCodec {
+            keys: if keys.is_empty() { None } else { Some(keys.into()) },
+            encryption: None,
+        }
     }
 
-    /// Check and decode a datagram; see [`decode`].
+    /// As [`NativeCodec::with_keys`], and encrypting: what it sends is
+    /// encrypted with `keys[0]` and numbered from `first_counter` on (the
+    /// caller makes it random per start, see docs/SECURITY.md); what it
+    /// receives must be encrypted. An empty list means
+    /// [`NativeCodec::insecure`].
+    pub fn encrypting(keys: Vec<AuthKey>, first_counter: u64) -> NativeCodec {
+        let mut codec = NativeCodec::with_keys(keys);
+        codec.encryption = codec
+            .keys
+            .as_deref()
+            .map(|keys| Encryption::new(keys, Arc::new(AtomicU64::new(first_counter))));
+        codec
+    }
+
+    /// True when payloads are encrypted.
+    pub fn is_encrypting(&self) -> bool {
+        self.encryption.is_some()
+    }
+
+    /// Check and decode a datagram; see [`decode_with`].
     pub fn decode_datagram(
         &self,
         bytes: &[u8],
         out: &mut Vec<Received>,
     ) -> Result<DatagramHeader, WireError> {
-        decode_with(bytes, self.keys.as_deref(), out)
+        decode_inner(bytes, self.keys.as_deref(), self.encryption.as_ref(), out)
     }
 
     fn send_key(&self) -> Option<&AuthKey> {
@@ -567,7 +743,7 @@ impl NativeCodec {
 
 impl Codec for NativeCodec {
     fn header_len(&self) -> usize {
-        HEADER_LEN
+        if self.encryption.is_some() { HEADER_LEN + NONCE_LEN } else { HEADER_LEN }
     }
 
     fn trailer_len(&self) -> usize {
@@ -596,15 +772,30 @@ impl Codec for NativeCodec {
     ) -> Result<usize, WireError> {
         let len = end + self.trailer_len();
         let len16 = u16::try_from(len).map_err(|_| WireError::BufferTooSmall)?;
-        if end < HEADER_LEN || buf.len() < len {
+        if end < self.header_len() || buf.len() < len {
             return Err(WireError::BufferTooSmall);
         }
-        Packet::new_unchecked(&mut buf[..len]).fill(hdr, count, len16, self.send_key());
+        let mut packet = Packet::new_unchecked(&mut buf[..len]);
+        match self.encryption.as_ref().and_then(|e| Some((e, e.keys.first()?))) {
+            Some((enc, key)) => {
+                let counter = enc.next_counter.fetch_add(1, Ordering::Relaxed);
+                packet.seal(hdr, count, len16, key, counter)?;
+            }
+            None => packet.fill(hdr, count, len16, self.send_key()),
+        }
         Ok(len)
     }
 
     fn decode(&self, bytes: &[u8], out: &mut Vec<Received>) -> Result<DatagramHeader, WireError> {
         self.decode_datagram(bytes, out)
+    }
+
+    fn set_auth_keys(&mut self, keys: Vec<AuthKey>) {
+        let counter = self.encryption.take().map(|e| e.next_counter);
+        *self = NativeCodec::with_keys(keys);
+        if let (Some(counter), Some(keys)) = (counter, self.keys.as_deref()) {
+            self.encryption = Some(Encryption::new(keys, counter));
+        }
     }
 }
 
@@ -614,30 +805,62 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Received>) -> Result<DatagramHeader, W
     decode_with(bytes, None, out)
 }
 
-/// Check and decode a datagram: lengths, then the MAC when `keys` are given
-/// (before anything else is believed), then the CRC, then every message.
-/// MAC and CRC checks are skipped in fuzzing builds, so that the fuzzer
-/// reaches the parsers.
-#[allow(unexpected_cfgs)]
+/// Check and decode a datagram that is not encrypted: lengths, then the
+/// MAC when `keys` are given (before anything else is believed), then the
+/// CRC, then every message. MAC and CRC checks are skipped in fuzzing
+/// builds, so that the fuzzer reaches the parsers.
 pub fn decode_with(
     bytes: &[u8],
     keys: Option<&[AuthKey]>,
     out: &mut Vec<Received>,
 ) -> Result<DatagramHeader, WireError> {
+    decode_inner(bytes, keys, None, out)
+}
+
+/// [`decode_with`], and with `encryption` the tag check and decryption in
+/// place of the MAC check; the CRC then covers the plaintext.
+#[allow(unexpected_cfgs)]
+fn decode_inner(
+    bytes: &[u8],
+    keys: Option<&[AuthKey]>,
+    encryption: Option<&Encryption>,
+    out: &mut Vec<Received>,
+) -> Result<DatagramHeader, WireError> {
     let packet = Packet::new_checked(bytes)?;
-    match keys {
-        Some(keys) if !cfg!(fuzzing) => packet.check_mac(keys)?,
-        Some(_) => {}
-        None if packet.is_authenticated() => return Err(WireError::AuthUnsupported),
-        None => {}
-    }
-    if !cfg!(fuzzing) {
-        packet.check_crc()?;
-    }
+    let plain = match (keys, encryption) {
+        (None, _) if packet.is_authenticated() => return Err(WireError::AuthUnsupported),
+        (None, _) => None,
+        (Some(_), None) if packet.is_encrypted() => return Err(WireError::EncryptUnsupported),
+        (Some(_), Some(_)) if packet.is_authenticated() && !packet.is_encrypted() => {
+            return Err(WireError::NotEncrypted);
+        }
+        (Some(_), Some(enc)) if packet.is_encrypted() => Some(enc.open(&packet)?),
+        (Some(keys), _) => {
+            if !cfg!(fuzzing) {
+                packet.check_mac(keys)?;
+            }
+            None
+        }
+    };
+    let payload = match &plain {
+        Some(plain) => {
+            let t = plain.len() - CRC_LEN;
+            if !cfg!(fuzzing) && crc32fast::hash(&plain[..t]) != be32(&plain[t..]) {
+                return Err(WireError::BadCrc);
+            }
+            &plain[packet.messages_start()..t]
+        }
+        None => {
+            if !cfg!(fuzzing) {
+                packet.check_crc()?;
+            }
+            packet.payload()
+        }
+    };
     let hdr =
         DatagramHeader { flags: packet.flags(), session: packet.session(), seq: packet.seq() };
     let start = out.len();
-    for m in packet.messages() {
+    for m in (MessageIter { rest: payload }) {
         let m = m?;
         out.push(Received {
             sequenced: msg_type::is_sequenced(m.msg_type()),
@@ -658,12 +881,22 @@ pub fn encode(
     msgs: &[MessageRef<'_>],
     buf: &mut [u8],
 ) -> Result<usize, WireError> {
-    let mut at = HEADER_LEN;
+    encode_with(&NativeCodec::insecure(), hdr, msgs, buf)
+}
+
+/// As [`encode`], authenticated (and encrypted) as `codec` does.
+pub fn encode_with(
+    codec: &NativeCodec,
+    hdr: &DatagramHeader,
+    msgs: &[MessageRef<'_>],
+    buf: &mut [u8],
+) -> Result<usize, WireError> {
+    let mut at = codec.header_len();
     for m in msgs {
         at += emit_message(m, buf.get_mut(at..).ok_or(WireError::BufferTooSmall)?)?;
     }
     let count = u16::try_from(msgs.len()).map_err(|_| WireError::BufferTooSmall)?;
-    NativeCodec::insecure().finish(hdr, count, at, buf)
+    codec.finish(hdr, count, at, buf)
 }
 
 /// Bytes a message takes, header included.
@@ -1513,6 +1746,161 @@ mod tests {
         assert!(!format!("{:?}", key(1, 0x42)).contains("66"), "no secret in Debug");
     }
 
+    fn encrypted_with(codec: &NativeCodec, f: &Flow, buf: &mut [u8]) -> usize {
+        let hdr = DatagramHeader { flags: 0, session: 7, seq: 100 };
+        encode_with(codec, &hdr, &[MessageRef::FlowUpdate(f)], buf).unwrap()
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn encrypted_round_trip_hides_the_flow() {
+        let codec = NativeCodec::encrypting(vec![key(5, 0xaa)], 3 << 32);
+        assert_eq!(codec.header_len(), HEADER_LEN + NONCE_LEN);
+        let f = tcp_flow();
+        let mut buf = [0u8; 256];
+        let len = encrypted_with(&codec, &f, &mut buf);
+        assert_eq!(len, HEADER_LEN + NONCE_LEN + 56 + CRC_LEN + MAC_LEN);
+        assert_eq!(buf[3] & (flags::AUTH | flags::ENCRYPT), flags::AUTH | flags::ENCRYPT);
+        assert_eq!(be32(&buf[16..20]), 5, "key id in clear");
+        let packet = Packet::new_checked(&buf[..len]).unwrap();
+        assert_eq!((packet.session(), packet.seq(), packet.nonce_counter()), (7, 100, 3 << 32));
+        let mut out = Vec::new();
+        let hdr = codec.decode_datagram(&buf[..len], &mut out).unwrap();
+        assert_eq!((hdr.session, hdr.seq), (7, 100));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].msg, Ok(Message::FlowUpdate(f.clone())));
+
+        // In clear the addresses are there; encrypted, neither they nor
+        // the clear message bytes are.
+        let mut clear = [0u8; 256];
+        let clen = sealed(&NativeCodec::with_keys(vec![key(5, 0xaa)]), &mut clear);
+        let messages = &clear[HEADER_LEN..clen - CRC_LEN - MAC_LEN];
+        let wire = &buf[HEADER_LEN + NONCE_LEN..len];
+        for addr in [[10, 0, 0, 1], [192, 168, 1, 2]] {
+            assert!(contains(&clear[..clen], &addr));
+            assert!(!contains(&buf[..len], &addr), "{addr:?} in clear on the wire");
+        }
+        assert_ne!(&wire[..messages.len()], messages);
+        assert!(!contains(wire, &[0x9c, 0x40]), "port 40000 in clear");
+    }
+
+    #[test]
+    fn encrypted_any_flipped_bit_is_refused() {
+        let codec = NativeCodec::encrypting(vec![key(5, 0xaa)], 0);
+        let mut buf = [0u8; 256];
+        let len = encrypted_with(&codec, &tcp_flow(), &mut buf);
+        let mut out = Vec::new();
+        for at in 0..len {
+            for bit in [0x01, 0x80] {
+                let mut b = buf;
+                b[at] ^= bit;
+                let got = codec.decode_datagram(&b[..len], &mut out);
+                assert!(got.is_err(), "byte {at} bit {bit:#x} accepted");
+                // Magic, version, flags, length and key id are refused for
+                // what they say before the tag is checked; everything else
+                // (session, seq, count, nonce, ciphertext, tag) by the tag.
+                let early = at < 4 || field::LENGTH.contains(&at) || field::KEY_ID.contains(&at);
+                if !early || (at == field::FLAGS && bit == 0x80) {
+                    assert_eq!(got, Err(WireError::BadMac), "byte {at} bit {bit:#x}");
+                }
+            }
+        }
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn encrypted_with_another_key_is_refused() {
+        let codec = NativeCodec::encrypting(vec![key(5, 0xaa)], 0);
+        let mut buf = [0u8; 256];
+        let mut out = Vec::new();
+        let forger = NativeCodec::encrypting(vec![key(5, 0xbb)], 0);
+        let len = encrypted_with(&forger, &tcp_flow(), &mut buf);
+        assert_eq!(codec.decode_datagram(&buf[..len], &mut out), Err(WireError::BadMac));
+        let other = NativeCodec::encrypting(vec![key(6, 0xaa)], 0);
+        let len = encrypted_with(&other, &tcp_flow(), &mut buf);
+        assert_eq!(codec.decode_datagram(&buf[..len], &mut out), Err(WireError::UnknownKey(6)));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn encryption_mismatch_is_refused_both_ways() {
+        let keys = || vec![key(5, 0xaa)];
+        let (enc, mac, plain) = (
+            NativeCodec::encrypting(keys(), 0),
+            NativeCodec::with_keys(keys()),
+            NativeCodec::insecure(),
+        );
+        let (mut e, mut m, mut p) = ([0u8; 256], [0u8; 256], [0u8; 256]);
+        let elen = encrypted_with(&enc, &tcp_flow(), &mut e);
+        let mlen = encrypted_with(&mac, &tcp_flow(), &mut m);
+        let plen = encrypted_with(&plain, &tcp_flow(), &mut p);
+        let mut out = Vec::new();
+        assert_eq!(enc.decode_datagram(&m[..mlen], &mut out), Err(WireError::NotEncrypted));
+        assert_eq!(enc.decode_datagram(&p[..plen], &mut out), Err(WireError::AuthMissing));
+        assert_eq!(mac.decode_datagram(&e[..elen], &mut out), Err(WireError::EncryptUnsupported));
+        assert_eq!(plain.decode_datagram(&e[..elen], &mut out), Err(WireError::AuthUnsupported));
+        // ENCRYPT without AUTH has no layout.
+        e[3] &= !flags::AUTH;
+        assert_eq!(enc.decode_datagram(&e[..elen], &mut out), Err(WireError::BadLength));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn nonce_differs_for_the_same_content_and_survives_a_rekey() {
+        let mut codec = NativeCodec::encrypting(vec![key(1, 1)], 41);
+        let f = tcp_flow();
+        let (mut a, mut b, mut c) = ([0u8; 256], [0u8; 256], [0u8; 256]);
+        let len = encrypted_with(&codec, &f, &mut a);
+        encrypted_with(&codec.clone(), &f, &mut b);
+        let nonce_of = |buf: &[u8]| Packet::new_checked(&buf[..len]).unwrap().nonce_counter();
+        assert_eq!((nonce_of(&a), nonce_of(&b)), (41, 42), "clones share the counter");
+        assert_eq!(a[..HEADER_LEN], b[..HEADER_LEN], "same header");
+        assert_ne!(a[HEADER_LEN + NONCE_LEN..len], b[HEADER_LEN + NONCE_LEN..len]);
+        // A rotation keeps encrypting and keeps counting.
+        codec.set_auth_keys(vec![key(2, 2), key(1, 1)]);
+        encrypted_with(&codec, &f, &mut c);
+        assert_eq!((nonce_of(&c), be32(&c[16..20])), (43, 2));
+        let mut out = Vec::new();
+        let old = NativeCodec::encrypting(vec![key(1, 1)], 0);
+        let new = NativeCodec::encrypting(vec![key(2, 2)], 0);
+        assert_eq!(old.decode_datagram(&c[..len], &mut out), Err(WireError::UnknownKey(2)));
+        assert!(codec.decode_datagram(&a[..len], &mut out).is_ok(), "old key still accepted");
+        assert!(new.decode_datagram(&c[..len], &mut out).is_ok());
+    }
+
+    #[test]
+    fn encrypted_crc_covers_the_plaintext_and_is_checked_after_the_tag() {
+        let k = key(5, 0xaa);
+        let codec = NativeCodec::encrypting(vec![k.clone()], 9);
+        let mut buf = [0u8; 256];
+        let len = encrypted_with(&codec, &tcp_flow(), &mut buf);
+        let head = HEADER_LEN + NONCE_LEN;
+        // Decrypt, check that the CRC is the plaintext's, break it, and
+        // encrypt again with a valid tag: only the CRC check can refuse it.
+        let sk = SealKey::derive(&k);
+        let n = nonce(7, 9);
+        let mut body = buf[head..len - MAC_LEN].to_vec();
+        let tag = Tag::try_from(&buf[len - MAC_LEN..len]).unwrap();
+        sk.cipher
+            .decrypt_inout_detached(&n, &buf[..head], body.as_mut_slice().into(), &tag)
+            .unwrap();
+        let t = body.len() - CRC_LEN;
+        let mut plain = buf[..head].to_vec();
+        plain.extend_from_slice(&body[..t]);
+        assert_eq!(crc32fast::hash(&plain), be32(&body[t..]));
+        body[t] ^= 1;
+        let tag =
+            sk.cipher.encrypt_inout_detached(&n, &buf[..head], body.as_mut_slice().into()).unwrap();
+        let mut b = buf;
+        b[head..len - MAC_LEN].copy_from_slice(&body);
+        b[len - MAC_LEN..len].copy_from_slice(&tag);
+        let mut out = Vec::new();
+        assert_eq!(codec.decode_datagram(&b[..len], &mut out), Err(WireError::BadCrc));
+    }
+
     #[test]
     fn unknown_message_type_keeps_its_sequence_slot() {
         let hdr = DatagramHeader { flags: 0, session: 1, seq: 1 };
@@ -1550,6 +1938,7 @@ mod tests {
         fn decoder_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
             let mut out = Vec::new();
             let _ = decode(&bytes, &mut out);
+            let _ = NativeCodec::encrypting(vec![key(1, 1)], 0).decode_datagram(&bytes, &mut out);
             if let Ok(p) = Packet::new_checked(&bytes[..]) {
                 for m in p.messages().flatten() {
                     let _ = m.parse();
