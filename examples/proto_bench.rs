@@ -103,7 +103,8 @@ fn end_to_end(n: u32, loss_percent: u64, bulk: bool) {
             }
         }
         for (to_b, bytes) in wire.drain(..) {
-            if to_b { b.handle_datagram(now, &bytes) } else { a.handle_datagram(now, &bytes) }
+            let core = if to_b { &mut b } else { &mut a };
+            assert_eq!(core.handle_datagram(now, &bytes), None, "a datagram was refused");
         }
         while let Some(ev) = b.poll_event() {
             if let PeerEvent::Upsert { flow, .. } = ev {

@@ -520,10 +520,9 @@ impl Daemon {
         loop {
             match self.channels.recv(link, &mut buf) {
                 Ok(Some(Recv::Datagram { len, from })) => {
-                    let before = reject::Snapshot::of(self.ftfw.stats());
-                    self.ftfw.handle_datagram(now, &buf[..len]);
-                    if let Some(reason) = before.reason(self.ftfw.stats()) {
-                        self.reject_log.note(reason, from, self.channels.name(link), now);
+                    if let Some(refusal) = self.ftfw.handle_datagram(now, &buf[..len]) {
+                        let name = self.channels.name(link);
+                        self.reject_log.note(refusal.into(), from, name, now);
                     }
                 }
                 Ok(Some(Recv::Foreign { from })) => {

@@ -1,16 +1,16 @@
 //! Refused sync datagrams in the operator's log: one line per reason per
 //! interval, naming the sender and how many more were refused meanwhile.
 //!
-//! The counters themselves live where the refusal is decided (the protocol
-//! core's `drop_*`, a link's `foreign_source`); this module only reads
-//! which of them moved for one datagram, so the core stays free of logging
-//! and a storm of forgeries costs one line per interval, not one per
-//! datagram.
+//! The refusal is decided and counted where it happens (the protocol
+//! core returns a [`Refusal`] and counts it in its `drop_*`; a link counts
+//! `foreign_source`); this module only turns it into a log line, so the
+//! core stays free of logging and a storm of forgeries costs one line per
+//! interval, not one per datagram.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::ftfw::FtfwStats;
+use crate::ftfw::Refusal;
 use crate::logging::RateLimit;
 
 /// Why a datagram was refused, as an operator needs to tell them apart.
@@ -72,45 +72,16 @@ impl Reason {
     }
 }
 
-/// The drop counters of the protocol core, to tell afterwards which one a
-/// datagram moved.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    bad_mac: u64,
-    unknown_key: u64,
-    auth: u64,
-    replay: u64,
-    bad_crc: u64,
-    malformed: u64,
-}
-
-impl Snapshot {
-    pub fn of(s: &FtfwStats) -> Snapshot {
-        Snapshot {
-            bad_mac: s.drop_bad_mac,
-            unknown_key: s.drop_unknown_key,
-            auth: s.drop_auth,
-            replay: s.drop_replay,
-            bad_crc: s.drop_bad_crc,
-            malformed: s.drop_malformed + s.drop_truncated + s.drop_bad_magic + s.drop_bad_version,
+impl From<Refusal> for Reason {
+    fn from(r: Refusal) -> Reason {
+        match r {
+            Refusal::AuthMismatch => Reason::AuthMismatch,
+            Refusal::UnknownKey => Reason::UnknownKey,
+            Refusal::BadMac => Reason::BadMac,
+            Refusal::BadCrc => Reason::BadCrc,
+            Refusal::Malformed => Reason::Malformed,
+            Refusal::Replay => Reason::Replay,
         }
-    }
-
-    /// Why the datagram handled between `self` and `after` was refused, if
-    /// it was (the first reason, in the order checks are made).
-    pub fn reason(&self, after: &FtfwStats) -> Option<Reason> {
-        let now = Snapshot::of(after);
-        [
-            (now.auth, self.auth, Reason::AuthMismatch),
-            (now.unknown_key, self.unknown_key, Reason::UnknownKey),
-            (now.bad_mac, self.bad_mac, Reason::BadMac),
-            (now.bad_crc, self.bad_crc, Reason::BadCrc),
-            (now.malformed, self.malformed, Reason::Malformed),
-            (now.replay, self.replay, Reason::Replay),
-        ]
-        .into_iter()
-        .find(|(a, b, _)| a != b)
-        .map(|(_, _, r)| r)
     }
 }
 
@@ -160,33 +131,6 @@ impl RejectLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_counter_that_moved_names_the_reason() {
-        let before = FtfwStats::default();
-        let snap = Snapshot::of(&before);
-        assert_eq!(snap.reason(&before), None);
-        type Bump = fn(&mut FtfwStats);
-        let cases: [(Bump, Reason); 7] = [
-            (|s| s.drop_bad_mac += 1, Reason::BadMac),
-            (|s| s.drop_unknown_key += 1, Reason::UnknownKey),
-            (|s| s.drop_auth += 1, Reason::AuthMismatch),
-            (|s| s.drop_replay += 1, Reason::Replay),
-            (|s| s.drop_bad_crc += 1, Reason::BadCrc),
-            (|s| s.drop_truncated += 1, Reason::Malformed),
-            (|s| s.drop_bad_magic += 1, Reason::Malformed),
-        ];
-        for (bump, reason) in cases {
-            let mut after = before.clone();
-            bump(&mut after);
-            assert_eq!(snap.reason(&after), Some(reason));
-        }
-        // Counters that are not refusals of the datagram do not log.
-        let mut after = before.clone();
-        after.drop_late += 3;
-        after.drop_unknown_session += 1;
-        assert_eq!(snap.reason(&after), None);
-    }
 
     #[test]
     fn each_reason_logs_once_per_interval_with_the_count_it_swallowed() {

@@ -116,6 +116,28 @@ pub enum LocalChange {
     ExpDestroy(Box<Expectation>),
 }
 
+/// Why [`Ftfw::handle_datagram`] refused a whole datagram. Each is also
+/// counted in [`FtfwStats`] (the `drop_*` named on each variant); messages
+/// dropped one by one (`drop_late`, `drop_unknown_session`) are not
+/// refusals of the datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `drop_auth`: one side authenticates (or encrypts) and the other not.
+    AuthMismatch,
+    /// `drop_unknown_key`: a key id not configured here.
+    UnknownKey,
+    /// `drop_bad_mac`: the MAC (or AEAD tag) does not match.
+    BadMac,
+    /// `drop_bad_crc`.
+    BadCrc,
+    /// `drop_malformed`, `drop_truncated`, `drop_bad_magic`,
+    /// `drop_bad_version`: it does not parse.
+    Malformed,
+    /// `drop_replay`: all its data was received before, or a handshake
+    /// answer of another round or incarnation.
+    Replay,
+}
+
 /// What the peer told us, for the external cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerEvent {
@@ -366,6 +388,8 @@ pub struct Ftfw {
     timers: [Option<Instant>; 3],
     events: VecDeque<PeerEvent>,
     decoded: Vec<Received>,
+    /// Why the datagram being handled was refused, if it was.
+    refused: Option<Refusal>,
     lost: Vec<Item>,
     stats: FtfwStats,
 }
@@ -441,6 +465,7 @@ impl Ftfw {
             timers: [None; 3],
             events: VecDeque::new(),
             decoded: Vec::new(),
+            refused: None,
             lost: Vec::new(),
             stats: FtfwStats::default(),
         };
@@ -490,8 +515,11 @@ impl Ftfw {
     // ----- inputs --------------------------------------------------------
 
     /// Process one datagram from the peer.
-    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
+    /// Returns why the datagram was refused, if it was (the daemon logs
+    /// it); a refused datagram changes nothing but a counter.
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) -> Option<Refusal> {
         self.stats.datagrams_received += 1;
+        self.refused = None;
         let mut decoded = std::mem::take(&mut self.decoded);
         decoded.clear();
         match self.codec.decode(bytes, &mut decoded) {
@@ -502,6 +530,7 @@ impl Ftfw {
         decoded.clear();
         self.decoded = decoded;
         self.update_gauges();
+        self.refused.take()
     }
 
     /// Fire expired timers. A spurious call does nothing.
@@ -983,6 +1012,7 @@ impl Ftfw {
             && self.stats.drop_late - late_before == u64::from(seq.0.wrapping_sub(first.0))
         {
             self.stats.drop_replay += 1;
+            self.refused = Some(Refusal::Replay);
         }
         if !any_sequenced {
             // The header carries the sender's next seq: a lost tail shows.
@@ -1162,6 +1192,7 @@ impl Ftfw {
         if echoed != self.session || round != self.hello_round {
             // An answer to a HELLO of another round or incarnation of ours.
             self.stats.drop_replay += 1;
+            self.refused = Some(Refusal::Replay);
             return;
         }
         if self.phase != PeerState::HelloSent {
@@ -1275,23 +1306,25 @@ impl Ftfw {
 
     fn count_error(&mut self, e: WireError) {
         let c = &mut self.stats;
-        match e {
-            WireError::Truncated => c.drop_truncated += 1,
-            WireError::BadMagic => c.drop_bad_magic += 1,
-            WireError::BadVersion(_) => c.drop_bad_version += 1,
-            WireError::BadCrc => c.drop_bad_crc += 1,
+        let (counter, refusal) = match e {
+            WireError::Truncated => (&mut c.drop_truncated, Refusal::Malformed),
+            WireError::BadMagic => (&mut c.drop_bad_magic, Refusal::Malformed),
+            WireError::BadVersion(_) => (&mut c.drop_bad_version, Refusal::Malformed),
+            WireError::BadCrc => (&mut c.drop_bad_crc, Refusal::BadCrc),
             WireError::AuthUnsupported
             | WireError::AuthMissing
             | WireError::NotEncrypted
-            | WireError::EncryptUnsupported => c.drop_auth += 1,
-            WireError::BadMac => c.drop_bad_mac += 1,
-            WireError::UnknownKey(_) => c.drop_unknown_key += 1,
+            | WireError::EncryptUnsupported => (&mut c.drop_auth, Refusal::AuthMismatch),
+            WireError::BadMac => (&mut c.drop_bad_mac, Refusal::BadMac),
+            WireError::UnknownKey(_) => (&mut c.drop_unknown_key, Refusal::UnknownKey),
             WireError::BadLength
             | WireError::BadMessage
             | WireError::BadAttribute(_)
             | WireError::UnknownMessage(_)
-            | WireError::BufferTooSmall => c.drop_malformed += 1,
-        }
+            | WireError::BufferTooSmall => (&mut c.drop_malformed, Refusal::Malformed),
+        };
+        *counter += 1;
+        self.refused = Some(refusal);
     }
 
     fn update_gauges(&mut self) {

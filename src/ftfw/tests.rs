@@ -466,11 +466,16 @@ fn replayed_datagrams_of_an_old_session_are_not_applied_after_our_restart() {
     let old = recording(PEER, US, 50);
     // We restart: a new random session. The attacker replays everything.
     let mut core = Ftfw::new(cfg(), US + 1000, 500, now);
+    let mut refused = Vec::new();
     for _ in 0..3 {
         for d in &old {
-            core.handle_datagram(now, d);
+            refused.push(core.handle_datagram(now, d));
         }
     }
+    // The stale HELLO_BACKs are refused as replays; data of a session we
+    // do not track is dropped message by message, not refused.
+    assert_eq!(refused.iter().filter(|r| **r == Some(Refusal::Replay)).count(), 3);
+    assert_eq!(refused.iter().filter(|r| r.is_some()).count(), 3, "{refused:?}");
     assert!(events(&mut core).is_empty(), "nothing applied, no PeerUp");
     assert_eq!(core.peer_state(), PeerState::HelloSent);
     assert!(!messages(&mut core, now).iter().any(Message::is_sequenced), "no data sent");
@@ -557,9 +562,22 @@ fn authenticated_cores_drop_forgeries_by_reason_and_go_on() {
         buf[..n].to_vec()
     };
     let seq = b.stats().msgs_sent as u32 + 20;
-    a.handle_datagram(now, &forge(NativeCodec::with_keys(vec![key(1, 0x22)]), seq));
-    a.handle_datagram(now, &forge(NativeCodec::with_keys(vec![key(2, 0x11)]), seq));
-    a.handle_datagram(now, &forge(NativeCodec::insecure(), seq));
+    // Each refusal is returned (the daemon logs it) and counted.
+    let refused = [
+        a.handle_datagram(now, &forge(NativeCodec::with_keys(vec![key(1, 0x22)]), seq)),
+        a.handle_datagram(now, &forge(NativeCodec::with_keys(vec![key(2, 0x11)]), seq)),
+        a.handle_datagram(now, &forge(NativeCodec::insecure(), seq)),
+        a.handle_datagram(now, b"not a datagram at all"),
+    ];
+    assert_eq!(
+        refused,
+        [
+            Some(Refusal::BadMac),
+            Some(Refusal::UnknownKey),
+            Some(Refusal::AuthMismatch),
+            Some(Refusal::Malformed)
+        ]
+    );
     let s = a.stats();
     assert_eq!((s.drop_bad_mac, s.drop_unknown_key, s.drop_auth), (1, 1, 1));
     assert!(!events(&mut a).iter().any(|e| matches!(e, PeerEvent::Upsert { .. })));
