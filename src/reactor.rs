@@ -23,14 +23,16 @@ use signal_hook_mio::v1_0::Signals;
 use crate::cache::{Cache, CacheStats, Upsert};
 use crate::channel::{Channels, LinkSpec, Recv};
 use crate::control::{self, CacheSel, Request};
+use crate::defer::{DeferStats, Deferral, Skip};
 use crate::digest::{self, RepairLedger};
 use crate::direct::{DirectStats, DirectToKernel, Role};
 use crate::expect::{ExpChange, ExpState, ExpectSync};
 use crate::filter::Filter;
 use crate::flow::Flow;
-use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
+use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent, PeerState, Seq};
 use crate::logging::RateLimit;
 use crate::metrics;
+use crate::netlink::queue::{QueueSocket, QueueStats, QueuedPacket};
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
 use crate::readiness::Readiness;
 use crate::reject;
@@ -60,6 +62,8 @@ pub struct DaemonConfig {
     /// Write the peer's flows into the kernel as they arrive
     /// (`sync.direct_to_kernel`, see [`crate::direct`]).
     pub direct_to_kernel: bool,
+    /// Hold queued packets until the peer has their flow (`sync.defer`).
+    pub defer: Option<crate::config::DeferConfig>,
     pub filter: Filter,
     /// Which helpers' expectations are synced (`sync.expectations`).
     pub expectations: ExpectSync,
@@ -93,6 +97,7 @@ pub struct RuntimeStats {
 const EVENTS: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const CONTROL: Token = Token(2);
+const QUEUE: Token = Token(4);
 const LINKS: Token = Token(16);
 const CLIENTS: usize = 1024;
 
@@ -137,6 +142,19 @@ pub struct Daemon {
     repairs: RepairLedger,
     /// Test hook: the peer's flow messages are dropped (drift on purpose).
     test_drop_peer_flows: bool,
+    /// `Some` with `sync.defer`.
+    defer: Option<Defer>,
+}
+
+/// Deferred packets: the queue they arrive on and the packets held.
+struct Defer {
+    queue: QueueSocket,
+    held: Deferral,
+    /// The protocol's loss counter when barriers were last taken.
+    resent: u64,
+    packets: Vec<QueuedPacket>,
+    release: Vec<u32>,
+    log: RateLimit,
 }
 
 struct Client {
@@ -173,6 +191,24 @@ impl Daemon {
         registry.register(&mut control, CONTROL, Interest::READABLE).map_err(reg)?;
         channels.register(registry, LINKS).map_err(reg)?;
         let metrics = cfg.metrics_listen.map(|a| metrics::Server::bind(a, registry)).transpose()?;
+        let defer = match cfg.defer {
+            Some(d) => {
+                // The kernel queue is longer than what we hold, so that our
+                // cap (counted) is reached before the kernel's fail-open.
+                let mut queue = QueueSocket::open(d.queue, d.max_held.saturating_mul(2))
+                    .map_err(|e| format!("sync.defer: {e}"))?;
+                registry.register(&mut queue, QUEUE, Interest::READABLE).map_err(reg)?;
+                Some(Defer {
+                    queue,
+                    held: Deferral::new(d.timeout, d.max_held as usize),
+                    resent: 0,
+                    packets: Vec::new(),
+                    release: Vec::new(),
+                    log: RateLimit::new(Duration::from_secs(10)),
+                })
+            }
+            None => None,
+        };
         let now = Instant::now();
         let readiness_file = cfg.ready_file.clone();
         let direct = cfg.direct_to_kernel.then(DirectToKernel::new);
@@ -208,6 +244,7 @@ impl Daemon {
             stop: false,
             repairs: RepairLedger::default(),
             test_drop_peer_flows: false,
+            defer,
         };
         if !daemon.cfg.ftfw.anti_entropy_interval.is_zero() {
             daemon.internal.enable_digests();
@@ -253,6 +290,7 @@ impl Daemon {
                     EVENTS => self.on_kernel_events(now),
                     SIGNALS => self.on_signals(),
                     CONTROL => self.accept_clients(),
+                    QUEUE => self.on_queued_packets(now),
                     metrics::LISTENER => self.on_metrics(metrics::LISTENER),
                     t if metrics::Server::owns(t) => self.on_metrics(t),
                     t if t.0 >= LINKS.0 && t.0 < LINKS.0 + self.channels.len() => {
@@ -268,11 +306,17 @@ impl Daemon {
             }
             self.on_timers(now);
             self.drive_protocol(now);
+            self.drive_defer(now);
         }
         log::info!("ctsyncd stopping");
         systemd::notify_stopping();
         // Flush what the protocol still has to say, best effort.
         self.drive_protocol(Instant::now());
+        if let Some(d) = &mut self.defer {
+            // Closing the queue would drop what it holds.
+            d.held.release_all(&mut d.release);
+            let _ = d.queue.accept(&d.release);
+        }
         if let Err(e) = self.readiness.withdraw() {
             log::warn!("cannot mark this node not ready for keepalived: {e}");
         }
@@ -499,6 +543,13 @@ impl Daemon {
         if self.ftfw.poll_timeout().is_some_and(|t| t <= now) {
             self.ftfw.handle_timeout(now);
         }
+        // Apply the peer's changes before acknowledging them: in
+        // direct-to-kernel mode an ACK then means the flows are in this
+        // kernel, which the peer's deferred packets wait for.
+        while let Some(event) = self.ftfw.poll_event() {
+            self.on_peer_event(now, event);
+        }
+        self.flush_direct(now);
         let mut buf = [0u8; 65536];
         if let Some(bytes) = self.unsent.take()
             && !self.send(now, &bytes)
@@ -510,18 +561,72 @@ impl Daemon {
                 break;
             }
         }
-        while let Some(event) = self.ftfw.poll_event() {
-            self.on_peer_event(now, event);
+    }
+
+    /// Packets queued by the ruleset (`sync.defer`): send each one's flow
+    /// state to the peer now, from the entry the queue delivers (the kernel
+    /// reports a new flow only after the packet's release), and hold the
+    /// packet until the peer acknowledges it.
+    fn on_queued_packets(&mut self, now: Instant) {
+        let Some(mut d) = self.defer.take() else { return };
+        d.packets.clear();
+        if let Err(e) = d.queue.recv(&mut d.packets)
+            && d.log.allow(now).is_some()
+        {
+            log::warn!("sync.defer: {e}");
         }
-        self.flush_direct(now);
-        // Events may have queued more output (a bulk send).
-        if self.unsent.is_none() {
-            while let Some(n) = self.ftfw.poll_transmit(now, &mut buf) {
-                if !self.send(now, &buf[..n]) {
-                    break;
+        let up = self.ftfw.peer_state() == PeerState::Established;
+        for p in std::mem::take(&mut d.packets) {
+            let skip = match p.flow {
+                None => Some(Skip::NotReplicated),
+                Some(_) if !up => Some(Skip::PeerDown),
+                Some(flow) => {
+                    let key = flow.key();
+                    let born =
+                        self.external.get(&key).is_none() && self.internal.get(&key).is_none();
+                    self.local_upsert(flow, born);
+                    if self.internal.get(&key).is_none() {
+                        Some(Skip::NotReplicated)
+                    } else if !d.held.hold(p.id, now) {
+                        d.release.push(p.id);
+                        None
+                    } else {
+                        self.ftfw.request_ack();
+                        None
+                    }
                 }
+            };
+            if let Some(why) = skip {
+                d.held.skip(why);
+                d.release.push(p.id);
             }
         }
+        self.defer = Some(d);
+    }
+
+    /// Take barriers for newly held packets, release those the peer
+    /// acknowledged or that waited long enough.
+    fn drive_defer(&mut self, now: Instant) {
+        let Some(d) = &mut self.defer else { return };
+        let resent = self.ftfw.stats().resent;
+        if resent != d.resent {
+            d.resent = resent;
+            d.held.forget_barriers();
+        }
+        if d.held.needs_barrier() && self.ftfw.tx_is_empty() {
+            d.held.set_barrier(Seq(self.ftfw.next_seq()));
+        }
+        d.held.release_acked(self.ftfw.acked_before(), now, &mut d.release);
+        d.held.release_expired(now, &mut d.release);
+        if let Err(e) = d.queue.accept(&d.release)
+            && d.log.allow(now).is_some()
+        {
+            log::warn!(
+                "sync.defer: {e}; {} packets were not released (fail-open applies only to a full queue)",
+                d.release.len()
+            );
+        }
+        d.release.clear();
     }
 
     /// Direct-to-kernel mode, the `-t` scheduled at the last backup
@@ -737,6 +842,7 @@ impl Daemon {
             self.resync_at,
             self.direct.as_ref().and_then(DirectToKernel::purge_at),
             self.watchdog.map(|(interval, last)| last + interval),
+            self.defer.as_ref().and_then(|d| d.held.next_deadline()),
         ]
         .into_iter()
         .flatten()
@@ -1186,6 +1292,10 @@ impl Daemon {
                 runtime: self.exp.stats,
             }),
             direct: self.direct.as_ref().map(DirectToKernel::stats).unwrap_or_default(),
+            defer: self
+                .defer
+                .as_ref()
+                .map(|d| DeferReport { held: d.held.stats(), queue: d.queue.stats() }),
         }
     }
 
@@ -1217,9 +1327,19 @@ struct StatsReport {
     anti_entropy: digest::AntiEntropyStats,
     links: Vec<crate::channel::LinkStatus>,
     direct: DirectStats,
+    /// Only with `sync.defer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    defer: Option<DeferReport>,
     /// Only with `sync.expectations`.
     #[serde(skip_serializing_if = "Option::is_none")]
     expectations: Option<ExpReport>,
+}
+
+#[derive(serde::Serialize)]
+struct DeferReport {
+    #[serde(flatten)]
+    held: DeferStats,
+    queue: QueueStats,
 }
 
 #[derive(serde::Serialize)]

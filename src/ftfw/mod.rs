@@ -359,6 +359,9 @@ pub struct Ftfw {
     /// Anti-entropy: REPAIR_REQUESTs sent whose REPAIR_END has not come.
     repairs_outstanding: u32,
     timers: [Option<Instant>; 3],
+    /// The next datagram with data asks for a prompt ACK (deferred packets
+    /// wait for it).
+    ack_wanted: bool,
     events: VecDeque<PeerEvent>,
     decoded: Vec<Received>,
     lost: Vec<Item>,
@@ -427,6 +430,7 @@ impl Ftfw {
             digest_parts: None,
             repairs_outstanding: 0,
             timers: [None; 3],
+            ack_wanted: false,
             events: VecDeque::new(),
             decoded: Vec::new(),
             lost: Vec::new(),
@@ -624,6 +628,25 @@ impl Ftfw {
 
     // ----- outputs -------------------------------------------------------
 
+    /// Every sequenced message before this seq was acknowledged by the
+    /// peer, or was lost and counted in [`FtfwStats::resent`] (its change
+    /// goes again with a new seq).
+    pub fn acked_before(&self) -> Seq {
+        self.resend.first()
+    }
+
+    /// True when every queued change has been given a sequence number.
+    pub fn tx_is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+
+    /// Have the next datagram that carries data ask the peer for its ACK at
+    /// once rather than at the end of its window (native dialect; the
+    /// conntrackd dialect has no such flag).
+    pub fn request_ack(&mut self) {
+        self.ack_wanted = true;
+    }
+
     /// Build the next datagram into `buf`; `None` when nothing is due.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         if self.compat {
@@ -705,6 +728,10 @@ impl Ftfw {
             && (blocked || self.resend.len() * 2 >= self.resend.capacity() || !sequenced)
             && self.resend.live() > 0
         {
+            flags |= native::flags::ACK_REQUEST;
+        }
+        if sequenced && self.ack_wanted {
+            self.ack_wanted = false;
             flags |= native::flags::ACK_REQUEST;
         }
         self.finish_datagram(now, flags, first_seq, &dg, buf)
