@@ -198,6 +198,11 @@ impl Daemon {
                 let mut queue = QueueSocket::open(d.queue, d.max_held.saturating_mul(2))
                     .map_err(|e| format!("sync.defer: {e}"))?;
                 registry.register(&mut queue, QUEUE, Interest::READABLE).map_err(reg)?;
+                if !queue.with_conntrack() {
+                    log::info!(
+                        "sync.defer: this kernel does not send conntrack entries with queued packets (no CONFIG_NETFILTER_NETLINK_GLUE_CT): flows are looked up by the packets' addresses and ports"
+                    );
+                }
                 Some(Defer {
                     queue,
                     held: Deferral::new(d.timeout, d.max_held as usize),
@@ -577,7 +582,8 @@ impl Daemon {
         }
         let up = self.ftfw.peer_state() == PeerState::Established;
         for p in std::mem::take(&mut d.packets) {
-            let skip = match p.flow {
+            let flow = p.flow.or_else(|| self.flow_of_packet(p.headers));
+            let skip = match flow {
                 None => Some(Skip::NotReplicated),
                 Some(_) if !up => Some(Skip::PeerDown),
                 Some(flow) => {
@@ -602,6 +608,18 @@ impl Daemon {
             }
         }
         self.defer = Some(d);
+    }
+
+    /// A queued packet's flow when the kernel did not send its conntrack
+    /// entry: the confirmed entry its tuple belongs to, or else (the first
+    /// packet of a flow, not yet confirmed) what its headers say.
+    fn flow_of_packet(&mut self, headers: Option<Flow>) -> Option<Flow> {
+        let headers = headers?;
+        match self.kernel.get(&headers.key()) {
+            Ok(Some(flow)) => Some(flow),
+            Ok(None) => Some(headers),
+            Err(_) => None,
+        }
     }
 
     /// Take barriers for newly held packets, release those the peer

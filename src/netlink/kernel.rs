@@ -156,6 +156,43 @@ impl Kernel {
         Ok(())
     }
 
+    /// The entry that has this tuple as either of its tuples; `None` when
+    /// there is none, which includes an entry the kernel has not confirmed
+    /// yet (a packet still on its way through the first hooks).
+    pub fn get(&mut self, tuple: &FlowKey) -> io::Result<Option<Flow>> {
+        let seq = self.next_seq();
+        self.send_buf.clear();
+        let family = if tuple.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET } as u8;
+        ct_message(&mut self.send_buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST, seq, family, |w| {
+            emit_key(w, tuple)
+        });
+        self.sock
+            .send(&self.send_buf, 0)
+            .map_err(|e| ctx(e, "cannot look up a conntrack entry"))?;
+        loop {
+            self.recv_buf.clear();
+            let n = recv(&self.sock, &mut self.recv_buf)
+                .map_err(|e| ctx(e, "cannot read a conntrack entry"))?;
+            for msg in Messages::new(&self.recv_buf[..n]) {
+                let Ok((_, msg)) = msg else { break };
+                if msg.seq != seq {
+                    continue;
+                }
+                match msg.errno() {
+                    Some(0) | Some(libc::ENOENT) => return Ok(None),
+                    Some(errno) => {
+                        let e = io::Error::from_raw_os_error(errno);
+                        return Err(ctx(e, "conntrack lookup"));
+                    }
+                    None => {}
+                }
+                if let Some((_, attrs)) = msg.ctnetlink() {
+                    return Ok(parse_flow(attrs).ok());
+                }
+            }
+        }
+    }
+
     /// Every expectation of both families.
     pub fn dump_expectations(&mut self) -> io::Result<Vec<Expectation>> {
         let mut exps = Vec::new();

@@ -2,12 +2,15 @@
 //! daemon, and the verdicts that release them (`sync.defer`,
 //! docs/active-active.md).
 //!
-//! The queue is bound with copy mode META (no payload: the daemon needs only
-//! the packet's conntrack entry), `NFQA_CFG_F_CONNTRACK` (each packet comes
-//! with its entry in `NFQA_CT`, ctnetlink's attributes, decoded by
-//! [`super::convert::parse_flow`]) and `NFQA_CFG_F_FAIL_OPEN` (a full queue
-//! accepts packets instead of dropping them). [`decode_packets`] is the pure
-//! decoder of what the socket reads.
+//! The queue is bound with `NFQA_CFG_F_FAIL_OPEN` (a full queue accepts
+//! packets instead of dropping them) and `NFQA_CFG_F_CONNTRACK`: each packet
+//! comes with its conntrack entry in `NFQA_CT` (ctnetlink's attributes,
+//! decoded by [`super::convert::parse_flow`]). Kernels built without
+//! `CONFIG_NETFILTER_NETLINK_GLUE_CT` refuse that flag; then the packet's
+//! first bytes (copy mode PACKET, [`COPY_RANGE`] bytes) give its addresses
+//! and ports, and the caller looks the entry up by them (see
+//! [`QueuedPacket::headers`]). [`decode_packets`] is the pure decoder of
+//! what the socket reads.
 
 use std::io;
 
@@ -28,6 +31,7 @@ const MSG_CONFIG: u8 = 2;
 mod nfqa {
     pub const PACKET_HDR: u16 = 1;
     pub const VERDICT_HDR: u16 = 2;
+    pub const PAYLOAD: u16 = 10;
     pub const CT: u16 = 11;
     pub const CT_INFO: u16 = 12;
 }
@@ -39,22 +43,31 @@ mod cfg {
     pub const MASK: u16 = 4;
     pub const FLAGS: u16 = 5;
     pub const CMD_BIND: u8 = 1;
-    pub const COPY_META: u8 = 1;
+    pub const COPY_PACKET: u8 = 2;
     pub const F_FAIL_OPEN: u32 = 1;
     pub const F_CONNTRACK: u32 = 2;
 }
 const NF_ACCEPT: u32 = 1;
 const NLMSG_HDRLEN: usize = 16;
 const RECV_BUF: usize = 1 << 16;
+/// Packet bytes copied to us: the longest IPv4 header (60 bytes) plus a TCP
+/// header's ports and flags, or an IPv6 header plus the same.
+pub const COPY_RANGE: u32 = 80;
 
 /// One queued packet: its id (for the verdict) and, when the kernel sent
 /// it, its conntrack entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedPacket {
     pub id: u32,
-    /// `None`: the packet has no conntrack entry (untracked), or the entry
-    /// did not decode.
+    /// `None`: the packet has no conntrack entry (untracked), the entry
+    /// did not decode, or the kernel does not send entries.
     pub flow: Option<Flow>,
+    /// The flow the packet's own headers describe, if TCP or UDP over IP:
+    /// addresses and ports as the packet carries them (so the reply tuple
+    /// for a reply), no NAT, TCP state SYN_SENT for a SYN and ESTABLISHED
+    /// otherwise. For a lookup when `flow` is `None`, and as the state of a
+    /// flow the kernel has not confirmed yet.
+    pub headers: Option<Flow>,
 }
 
 /// Counters of the queue socket.
@@ -90,24 +103,68 @@ pub fn decode_packets(buf: &[u8], out: &mut Vec<QueuedPacket>) -> usize {
         };
         let mut id = None;
         let mut flow = None;
+        let mut headers = None;
         let walked = for_each_nla(attrs, |kind, v| {
             match kind & 0x3fff {
                 nfqa::PACKET_HDR => id = Some(be_u32(v.get(..4).unwrap_or(v))?),
                 nfqa::CT => flow = parse_flow(v).ok(),
+                nfqa::PAYLOAD => headers = flow_of_headers(v),
                 nfqa::CT_INFO => {}
                 _ => {}
             }
             Ok(())
         });
         match (walked, id) {
-            (Ok(()), Some(id)) => out.push(QueuedPacket { id, flow }),
-            // A packet whose header did not decode cannot get a verdict;
-            // fail-open does not apply to it: it waits for the queue to go.
-            (Err(_), Some(id)) => out.push(QueuedPacket { id, flow: None }),
+            (Ok(()), Some(id)) => out.push(QueuedPacket { id, flow, headers }),
+            (Err(_), Some(id)) => out.push(QueuedPacket { id, flow: None, headers: None }),
             _ => errors += 1,
         }
     }
     errors
+}
+
+/// `tcp_conntrack` states and the kernel's default timeouts for them.
+const TCP_SYN_SENT: (u8, u32) = (1, 120);
+const TCP_ESTABLISHED: (u8, u32) = (3, 432_000);
+const UDP_TIMEOUT: u32 = 30;
+
+/// The flow a TCP or UDP packet's headers describe (see
+/// [`QueuedPacket::headers`]).
+pub fn flow_of_headers(p: &[u8]) -> Option<Flow> {
+    let (proto, src, dst, l4): (u8, std::net::IpAddr, std::net::IpAddr, &[u8]) =
+        match p.first()? >> 4 {
+            4 => {
+                let ihl = usize::from(p[0] & 0x0f) * 4;
+                let frag = u16::from_be_bytes([*p.get(6)?, *p.get(7)?]) & 0x1fff;
+                if ihl < 20 || frag != 0 {
+                    return None;
+                }
+                let a: [u8; 4] = p.get(12..16)?.try_into().ok()?;
+                let b: [u8; 4] = p.get(16..20)?.try_into().ok()?;
+                (*p.get(9)?, a.into(), b.into(), p.get(ihl..)?)
+            }
+            6 => {
+                let a: [u8; 16] = p.get(8..24)?.try_into().ok()?;
+                let b: [u8; 16] = p.get(24..40)?.try_into().ok()?;
+                (*p.get(6)?, a.into(), b.into(), p.get(40..)?)
+            }
+            _ => return None,
+        };
+    let sport = u16::from_be_bytes([*l4.first()?, *l4.get(1)?]);
+    let dport = u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]);
+    let mut flow = Flow::new(proto, src, dst, sport, dport);
+    match proto {
+        6 => {
+            let flags = *l4.get(13)?;
+            let syn_only = flags & 0x12 == 0x02;
+            let (state, timeout) = if syn_only { TCP_SYN_SENT } else { TCP_ESTABLISHED };
+            flow.proto_state = state;
+            flow.timeout = timeout;
+        }
+        17 => flow.timeout = UDP_TIMEOUT,
+        _ => return None,
+    }
+    Some(flow)
 }
 
 /// Append one accept verdict for packet `id` of queue `queue` to `buf`.
@@ -147,6 +204,7 @@ pub struct QueueSocket {
     buf: Vec<u8>,
     out: Vec<u8>,
     stats: QueueStats,
+    with_conntrack: bool,
 }
 
 impl QueueSocket {
@@ -162,6 +220,7 @@ impl QueueSocket {
             buf: Vec::with_capacity(RECV_BUF),
             out: Vec::new(),
             stats: QueueStats::default(),
+            with_conntrack: false,
         };
         s.configure(|w| {
             // cmd, pad, pf (ignored by current kernels for BIND).
@@ -176,17 +235,26 @@ impl QueueSocket {
             ),
             _ => ctx(e, &format!("cannot bind NFQUEUE {queue} (needs the nfnetlink_queue module)")),
         })?;
-        s.configure(|w| {
-            let mut params = [0u8; 5];
-            params[..4].copy_from_slice(&0u32.to_be_bytes());
-            params[4] = cfg::COPY_META;
-            w.put(cfg::PARAMS, &params);
-            w.put_u32_be(cfg::QUEUE_MAXLEN, maxlen);
-            let flags = cfg::F_FAIL_OPEN | cfg::F_CONNTRACK;
-            w.put_u32_be(cfg::FLAGS, flags);
-            w.put_u32_be(cfg::MASK, flags);
-        })
-        .map_err(|e| ctx(e, &format!("cannot configure NFQUEUE {queue}")))?;
+        let setup = |flags: u32| {
+            move |w: &mut AttrWriter<'_>| {
+                let mut params = [0u8; 5];
+                params[..4].copy_from_slice(&COPY_RANGE.to_be_bytes());
+                params[4] = cfg::COPY_PACKET;
+                w.put(cfg::PARAMS, &params);
+                w.put_u32_be(cfg::QUEUE_MAXLEN, maxlen);
+                w.put_u32_be(cfg::FLAGS, flags);
+                w.put_u32_be(cfg::MASK, cfg::F_FAIL_OPEN | cfg::F_CONNTRACK);
+            }
+        };
+        s.with_conntrack = true;
+        if let Err(e) = s.configure(setup(cfg::F_FAIL_OPEN | cfg::F_CONNTRACK)) {
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(ctx(e, &format!("cannot configure NFQUEUE {queue}")));
+            }
+            s.with_conntrack = false;
+            s.configure(setup(cfg::F_FAIL_OPEN))
+                .map_err(|e| ctx(e, &format!("cannot configure NFQUEUE {queue}")))?;
+        }
         let fd = std::os::fd::AsFd::as_fd(&s.sock);
         // Lost verdict requests would leave packets held; errors go to
         // `verdict_errors` instead of overrunning the socket.
@@ -200,6 +268,12 @@ impl QueueSocket {
     /// The queue number.
     pub fn queue(&self) -> u16 {
         self.queue
+    }
+
+    /// False when the kernel does not send conntrack entries with packets
+    /// (built without `CONFIG_NETFILTER_NETLINK_GLUE_CT`).
+    pub fn with_conntrack(&self) -> bool {
+        self.with_conntrack
     }
 
     /// Read every packet queued now into `out`.
@@ -358,7 +432,7 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].id, 7);
         assert_eq!(out[0].flow.as_ref().map(Flow::key), Some(flow.key()));
-        assert_eq!(out[1], QueuedPacket { id: 8, flow: None });
+        assert_eq!(out[1], QueuedPacket { id: 8, flow: None, headers: None });
     }
 
     #[test]
@@ -375,6 +449,43 @@ mod tests {
         bad_ct.truncate(bad_ct.len());
         out.clear();
         decode_packets(&bad_ct, &mut out);
-        assert_eq!(out, vec![QueuedPacket { id: 9, flow: None }]);
+        assert_eq!(out, vec![QueuedPacket { id: 9, flow: None, headers: None }]);
+    }
+
+    #[test]
+    fn flows_of_packet_headers() {
+        #[rustfmt::skip]
+        let syn: &[u8] = &[
+            0x45, 0, 0, 60, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 1, 2, 10, 0, 2, 2,
+            0x9c, 0x40, 0x1f, 0x40, 0, 0, 0, 1, 0, 0, 0, 0, 0xa0, 0x02, 0xff, 0xff,
+        ];
+        let f = flow_of_headers(syn).unwrap();
+        assert_eq!(
+            f.key(),
+            Flow::new_v4(6, [10, 0, 1, 2].into(), [10, 0, 2, 2].into(), 40000, 8000).key()
+        );
+        assert_eq!((f.proto_state, f.timeout), TCP_SYN_SENT);
+        let mut synack = syn.to_vec();
+        synack[33] = 0x12;
+        assert_eq!(flow_of_headers(&synack).unwrap().proto_state, TCP_ESTABLISHED.0);
+        let mut udp = syn.to_vec();
+        udp[9] = 17;
+        assert_eq!(flow_of_headers(&udp).unwrap().timeout, UDP_TIMEOUT);
+        let mut icmp = syn.to_vec();
+        icmp[9] = 1;
+        assert!(flow_of_headers(&icmp).is_none());
+        let mut fragment = syn.to_vec();
+        fragment[7] = 1;
+        assert!(flow_of_headers(&fragment).is_none());
+        for len in 0..syn.len() {
+            let _ = flow_of_headers(&syn[..len]);
+        }
+        assert!(flow_of_headers(&syn[..22]).is_none());
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+        v6.extend_from_slice(&[0xfd; 16]);
+        v6.extend_from_slice(&[0xfe; 16]);
+        v6.extend_from_slice(&syn[20..]);
+        let f = flow_of_headers(&v6).unwrap();
+        assert_eq!((f.key().l4, f.proto_state), ([40000, 8000], TCP_SYN_SENT.0));
     }
 }
