@@ -33,6 +33,7 @@ mod nfqa {
     pub const VERDICT_HDR: u16 = 2;
     pub const PAYLOAD: u16 = 10;
     pub const CT: u16 = 11;
+    #[cfg(test)]
     pub const CT_INFO: u16 = 12;
 }
 /// `enum nfqnl_attr_config`.
@@ -109,7 +110,6 @@ pub fn decode_packets(buf: &[u8], out: &mut Vec<QueuedPacket>) -> usize {
                 nfqa::PACKET_HDR => id = Some(be_u32(v.get(..4).unwrap_or(v))?),
                 nfqa::CT => flow = parse_flow(v).ok(),
                 nfqa::PAYLOAD => headers = flow_of_headers(v),
-                nfqa::CT_INFO => {}
                 _ => {}
             }
             Ok(())
@@ -230,7 +230,7 @@ impl QueueSocket {
             Some(libc::EBUSY) | Some(libc::EPERM) => ctx(
                 e,
                 &format!(
-                    "NFQUEUE {queue} is bound by another process: choose another sync.defer.queue"
+                    "NFQUEUE {queue} is bound by another process (choose another sync.defer.queue), or this process lacks CAP_NET_ADMIN"
                 ),
             ),
             _ => ctx(e, &format!("cannot bind NFQUEUE {queue} (needs the nfnetlink_queue module)")),
@@ -442,11 +442,10 @@ mod tests {
             let buf: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             decode_packets(&buf, &mut out);
         }
-        let mut bad_ct = packet(|w| {
+        let bad_ct = packet(|w| {
             w.put(nfqa::PACKET_HDR, &[0, 0, 0, 9]);
             w.put(nfqa::CT, &[200, 0, 1, 0]);
         });
-        bad_ct.truncate(bad_ct.len());
         out.clear();
         decode_packets(&bad_ct, &mut out);
         assert_eq!(out, vec![QueuedPacket { id: 9, flow: None, headers: None }]);
