@@ -354,3 +354,29 @@ fn asymmetric_routing_needs_deferral_and_passes_with_it() {
         stats[1]
     );
 }
+
+/// Never drop: when the peer does not acknowledge (its side of the sync
+/// link drops our datagrams, so it still looks alive from its keepalives),
+/// every held packet is accepted when `sync.defer.timeout` passes.
+#[test]
+fn held_packets_pass_when_the_timeout_ends_without_an_ack() {
+    if skip() {
+        return;
+    }
+    let mut lab = Lab::new("aat", true, true);
+    lab.start();
+    lab.fw[1].exec(
+        "nft -f - <<'EOF'\ntable netdev lossy {\n    chain in {\n        \
+         type filter hook ingress device \"sync0\" priority 0;\n        \
+         udp dport 3780 drop\n    }\n}\nEOF",
+    );
+    let result = lab.connections(50, 5);
+    let fw1 = lab.stats(0)["defer"].clone();
+    println!("peer silent: {result}; fw1 defer: {fw1}");
+    assert_eq!(result["failed"], 0, "held packets must pass after the timeout: {result}");
+    let timeouts = fw1["timeouts"].as_u64().unwrap_or(0);
+    // Symmetric routing: fw1 holds each connection's SYN and its SYN-ACK.
+    assert!(timeouts >= 100, "fw1 should have released by timeout: {fw1}");
+    assert_eq!(fw1["released_by_ack"], 0, "{fw1}");
+    assert_eq!(fw1["held"], 0, "{fw1}");
+}
