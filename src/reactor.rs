@@ -2,7 +2,7 @@
 //!
 //! One thread, one `Poll`. Each turn reads the clock once, drains every
 //! ready source until `WouldBlock`, feeds the protocol core, then drains the
-//! core's outputs in its documented order (transmit, events, timeout).
+//! core's outputs in its documented order (events, transmit, timeout).
 //! Decisions about the protocol live in [`crate::ftfw`]; about flows in
 //! [`crate::cache`] and [`crate::filter`]; about the kernel in
 //! [`crate::netlink`].
@@ -542,7 +542,7 @@ impl Daemon {
         }
     }
 
-    /// Drain the protocol core: transmit, apply peer events, and let it
+    /// Drain the protocol core: apply peer events, transmit, and let it
     /// re-arm its timer.
     fn drive_protocol(&mut self, now: Instant) {
         if self.ftfw.poll_timeout().is_some_and(|t| t <= now) {

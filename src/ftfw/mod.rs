@@ -8,13 +8,17 @@
 //!   [`Ftfw::repair_send`];
 //! - outputs: [`Ftfw::poll_transmit`], [`Ftfw::poll_event`],
 //!   [`Ftfw::poll_timeout`];
-//! - getters: [`Ftfw::stats`], [`Ftfw::peer_state`], [`Ftfw::is_synced`].
+//! - getters: [`Ftfw::stats`], [`Ftfw::peer_state`], [`Ftfw::is_synced`],
+//!   and for deferred packets [`Ftfw::acked_before`], [`Ftfw::tx_is_empty`]
+//!   (with the command [`Ftfw::request_ack`]).
 //!
-//! **Drain order**: after any input or command, call `poll_transmit` until
-//! it returns `None` (sending each datagram), then `poll_event` until
+//! **Drain order**: after any input or command, call `poll_event` until
 //! `None` (applying each event; a [`PeerEvent::BulkRequested`] is answered
-//! with `bulk_send`, after which `poll_transmit` has work again), then arm
-//! a timer for `poll_timeout` and call `handle_timeout` when it expires.
+//! with `bulk_send`), then `poll_transmit` until it returns `None` (sending
+//! each datagram), then arm a timer for `poll_timeout` and call
+//! `handle_timeout` when it expires. Events first, so that the ACKs sent
+//! go out after what they acknowledge was applied (the peer's deferred
+//! packets wait for them); the core itself accepts either order.
 //!
 //! The rules (sequencing, ACK, NACK, bulk, handshake) are written in
 //! `docs/PROTOCOL.md`; the tests cite them.
