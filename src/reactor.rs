@@ -582,10 +582,11 @@ impl Daemon {
         }
         let up = self.ftfw.peer_state() == PeerState::Established;
         for p in std::mem::take(&mut d.packets) {
-            let flow = p.flow.or_else(|| self.flow_of_packet(p.headers));
+            // No peer to wait for: no lookup either.
+            let flow = if up { p.flow.or_else(|| self.flow_of_packet(p.headers)) } else { None };
             let skip = match flow {
+                None if !up => Some(Skip::PeerDown),
                 None => Some(Skip::NotReplicated),
-                Some(_) if !up => Some(Skip::PeerDown),
                 Some(flow) => {
                     let key = flow.key();
                     let born =

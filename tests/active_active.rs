@@ -357,9 +357,10 @@ fn asymmetric_routing_needs_deferral_and_passes_with_it() {
 
 /// Never drop: when the peer does not acknowledge (its side of the sync
 /// link drops our datagrams, so it still looks alive from its keepalives),
-/// every held packet is accepted when `sync.defer.timeout` passes.
+/// every held packet is accepted when `sync.defer.timeout` passes; when the
+/// peer is down, nothing is held.
 #[test]
-fn held_packets_pass_when_the_timeout_ends_without_an_ack() {
+fn held_packets_pass_at_the_timeout_and_none_wait_for_a_dead_peer() {
     if skip() {
         return;
     }
@@ -379,4 +380,17 @@ fn held_packets_pass_when_the_timeout_ends_without_an_ack() {
     assert!(timeouts >= 100, "fw1 should have released by timeout: {fw1}");
     assert_eq!(fw1["released_by_ack"], 0, "{fw1}");
     assert_eq!(fw1["held"], 0, "{fw1}");
+
+    // Once the peer is down (its daemon stopped, `sync.peer_timeout`
+    // passed), packets are not held at all.
+    let _ = lab.daemons[1].kill();
+    let _ = lab.daemons[1].wait();
+    wait_for(Duration::from_secs(10), || lab.stats(0)["protocol"]["peer_down"] == 1)
+        .unwrap_or_else(|| panic!("fw1 did not see the peer go: {}", lab.stats(0)));
+    let result = lab.connections(20, 5);
+    let fw1 = lab.stats(0)["defer"].clone();
+    println!("peer down: {result}; fw1 defer: {fw1}");
+    assert_eq!(result["failed"], 0, "{result}");
+    assert!(fw1["peer_down"].as_u64().unwrap_or(0) >= 40, "{fw1}");
+    assert_eq!(fw1["timeouts"], timeouts, "nothing more waits for the timeout: {fw1}");
 }
