@@ -3,7 +3,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in conntrack conntrackd keepalived nftables iproute2 socat tcpdump python3 procps gcc lintian dpkg-dev systemd vsftpd; do
+for pkg in conntrack conntrackd keepalived nftables iproute2 socat tcpdump python3 procps gcc lintian dpkg-dev systemd vsftpd iptables; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

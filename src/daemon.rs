@@ -174,6 +174,7 @@ fn daemon_config(
         purge_timeout: sync.purge_timeout.as_secs().min(u64::from(u32::MAX)) as u32,
         be_liberal: !sync.tcp_window_tracking,
         direct_to_kernel: sync.direct_to_kernel,
+        defer: sync.defer,
         filter: Filter::from_config(cfg),
         expectations: cfg.sync.expectations.clone(),
         ready_file: cfg.general.ready_file.clone(),

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod defer;
 pub mod digest;
 pub mod direct;
 pub mod expect;

@@ -49,6 +49,10 @@ pub const GAUGES: &[&str] = &[
     "protocol.resend_queue_len",
     "links.up",
     "links.active",
+    "defer.held",
+    "defer.hold_p50_us",
+    "defer.hold_p99_us",
+    "defer.hold_max_us",
 ];
 
 /// Render the `-s --json` document `stats` in the Prometheus text format.

@@ -2,7 +2,7 @@
 //!
 //! One thread, one `Poll`. Each turn reads the clock once, drains every
 //! ready source until `WouldBlock`, feeds the protocol core, then drains the
-//! core's outputs in its documented order (transmit, events, timeout).
+//! core's outputs in its documented order (events, transmit, timeout).
 //! Decisions about the protocol live in [`crate::ftfw`]; about flows in
 //! [`crate::cache`] and [`crate::filter`]; about the kernel in
 //! [`crate::netlink`].
@@ -23,14 +23,16 @@ use signal_hook_mio::v1_0::Signals;
 use crate::cache::{Cache, CacheStats, Upsert};
 use crate::channel::{Channels, LinkSpec, Recv};
 use crate::control::{self, CacheSel, Request};
+use crate::defer::{DeferStats, Deferral, Skip};
 use crate::digest::{self, RepairLedger};
 use crate::direct::{DirectStats, DirectToKernel, Role};
 use crate::expect::{ExpChange, ExpState, ExpectSync};
 use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey};
-use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
+use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent, PeerState, Seq};
 use crate::logging::RateLimit;
 use crate::metrics;
+use crate::netlink::queue::{QueueSocket, QueueStats, QueuedPacket};
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
 use crate::readiness::Readiness;
 use crate::reject;
@@ -60,6 +62,8 @@ pub struct DaemonConfig {
     /// Write the peer's flows into the kernel as they arrive
     /// (`sync.direct_to_kernel`, see [`crate::direct`]).
     pub direct_to_kernel: bool,
+    /// Hold queued packets until the peer has their flow (`sync.defer`).
+    pub defer: Option<crate::config::DeferConfig>,
     pub filter: Filter,
     /// Which helpers' expectations are synced (`sync.expectations`).
     pub expectations: ExpectSync,
@@ -93,6 +97,7 @@ pub struct RuntimeStats {
 const EVENTS: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const CONTROL: Token = Token(2);
+const QUEUE: Token = Token(4);
 const LINKS: Token = Token(16);
 const CLIENTS: usize = 1024;
 
@@ -141,6 +146,19 @@ pub struct Daemon {
     repairs: RepairLedger,
     /// Test hook: the peer's flow messages are dropped (drift on purpose).
     test_drop_peer_flows: bool,
+    /// `Some` with `sync.defer`.
+    defer: Option<Defer>,
+}
+
+/// Deferred packets: the queue they arrive on and the packets held.
+struct Defer {
+    queue: QueueSocket,
+    held: Deferral,
+    /// The protocol's loss counter when barriers were last taken.
+    resent: u64,
+    packets: Vec<QueuedPacket>,
+    release: Vec<u32>,
+    log: RateLimit,
 }
 
 struct Client {
@@ -177,6 +195,29 @@ impl Daemon {
         registry.register(&mut control, CONTROL, Interest::READABLE).map_err(reg)?;
         channels.register(registry, LINKS).map_err(reg)?;
         let metrics = cfg.metrics_listen.map(|a| metrics::Server::bind(a, registry)).transpose()?;
+        let defer = match cfg.defer {
+            Some(d) => {
+                // The kernel queue is longer than what we hold, so that our
+                // cap (counted) is reached before the kernel's fail-open.
+                let mut queue = QueueSocket::open(d.queue, d.max_held.saturating_mul(2))
+                    .map_err(|e| format!("sync.defer: {e}"))?;
+                registry.register(&mut queue, QUEUE, Interest::READABLE).map_err(reg)?;
+                if !queue.with_conntrack() {
+                    log::info!(
+                        "sync.defer: this kernel does not send conntrack entries with queued packets (no CONFIG_NETFILTER_NETLINK_GLUE_CT): flows are looked up by the packets' addresses and ports"
+                    );
+                }
+                Some(Defer {
+                    queue,
+                    held: Deferral::new(d.timeout, d.max_held as usize),
+                    resent: 0,
+                    packets: Vec::new(),
+                    release: Vec::new(),
+                    log: RateLimit::new(Duration::from_secs(10)),
+                })
+            }
+            None => None,
+        };
         let now = Instant::now();
         let readiness_file = cfg.ready_file.clone();
         let direct = cfg.direct_to_kernel.then(DirectToKernel::new);
@@ -213,6 +254,7 @@ impl Daemon {
             stop: false,
             repairs: RepairLedger::default(),
             test_drop_peer_flows: false,
+            defer,
         };
         if !daemon.cfg.ftfw.anti_entropy_interval.is_zero() {
             daemon.internal.enable_digests();
@@ -258,6 +300,7 @@ impl Daemon {
                     EVENTS => self.on_kernel_events(now),
                     SIGNALS => self.on_signals(),
                     CONTROL => self.accept_clients(),
+                    QUEUE => self.on_queued_packets(now),
                     metrics::LISTENER => self.on_metrics(metrics::LISTENER),
                     t if metrics::Server::owns(t) => self.on_metrics(t),
                     t if t.0 >= LINKS.0 && t.0 < LINKS.0 + self.channels.len() => {
@@ -273,11 +316,17 @@ impl Daemon {
             }
             self.on_timers(now);
             self.drive_protocol(now);
+            self.drive_defer(now);
         }
         log::info!("ctsyncd stopping");
         systemd::notify_stopping();
         // Flush what the protocol still has to say, best effort.
         self.drive_protocol(Instant::now());
+        if let Some(d) = &mut self.defer {
+            // Closing the queue would drop what it holds.
+            d.held.release_all(&mut d.release);
+            let _ = d.queue.accept(&d.release);
+        }
         if let Err(e) = self.readiness.withdraw() {
             log::warn!("cannot mark this node not ready for keepalived: {e}");
         }
@@ -537,12 +586,19 @@ impl Daemon {
         }
     }
 
-    /// Drain the protocol core: transmit, apply peer events, and let it
+    /// Drain the protocol core: apply peer events, transmit, and let it
     /// re-arm its timer.
     fn drive_protocol(&mut self, now: Instant) {
         if self.ftfw.poll_timeout().is_some_and(|t| t <= now) {
             self.ftfw.handle_timeout(now);
         }
+        // Apply the peer's changes before acknowledging them: in
+        // direct-to-kernel mode an ACK then means the flows are in this
+        // kernel, which the peer's deferred packets wait for.
+        while let Some(event) = self.ftfw.poll_event() {
+            self.on_peer_event(now, event);
+        }
+        self.flush_direct(now);
         let mut buf = [0u8; 65536];
         if let Some(bytes) = self.unsent.take()
             && !self.send(now, &bytes)
@@ -554,18 +610,86 @@ impl Daemon {
                 break;
             }
         }
-        while let Some(event) = self.ftfw.poll_event() {
-            self.on_peer_event(now, event);
+    }
+
+    /// Packets queued by the ruleset (`sync.defer`): send each one's flow
+    /// state to the peer now, from the entry the queue delivers (the kernel
+    /// reports a new flow only after the packet's release), and hold the
+    /// packet until the peer acknowledges it.
+    fn on_queued_packets(&mut self, now: Instant) {
+        let Some(mut d) = self.defer.take() else { return };
+        d.packets.clear();
+        if let Err(e) = d.queue.recv(&mut d.packets)
+            && d.log.allow(now).is_some()
+        {
+            log::warn!("sync.defer: {e}");
         }
-        self.flush_direct(now);
-        // Events may have queued more output (a bulk send).
-        if self.unsent.is_none() {
-            while let Some(n) = self.ftfw.poll_transmit(now, &mut buf) {
-                if !self.send(now, &buf[..n]) {
-                    break;
+        let up = self.ftfw.peer_state() == PeerState::Established;
+        for p in std::mem::take(&mut d.packets) {
+            // No peer to wait for: no lookup either.
+            let flow = if up { p.flow.or_else(|| self.flow_of_packet(p.headers)) } else { None };
+            let skip = match flow {
+                None if !up => Some(Skip::PeerDown),
+                None => Some(Skip::NotReplicated),
+                Some(flow) => {
+                    let key = flow.key();
+                    let born =
+                        self.external.get(&key).is_none() && self.internal.get(&key).is_none();
+                    self.local_upsert(flow, born);
+                    if self.internal.get(&key).is_none() {
+                        Some(Skip::NotReplicated)
+                    } else if !d.held.hold(p.id, now) {
+                        d.release.push(p.id);
+                        None
+                    } else {
+                        self.ftfw.request_ack();
+                        None
+                    }
                 }
+            };
+            if let Some(why) = skip {
+                d.held.skip(why);
+                d.release.push(p.id);
             }
         }
+        self.defer = Some(d);
+    }
+
+    /// A queued packet's flow when the kernel did not send its conntrack
+    /// entry: the confirmed entry its tuple belongs to, or else (the first
+    /// packet of a flow, not yet confirmed) what its headers say.
+    fn flow_of_packet(&mut self, headers: Option<Flow>) -> Option<Flow> {
+        let headers = headers?;
+        match self.kernel.get(&headers.key()) {
+            Ok(Some(flow)) => Some(flow),
+            Ok(None) => Some(headers),
+            Err(_) => None,
+        }
+    }
+
+    /// Take barriers for newly held packets, release those the peer
+    /// acknowledged or that waited long enough.
+    fn drive_defer(&mut self, now: Instant) {
+        let Some(d) = &mut self.defer else { return };
+        let resent = self.ftfw.stats().resent;
+        if resent != d.resent {
+            d.resent = resent;
+            d.held.forget_barriers();
+        }
+        if d.held.needs_barrier() && self.ftfw.tx_is_empty() {
+            d.held.set_barrier(Seq(self.ftfw.next_seq()));
+        }
+        d.held.release_acked(self.ftfw.acked_before(), now, &mut d.release);
+        d.held.release_expired(now, &mut d.release);
+        if let Err(e) = d.queue.accept(&d.release)
+            && d.log.allow(now).is_some()
+        {
+            log::warn!(
+                "sync.defer: {e}; {} packets were not released (fail-open applies only to a full queue)",
+                d.release.len()
+            );
+        }
+        d.release.clear();
     }
 
     /// Direct-to-kernel mode, the `-t` scheduled at the last backup
@@ -782,6 +906,7 @@ impl Daemon {
             self.master_refresh.iter().map(|(t, _)| *t).min(),
             self.direct.as_ref().and_then(DirectToKernel::purge_at),
             self.watchdog.map(|(interval, last)| last + interval),
+            self.defer.as_ref().and_then(|d| d.held.next_deadline()),
         ]
         .into_iter()
         .flatten()
@@ -1238,6 +1363,10 @@ impl Daemon {
                 runtime: self.exp.stats,
             }),
             direct: self.direct.as_ref().map(DirectToKernel::stats).unwrap_or_default(),
+            defer: self
+                .defer
+                .as_ref()
+                .map(|d| DeferReport { held: d.held.stats(), queue: d.queue.stats() }),
         }
     }
 
@@ -1269,9 +1398,19 @@ struct StatsReport {
     anti_entropy: digest::AntiEntropyStats,
     links: Vec<crate::channel::LinkStatus>,
     direct: DirectStats,
+    /// Only with `sync.defer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    defer: Option<DeferReport>,
     /// Only with `sync.expectations`.
     #[serde(skip_serializing_if = "Option::is_none")]
     expectations: Option<ExpReport>,
+}
+
+#[derive(serde::Serialize)]
+struct DeferReport {
+    #[serde(flatten)]
+    held: DeferStats,
+    queue: QueueStats,
 }
 
 #[derive(serde::Serialize)]

@@ -280,6 +280,9 @@ pub struct SyncConfig {
     /// (conntrackd's `DisableExternalCache`, though the external cache is
     /// still kept for `-e`, readiness and `-c`); see `docs/active-active.md`.
     pub direct_to_kernel: bool,
+    /// Hold the packets an nft rule queues until the peer has acknowledged
+    /// their flow (`sync.defer`, pfsync's `defer`); `None`: off.
+    pub defer: Option<DeferConfig>,
     /// How datagrams are authenticated (`sync.auth`).
     pub auth: SyncAuth,
     /// Encrypt the payload of native datagrams with the key file's keys
@@ -287,6 +290,17 @@ pub struct SyncConfig {
     pub encrypt: bool,
     /// Links to the peer, in order of preference; never empty.
     pub channels: Vec<ChannelConfig>,
+}
+
+/// `sync.defer`: see `docs/active-active.md`, "Deferred packets".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeferConfig {
+    /// The NFQUEUE number the nft rule queues to.
+    pub queue: u16,
+    /// A packet is accepted after this long even without the peer's ACK.
+    pub timeout: Duration,
+    /// Most packets held at once; past it, packets are accepted at once.
+    pub max_held: u32,
 }
 
 /// `sync.auth`: native datagrams are authenticated unless the operator
@@ -788,11 +802,60 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         startup_resync: s.startup_resync,
         expectations: expectations(ctx, s)?,
         direct_to_kernel: s.direct_to_kernel,
+        defer: defer(ctx, s)?,
         auth,
         encrypt: s.auth.encrypt,
         channels,
     };
     Ok(Config { general, sync, warnings: Vec::new() })
+}
+
+/// `sync.defer`: absent (off), or `{ queue: N, timeout: 20ms, max_held: 4096 }`.
+fn defer(ctx: &Ctx<'_>, s: &raw::RawSync) -> Result<Option<DeferConfig>, ConfigError> {
+    let Some(d) = &s.defer else { return Ok(None) };
+    let queue = match &d.queue {
+        Some(q) => match value::integer(q) {
+            Some(n) if n <= u64::from(u16::MAX) => n as u16,
+            _ => {
+                return Err(ctx.err(
+                    "sync.defer.queue",
+                    format!("invalid queue number \"{q}\": must be 0 to 65535, the number of the nft rule's `queue num`"),
+                ));
+            }
+        },
+        None => {
+            return Err(ctx.err(
+                "sync.defer.queue",
+                "required: the NFQUEUE number of the nft rule `ct state new queue num N bypass`",
+            ));
+        }
+    };
+    let timeout = duration(ctx, "sync.defer.timeout", &d.timeout)?;
+    if timeout.is_zero() || timeout > Duration::from_secs(1) {
+        return Err(ctx.err(
+            "sync.defer.timeout",
+            format!(
+                "must be more than 0 and at most 1s (each held packet waits up to this long); 20ms is usual, got {}",
+                value::format_duration(timeout)
+            ),
+        ));
+    }
+    let max_held = match value::integer(&d.max_held) {
+        Some(n @ 1..=1_000_000) => n as u32,
+        _ => {
+            return Err(ctx.err(
+                "sync.defer.max_held",
+                format!("invalid count \"{}\": must be 1 to 1000000", d.max_held),
+            ));
+        }
+    };
+    if s.wire == WireFormat::Conntrackd {
+        return Err(ctx.err(
+            "sync.defer",
+            "needs wire: native (conntrackd's format cannot ask the peer for a prompt ACK, so every packet would wait the whole timeout)",
+        ));
+    }
+    Ok(Some(DeferConfig { queue, timeout, max_held }))
 }
 
 /// `sync.expectations`: `[ftp, sip]`, `all`, `true`/`false`, or absent
@@ -1041,6 +1104,11 @@ fn unconvert(c: &Config) -> RawConfig {
                 ExpectSync::Helpers(names) => Some(raw::RawExpectations::List(names.clone())),
             },
             direct_to_kernel: s.direct_to_kernel,
+            defer: s.defer.map(|d| raw::RawDefer {
+                queue: Some(Scalar::Int(d.queue.into())),
+                timeout: dur(d.timeout),
+                max_held: Scalar::Int(d.max_held.into()),
+            }),
             auth: match &s.auth {
                 SyncAuth::KeyFile(f) => raw::RawAuth {
                     key_file: Some(f.display().to_string()),

@@ -125,6 +125,8 @@ pub(super) struct RawSync {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expectations: Option<RawExpectations>,
     pub direct_to_kernel: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub defer: Option<RawDefer>,
     pub auth: RawAuth,
     pub channels: Vec<RawChannel>,
 }
@@ -136,6 +138,21 @@ pub(super) enum RawExpectations {
     Flag(bool),
     Word(String),
     List(Vec<String>),
+}
+
+/// `sync.defer`: hold queued packets until the peer has their flow.
+#[derive(Deserialize, Serialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDefer {
+    pub queue: Option<Scalar>,
+    pub timeout: Scalar,
+    pub max_held: Scalar,
+}
+
+impl Default for RawDefer {
+    fn default() -> Self {
+        RawDefer { queue: None, timeout: Scalar::Text("20ms".into()), max_held: Scalar::Int(4096) }
+    }
 }
 
 #[derive(Deserialize, Serialize, Debug, Default)]
@@ -166,6 +183,7 @@ impl Default for RawSync {
             startup_resync: true,
             expectations: None,
             direct_to_kernel: false,
+            defer: None,
             auth: RawAuth::default(),
             channels: Vec::new(),
         }

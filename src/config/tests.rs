@@ -440,3 +440,25 @@ fn expectation_sync_is_off_unless_helpers_are_listed() {
     let compat = parse(&with_sync("expectations: [ftp]\n  wire: conntrackd")).unwrap();
     assert_eq!(compat.sync.expectations, ExpectSync::Helpers(vec!["ftp".into()]));
 }
+
+#[test]
+fn defer_is_off_by_default_and_checked() {
+    assert_eq!(parse(&with_sync("direct_to_kernel: true")).unwrap().sync.defer, None);
+    let c = parse(&with_sync("defer: { queue: 3, timeout: 15ms }")).unwrap();
+    assert_eq!(
+        c.sync.defer,
+        Some(crate::config::DeferConfig {
+            queue: 3,
+            timeout: Duration::from_millis(15),
+            max_held: 4096
+        })
+    );
+    let printed = c.to_yaml();
+    assert_eq!(parse(&printed).unwrap(), c, "{printed}");
+    assert_err(&with_sync("defer: { timeout: 20ms }"), "sync.defer.queue", Some(5), "required");
+    assert_err(&with_sync("defer: { queue: 70000 }"), "sync.defer.queue", Some(5), "0 to 65535");
+    assert_err(&with_sync("defer: { queue: 0, timeout: 0 }"), "sync.defer.timeout", Some(5), "");
+    assert_err(&with_sync("defer: { queue: 0, timeout: 5s }"), "sync.defer.timeout", Some(5), "");
+    assert_err(&with_sync("defer: { queue: 0, max_held: 0 }"), "sync.defer.max_held", Some(5), "");
+    assert_err(&with_sync("defer: { queue: 0, hold: 1 }"), "sync.defer.hold", Some(5), "unknown");
+}

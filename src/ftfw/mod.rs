@@ -8,13 +8,17 @@
 //!   [`Ftfw::repair_send`];
 //! - outputs: [`Ftfw::poll_transmit`], [`Ftfw::poll_event`],
 //!   [`Ftfw::poll_timeout`];
-//! - getters: [`Ftfw::stats`], [`Ftfw::peer_state`], [`Ftfw::is_synced`].
+//! - getters: [`Ftfw::stats`], [`Ftfw::peer_state`], [`Ftfw::is_synced`],
+//!   and for deferred packets [`Ftfw::acked_before`], [`Ftfw::tx_is_empty`]
+//!   (with the command [`Ftfw::request_ack`]).
 //!
-//! **Drain order**: after any input or command, call `poll_transmit` until
-//! it returns `None` (sending each datagram), then `poll_event` until
+//! **Drain order**: after any input or command, call `poll_event` until
 //! `None` (applying each event; a [`PeerEvent::BulkRequested`] is answered
-//! with `bulk_send`, after which `poll_transmit` has work again), then arm
-//! a timer for `poll_timeout` and call `handle_timeout` when it expires.
+//! with `bulk_send`), then `poll_transmit` until it returns `None` (sending
+//! each datagram), then arm a timer for `poll_timeout` and call
+//! `handle_timeout` when it expires. Events first, so that the ACKs sent
+//! go out after what they acknowledge was applied (the peer's deferred
+//! packets wait for them); the core itself accepts either order.
 //!
 //! The rules (sequencing, ACK, NACK, bulk, handshake) are written in
 //! `docs/PROTOCOL.md`; the tests cite them.
@@ -386,6 +390,9 @@ pub struct Ftfw {
     /// Anti-entropy: REPAIR_REQUESTs sent whose REPAIR_END has not come.
     repairs_outstanding: u32,
     timers: [Option<Instant>; 3],
+    /// The next datagram with data asks for a prompt ACK (deferred packets
+    /// wait for it).
+    ack_wanted: bool,
     events: VecDeque<PeerEvent>,
     decoded: Vec<Received>,
     /// Why the datagram being handled was refused, if it was.
@@ -463,6 +470,7 @@ impl Ftfw {
             digest_parts: None,
             repairs_outstanding: 0,
             timers: [None; 3],
+            ack_wanted: false,
             events: VecDeque::new(),
             decoded: Vec::new(),
             refused: None,
@@ -665,6 +673,25 @@ impl Ftfw {
 
     // ----- outputs -------------------------------------------------------
 
+    /// Every sequenced message before this seq was acknowledged by the
+    /// peer, or was lost and counted in [`FtfwStats::resent`] (its change
+    /// goes again with a new seq).
+    pub fn acked_before(&self) -> Seq {
+        self.resend.first()
+    }
+
+    /// True when every queued change has been given a sequence number.
+    pub fn tx_is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+
+    /// Have the next datagram that carries data ask the peer for its ACK at
+    /// once rather than at the end of its window (native dialect; the
+    /// conntrackd dialect has no such flag).
+    pub fn request_ack(&mut self) {
+        self.ack_wanted = true;
+    }
+
     /// Build the next datagram into `buf`; `None` when nothing is due.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         if self.compat {
@@ -746,6 +773,10 @@ impl Ftfw {
             && (blocked || self.resend.len() * 2 >= self.resend.capacity() || !sequenced)
             && self.resend.live() > 0
         {
+            flags |= native::flags::ACK_REQUEST;
+        }
+        if sequenced && self.ack_wanted {
+            self.ack_wanted = false;
             flags |= native::flags::ACK_REQUEST;
         }
         self.finish_datagram(now, flags, first_seq, &dg, buf)

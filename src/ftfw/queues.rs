@@ -374,6 +374,12 @@ impl ResendQueue {
         Some(self.first.plus(i as u32))
     }
 
+    /// The oldest seq not yet acknowledged (when nothing is held, the next
+    /// seq to be sent).
+    pub fn first(&self) -> Seq {
+        self.first
+    }
+
     /// The seq after the last held entry.
     pub fn next(&self) -> Seq {
         self.first.plus(self.ring.len() as u32)

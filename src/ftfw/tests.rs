@@ -785,3 +785,35 @@ fn expectations_travel_after_their_flows_and_in_bulks() {
     assert_eq!(ev[1], PeerEvent::ExpDestroy { key: exp.key() });
     assert_eq!(core.stats().exp_msgs_accepted, 2);
 }
+
+#[test]
+fn a_requested_ack_and_the_acknowledged_floor() {
+    // docs/PROTOCOL.md §1, ACK_REQUEST; docs/active-active.md, "Deferred
+    // packets": the sender asks for a prompt ACK and learns when every
+    // message up to its change was acknowledged.
+    let now = Instant::now();
+    let mut core = established(50, now);
+    assert_eq!(core.acked_before(), Seq(101));
+    core.queue(LocalChange::New(flow(1)));
+    assert!(!core.tx_is_empty());
+    let out = sent(&mut core, now);
+    assert_eq!(out[0].0.flags & native::flags::ACK_REQUEST, 0, "not asked for");
+    core.queue(LocalChange::New(flow(2)));
+    core.request_ack();
+    let out = sent(&mut core, now);
+    assert_eq!((out.len(), out[0].0.seq), (1, 102));
+    assert_ne!(out[0].0.flags & native::flags::ACK_REQUEST, 0);
+    assert!(core.tx_is_empty());
+    assert_eq!(core.next_seq(), 103);
+    // Only sequenced data carries the request: a later ACK does not.
+    core.handle_datagram(now, &datagram(50, &[Message::Ack { from: 101, to: 101 }]));
+    assert_eq!(core.acked_before(), Seq(102));
+    core.handle_datagram(now, &datagram(50, &[Message::Ack { from: 101, to: 102 }]));
+    assert_eq!(core.acked_before(), Seq(103));
+    // A loss is counted, so a deferred packet waits for the resend.
+    let resent = core.stats().resent;
+    core.queue(LocalChange::New(flow(3)));
+    sent(&mut core, now);
+    core.handle_datagram(now, &datagram(50, &[Message::Nack { from: 103, to: 103 }]));
+    assert_eq!(core.stats().resent, resent + 1);
+}

@@ -156,9 +156,11 @@ impl Kernel {
         Ok(())
     }
 
-    /// One entry as the kernel holds it now, by its original tuple and zone;
-    /// `None` if the table has no such entry. Unlike an event, the answer
-    /// carries everything: protocol info, labels and sequence adjustment.
+    /// One entry as the kernel holds it now, found by either of its tuples
+    /// (and the zone); `None` if the table has no such entry, which includes
+    /// one the kernel has not confirmed yet (a packet still on its way
+    /// through the first hooks). Unlike an event, the answer carries
+    /// everything: protocol info, labels and sequence adjustment.
     pub fn get(&mut self, key: &FlowKey) -> io::Result<Option<Flow>> {
         let seq = self.next_seq();
         self.send_buf.clear();

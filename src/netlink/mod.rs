@@ -13,6 +13,7 @@ mod event;
 pub mod expect;
 mod kernel;
 mod msg;
+pub mod queue;
 
 pub use convert::{ConvertError, EmitOptions};
 pub use event::{
