@@ -7,7 +7,7 @@
 //! `CTSYNC_LAB_LINK_CYCLES` (rounds with links set down, default 3) and
 //! `CTSYNC_LAB_FLOWS` (background flows in fw1's table, default 100000);
 //! for the loaded direct-to-kernel runs `CTSYNC_LAB_LOADED_FLOWS` (200000),
-//! `CTSYNC_LAB_BASELINE_CYCLES` (3) and `CTSYNC_LAB_LOADED_CYCLES` (5).
+//! `CTSYNC_LAB_BASELINE_CYCLES` (3) and `CTSYNC_LAB_LOADED_CYCLES` (10).
 //! Run alone with its report:
 //! `cargo nextest run --cargo-profile ci --test failover --no-capture`.
 
@@ -252,8 +252,9 @@ fn outage(output: &str, phase: &str, switch: &str) -> Option<Outage> {
 /// relearns them from fw1 (LAB_FORGET), so that its state comes from sync
 /// alone, not from having carried the stream a round earlier. Rounds are
 /// shorter than in the tests above (2 s on each master, the client aborting
-/// a stream stalled for 1.5 s) so that the three loaded runs stay within
-/// about four minutes together.
+/// a stream stalled for 1.5 s) so that the three loaded runs (10 failovers
+/// and 10 fail-backs each for the two direct-to-kernel ones) stay within
+/// about six minutes together.
 fn loaded_vars(direct: bool, tcp_loose: &str) -> Vec<(&'static str, String)> {
     vec![
         ("LAB_TRIGGER", "sigterm".to_string()),
@@ -285,7 +286,7 @@ fn direct_to_kernel_keeps_the_outage_of_an_empty_table(tcp_loose: &str) {
     let mut vars = loaded_vars(true, tcp_loose);
     vars.push(("LAB_EXPECT", "survive".to_string()));
     vars.push(("LAB_BASELINE_CYCLES", env_or("CTSYNC_LAB_BASELINE_CYCLES", "3")));
-    vars.push(("LAB_CYCLES", env_or("CTSYNC_LAB_LOADED_CYCLES", "5")));
+    vars.push(("LAB_CYCLES", env_or("CTSYNC_LAB_LOADED_CYCLES", "10")));
     let (ok, output) = run_failover(&vars, true);
     assert!(ok, "the TCP stream did not survive (tcp_loose={tcp_loose}):\n{}", tail(&output));
     assert!(output.contains("PASS: the TCP stream survived"), "no verdict:\n{}", tail(&output));
