@@ -567,13 +567,12 @@ fn the_ready_file_tells_keepalived_when_the_peer_table_is_complete() {
 /// docs/SECURITY.md's rotation: add the new key on both, send with it on
 /// both, drop the old one — each step a reload, with no datagram refused
 /// and sync going on.
-#[test]
-fn a_key_rotation_by_reload_keeps_sync_going() {
-    let pair = Pair::new("rot");
+/// The three steps of docs/SECURITY.md's rotation from key 1 (5c..) to key
+/// 2 (a7..), both daemons reloaded at each, with 20 new flows from fw1
+/// (numbered from `first`) converging after each step.
+fn rotate_keys_while_syncing(pair: &Pair, first: u32) {
     let key = pair.dir.join("sync.key");
     let (old, new) = ("5c".repeat(32), "a7".repeat(32));
-    pair.commit_flows(0, (0..20).map(tcp_flow).collect());
-    pair.converge(0, Duration::from_secs(10));
     let steps =
         [format!("1 {old}\n2 {new}\n"), format!("2 {new}\n1 {old}\n"), format!("2 {new}\n")];
     for (i, keys) in steps.iter().enumerate() {
@@ -582,10 +581,18 @@ fn a_key_rotation_by_reload_keeps_sync_going() {
             let out = pair.cli_ok(fw, &["--reload"]);
             assert!(out.contains("reloaded the sync keys"), "{out}");
         }
-        let first = 20 + 20 * i as u32;
-        pair.commit_flows(0, (first..first + 20).map(tcp_flow).collect());
+        let from = first + 20 * i as u32;
+        pair.commit_flows(0, (from..from + 20).map(tcp_flow).collect());
         pair.converge(0, Duration::from_secs(10));
     }
+}
+
+#[test]
+fn a_key_rotation_by_reload_keeps_sync_going() {
+    let pair = Pair::new("rot");
+    pair.commit_flows(0, (0..20).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+    rotate_keys_while_syncing(&pair, 20);
     for fw in 0..2 {
         let stats: serde_json::Value =
             serde_json::from_str(&pair.cli_ok(fw, &["-s", "--json"])).unwrap();
@@ -594,11 +601,12 @@ fn a_key_rotation_by_reload_keeps_sync_going() {
         }
     }
     // A broken key file is refused and the keys in use stay.
+    let key = pair.dir.join("sync.key");
     std::fs::write(&key, "2 zz\n").unwrap();
     let out = pair.cli(0, &["--reload"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("keeping the current keys"));
-    std::fs::write(&key, format!("2 {new}\n")).unwrap();
+    std::fs::write(&key, format!("2 {}\n", "a7".repeat(32))).unwrap();
     pair.commit_flows(0, (100..110).map(tcp_flow).collect());
     pair.converge(0, Duration::from_secs(10));
 }
@@ -1091,20 +1099,7 @@ fn an_encrypted_pair_syncs_and_rotates_keys_with_no_flow_in_clear_on_the_link() 
         }
     }
 
-    let key = pair.dir.join("sync.key");
-    let (old, new) = ("5c".repeat(32), "a7".repeat(32));
-    let steps =
-        [format!("1 {old}\n2 {new}\n"), format!("2 {new}\n1 {old}\n"), format!("2 {new}\n")];
-    for (i, keys) in steps.iter().enumerate() {
-        std::fs::write(&key, keys).unwrap();
-        for fw in 0..2 {
-            let out = pair.cli_ok(fw, &["--reload"]);
-            assert!(out.contains("reloaded the sync keys"), "{out}");
-        }
-        let first = 50 + 20 * i as u32;
-        pair.commit_flows(0, (first..first + 20).map(tcp_flow).collect());
-        pair.converge(0, Duration::from_secs(10));
-    }
+    rotate_keys_while_syncing(&pair, 50);
     for fw in 0..2 {
         let stats: serde_json::Value =
             serde_json::from_str(&pair.cli_ok(fw, &["-s", "--json"])).unwrap();

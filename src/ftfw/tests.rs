@@ -528,6 +528,20 @@ fn replayed_hello_of_an_old_peer_session_does_not_reset_tracking() {
     assert_eq!(core.stats().drop_late, 0);
 }
 
+/// Four rounds of everything each core has to send, delivered to the
+/// other: enough for a handshake and the data queued before it.
+fn exchange(a: &mut Ftfw, b: &mut Ftfw, now: Instant) {
+    let mut buf = [0u8; 1472];
+    for _ in 0..4 {
+        while let Some(n) = a.poll_transmit(now, &mut buf) {
+            b.handle_datagram(now, &buf[..n]);
+        }
+        while let Some(n) = b.poll_transmit(now, &mut buf) {
+            a.handle_datagram(now, &buf[..n]);
+        }
+    }
+}
+
 #[test]
 fn authenticated_cores_drop_forgeries_by_reason_and_go_on() {
     use crate::wire::native::{AuthKey, NativeCodec};
@@ -536,17 +550,7 @@ fn authenticated_cores_drop_forgeries_by_reason_and_go_on() {
     let keyed = |k: Vec<AuthKey>| FtfwConfig { auth_keys: k, ..cfg() };
     let mut a = Ftfw::new(keyed(vec![key(1, 0x11)]), 1, 10, now);
     let mut b = Ftfw::new(keyed(vec![key(1, 0x11)]), 2, 20, now);
-    let pump = |a: &mut Ftfw, b: &mut Ftfw| {
-        let mut buf = [0u8; 1472];
-        for _ in 0..4 {
-            while let Some(n) = a.poll_transmit(now, &mut buf) {
-                b.handle_datagram(now, &buf[..n]);
-            }
-            while let Some(n) = b.poll_transmit(now, &mut buf) {
-                a.handle_datagram(now, &buf[..n]);
-            }
-        }
-    };
+    let pump = |a: &mut Ftfw, b: &mut Ftfw| exchange(a, b, now);
     pump(&mut a, &mut b);
     assert_eq!(a.peer_state(), PeerState::Established);
     assert_eq!(b.peer_state(), PeerState::Established);
@@ -600,17 +604,7 @@ fn encrypting_cores_sync_rotate_and_refuse_clear_datagrams() {
     let mut a = Ftfw::new(sealed(vec![key(1, 0x11)]), 1, 10, now);
     let mut b = Ftfw::new(sealed(vec![key(1, 0x11)]), 2, 20, now);
     let mut clear = Ftfw::new(FtfwConfig { auth_keys: vec![key(1, 0x11)], ..cfg() }, 2, 20, now);
-    let pump = |a: &mut Ftfw, b: &mut Ftfw| {
-        let mut buf = [0u8; 1472];
-        for _ in 0..4 {
-            while let Some(n) = a.poll_transmit(now, &mut buf) {
-                b.handle_datagram(now, &buf[..n]);
-            }
-            while let Some(n) = b.poll_transmit(now, &mut buf) {
-                a.handle_datagram(now, &buf[..n]);
-            }
-        }
-    };
+    let pump = |a: &mut Ftfw, b: &mut Ftfw| exchange(a, b, now);
     // A peer that only signs gets nowhere, and is counted.
     pump(&mut a, &mut clear);
     assert_ne!(a.peer_state(), PeerState::Established);
