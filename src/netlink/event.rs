@@ -282,29 +282,7 @@ impl EventSocket {
     }
 }
 
-impl mio::event::Source for EventSocket {
-    fn register(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        self.sock.register(registry, token, interests)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        self.sock.reregister(registry, token, interests)
-    }
-
-    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
-        self.sock.deregister(registry)
-    }
-}
+super::mio_source!(EventSocket, sock);
 
 /// `SO_RCVBUFFORCE`, or `SO_RCVBUF` when not privileged.
 pub(super) fn set_rcvbuf(sock: &Socket, bytes: usize) -> io::Result<()> {

@@ -8,6 +8,37 @@
 //! - [`convert`]: the only place that knows how a [`crate::flow::Flow`]
 //!   maps to ctnetlink attributes.
 
+/// `mio::event::Source` for a type that polls through its netlink socket
+/// field.
+macro_rules! mio_source {
+    ($ty:ty, $field:ident) => {
+        impl mio::event::Source for $ty {
+            fn register(
+                &mut self,
+                registry: &mio::Registry,
+                token: mio::Token,
+                interests: mio::Interest,
+            ) -> std::io::Result<()> {
+                self.$field.register(registry, token, interests)
+            }
+
+            fn reregister(
+                &mut self,
+                registry: &mio::Registry,
+                token: mio::Token,
+                interests: mio::Interest,
+            ) -> std::io::Result<()> {
+                self.$field.reregister(registry, token, interests)
+            }
+
+            fn deregister(&mut self, registry: &mio::Registry) -> std::io::Result<()> {
+                self.$field.deregister(registry)
+            }
+        }
+    };
+}
+use mio_source;
+
 pub mod convert;
 mod event;
 pub mod expect;

@@ -51,7 +51,7 @@ pub fn ct_message(
     family: u8,
     attrs: impl FnOnce(&mut AttrWriter<'_>),
 ) {
-    nfnl_message(buf, NFNL_SUBSYS_CTNETLINK, ct, flags, seq, family, attrs)
+    nfnl_message(buf, NFNL_SUBSYS_CTNETLINK, ct, flags, seq, family, 0, attrs)
 }
 
 /// As [`ct_message`], for the expectation subsystem.
@@ -63,21 +63,26 @@ pub fn exp_message(
     family: u8,
     attrs: impl FnOnce(&mut AttrWriter<'_>),
 ) {
-    nfnl_message(buf, NFNL_SUBSYS_CTNETLINK_EXP, exp, flags, seq, family, attrs)
+    nfnl_message(buf, NFNL_SUBSYS_CTNETLINK_EXP, exp, flags, seq, family, 0, attrs)
 }
 
-fn nfnl_message(
+/// One nfnetlink message of subsystem `subsys`; `res_id` is the `nfgenmsg`
+/// resource id (0 for ctnetlink, the queue number for nfnetlink_queue).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn nfnl_message(
     buf: &mut Vec<u8>,
     subsys: u16,
     msg: u8,
     flags: u16,
     seq: u32,
     family: u8,
+    res_id: u16,
     attrs: impl FnOnce(&mut AttrWriter<'_>),
 ) {
     let start = buf.len();
     buf.resize(start + NLMSG_HDRLEN, 0);
-    buf.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]);
+    buf.extend_from_slice(&[family, NFNETLINK_V0]);
+    buf.extend_from_slice(&res_id.to_be_bytes());
     attrs(&mut AttrWriter::new(buf));
     let len = u32::try_from(buf.len() - start).unwrap_or(u32::MAX);
     let mut hdr = NetlinkBuffer::new(&mut buf[start..]);

@@ -17,7 +17,8 @@ use std::io;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::convert::{AttrWriter, be_u32, for_each_nla, parse_flow};
-use super::msg::{Messages, NFGENMSG_LEN, NLM_F_ACK, NLM_F_REQUEST};
+use super::event::{ctx, set_rcvbuf};
+use super::msg::{Messages, NFGENMSG_LEN, NLM_F_ACK, NLM_F_REQUEST, nfnl_message};
 use crate::flow::Flow;
 
 /// `NFNL_SUBSYS_QUEUE`.
@@ -49,7 +50,6 @@ mod cfg {
     pub const F_CONNTRACK: u32 = 2;
 }
 const NF_ACCEPT: u32 = 1;
-const NLMSG_HDRLEN: usize = 16;
 const RECV_BUF: usize = 1 << 16;
 /// Packet bytes copied to us: the longest IPv4 header (60 bytes) plus a TCP
 /// header's ports and flags, or an IPv6 header plus the same.
@@ -184,17 +184,8 @@ fn queue_message(
     queue: u16,
     attrs: impl FnOnce(&mut AttrWriter<'_>),
 ) {
-    let start = buf.len();
-    buf.resize(start + NLMSG_HDRLEN, 0);
-    // nfgenmsg: AF_UNSPEC, version 0, res_id = the queue number (BE).
-    buf.extend_from_slice(&[0, 0]);
-    buf.extend_from_slice(&queue.to_be_bytes());
-    attrs(&mut AttrWriter::new(buf));
-    let len = u32::try_from(buf.len() - start).unwrap_or(u32::MAX);
-    let t = (NFNL_SUBSYS_QUEUE << 8) | u16::from(msg);
-    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
-    buf[start + 4..start + 6].copy_from_slice(&t.to_ne_bytes());
-    buf[start + 6..start + 8].copy_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+    // AF_UNSPEC; the queue number is the resource id.
+    nfnl_message(buf, NFNL_SUBSYS_QUEUE, msg, NLM_F_REQUEST | flags, 0, 0, queue, attrs);
 }
 
 /// A non-blocking socket bound to one NFQUEUE.
@@ -255,11 +246,9 @@ impl QueueSocket {
             s.configure(setup(cfg::F_FAIL_OPEN))
                 .map_err(|e| ctx(e, &format!("cannot configure NFQUEUE {queue}")))?;
         }
-        let fd = std::os::fd::AsFd::as_fd(&s.sock);
         // Lost verdict requests would leave packets held; errors go to
         // `verdict_errors` instead of overrunning the socket.
-        let _ =
-            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &(4 << 20));
+        let _ = set_rcvbuf(&s.sock, 4 << 20);
         s.sock.set_no_enobufs(true).map_err(|e| ctx(e, "cannot set NETLINK_NO_ENOBUFS"))?;
         s.sock.set_non_blocking(true)?;
         Ok(s)
@@ -358,33 +347,7 @@ impl QueueSocket {
     }
 }
 
-impl mio::event::Source for QueueSocket {
-    fn register(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        self.sock.register(registry, token, interests)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        self.sock.reregister(registry, token, interests)
-    }
-
-    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
-        self.sock.deregister(registry)
-    }
-}
-
-fn ctx(e: io::Error, what: &str) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
-}
+super::mio_source!(QueueSocket, sock);
 
 #[cfg(test)]
 mod tests {
