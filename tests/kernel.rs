@@ -144,6 +144,39 @@ EOF",
     ns
 }
 
+/// `Kernel::get` answers with the entry as a dump shows it (NAT, labels
+/// and all), finds it by its reply tuple too, and says `None` for a tuple
+/// the table does not hold.
+#[test]
+fn get_finds_an_entry_by_either_tuple_and_none_for_a_missing_one() {
+    let ns = firewall_ns("get");
+    let to_commit: Vec<Flow> = sample_flows().into_iter().map(|(f, _)| f).collect();
+    let (dumped, got, by_reply, missing) = ns.run(move || {
+        let mut k = Kernel::open().unwrap();
+        k.commit(&to_commit, &CommitOptions::default()).unwrap();
+        let dumped = k.dump().unwrap();
+        let got: Vec<Option<Flow>> = dumped.iter().map(|f| k.get(&f.key()).unwrap()).collect();
+        let snat = dumped.iter().find(|d| d.sport(Dir::Orig) == 40000).unwrap();
+        let mut reply = snat.key();
+        reply.src = snat.src(Dir::Reply);
+        reply.dst = snat.dst(Dir::Reply);
+        reply.l4 = [snat.sport(Dir::Reply), snat.dport(Dir::Reply)];
+        let by_reply = k.get(&reply).unwrap();
+        let mut absent = snat.key();
+        absent.l4[0] = absent.l4[0].wrapping_add(1);
+        (dumped, got, by_reply, k.get(&absent).unwrap())
+    });
+    assert!(!dumped.is_empty());
+    for (d, g) in dumped.iter().zip(&got) {
+        let mut g = g.clone().unwrap_or_else(|| panic!("{d} not found by get"));
+        g.timeout = d.timeout;
+        assert_eq!(&g, d);
+    }
+    let snat = dumped.iter().find(|d| d.sport(Dir::Orig) == 40000).unwrap();
+    assert_eq!(by_reply.map(|f| f.key()), Some(snat.key()), "found by its reply tuple");
+    assert_eq!(missing, None);
+}
+
 #[test]
 fn committed_flows_appear_in_conntrack_list() {
     let ns = firewall_ns("commit");

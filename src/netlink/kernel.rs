@@ -171,33 +171,17 @@ impl Kernel {
             .send(&self.send_buf, 0)
             .map_err(|e| ctx(e, "cannot ask for a conntrack entry"))?;
         let mut found = None;
-        loop {
-            self.recv_buf.clear();
-            let n = recv(&self.sock, &mut self.recv_buf).map_err(|e| ctx(e, "conntrack get"))?;
-            for msg in Messages::new(&self.recv_buf[..n]) {
-                let Ok((_, msg)) = msg else {
-                    self.decode_errors += 1;
-                    break;
-                };
-                if msg.seq != seq {
-                    continue;
-                }
-                match msg.msg_type {
-                    NLMSG_ERROR => {
-                        return match msg.errno() {
-                            Some(0) | None => Ok(found),
-                            Some(libc::ENOENT) => Ok(None),
-                            Some(errno) => {
-                                Err(ctx(io::Error::from_raw_os_error(errno), "conntrack get"))
-                            }
-                        };
-                    }
-                    _ => match msg.ctnetlink().map(|(_, attrs)| parse_flow(attrs)) {
-                        Some(Ok(flow)) => found = Some(flow),
-                        _ => self.decode_errors += 1,
-                    },
-                }
-            }
+        let mut errors = 0;
+        let answered =
+            self.answers(seq, |msg| match msg.ctnetlink().map(|(_, attrs)| parse_flow(attrs)) {
+                Some(Ok(flow)) => found = Some(flow),
+                _ => errors += 1,
+            });
+        self.decode_errors += errors;
+        match answered {
+            Ok(()) => Ok(found),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(ctx(e, "conntrack get")),
         }
     }
 
@@ -217,7 +201,7 @@ impl Kernel {
 
     /// Send a dump request (conntrack table, or expectations when
     /// `expectations`) and hand each answer message to `f`.
-    fn dump_messages(&mut self, expectations: bool, mut f: impl FnMut(&Msg<'_>)) -> io::Result<()> {
+    fn dump_messages(&mut self, expectations: bool, f: impl FnMut(&Msg<'_>)) -> io::Result<()> {
         let seq = self.next_seq();
         self.send_buf.clear();
         let flags = NLM_F_REQUEST | NLM_F_DUMP;
@@ -231,9 +215,16 @@ impl Kernel {
         self.sock
             .send(&self.send_buf, 0)
             .map_err(|e| ctx(e, &format!("cannot request a {what}")))?;
+        self.answers(seq, f).map_err(|e| ctx(e, what))
+    }
+
+    /// Read the answers to request `seq`, handing each data message to `f`,
+    /// until the dump's end or the acknowledgement; an error the kernel
+    /// answers with is returned as its errno.
+    fn answers(&mut self, seq: u32, mut f: impl FnMut(&Msg<'_>)) -> io::Result<()> {
         loop {
             self.recv_buf.clear();
-            let n = recv(&self.sock, &mut self.recv_buf).map_err(|e| ctx(e, what))?;
+            let n = recv(&self.sock, &mut self.recv_buf)?;
             for msg in Messages::new(&self.recv_buf[..n]) {
                 let Ok((_, msg)) = msg else {
                     self.decode_errors += 1;
@@ -245,10 +236,8 @@ impl Kernel {
                 match msg.msg_type {
                     NLMSG_DONE => return Ok(()),
                     NLMSG_ERROR => match msg.errno() {
-                        Some(0) | None => {}
-                        Some(errno) => {
-                            return Err(ctx(io::Error::from_raw_os_error(errno), what));
-                        }
+                        Some(0) | None => return Ok(()),
+                        Some(errno) => return Err(io::Error::from_raw_os_error(errno)),
                     },
                     _ => f(&msg),
                 }
