@@ -11,28 +11,15 @@
 //! nanoseconds per datagram to build (emit + CRC, MAC or encryption) and
 //! to decode (checks, decryption and parsing), and their sum per flow.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use ctsync::flow::{Flow, TcpInfo, proto, status, tcp_state};
+use common::flow;
+use ctsync::flow::Flow;
 use ctsync::wire::native::{self, AuthKey, NativeCodec};
 use ctsync::wire::{Codec, DatagramHeader, MessageRef};
-
-fn flow(i: u32) -> Flow {
-    let b = i.to_be_bytes();
-    let mut f = Flow::new_v4(
-        proto::TCP,
-        [10, b[1], b[2], b[3]].into(),
-        [192, 168, 0, 1].into(),
-        (i % 60000) as u16 + 1024,
-        443,
-    );
-    f.proto_state = tcp_state::ESTABLISHED;
-    f.status |= status::SEEN_REPLY | status::ASSURED;
-    f.timeout = 432000;
-    f.tcp = TcpInfo { wscale_orig: 7, wscale_reply: 7, flags_orig: 0x23, flags_reply: 0x23 };
-    f
-}
 
 /// Build `msgs` into `buf` as the core does; the datagram's length.
 fn build(codec: &NativeCodec, msgs: &[MessageRef<'_>], seq: u32, buf: &mut [u8]) -> usize {

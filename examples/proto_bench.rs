@@ -11,30 +11,17 @@
 //! 3. What anti-entropy digests add to a cache change: `flows` inserts and
 //!    as many changes into a cache, with and without digests.
 
+mod common;
+
 use hashbrown::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use ctsync::flow::{Flow, FlowKey, TcpInfo, proto, status, tcp_state};
+use common::flow;
+use ctsync::flow::{Flow, FlowKey};
 use ctsync::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent};
 use ctsync::wire::native;
 use ctsync::wire::{DatagramHeader, MessageRef};
-
-fn flow(i: u32) -> Flow {
-    let b = i.to_be_bytes();
-    let mut f = Flow::new_v4(
-        proto::TCP,
-        [10, b[1], b[2], b[3]].into(),
-        [192, 168, 0, 1].into(),
-        (i % 60000) as u16 + 1024,
-        443,
-    );
-    f.proto_state = tcp_state::ESTABLISHED;
-    f.status |= status::SEEN_REPLY | status::ASSURED;
-    f.timeout = 432000;
-    f.tcp = TcpInfo { wscale_orig: 7, wscale_reply: 7, flags_orig: 0x23, flags_reply: 0x23 };
-    f
-}
 
 fn codec_bench() {
     let flows: Vec<Flow> = (0..4096).map(flow).collect();
