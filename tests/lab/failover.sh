@@ -58,21 +58,7 @@ TOOL="$(python3 -c 'import sys; print(sys.executable)') $LAB_DIR/labtool.py"
 BOOST="nice -n -15"
 T0=$(ms)
 
-show_logs() {
-    local f
-    for f in "$WORK"/fw?/keepalived.log "$WORK"/fw?/notify.log "$WORK"/fw?/ctsyncd.log "$WORK/events"; do
-        [ -s "$f" ] || continue
-        echo "--- $f (tail)" >&2
-        tail -n 15 "$f" >&2
-    done
-}
-finish() {
-    local rc=$?
-    [ "$rc" -eq 0 ] || show_logs
-    lab_down
-    exit "$rc"
-}
-trap finish EXIT
+trap 'lab_exit $?' EXIT
 trap 'exit 130' INT TERM
 
 for tool in ip nft keepalived conntrack python3; do

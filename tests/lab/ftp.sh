@@ -21,19 +21,9 @@ EXPECT=${LAB_EXPECT:-survive}
 PAYLOAD_LEN=100000
 TOOL="python3 $LAB_DIR/labtool.py"
 lab_names "${LAB_ID:-$$-$RANDOM}"
-finish() {
-    local rc=$?
-    exec 7>&- 8>&-
-    if [ "$rc" -ne 0 ]; then
-        for f in "$WORK"/fw?/keepalived.log "$WORK"/fw?/notify.log "$WORK"/fw?/ctsyncd.log \
-            "$WORK"/ftp-*.out "$WORK/fw2-kernel-expect.out" "$WORK/vsftpd.log" "$WORK/events"; do
-            [ -s "$f" ] && { echo "--- $f (tail)" >&2; tail -n 15 "$f" >&2; }
-        done
-    fi
-    lab_down
-    exit "$rc"
-}
-trap finish EXIT
+LAB_EXTRA_LOGS=("$WORK"/ftp-pasv.out "$WORK"/ftp-port.out "$WORK/fw2-kernel-expect.out" "$WORK/vsftpd.log")
+# The clients' stdin fifos are closed before the lab goes down.
+trap 'rc=$?; exec 7>&- 8>&-; lab_exit "$rc"' EXIT
 trap 'exit 130' INT TERM
 for tool in ip nft keepalived vsftpd python3 ss; do
     command -v "$tool" >/dev/null || die "$tool is not installed"

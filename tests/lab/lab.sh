@@ -267,6 +267,24 @@ check_path() {
         [ "$(neigh_mac "$NS_SERVER" "$WAN_VIP" s0)" = "$(mac_of "$ns" wan0)" ]
 }
 
+# The EXIT trap of the lab scripts: `trap 'lab_exit $?' EXIT`. After a
+# failure (status $1), the tails of the daemons' logs, of LAB_EXTRA_LOGS
+# and of the event log; then lab_down, and exit with $1.
+LAB_EXTRA_LOGS=()
+lab_exit() {
+    local rc=$1 f
+    if [ "$rc" -ne 0 ]; then
+        for f in "$WORK"/fw?/keepalived.log "$WORK"/fw?/notify.log "$WORK"/fw?/ctsyncd.log \
+            "${LAB_EXTRA_LOGS[@]}" "$WORK/events"; do
+            [ -s "$f" ] || continue
+            echo "--- $f (tail)" >&2
+            tail -n 15 "$f" >&2
+        done
+    fi
+    lab_down
+    exit "$rc"
+}
+
 lab_down() {
     # Processes first (only ours: the jobs we recorded and whatever runs in
     # our namespaces), then the namespaces, then the work directory.

@@ -19,17 +19,7 @@ CTSYNCD=${CTSYNCD:?CTSYNCD must name the ctsyncd binary}
 HOLD=${LAB_UNREADY_HOLD:-3}
 export LAB_READY=1 LAB_PRIO_FW1=150 LAB_PRIO_FW2=200
 lab_names "${LAB_ID:-$$-$RANDOM}"
-finish() {
-    local rc=$?
-    if [ "$rc" -ne 0 ]; then
-        for f in "$WORK"/fw?/keepalived.log "$WORK"/fw?/ctsyncd.log "$WORK/events"; do
-            [ -s "$f" ] && { echo "--- $f (tail)" >&2; tail -n 15 "$f" >&2; }
-        done
-    fi
-    lab_down
-    exit "$rc"
-}
-trap finish EXIT
+trap 'lab_exit $?' EXIT
 trap 'exit 130' INT TERM
 for tool in ip nft keepalived; do command -v "$tool" >/dev/null || die "$tool is not installed"; done
 
