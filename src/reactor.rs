@@ -28,7 +28,7 @@ use crate::digest::{self, RepairLedger};
 use crate::direct::{DirectStats, DirectToKernel, Role};
 use crate::expect::{ExpChange, ExpState, ExpectSync};
 use crate::filter::Filter;
-use crate::flow::{Flow, FlowKey};
+use crate::flow::{Flow, FlowKey, proto, tcp_state};
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent, PeerState, Seq};
 use crate::logging::RateLimit;
 use crate::metrics;
@@ -660,6 +660,14 @@ impl Daemon {
     /// packet of a flow, not yet confirmed) what its headers say.
     fn flow_of_packet(&mut self, headers: Option<Flow>) -> Option<Flow> {
         let headers = headers?;
+        // A bare SYN is a flow's first packet: its entry is confirmed only
+        // after this packet's release, so asking the kernel would cost a
+        // request per new connection for nothing. A retransmitted SYN of a
+        // flow the events already brought is taken from the cache.
+        if headers.l4proto == proto::TCP && headers.proto_state == tcp_state::SYN_SENT {
+            let cached = self.internal.get(&headers.key()).map(|e| e.flow.clone());
+            return Some(cached.unwrap_or(headers));
+        }
         match self.kernel.get(&headers.key()) {
             Ok(Some(flow)) => Some(flow),
             Ok(None) => Some(headers),
