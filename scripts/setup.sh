@@ -24,6 +24,11 @@ if ! command -v cargo >/dev/null; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# The test runner: it serializes the lab tests (.config/nextest.toml);
+# scripts/test.sh falls back to cargo test only if this install fails.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest || echo "cargo-nextest could not be installed: tests run with cargo test" >&2
+fi
 # Fuzzing (scripts/fuzz.sh) needs cargo-fuzz, and a nightly toolchain to run.
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz || echo "cargo-fuzz could not be installed: fuzzing will be skipped" >&2
