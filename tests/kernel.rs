@@ -447,6 +447,47 @@ fn hundred_thousand_flows_in_batches() {
     assert_eq!(count, 100_000);
 }
 
+/// A backup's entries all expire together, one purge timeout after `-t`,
+/// and a fail-back commits right then: an entry that was there for the
+/// create (EEXIST) is gone for the update (ENOENT). The commit must create
+/// it again, not lose the flow. The entries here expire one second after
+/// they were made, and the commit starts a little earlier each attempt, so
+/// that some attempts land in the race.
+#[test]
+fn a_commit_recreates_entries_that_expire_under_it() {
+    let ns = Netns::new("expiry");
+    let attempts = ns.run(|| {
+        let mut k = Kernel::open().unwrap();
+        let flows = many_flows(60_000);
+        let short = CommitOptions { timeout: Some(1), ..Default::default() };
+        let mut attempts = Vec::new();
+        for delay_ms in [850u64, 900, 950, 1000, 1050, 1100] {
+            k.flush().unwrap();
+            let start = Instant::now();
+            k.commit(&flows, &short).unwrap();
+            let at = start + Duration::from_millis(delay_ms);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            let report = k.commit(&flows, &Default::default()).unwrap();
+            let in_kernel = k.dump().unwrap().len();
+            attempts.push((delay_ms, report, in_kernel));
+        }
+        attempts
+    });
+    for (delay_ms, report, in_kernel) in &attempts {
+        println!("commit {delay_ms} ms after the entries were made: {}", report.summary());
+        assert!(
+            report.failed.is_empty(),
+            "{delay_ms} ms: {:?}",
+            &report.failed[..5.min(report.failed.len())]
+        );
+        assert_eq!(*in_kernel, 60_000, "{delay_ms} ms: {}", report.summary());
+    }
+    assert!(
+        attempts.iter().any(|(_, r, _)| r.expired_under > 0),
+        "no attempt raced an expiry; the test did not test the race"
+    );
+}
+
 #[test]
 fn own_commits_are_recognised_by_port_id() {
     let ns = Netns::new("origin");

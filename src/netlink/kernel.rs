@@ -61,6 +61,9 @@ pub struct CommitReport {
     pub deleted: usize,
     /// Flows the kernel refused, with its errno.
     pub failed: Vec<(FlowKey, i32)>,
+    /// Entries that expired between their create (EEXIST) and their update
+    /// (ENOENT) and were created again ([`Kernel::commit`]).
+    pub expired_under: usize,
     /// Wall time of the whole operation.
     pub elapsed: Duration,
     /// When the first 1 % of the flows (at least one) had been answered by
@@ -86,10 +89,21 @@ impl CommitReport {
         if self.existing > 0 {
             let _ = write!(line, ", {} already in the kernel", self.existing);
         }
+        if self.expired_under > 0 {
+            let _ = write!(
+                line,
+                " ({} expired under the commit and were created again)",
+                self.expired_under
+            );
+        }
         let _ = write!(line, ", {} failed", self.failed.len());
         line
     }
 }
+
+/// How many create-then-update rounds a commit makes for a flow whose entry
+/// keeps expiring under it; past that its ENOENT is reported.
+pub const COMMIT_PASSES: usize = 3;
 
 /// A blocking ctnetlink request socket.
 pub struct Kernel {
@@ -289,6 +303,12 @@ impl Kernel {
     /// does not let an update change (or left alone with
     /// [`CommitOptions::create_only`]). Flows reach the kernel in the order
     /// given, in batches.
+    ///
+    /// An entry can expire between the create that finds it and the update
+    /// that follows (a backup's entries all expire together, one purge
+    /// timeout after its `-t`, and a fail-back commit lands right then):
+    /// the update gets ENOENT, and the flow is created again, up to
+    /// [`COMMIT_PASSES`] times.
     pub fn commit<'a>(
         &mut self,
         flows: impl IntoIterator<Item = &'a Flow>,
@@ -297,34 +317,50 @@ impl Kernel {
         let start = Instant::now();
         let eo = EmitOptions { timeout: opts.timeout, be_liberal: opts.be_liberal };
         let create_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL;
-        let (created, refused) = self.batched(flows, |buf, seq, flow: &Flow| {
+        let create = |buf: &mut Vec<u8>, seq, flow: &Flow| {
             ct_message(buf, IPCTNL_MSG_CT_NEW, create_flags, seq, flow.family(), |w| {
                 emit_create(w, flow, &eo)
             })
-        })?;
+        };
+        let (created, mut refused) = self.batched(flows, create)?;
         let total = created + refused.len();
         let first_percent = first_percent(&self.progress, total, start);
         let mut report = CommitReport { created, first_percent, ..CommitReport::default() };
-        let mut existing = Vec::new();
-        for (flow, errno) in refused {
-            if errno == libc::EEXIST {
-                existing.push(flow);
-            } else {
-                report.failed.push((flow.key(), errno));
+        for pass in 1..=COMMIT_PASSES {
+            let mut existing = Vec::new();
+            for (flow, errno) in refused.drain(..) {
+                if errno == libc::EEXIST {
+                    existing.push(flow);
+                } else {
+                    report.failed.push((flow.key(), errno));
+                }
             }
+            if opts.create_only {
+                report.existing = existing.len();
+                break;
+            }
+            let (updated, refused_update) = self.batched(existing, |buf, seq, flow: &Flow| {
+                ct_message(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST, seq, flow.family(), |w| {
+                    emit_update(w, flow, &eo)
+                })
+            })?;
+            report.updated += updated;
+            let mut expired = Vec::new();
+            for (flow, errno) in refused_update {
+                if errno == libc::ENOENT && pass < COMMIT_PASSES {
+                    expired.push(flow);
+                } else {
+                    report.failed.push((flow.key(), errno));
+                }
+            }
+            if expired.is_empty() {
+                break;
+            }
+            report.expired_under += expired.len();
+            let (created, again) = self.batched(expired, create)?;
+            report.created += created;
+            refused = again;
         }
-        if opts.create_only {
-            report.existing = existing.len();
-            report.elapsed = start.elapsed();
-            return Ok(report);
-        }
-        let (updated, refused) = self.batched(existing, |buf, seq, flow: &Flow| {
-            ct_message(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST, seq, flow.family(), |w| {
-                emit_update(w, flow, &eo)
-            })
-        })?;
-        report.updated = updated;
-        report.failed.extend(refused.into_iter().map(|(f, e)| (f.key(), e)));
         report.elapsed = start.elapsed();
         Ok(report)
     }
