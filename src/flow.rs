@@ -170,8 +170,38 @@ pub struct Flow {
     /// TCP, SCTP or DCCP protocol state; 0 for other protocols.
     pub proto_state: u8,
     pub tcp: TcpInfo,
+    /// Which kernel entry this state was read from, see [`EntryId`].
+    pub entry_id: EntryId,
     pub extra: Option<Box<FlowExtra>>,
 }
+
+/// The kernel's id of the conntrack entry a flow was read from (`CTA_ID`);
+/// 0 when it was not read from this node's kernel (the peer's flows, or a
+/// kernel that does not report it).
+///
+/// It tells apart two entries with the same tuples, such as one that
+/// expired and the one a commit created in its place: the destroy event of
+/// the old one can reach us after a dump that already shows the new one
+/// (reliable events are redelivered late), and must not remove it. It is
+/// not part of the flow's state, so flows compare equal whatever their ids,
+/// and it never goes on the wire.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EntryId(pub u32);
+
+impl EntryId {
+    /// True when both ids are known and name different kernel entries.
+    pub fn differs(self, other: EntryId) -> bool {
+        self.0 != 0 && other.0 != 0 && self.0 != other.0
+    }
+}
+
+impl PartialEq for EntryId {
+    fn eq(&self, _: &EntryId) -> bool {
+        true
+    }
+}
+
+impl Eq for EntryId {}
 
 /// What identifies a flow: its original tuple and zone. Used as the key of
 /// the caches and carried by DESTROY messages.
@@ -207,6 +237,7 @@ impl Flow {
             l4proto,
             proto_state: 0,
             tcp: TcpInfo::default(),
+            entry_id: EntryId::default(),
             extra: None,
         }
     }
@@ -580,6 +611,20 @@ fn to_v6(addr: IpAddr) -> Ipv6Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_entry_id_tells_entries_apart_but_not_flows() {
+        let mut a = Flow::new_v4(proto::UDP, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1, 53);
+        let mut b = a.clone();
+        a.entry_id = EntryId(7);
+        b.entry_id = EntryId(8);
+        assert_eq!(a, b, "the id is not part of the flow's state");
+        assert!(a.entry_id.differs(b.entry_id));
+        assert!(!a.entry_id.differs(EntryId(7)));
+        // Unknown on either side (the peer's flows): never a difference.
+        assert!(!a.entry_id.differs(EntryId::default()));
+        assert!(!EntryId::default().differs(b.entry_id));
+    }
 
     #[test]
     fn an_update_event_keeps_what_it_did_not_report() {

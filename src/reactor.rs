@@ -83,6 +83,9 @@ pub struct RuntimeStats {
     pub events_received: u64,
     pub events_filtered: u64,
     pub events_own: u64,
+    /// Destroy events of a kernel entry that another one with the same
+    /// tuples has replaced since (see `flow::EntryId`), ignored.
+    pub events_stale: u64,
     pub netlink_overruns: u64,
     pub kernel_resyncs: u64,
     pub commits: u64,
@@ -397,6 +400,13 @@ impl Daemon {
 
     fn local_destroy(&mut self, flow: &Flow) {
         let key = flow.key();
+        if self.internal.get(&key).is_some_and(|e| e.flow.entry_id.differs(flow.entry_id)) {
+            // The end of an entry that a commit has replaced since; the
+            // reliable-events mode redelivers it after a dump that already
+            // shows the new one.
+            self.stats.events_stale += 1;
+            return;
+        }
         if let Some(direct) = &mut self.direct
             && self.external.get(&key).is_some()
         {

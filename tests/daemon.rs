@@ -538,6 +538,65 @@ fn a_netlink_overrun_ends_in_exact_convergence() {
     assert!(stats["runtime"]["kernel_resyncs"].as_u64().unwrap() >= 2, "{stats:#}");
 }
 
+/// The notify script's `primary` steps on a node whose own entries of the
+/// same flows expire around the commit (a backup purged by `-t` that
+/// fails back within the purge timeout). With reliable events the kernel
+/// redelivers the destroy events of the expired entries late, after `-R`
+/// has dumped the entries the commit created in their place: they must
+/// not remove those from the internal cache (DESIGN.md, "every handover is
+/// exact"). Several offsets from the expiry, so that some land in the race.
+#[test]
+fn late_destroy_events_of_replaced_entries_leave_the_internal_cache_exact() {
+    let pair = Pair::with_config(
+        "stale",
+        "  netlink:\n    rcvbuf: 1M\n    rcvbuf_max: 1M\n    reliable_events: true\n",
+    );
+    let flows: Vec<Flow> = (0..20_000).map(tcp_flow).collect();
+    // In chunks that the small buffer holds: the kernel drops new events
+    // silently in reliable mode (it only keeps destroy events).
+    for chunk in flows.chunks(2000) {
+        pair.commit_flows(0, chunk.to_vec());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut stale = 0;
+    for offset_ms in [1900u64, 2000, 2100, 2300, 2600] {
+        // The script's -f also flushed the external cache: ask again.
+        pair.cli_ok(1, &["-n"]);
+        pair.converge(0, Duration::from_secs(60));
+        let zombies: Vec<Flow> = flows
+            .iter()
+            .cloned()
+            .map(|mut f| {
+                f.timeout = 2;
+                f
+            })
+            .collect();
+        pair.commit_flows(1, zombies);
+        std::thread::sleep(Duration::from_millis(offset_ms));
+        for step in ["-c", "-f", "-R", "-B"] {
+            println!("{offset_ms} ms: {}", pair.cli_ok(1, &[step]).trim());
+        }
+        // The kernel retries undelivered events every few jiffies; leave
+        // them time to arrive.
+        std::thread::sleep(Duration::from_secs(2));
+        let kernel = pair.kernel_lines(1);
+        let internal = pair.cache_lines(1, "-i");
+        let missing: Vec<_> = kernel.difference(&internal).take(3).collect();
+        assert_eq!(
+            kernel.len(),
+            internal.len(),
+            "{offset_ms} ms after the entries were made: the internal cache lost flows of the kernel, e.g. {missing:#?}\nlog: {}",
+            pair.log(1)
+        );
+        assert_eq!(kernel.len(), flows.len());
+        let stats: serde_json::Value =
+            serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
+        stale = stats["runtime"]["events_stale"].as_u64().unwrap_or(0);
+    }
+    println!("destroy events of replaced entries ignored: {stale}");
+    pair.converge(1, Duration::from_secs(30));
+}
+
 #[test]
 fn the_ready_file_tells_keepalived_when_the_peer_table_is_complete() {
     let dir = std::env::temp_dir().join(format!("ctsync-ready-t-{}", std::process::id()));

@@ -488,6 +488,33 @@ fn a_commit_recreates_entries_that_expire_under_it() {
     );
 }
 
+/// A dump reports each entry's `CTA_ID`, the id `conntrack -L -o id`
+/// prints, and an entry created in place of an expired one has another.
+#[test]
+fn dumps_carry_the_kernel_entry_id() {
+    let ns = Netns::new("entryid");
+    let flow = tcp_established([10, 0, 0, 1], [10, 0, 0, 2], 1111, 80);
+    let f = flow.clone();
+    let first = ns.run(move || {
+        let mut k = Kernel::open().unwrap();
+        k.commit([&f], &Default::default()).unwrap();
+        k.dump().unwrap()[0].entry_id.0
+    });
+    let listed = ns.exec("conntrack -L -o id 2>/dev/null");
+    assert_ne!(first, 0);
+    assert!(
+        listed.split_whitespace().any(|w| w == format!("id={first}")),
+        "id {first} not in {listed}"
+    );
+    let second = ns.run(move || {
+        let mut k = Kernel::open().unwrap();
+        k.delete([&flow.key()]).unwrap();
+        k.commit([&flow], &Default::default()).unwrap();
+        k.dump().unwrap()[0].entry_id
+    });
+    assert!(second.differs(ctsync::flow::EntryId(first)), "{first} {second:?}");
+}
+
 #[test]
 fn own_commits_are_recognised_by_port_id() {
     let ns = Netns::new("origin");

@@ -25,7 +25,7 @@ use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple, Tuple,
 };
 
-use crate::flow::{Addrs, Dir, Flow, FlowKey, SeqAdj, proto, status, tcp_flag};
+use crate::flow::{Addrs, Dir, EntryId, Flow, FlowKey, SeqAdj, proto, status, tcp_flag};
 
 /// Top-level `CTA_*` attribute numbers.
 pub mod cta {
@@ -37,6 +37,7 @@ pub mod cta {
     pub const NAT_SRC: u16 = 6;
     pub const TIMEOUT: u16 = 7;
     pub const MARK: u16 = 8;
+    pub const ID: u16 = 12;
     pub const NAT_DST: u16 = 13;
     pub const SEQ_ADJ_ORIG: u16 = 15;
     pub const SEQ_ADJ_REPLY: u16 = 16;
@@ -167,6 +168,7 @@ pub fn parse_flow(attrs: &[u8]) -> Result<Flow, ConvertError> {
             cta::STATUS => flow.status = be_u32(v)?,
             cta::TIMEOUT => flow.timeout = be_u32(v)?,
             cta::MARK => flow.mark = be_u32(v)?,
+            cta::ID => flow.entry_id = EntryId(be_u32(v)?),
             cta::PROTOINFO => for_each_nla(v, |kind, v| parse_protoinfo_nla(&mut flow, kind, v))?,
             kind => parse_other(&mut flow, kind, v)?,
         }

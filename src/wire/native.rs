@@ -26,7 +26,7 @@ use sha2::Sha256;
 
 use super::{Codec, DatagramHeader, Message, MessageRef, Received, WireError, Writer};
 use crate::expect::{ExpNat, Expectation};
-use crate::flow::{Addrs, Flow, FlowExtra, FlowKey, SeqAdj, TcpInfo};
+use crate::flow::{Addrs, EntryId, Flow, FlowExtra, FlowKey, SeqAdj, TcpInfo};
 
 /// `"CT"`.
 pub const MAGIC: u16 = 0x4354;
@@ -1138,6 +1138,7 @@ fn parse_flow(body: &[u8]) -> Result<Flow, WireError> {
                     timeout: be32(&tail[16..20]),
                     mark: be32(&tail[20..24]),
                     tcp: TcpInfo::default(),
+                    entry_id: EntryId::default(),
                     extra: None,
                 });
             }
