@@ -90,6 +90,9 @@ pub struct RuntimeStats {
     pub kernel_resyncs: u64,
     pub commits: u64,
     pub commit_failures: u64,
+    /// Kernel entries deleted by commits because they held a synced flow's
+    /// NAT mapping.
+    pub commit_displaced: u64,
     pub control_requests: u64,
     pub control_errors: u64,
     /// Control clients refused: neither root nor in `general.control_group`.
@@ -1322,6 +1325,13 @@ impl Daemon {
         self.stats.commit_failures += report.failed.len() as u64;
         for (key, errno) in report.failed.iter().take(5) {
             log::warn!("commit of {key} failed: {}", io::Error::from_raw_os_error(*errno));
+        }
+        self.stats.commit_displaced += report.displaced.len() as u64;
+        if let Some(first) = report.displaced.first() {
+            log::warn!(
+                "commit: {} kernel entries held the NAT mapping of a synced flow and were deleted for it (first: {first}); they were made by packets that reached this node's virtual IPs before the commit",
+                report.displaced.len()
+            );
         }
         let line = format!("committed {}", report.summary());
         log::info!("{line}");

@@ -515,6 +515,46 @@ fn dumps_carry_the_kernel_entry_id() {
     assert!(second.differs(ctsync::flow::EntryId(first)), "{first} {second:?}");
 }
 
+/// keepalived adds the virtual IPs and sends its gratuitous ARPs before
+/// notify_master runs the commit. In those moments a server's datagram to
+/// the WAN VIP, a local address now, makes a local entry (when the input
+/// chain lets it in) whose original tuple is a synced SNAT flow's reply
+/// tuple. The commit must give the synced flow its own mapping, not another
+/// port the kernel would pick silently, and remove the stray entry.
+#[test]
+fn a_local_entry_on_a_synced_flows_nat_mapping_gives_way_to_the_synced_flow() {
+    let ns = firewall_ns("natclash");
+    ns.exec(
+        "conntrack -I -p udp -s 203.0.113.10 -d 203.0.113.1 --sport 5002 --dport 40000 \
+         -r 203.0.113.1 -q 203.0.113.10 --reply-port-src 40000 --reply-port-dst 5002 -t 30 >/dev/null 2>&1",
+    );
+    let mut flow = Flow::new_v4(
+        proto::UDP,
+        Ipv4Addr::new(192, 168, 60, 10),
+        Ipv4Addr::new(203, 0, 113, 10),
+        40000,
+        5002,
+    );
+    flow.set_addrs(
+        Dir::Reply,
+        Ipv4Addr::new(203, 0, 113, 10).into(),
+        Ipv4Addr::new(203, 0, 113, 1).into(),
+    );
+    flow.status |= status::SEEN_REPLY | status::ASSURED;
+    flow.timeout = 120;
+    let f = flow.clone();
+    let report = ns.run(move || Kernel::open().unwrap().commit([&f], &Default::default()).unwrap());
+    let lines = conntrack_list(&ns);
+    println!("{}\n{lines:#?}", report.summary());
+    assert!(report.failed.is_empty(), "{report:?}");
+    line_with(
+        &lines,
+        &["src=192.168.60.10", "src=203.0.113.10 dst=203.0.113.1 sport=5002 dport=40000 "],
+    );
+    assert_eq!(lines.len(), 1, "the stray local entry is still there: {lines:#?}");
+    assert_eq!(report.displaced.len(), 1);
+}
+
 #[test]
 fn own_commits_are_recognised_by_port_id() {
     let ns = Netns::new("origin");

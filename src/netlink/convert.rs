@@ -280,11 +280,14 @@ pub fn emit_create(w: &mut AttrWriter<'_>, flow: &Flow, opts: &EmitOptions) {
     } else {
         emit_tuple(w, cta::TUPLE_REPLY, flow, 2);
     }
+    // The port goes with the address even when NAT kept it: without it the
+    // kernel picks another one when an entry holds the mapping, silently.
+    let ports = flow.has_ports();
     if let Some(nat) = snat {
-        emit_nat(w, cta::NAT_SRC, nat.addr, nat.port);
+        emit_nat(w, cta::NAT_SRC, nat.addr, ports.then(|| flow.dport(Dir::Reply)));
     }
     if let Some(nat) = dnat {
-        emit_nat(w, cta::NAT_DST, nat.addr, nat.port);
+        emit_nat(w, cta::NAT_DST, nat.addr, ports.then(|| flow.sport(Dir::Reply)));
     }
     if let Some(helper) = flow.helper() {
         let n = w.begin_nest(cta::HELP);
@@ -1055,9 +1058,13 @@ mod tests {
         );
         f.set_addrs(Dir::Reply, "fd00::53".parse().unwrap(), "2001:db8::1".parse().unwrap());
         let bytes = emit(|w| emit_create(w, &f, &EmitOptions::default()));
-        let mut nat = vec![44, 0, 13, 0x80, 20, 0, 4, 0];
+        // Both addresses and the port range, though the port did not change:
+        // without it the kernel may pick another port.
+        let mut nat = vec![64, 0, 13, 0x80, 20, 0, 4, 0];
         nat.extend_from_slice(&"fd00::53".parse::<std::net::Ipv6Addr>().unwrap().octets());
-        assert!(bytes.windows(nat.len()).any(|w| w == nat));
+        assert!(bytes.windows(nat.len()).any(|w| w == nat), "{bytes:?}");
+        let ports: &[u8] = &[20, 0, 3, 0x80, 6, 0, 1, 0, 0, 53, 0, 0, 6, 0, 2, 0, 0, 53, 0, 0];
+        assert!(bytes.windows(ports.len()).any(|w| w == ports), "{bytes:?}");
         let sent = round_trip(&f);
         assert_eq!(sent.dnat(), None);
         assert_eq!(sent.src(Dir::Reply), f.dst(Dir::Orig));

@@ -23,7 +23,7 @@ use super::msg::{
     NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, add_flags, ct_message, exp_message,
 };
 use crate::expect::Expectation;
-use crate::flow::{Flow, FlowKey};
+use crate::flow::{Dir, Flow, FlowKey};
 
 /// Bytes of messages per `sendmsg`: well under the default socket send
 /// buffer (212992), and small enough that the errors of a batch that fails
@@ -64,6 +64,9 @@ pub struct CommitReport {
     /// Entries that expired between their create (EEXIST) and their update
     /// (ENOENT) and were created again ([`Kernel::commit`]).
     pub expired_under: usize,
+    /// Entries deleted because they held a committed flow's reply tuple
+    /// ([`Kernel::commit`]), by their original tuple.
+    pub displaced: Vec<FlowKey>,
     /// Wall time of the whole operation.
     pub elapsed: Duration,
     /// When the first 1 % of the flows (at least one) had been answered by
@@ -88,6 +91,13 @@ impl CommitReport {
         );
         if self.existing > 0 {
             let _ = write!(line, ", {} already in the kernel", self.existing);
+        }
+        if !self.displaced.is_empty() {
+            let _ = write!(
+                line,
+                " ({} local entries that held a flow's NAT mapping were replaced by the flow)",
+                self.displaced.len()
+            );
         }
         if self.expired_under > 0 {
             let _ = write!(
@@ -304,11 +314,16 @@ impl Kernel {
     /// [`CommitOptions::create_only`]). Flows reach the kernel in the order
     /// given, in batches.
     ///
-    /// An entry can expire between the create that finds it and the update
-    /// that follows (a backup's entries all expire together, one purge
-    /// timeout after its `-t`, and a fail-back commit lands right then):
-    /// the update gets ENOENT, and the flow is created again, up to
-    /// [`COMMIT_PASSES`] times.
+    /// Two races with the kernel end in the update's ENOENT, and the flow
+    /// is created again, up to [`COMMIT_PASSES`] times:
+    /// - its entry expired between the create that found it and the
+    ///   update (a backup's entries all expire together, one purge timeout
+    ///   after its `-t`, and a fail-back commit lands right then);
+    /// - another entry holds its reply tuple: one the kernel made from a
+    ///   packet that reached the new master's virtual IP before the commit
+    ///   (keepalived adds the VIPs before it runs notify_master). The synced
+    ///   flow wins: that entry is deleted, and reported in
+    ///   [`CommitReport::displaced`].
     pub fn commit<'a>(
         &mut self,
         flows: impl IntoIterator<Item = &'a Flow>,
@@ -322,47 +337,100 @@ impl Kernel {
                 emit_create(w, flow, &eo)
             })
         };
-        let (created, mut refused) = self.batched(flows, create)?;
+        let update = |buf: &mut Vec<u8>, seq, flow: &Flow| {
+            ct_message(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST, seq, flow.family(), |w| {
+                emit_update(w, flow, &eo)
+            })
+        };
+        let (created, refused) = self.batched(flows, create)?;
         let total = created + refused.len();
         let first_percent = first_percent(&self.progress, total, start);
         let mut report = CommitReport { created, first_percent, ..CommitReport::default() };
-        for pass in 1..=COMMIT_PASSES {
-            let mut existing = Vec::new();
-            for (flow, errno) in refused.drain(..) {
-                if errno == libc::EEXIST {
-                    existing.push(flow);
-                } else {
-                    report.failed.push((flow.key(), errno));
-                }
+        let mut to_update = Vec::new();
+        for (flow, errno) in refused {
+            match errno {
+                libc::EEXIST => to_update.push(flow),
+                _ => report.failed.push((flow.key(), errno)),
             }
-            if opts.create_only {
-                report.existing = existing.len();
-                break;
-            }
-            let (updated, refused_update) = self.batched(existing, |buf, seq, flow: &Flow| {
-                ct_message(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST, seq, flow.family(), |w| {
-                    emit_update(w, flow, &eo)
-                })
-            })?;
-            report.updated += updated;
-            let mut expired = Vec::new();
-            for (flow, errno) in refused_update {
-                if errno == libc::ENOENT && pass < COMMIT_PASSES {
-                    expired.push(flow);
-                } else {
-                    report.failed.push((flow.key(), errno));
-                }
-            }
-            if expired.is_empty() {
-                break;
-            }
-            report.expired_under += expired.len();
-            let (created, again) = self.batched(expired, create)?;
-            report.created += created;
-            refused = again;
         }
+        if opts.create_only {
+            report.existing = to_update.len();
+            report.elapsed = start.elapsed();
+            return Ok(report);
+        }
+        for pass in 1..=COMMIT_PASSES {
+            if to_update.is_empty() {
+                break;
+            }
+            let (updated, refused) = self.batched(std::mem::take(&mut to_update), update)?;
+            report.updated += updated;
+            let mut gone = Vec::new();
+            for (flow, errno) in refused {
+                match errno {
+                    libc::ENOENT if pass < COMMIT_PASSES => gone.push(flow),
+                    _ => report.failed.push((flow.key(), errno)),
+                }
+            }
+            if gone.is_empty() {
+                break;
+            }
+            let (created, refused) = self.batched(gone, create)?;
+            report.created += created;
+            report.expired_under += created;
+            let mut again = Vec::new();
+            for (flow, errno) in refused {
+                match errno {
+                    // No entry has the flow's original tuple (the update
+                    // said so), yet the create clashes: one holds its reply.
+                    libc::EEXIST => match self.displace(flow)? {
+                        Some(stray) => {
+                            report.displaced.push(stray);
+                            again.push(flow);
+                        }
+                        // Created meanwhile by traffic: update it.
+                        None => to_update.push(flow),
+                    },
+                    _ => report.failed.push((flow.key(), errno)),
+                }
+            }
+            let (created, refused) = self.batched(again, create)?;
+            report.created += created;
+            for (flow, errno) in refused {
+                match errno {
+                    libc::EEXIST => to_update.push(flow),
+                    _ => report.failed.push((flow.key(), errno)),
+                }
+            }
+        }
+        report.failed.extend(to_update.into_iter().map(|f| (f.key(), libc::EEXIST)));
         report.elapsed = start.elapsed();
         Ok(report)
+    }
+
+    /// Delete the entry whose original tuple is `flow`'s reply tuple, which
+    /// keeps `flow` out of the table; its key, or `None` if there is none.
+    fn displace(&mut self, flow: &Flow) -> io::Result<Option<FlowKey>> {
+        if !flow.has_ports() {
+            return Ok(None);
+        }
+        let reply = FlowKey {
+            src: flow.src(Dir::Reply),
+            dst: flow.dst(Dir::Reply),
+            l4proto: flow.l4proto,
+            l4: [flow.l4[2], flow.l4[3]],
+            zone: flow.zone,
+        };
+        // A lookup by tuple finds an entry by either of its tuples: only
+        // one whose original tuple this is stands in the flow's way (one
+        // whose reply tuple it is would be another flow with the same NAT
+        // mapping, which the synced table must not hold twice).
+        match self.get(&reply)? {
+            Some(holder) if holder.key() == reply => {
+                let deleted = self.delete([&reply])?;
+                Ok((deleted.deleted == 1).then_some(reply))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Delete the entries with these keys; missing ones fail with ENOENT.
