@@ -335,6 +335,20 @@ impl Flow {
         }
     }
 
+    /// A tuple of this flow as a key: the original one is [`Flow::key`];
+    /// the reply one is the key of an entry whose original tuple it is,
+    /// which is how a local entry on a flow's NAT mapping is found.
+    pub fn tuple_key(&self, dir: Dir) -> FlowKey {
+        let at = if dir == Dir::Orig { 0 } else { 2 };
+        FlowKey {
+            src: self.src(dir),
+            dst: self.dst(dir),
+            l4proto: self.l4proto,
+            l4: [self.l4[at], self.l4[at + 1]],
+            zone: self.zone,
+        }
+    }
+
     /// True when this flow has the identity `key`, without building a key.
     pub fn matches(&self, key: &FlowKey) -> bool {
         self.l4proto == key.l4proto

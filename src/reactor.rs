@@ -28,7 +28,7 @@ use crate::digest::{self, RepairLedger};
 use crate::direct::{DirectStats, DirectToKernel, Role};
 use crate::expect::{ExpChange, ExpState, ExpectSync};
 use crate::filter::Filter;
-use crate::flow::{Flow, FlowKey, proto, tcp_state};
+use crate::flow::{Dir, Flow, FlowKey, proto, tcp_state};
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent, PeerState, Seq};
 use crate::logging::RateLimit;
 use crate::metrics;
@@ -373,6 +373,16 @@ impl Daemon {
             }
         }
         self.event_buf = items;
+    }
+
+    /// Read every event the kernel has queued for us.
+    fn drain_kernel_events(&mut self, now: Instant) {
+        loop {
+            self.on_kernel_events(now);
+            if !self.events_pending {
+                break;
+            }
+        }
     }
 
     /// `born`: the kernel just created this flow, so the peer cannot know it
@@ -1300,7 +1310,55 @@ impl Daemon {
         }
     }
 
+    /// The kernel entries, known from our events, that would keep synced
+    /// flows off their NAT mapping: an entry with a synced flow's original
+    /// tuple but another reply tuple, or one whose original tuple is a
+    /// synced flow's reply tuple. keepalived adds the virtual IPs before it
+    /// runs notify_master, and the packets of those moments make them: a
+    /// client's datagram that the forward chain lets through gets a fresh
+    /// mapping, a server's datagram to the VIP a local entry. A create
+    /// cannot replace the first kind and an update cannot change a mapping,
+    /// so they are deleted before the commit: the synced state wins.
+    fn nat_conflicts(&self) -> Vec<FlowKey> {
+        let synced_replies: std::collections::HashSet<FlowKey> = self
+            .external
+            .iter()
+            .filter(|e| e.flow.snat().is_some() || e.flow.dnat().is_some())
+            .map(|e| e.flow.tuple_key(Dir::Reply))
+            .collect();
+        self.internal
+            .iter()
+            .filter(|e| {
+                let key = e.flow.key();
+                match self.external.get(&key) {
+                    Some(synced) => {
+                        synced.flow.tuple_key(Dir::Reply) != e.flow.tuple_key(Dir::Reply)
+                    }
+                    None => synced_replies.contains(&key),
+                }
+            })
+            .map(|e| e.flow.key())
+            .collect()
+    }
+
     fn commit(&mut self) -> Result<String, String> {
+        // What the kernel made until now must be in the internal cache
+        // before the conflicts are looked for.
+        self.drain_kernel_events(Instant::now());
+        let conflicts = if self.direct.is_none() { self.nat_conflicts() } else { Vec::new() };
+        let displaced = if conflicts.is_empty() {
+            0
+        } else {
+            let report = self.kernel.delete(&conflicts).map_err(|e| {
+                format!("deleting the entries in the way of synced flows failed: {e}")
+            })?;
+            log::warn!(
+                "commit: {} kernel entries stood in the way of synced flows' NAT mappings and were deleted (first: {}); packets that reached this node's virtual IPs before the commit made them",
+                report.deleted,
+                conflicts[0]
+            );
+            report.deleted
+        };
         // Most recently updated first: the flows carrying traffic now reach
         // the kernel before a long tail of idle ones.
         // In direct-to-kernel mode only the replicas the kernel dropped need
@@ -1326,14 +1384,20 @@ impl Daemon {
         for (key, errno) in report.failed.iter().take(5) {
             log::warn!("commit of {key} failed: {}", io::Error::from_raw_os_error(*errno));
         }
-        self.stats.commit_displaced += report.displaced.len() as u64;
+        self.stats.commit_displaced += (displaced + report.displaced.len()) as u64;
         if let Some(first) = report.displaced.first() {
             log::warn!(
                 "commit: {} kernel entries held the NAT mapping of a synced flow and were deleted for it (first: {first}); they were made by packets that reached this node's virtual IPs before the commit",
                 report.displaced.len()
             );
         }
-        let line = format!("committed {}", report.summary());
+        let mut line = format!("committed {}", report.summary());
+        if displaced > 0 {
+            let _ = write!(
+                line,
+                "; {displaced} entries in the way of synced flows' NAT mappings deleted first"
+            );
+        }
         log::info!("{line}");
         if !self.exp.sync.enabled() {
             return Ok(line + "\n");

@@ -413,13 +413,7 @@ impl Kernel {
         if !flow.has_ports() {
             return Ok(None);
         }
-        let reply = FlowKey {
-            src: flow.src(Dir::Reply),
-            dst: flow.dst(Dir::Reply),
-            l4proto: flow.l4proto,
-            l4: [flow.l4[2], flow.l4[3]],
-            zone: flow.zone,
-        };
+        let reply = flow.tuple_key(Dir::Reply);
         // A lookup by tuple finds an entry by either of its tuples: only
         // one whose original tuple this is stands in the flow's way (one
         // whose reply tuple it is would be another flow with the same NAT

@@ -16,6 +16,7 @@ Sync {
     Mode FTFW {
         DisableExternalCache Off
         PurgeTimeout 5
+        CommitTimeout 180
     }
     UDP {
         IPv4_address $(key local)

@@ -31,6 +31,18 @@
 #                   so that what fw2 holds of the stream comes from state
 #                   sync alone, never from having carried it in an earlier
 #                   round (which its kernel remembers for the purge timeout)
+#   LAB_UDP_SERVER  echo (default) or push: the UDP server also sends on its
+#                   own, always to the client's first address and port, so
+#                   its datagrams reach the VIP through the switch
+#   LAB_UDP_CLIENT_INTERVAL_MS  how often the UDP client sends (LAB_INTERVAL_MS)
+#   LAB_UDP_MAX_GAP_MS  judge the UDP stream too: fail if it was silent
+#                   longer than this (its end included)
+#   LAB_CHECK       1: after each switch, once the pair is quiet, check the
+#                   handover invariants on full dumps (labtool.py tables):
+#                   the new master's kernel holds every flow the old one's
+#                   held before the switch, its internal cache equals its
+#                   kernel, the peer's external cache equals that; the run
+#                   fails if one does not hold
 #   LAB_ID          run id in every name (default: pid and a random number)
 #   LAB_KEEP_WORK   keep /tmp/ctsync-lab-ID (logs, events) after the run
 # and lab.sh's LAB_TCP_LOOSE, LAB_DIRECT, LAB_READY.
@@ -80,7 +92,7 @@ log "fw1 is master"
 
 ip netns exec "$NS_SERVER" $BOOST $TOOL tcp-server "$SERVER_IP" 5001 "$WORK/tcp-server.json" "$WORK/tcp-gaps" &
 echo $! >"$WORK/tcp-server.job"
-ip netns exec "$NS_SERVER" $BOOST $TOOL udp-server "$SERVER_IP" 5002 &
+ip netns exec "$NS_SERVER" $BOOST $TOOL udp-server "$SERVER_IP" 5002 "${LAB_UDP_SERVER:-echo}" &
 echo $! >"$WORK/udp-server.job"
 for _ in $(seq 100); do [ -e "$WORK/tcp-server.json.ready" ] && break; sleep 0.05; done
 ip netns exec "$NS_CLIENT" $BOOST $TOOL tcp-client "$SERVER_IP" 5001 "$WORK/tcp-client.json" &
@@ -100,6 +112,7 @@ cycles() {
     local i t
     for i in $(seq "$1"); do
         [ "${LAB_FORGET:-0}" = 1 ] && forget_stream
+        snapshot fw1
         t=$(ms)
         event trigger failover "$i"
         if [ "$TRIGGER" = links ]; then
@@ -111,9 +124,10 @@ cycles() {
         wait_master fw2 "$t" || die "failover $i: fw2 did not take over"
         event switched failover "$i"
         log "failover $i: fw2 master and notified after $(($(ms) - t)) ms"
-        sleep "$HOLD"
+        check_tables "failover $i" fw2 fw1 "$HOLD"
         check_path fw2 || die "failover $i: the client or the server still sends to fw1"
 
+        snapshot fw2
         t=$(ms)
         event trigger failback "$i"
         if [ "$TRIGGER" = links ]; then
@@ -125,13 +139,57 @@ cycles() {
         wait_master fw1 "$t" || die "fail-back $i: fw1 did not take over"
         event switched failback "$i"
         log "fail-back $i: fw1 master and notified after $(($(ms) - t)) ms"
-        sleep "$HOLD"
+        check_tables "fail-back $i" fw1 fw2 "$HOLD"
         check_path fw1 || die "fail-back $i: the client or the server still sends to fw2"
         if [ "$EXPECT" != break ] && ! kill -0 "$CLIENT" 2>/dev/null; then
             log "the TCP client stopped during round $i"
             return 1
         fi
     done
+}
+
+# LAB_CHECK: the old master's kernel table just before a switch.
+snapshot() {
+    [ "${LAB_CHECK:-0}" = 1 ] || return 0
+    in_ns "$(fw_ns "$1")" conntrack -L >"$WORK/before" 2>/dev/null || true
+}
+
+# Hold the new master $2 for $4 seconds; with LAB_CHECK, take the dumps for
+# the handover invariants on the way (after LAB_QUIET s, 1 by default, so
+# that the pair is quiet) and compare them in the background, so that the
+# check does not lengthen the hold: the expiries of the purge must race the
+# next commit as they do without it. $1 names the switch, $3 is the peer.
+CHECKS=()
+check_tables() {
+    local start d
+    start=$(ms)
+    if [ "${LAB_CHECK:-0}" = 1 ] && [ -n "$CTSYNCD" ]; then
+        d=$WORK/check-${#CHECKS[@]}
+        mkdir -p "$d"
+        mv "$WORK/before" "$d/before"
+        sleep "${LAB_QUIET:-1}"
+        # Side by side, so that the three dumps see the same moment.
+        local dumps=()
+        in_ns "$(fw_ns "$2")" conntrack -L >"$d/kernel" 2>/dev/null &
+        dumps+=($!)
+        in_ns "$(fw_ns "$2")" "$CTSYNCD" -C "$WORK/$2/ctsyncd.yaml" -i >"$d/internal" 2>/dev/null &
+        dumps+=($!)
+        in_ns "$(fw_ns "$3")" "$CTSYNCD" -C "$WORK/$3/ctsyncd.yaml" -e >"$d/external" 2>/dev/null &
+        dumps+=($!)
+        wait "${dumps[@]}" 2>/dev/null || true
+        (
+            if $TOOL tables "$1" "$d/before" "$d/kernel" "$d/internal" "$d/external" >"$d/result"; then
+                event tables ok "$1"
+            else
+                event tables broken "$1"
+            fi
+            cat "$d/result" >>"$WORK/tables"
+            sed 's/^/[tables] /' "$d/result" >&2
+            rm -rf "$d"
+        ) &
+        CHECKS+=($!)
+    fi
+    sleep "$(python3 -c "print(max(0, $4 - ($(ms) - $start) / 1000))")"
 }
 
 # LAB_FORGET: fw2 forgets the streams, then relearns them from fw1 (in
@@ -210,15 +268,31 @@ for job in tcp-server udp-server; do
     wait "$pid" 2>/dev/null || true
 done
 event end
+[ ${#CHECKS[@]} -eq 0 ] || wait "${CHECKS[@]}" 2>/dev/null || true
+LAB_EXTRA_LOGS=("$WORK/tables")
 log "run took $(($(ms) - T0)) ms"
 # ctsyncd's own account of its last commits (count, first 1 %, total) and,
 # in direct-to-kernel mode, of its kernel writes.
 if [ -n "$CTSYNCD" ] && [ -z "${MIXED_CTSYNCD:-}" ]; then
     grep -h "committed" "$WORK"/fw?/ctsyncd.log 2>/dev/null | tail -n 4 >&2 || true
+    # Commits that met entries in the way of synced NAT mappings.
+    grep -h "deleted first" "$WORK"/fw?/ctsyncd.log 2>/dev/null >&2 || true
     if [ "${LAB_DIRECT:-0}" = 1 ]; then
         for fw in fw1 fw2; do
             log "$fw direct-to-kernel: $(daemon_stat "$fw" direct | tr -d "{}'")"
         done
     fi
 fi
-$TOOL report "$WORK" "$EXPECT"
+rc=0
+$TOOL report "$WORK" "$EXPECT" || rc=$?
+if [ "${LAB_CHECK:-0}" = 1 ]; then
+    broken=$(grep -c " tables broken " "$WORK/events") || true
+    checked=$(grep -c " tables \(ok\|broken\) " "$WORK/events") || true
+    if [ "$broken" -gt 0 ]; then
+        [ "$EXPECT" = measure ] || die "the handover invariants broke after $broken of $checked switches"
+        log "MEASURED: the handover invariants broke after $broken of $checked switches"
+    else
+        log "the handover invariants held after all $checked switches"
+    fi
+fi
+exit "$rc"

@@ -26,6 +26,9 @@
 #                   nft `ct helper`), and new connections only to port 21:
 #                   an FTP data connection passes only as `related`
 #   LAB_EXPECTATIONS  1: ctsyncd syncs the ftp helper's expectations
+#   LAB_LAX_INPUT   1: the firewalls' input chains accept what they do not
+#                   know (policy accept, no invalid drop), as many do
+#   LAB_PURGE_TIMEOUT  ctsyncd's sync.purge_timeout in seconds (its default)
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$LAB_DIR/../.." && pwd)
@@ -107,6 +110,7 @@ lab_up() {
             -e "s/@LAN_NET@/$LAN_NET.0\/24/g" -e "s/@SYNC_PORT@/$SYNC_PORT/g" \
             "$LAB_DIR/ruleset.nft.in" >"$WORK/$fw/ruleset.nft"
         [ "${LAB_FTP:-0}" = 1 ] && ftp_ruleset "$WORK/$fw/ruleset.nft"
+        [ "${LAB_LAX_INPUT:-0}" = 1 ] && lax_input "$WORK/$fw/ruleset.nft"
         in_ns "$ns" nft -f "$WORK/$fw/ruleset.nft"
         # Strict TCP tracking by default: a mid-stream packet never creates
         # a flow, so a firewall without the synced state drops the stream.
@@ -120,6 +124,22 @@ lab_up() {
             die "nf_conntrack_tcp_loose is not per namespace here (the host's value changed; restored)"
         fi
     done
+}
+
+# LAB_LAX_INPUT: the input chain of many a real firewall, in place: policy
+# accept and no invalid drop, so that a packet to a virtual IP makes a
+# local entry.
+lax_input() {
+    python3 - "$1" <<'PY'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+head, rest = text.split("chain input {", 1)
+body, tail = rest.split("}", 1)
+body = body.replace("policy drop;", "policy accept;").replace("        ct state invalid drop\n", "")
+open(path, "w").write(head + "chain input {" + body + "}" + tail)
+PY
+    grep -q "hook input priority filter; policy accept;" "$1" || die "the lax input edit did not apply to $1"
 }
 
 # The FTP variant of the ruleset, in place: new TCP only to the control
@@ -197,6 +217,7 @@ $([ "${LAB_READY:-0}" = 1 ] && echo "  ready_file: $WORK/$1/ready")
 sync:
   auth: { key_file: $WORK/sync.key }
   direct_to_kernel: $([ "${LAB_DIRECT:-0}" = 1 ] && echo true || echo false)
+$([ -n "${LAB_PURGE_TIMEOUT:-}" ] && echo "  purge_timeout: ${LAB_PURGE_TIMEOUT}s")
 $([ "${LAB_EXPECTATIONS:-0}" = 1 ] && echo "  expectations: [ftp]")
   channels:
     - type: udp

@@ -3,12 +3,17 @@
 
   labtool.py tcp-server IP PORT RESULT GAPS   counts a stream, checks order
   labtool.py tcp-client IP PORT RESULT        sends a counter every 10 ms
-  labtool.py udp-server IP PORT               echoes datagrams
+  labtool.py udp-server IP PORT [push]        echoes datagrams (push: sends
+                                              every 10 ms to the first sender)
   labtool.py udp-client IP PORT RESULT        sends every 10 ms, counts echoes
   labtool.py ctflood COUNT                    adds COUNT flows to the kernel table
   labtool.py ftp-client pasv|port SERVER OWN_IP   announces a data connection,
                                               waits for a line on stdin, then
                                               transfers "payload"
+  labtool.py tables WHEN BEFORE KERNEL INTERNAL EXTERNAL   the handover
+                                              invariants over four table dumps
+                                              (conntrack -L, ctsyncd -i/-e):
+                                              exit 0 if they hold
   labtool.py report WORK survive|break|measure  prints figures, exit 0 if as
                                               expected (measure: always)
 
@@ -27,6 +32,10 @@ import sys
 import time
 
 INTERVAL = float(os.environ.get("LAB_INTERVAL_MS", "10")) / 1000.0
+# The UDP client's own sending: sparse keepalives beside a pushing server
+# (a media or VPN stream) make the server's datagrams the first to reach a
+# new master.
+UDP_CLIENT_INTERVAL = float(os.environ.get("LAB_UDP_CLIENT_INTERVAL_MS", "0")) / 1000.0 or INTERVAL
 # A stall longer than this aborts the client's connection (TCP_USER_TIMEOUT):
 # with TCP's retransmission back-off, a stream that stalls this long would
 # otherwise resume on the old master after fail-back and hide the break.
@@ -155,14 +164,36 @@ def tcp_client(ip, port, result):
     sys.exit(0 if res["error"] is None else 1)
 
 
-def udp_server(ip, port):
+def udp_server(ip, port, mode="echo"):
+    """echo: answers each datagram to its sender. push: also sends every
+    INTERVAL on its own, and only ever to the first sender (as a media or
+    VPN server does), so that a flow that comes back on another NAT port is
+    a broken stream, not a new one."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((ip, int(port)))
+    sock.setblocking(False)
     signal.signal(signal.SIGTERM, on_term)
+    peer = None
+    nxt = time.monotonic()
     try:
         while True:
-            data, peer = sock.recvfrom(2048)
-            sock.sendto(data, peer)
+            wait = max(nxt - time.monotonic(), 0) if mode == "push" and peer else None
+            select.select([sock], [], [], wait)
+            while True:
+                try:
+                    data, sender = sock.recvfrom(2048)
+                except BlockingIOError:
+                    break
+                if mode != "push":
+                    sock.sendto(data, sender)
+                elif peer is None:
+                    peer = sender
+            if mode == "push" and peer and time.monotonic() >= nxt:
+                nxt += INTERVAL
+                try:
+                    sock.sendto(b"push", peer)
+                except OSError:
+                    pass
     except Stop:
         pass
 
@@ -203,13 +234,16 @@ def udp_client(ip, port, result):
         if Flag.stop and stop_at is None:
             # Wait a little for the last echoes.
             stop_at = time.monotonic() + 0.5
+        if Flag.stop and "end_ms" not in res:
+            res["end_ms"] = now_ms()
         if stop_at is None and time.monotonic() >= nxt:
-            nxt += INTERVAL
+            nxt += UDP_CLIENT_INTERVAL
             try:
                 sock.send(b"%d" % res["sent"])
                 res["sent"] += 1
             except OSError:
                 res["errors"] += 1
+    res["last_ms"] = last
     write_json(result, res)
 
 
@@ -450,6 +484,15 @@ def report(work, expect):
           % (udp.get("sent"), udp.get("received"), udp.get("max_gap_ms", 0)))
     for p in problems:
         print("tcp stream broken: " + p)
+    # LAB_UDP_MAX_GAP_MS: the UDP stream is judged too, by its longest gap,
+    # the silence at its end included (a stream that stopped for good).
+    udp_limit = os.environ.get("LAB_UDP_MAX_GAP_MS")
+    if udp_limit:
+        tail = (udp.get("end_ms") or 0) - (udp.get("last_ms") or 0)
+        udp_gap = max(udp.get("max_gap_ms", 0), tail)
+        if udp_gap > float(udp_limit):
+            problems.append("udp stream: longest gap %.0f ms > %s ms" % (udp_gap, udp_limit))
+            print("udp stream broken: longest gap %.0f ms (%.0f ms silent at the end)" % (udp_gap, tail))
     if expect == "measure":
         print("MEASURED: the TCP stream %s" % ("broke: " + problems[0] if problems else "survived"))
         return 0
@@ -470,6 +513,56 @@ def report(work, expect):
     return 0
 
 
+SYNC_NET = "10.255.0."
+
+
+def flow_keys(path):
+    """The flows of a dump in conntrack's one-line format (conntrack -L,
+    ctsyncd -i/-e), each as its protocol and both tuples, so that a flow that
+    kept its original tuple but got another NAT mapping counts as different."""
+    keys = set()
+    with open(path) as f:
+        for line in f:
+            words = line.split()
+            if not words or "=" in words[0]:
+                continue
+            fields = [w for w in words if w.split("=", 1)[0] in
+                      ("src", "dst", "sport", "dport", "type", "code", "id")]
+            # The sync link's own traffic, which ctsyncd never replicates.
+            if fields and not fields[0].startswith("src=" + SYNC_NET):
+                keys.add((words[0],) + tuple(fields))
+    return keys
+
+
+def tables(when, before, kernel, internal, external):
+    """The handover invariants (docs/PROTOCOL.md): the new master's kernel
+    holds every flow the old master's kernel held before the switch, the new
+    master's internal cache equals its kernel, the peer's external cache
+    equals that internal cache. Prints one line; exit 0 if they hold."""
+    b, k, i, e = (flow_keys(p) for p in (before, kernel, internal, external))
+    lost = b - k
+    problems = []
+    if lost:
+        problems.append("%d flows of the old master's kernel missing from the new master's kernel (e.g. %s)"
+                        % (len(lost), " ".join(sorted(lost)[0][1:])))
+    # The internal cache holds what the filter accepts: compare only in the
+    # direction that loses flows, plus whatever it holds that the kernel lacks.
+    missing_i = (k & b) - i
+    extra_i = i - k
+    if missing_i:
+        problems.append("%d flows of the kernel missing from the internal cache (e.g. %s)"
+                        % (len(missing_i), " ".join(sorted(missing_i)[0][1:])))
+    if extra_i:
+        problems.append("%d flows in the internal cache that the kernel lacks" % len(extra_i))
+    if i != e:
+        problems.append("the peer's external cache differs: %d missing, %d extra"
+                        % (len(i - e), len(e - i)))
+    print("%s: before %d, kernel %d, internal %d, external %d%s"
+          % (when, len(b), len(k), len(i), len(e),
+             "" if not problems else ": " + "; ".join(problems)))
+    return 1 if problems else 0
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "tcp-server":
@@ -484,6 +577,8 @@ def main(argv):
         return ctflood(int(args[0]), *args[1:2])
     elif cmd == "ftp-client":
         ftp_client(*args)
+    elif cmd == "tables":
+        return tables(*args)
     elif cmd == "report":
         return report(args[0], args[1])
     else:
