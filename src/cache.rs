@@ -14,7 +14,7 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry as TableEntry;
 
 use crate::digest::Digests;
-use crate::flow::{Flow, FlowKey};
+use crate::flow::{Dir, EntryId, Flow, FlowKey};
 
 /// Counters of one cache, as `-s cache` shows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -38,6 +38,27 @@ pub enum Upsert {
     },
     /// The cache is at its limit; the flow was not stored.
     Full,
+}
+
+/// What a kernel destroy event did to the internal cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Removal {
+    Removed(Flow),
+    /// The cache holds another kernel entry with the same tuples (see
+    /// [`EntryId`]): the event is older than what the cache knows.
+    Stale,
+    Absent,
+}
+
+/// What [`Cache::reconcile`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Flows new or changed by the dump.
+    pub changed: usize,
+    /// Flows the dump no longer showed, removed.
+    pub vanished: Vec<FlowKey>,
+    /// Dumped flows that did not fit ([`Upsert::Full`]).
+    pub full: usize,
 }
 
 /// One cached flow and its per-entry metadata.
@@ -181,6 +202,51 @@ impl Cache {
         Some(flow)
     }
 
+    /// Apply a kernel destroy event of the entry `id` with this key. The
+    /// reliable-events mode redelivers destroy events the daemon could not
+    /// take in time, after a dump that already shows the entry created in
+    /// the old one's place: that one stays.
+    pub fn remove_entry(&mut self, key: &FlowKey, id: EntryId) -> Removal {
+        match self.get(key) {
+            None => Removal::Absent,
+            Some(e) if e.flow.entry_id.differs(id) => Removal::Stale,
+            Some(_) => self.remove(key).map_or(Removal::Absent, Removal::Removed),
+        }
+    }
+
+    /// Make the cache equal a dump of the kernel table: every dumped flow
+    /// is upserted (`changed` sees the new and changed ones), every cached
+    /// flow the dump did not show is removed. `stamp` is the cache's change
+    /// counter; dumped flows get stamps above its value on entry.
+    pub fn reconcile(
+        &mut self,
+        dumped: impl IntoIterator<Item = Flow>,
+        stamp: &mut u64,
+        mut changed: impl FnMut(&Flow),
+    ) -> Reconciled {
+        let floor = *stamp + 1;
+        let mut out = Reconciled::default();
+        for flow in dumped {
+            *stamp += 1;
+            match self.upsert(flow.clone(), *stamp) {
+                Upsert::Created | Upsert::Updated { changed: true } => {
+                    out.changed += 1;
+                    changed(&flow);
+                }
+                Upsert::Updated { changed: false } => {}
+                Upsert::Full => out.full += 1,
+            }
+        }
+        self.retain(|e| {
+            let keep = e.stamp >= floor;
+            if !keep {
+                out.vanished.push(e.flow.key());
+            }
+            keep
+        });
+        out
+    }
+
     /// Remove every flow for which `keep` returns false; returns how many.
     pub fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) -> usize {
         let before = self.entries.len();
@@ -301,6 +367,35 @@ fn key_hash(hasher: &foldhash::fast::FixedState, key: &FlowKey) -> (u64, u32) {
 
 fn widen(bits: u32) -> u64 {
     u64::from(bits) << 32 | u64::from(bits)
+}
+
+/// The entries of `local` (our kernel's flows) that would keep flows of
+/// `synced` (the peer's, about to be committed) off their NAT mapping: an
+/// entry with a synced flow's original tuple but another reply tuple, or
+/// one whose original tuple is a synced NAT flow's reply tuple. keepalived
+/// adds the virtual IPs before it runs notify_master, and the packets of
+/// those moments make them: a client's datagram that the forward chain
+/// lets through gets a fresh mapping, a server's datagram to the VIP a
+/// local entry. A create cannot replace the first kind and an update
+/// cannot change a mapping, so the commit deletes them first: the synced
+/// state wins.
+pub fn nat_conflicts(local: &Cache, synced: &Cache) -> Vec<FlowKey> {
+    let synced_replies: std::collections::HashSet<FlowKey> = synced
+        .iter()
+        .filter(|e| e.flow.snat().is_some() || e.flow.dnat().is_some())
+        .map(|e| e.flow.tuple_key(Dir::Reply))
+        .collect();
+    local
+        .iter()
+        .filter(|e| {
+            let key = e.flow.key();
+            match synced.get(&key) {
+                Some(s) => s.flow.tuple_key(Dir::Reply) != e.flow.tuple_key(Dir::Reply),
+                None => synced_replies.contains(&key),
+            }
+        })
+        .map(|e| e.flow.key())
+        .collect()
 }
 
 #[cfg(test)]

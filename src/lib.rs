@@ -18,6 +18,8 @@ pub mod expect;
 pub mod filter;
 pub mod flow;
 pub mod ftfw;
+#[cfg(test)]
+mod handover_sim;
 pub mod logging;
 pub mod metrics;
 pub mod netlink;

@@ -20,7 +20,7 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::cache::{Cache, CacheStats, Upsert};
+use crate::cache::{Cache, CacheStats, Removal, Upsert};
 use crate::channel::{Channels, LinkSpec, Recv};
 use crate::control::{self, CacheSel, Request};
 use crate::defer::{DeferStats, Deferral, Skip};
@@ -28,7 +28,7 @@ use crate::digest::{self, RepairLedger};
 use crate::direct::{DirectStats, DirectToKernel, Role};
 use crate::expect::{ExpChange, ExpState, ExpectSync};
 use crate::filter::Filter;
-use crate::flow::{Dir, Flow, FlowKey, proto, tcp_state};
+use crate::flow::{Flow, FlowKey, proto, tcp_state};
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent, PeerState, Seq};
 use crate::logging::RateLimit;
 use crate::metrics;
@@ -413,10 +413,8 @@ impl Daemon {
 
     fn local_destroy(&mut self, flow: &Flow) {
         let key = flow.key();
-        if self.internal.get(&key).is_some_and(|e| e.flow.entry_id.differs(flow.entry_id)) {
-            // The end of an entry that a commit has replaced since; the
-            // reliable-events mode redelivers it after a dump that already
-            // shows the new one.
+        let removal = self.internal.remove_entry(&key, flow.entry_id);
+        if removal == Removal::Stale {
             self.stats.events_stale += 1;
             return;
         }
@@ -425,10 +423,9 @@ impl Daemon {
         {
             direct.kernel_dropped(key);
         }
-        if self.internal.remove(&key).is_some() {
-            self.ftfw.queue(LocalChange::Destroy(key));
-        } else {
-            self.stats.events_filtered += 1;
+        match removal {
+            Removal::Removed(_) => self.ftfw.queue(LocalChange::Destroy(key)),
+            _ => self.stats.events_filtered += 1,
         }
     }
 
@@ -510,8 +507,6 @@ impl Daemon {
     /// wrote for the peer stay the peer's.
     fn resync_kernel(&mut self, tell_peer: bool, claim_all: bool) -> io::Result<(usize, usize)> {
         self.stats.kernel_resyncs += 1;
-        let floor = self.internal_stamp + 1;
-        let mut changed = 0usize;
         // Events queued before the dump are older than it: after an overrun
         // some that followed them are lost, so replaying them after the dump
         // would regress flows for good. Events from here on are newer than
@@ -525,33 +520,22 @@ impl Daemon {
             let missing = self.external.iter().map(|e| e.flow.key());
             direct.set_missing(missing.filter(|k| !in_kernel.contains(k)));
         }
-        for flow in dumped {
-            if !self.cfg.filter.accepts(&flow) || (!claim_all && self.owned_by_peer(&flow)) {
-                continue;
+        let ours: Vec<Flow> = dumped
+            .into_iter()
+            .filter(|f| self.cfg.filter.accepts(f) && (claim_all || !self.owned_by_peer(f)))
+            .collect();
+        let ftfw = &mut self.ftfw;
+        let done = self.internal.reconcile(ours, &mut self.internal_stamp, |flow| {
+            if tell_peer {
+                ftfw.queue(LocalChange::Upsert(flow.clone()));
             }
-            self.internal_stamp += 1;
-            match self.internal.upsert(flow.clone(), self.internal_stamp) {
-                Upsert::Created | Upsert::Updated { changed: true } => {
-                    changed += 1;
-                    if tell_peer {
-                        self.ftfw.queue(LocalChange::Upsert(flow));
-                    }
-                }
-                Upsert::Updated { changed: false } => {}
-                Upsert::Full => self.log_full("internal", Instant::now()),
-            }
-        }
-        let mut vanished = Vec::new();
-        self.internal.retain(|e| {
-            let keep = e.stamp >= floor;
-            if !keep {
-                vanished.push(e.flow.key());
-            }
-            keep
         });
-        let gone = vanished.len();
+        if done.full > 0 {
+            self.log_full("internal", Instant::now());
+        }
+        let (changed, gone) = (done.changed, done.vanished.len());
         if tell_peer {
-            for key in vanished {
+            for key in done.vanished {
                 self.ftfw.queue(LocalChange::Destroy(key));
             }
         }
@@ -1310,42 +1294,26 @@ impl Daemon {
         }
     }
 
-    /// The kernel entries, known from our events, that would keep synced
-    /// flows off their NAT mapping: an entry with a synced flow's original
-    /// tuple but another reply tuple, or one whose original tuple is a
-    /// synced flow's reply tuple. keepalived adds the virtual IPs before it
-    /// runs notify_master, and the packets of those moments make them: a
-    /// client's datagram that the forward chain lets through gets a fresh
-    /// mapping, a server's datagram to the VIP a local entry. A create
-    /// cannot replace the first kind and an update cannot change a mapping,
-    /// so they are deleted before the commit: the synced state wins.
-    fn nat_conflicts(&self) -> Vec<FlowKey> {
-        let synced_replies: std::collections::HashSet<FlowKey> = self
-            .external
-            .iter()
-            .filter(|e| e.flow.snat().is_some() || e.flow.dnat().is_some())
-            .map(|e| e.flow.tuple_key(Dir::Reply))
-            .collect();
-        self.internal
-            .iter()
-            .filter(|e| {
-                let key = e.flow.key();
-                match self.external.get(&key) {
-                    Some(synced) => {
-                        synced.flow.tuple_key(Dir::Reply) != e.flow.tuple_key(Dir::Reply)
-                    }
-                    None => synced_replies.contains(&key),
-                }
-            })
-            .map(|e| e.flow.key())
-            .collect()
+    /// Entries our own request deleted: their destroy events carry our
+    /// port id and never come back, so the internal cache and the peer
+    /// learn it here.
+    fn forget_deleted(&mut self, keys: &[FlowKey]) {
+        for key in keys {
+            if self.internal.remove(key).is_some() {
+                self.ftfw.queue(LocalChange::Destroy(*key));
+            }
+        }
     }
 
     fn commit(&mut self) -> Result<String, String> {
         // What the kernel made until now must be in the internal cache
         // before the conflicts are looked for.
         self.drain_kernel_events(Instant::now());
-        let conflicts = if self.direct.is_none() { self.nat_conflicts() } else { Vec::new() };
+        let conflicts = if self.direct.is_none() {
+            crate::cache::nat_conflicts(&self.internal, &self.external)
+        } else {
+            Vec::new()
+        };
         let displaced = if conflicts.is_empty() {
             0
         } else {
@@ -1359,6 +1327,7 @@ impl Daemon {
             );
             report.deleted
         };
+        self.forget_deleted(&conflicts);
         // Most recently updated first: the flows carrying traffic now reach
         // the kernel before a long tail of idle ones.
         // In direct-to-kernel mode only the replicas the kernel dropped need
@@ -1385,6 +1354,7 @@ impl Daemon {
             log::warn!("commit of {key} failed: {}", io::Error::from_raw_os_error(*errno));
         }
         self.stats.commit_displaced += (displaced + report.displaced.len()) as u64;
+        self.forget_deleted(&report.displaced);
         if let Some(first) = report.displaced.first() {
             log::warn!(
                 "commit: {} kernel entries held the NAT mapping of a synced flow and were deleted for it (first: {first}); they were made by packets that reached this node's virtual IPs before the commit",

@@ -111,6 +111,148 @@ impl CommitReport {
     }
 }
 
+/// The batched table operations a commit is made of, each answering the
+/// flows refused with their errno. [`Kernel`] sends them to the kernel;
+/// the handover simulation runs them against a table in memory, so that
+/// what a commit does about the kernel's races is tested without one.
+pub trait CommitOps {
+    /// Create these flows.
+    fn create<'f>(
+        &mut self,
+        flows: Vec<&'f Flow>,
+        eo: &EmitOptions,
+    ) -> io::Result<(usize, Vec<(&'f Flow, i32)>)>;
+    /// Update the entries with these flows' original tuples.
+    fn update<'f>(
+        &mut self,
+        flows: Vec<&'f Flow>,
+        eo: &EmitOptions,
+    ) -> io::Result<(usize, Vec<(&'f Flow, i32)>)>;
+    /// Delete the entry whose original tuple is `flow`'s reply tuple, which
+    /// keeps `flow` out of the table; its key, or `None` if there is none.
+    fn displace(&mut self, flow: &Flow) -> io::Result<Option<FlowKey>>;
+}
+
+/// The rest of a commit once the creates are answered: EEXIST means
+/// update (or, with `create_only`, leave alone), and the kernel's races
+/// that end in the update's ENOENT are settled as [`Kernel::commit`] says.
+pub fn settle<T: CommitOps + ?Sized>(
+    table: &mut T,
+    refused: Vec<(&Flow, i32)>,
+    eo: &EmitOptions,
+    create_only: bool,
+    report: &mut CommitReport,
+) -> io::Result<()> {
+    let mut to_update = Vec::new();
+    for (flow, errno) in refused {
+        match errno {
+            libc::EEXIST => to_update.push(flow),
+            _ => report.failed.push((flow.key(), errno)),
+        }
+    }
+    if create_only {
+        report.existing = to_update.len();
+        return Ok(());
+    }
+    for pass in 1..=COMMIT_PASSES {
+        if to_update.is_empty() {
+            break;
+        }
+        let (updated, refused) = table.update(std::mem::take(&mut to_update), eo)?;
+        report.updated += updated;
+        let mut gone = Vec::new();
+        for (flow, errno) in refused {
+            match errno {
+                libc::ENOENT if pass < COMMIT_PASSES => gone.push(flow),
+                _ => report.failed.push((flow.key(), errno)),
+            }
+        }
+        if gone.is_empty() {
+            break;
+        }
+        let (created, refused) = table.create(gone, eo)?;
+        report.created += created;
+        report.expired_under += created;
+        let mut again = Vec::new();
+        for (flow, errno) in refused {
+            match errno {
+                // No entry has the flow's original tuple (the update said
+                // so), yet the create clashes: one holds its reply tuple.
+                libc::EEXIST => match table.displace(flow)? {
+                    Some(stray) => {
+                        report.displaced.push(stray);
+                        again.push(flow);
+                    }
+                    // Created meanwhile by traffic: update it.
+                    None => to_update.push(flow),
+                },
+                _ => report.failed.push((flow.key(), errno)),
+            }
+        }
+        if again.is_empty() {
+            continue;
+        }
+        let (created, refused) = table.create(again, eo)?;
+        report.created += created;
+        for (flow, errno) in refused {
+            match errno {
+                libc::EEXIST => to_update.push(flow),
+                _ => report.failed.push((flow.key(), errno)),
+            }
+        }
+    }
+    report.failed.extend(to_update.into_iter().map(|f| (f.key(), libc::EEXIST)));
+    Ok(())
+}
+
+impl CommitOps for Kernel {
+    fn create<'f>(
+        &mut self,
+        flows: Vec<&'f Flow>,
+        eo: &EmitOptions,
+    ) -> io::Result<(usize, Vec<(&'f Flow, i32)>)> {
+        self.batched(flows, create_message(eo))
+    }
+
+    fn update<'f>(
+        &mut self,
+        flows: Vec<&'f Flow>,
+        eo: &EmitOptions,
+    ) -> io::Result<(usize, Vec<(&'f Flow, i32)>)> {
+        self.batched(flows, |buf, seq, flow: &Flow| {
+            ct_message(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST, seq, flow.family(), |w| {
+                emit_update(w, flow, eo)
+            })
+        })
+    }
+
+    fn displace(&mut self, flow: &Flow) -> io::Result<Option<FlowKey>> {
+        if !flow.has_ports() {
+            return Ok(None);
+        }
+        let reply = flow.tuple_key(Dir::Reply);
+        // A lookup by tuple finds an entry by either of its tuples: only
+        // one whose original tuple this is stands in the flow's way (one
+        // whose reply tuple it is would be another flow with the same NAT
+        // mapping, which the synced table must not hold twice).
+        match self.get(&reply)? {
+            Some(holder) if holder.key() == reply => {
+                let deleted = self.delete([&reply])?;
+                Ok((deleted.deleted == 1).then_some(reply))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The create message of one flow, for [`Kernel::batched`].
+fn create_message(eo: &EmitOptions) -> impl FnMut(&mut Vec<u8>, u32, &Flow) + '_ {
+    move |buf, seq, flow| {
+        let flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL;
+        ct_message(buf, IPCTNL_MSG_CT_NEW, flags, seq, flow.family(), |w| emit_create(w, flow, eo))
+    }
+}
+
 /// How many create-then-update rounds a commit makes for a flow whose entry
 /// keeps expiring under it; past that its ENOENT is reported.
 pub const COMMIT_PASSES: usize = 3;
@@ -331,100 +473,13 @@ impl Kernel {
     ) -> io::Result<CommitReport> {
         let start = Instant::now();
         let eo = EmitOptions { timeout: opts.timeout, be_liberal: opts.be_liberal };
-        let create_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL;
-        let create = |buf: &mut Vec<u8>, seq, flow: &Flow| {
-            ct_message(buf, IPCTNL_MSG_CT_NEW, create_flags, seq, flow.family(), |w| {
-                emit_create(w, flow, &eo)
-            })
-        };
-        let update = |buf: &mut Vec<u8>, seq, flow: &Flow| {
-            ct_message(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST, seq, flow.family(), |w| {
-                emit_update(w, flow, &eo)
-            })
-        };
-        let (created, refused) = self.batched(flows, create)?;
+        let (created, refused) = self.batched(flows, create_message(&eo))?;
         let total = created + refused.len();
         let first_percent = first_percent(&self.progress, total, start);
         let mut report = CommitReport { created, first_percent, ..CommitReport::default() };
-        let mut to_update = Vec::new();
-        for (flow, errno) in refused {
-            match errno {
-                libc::EEXIST => to_update.push(flow),
-                _ => report.failed.push((flow.key(), errno)),
-            }
-        }
-        if opts.create_only {
-            report.existing = to_update.len();
-            report.elapsed = start.elapsed();
-            return Ok(report);
-        }
-        for pass in 1..=COMMIT_PASSES {
-            if to_update.is_empty() {
-                break;
-            }
-            let (updated, refused) = self.batched(std::mem::take(&mut to_update), update)?;
-            report.updated += updated;
-            let mut gone = Vec::new();
-            for (flow, errno) in refused {
-                match errno {
-                    libc::ENOENT if pass < COMMIT_PASSES => gone.push(flow),
-                    _ => report.failed.push((flow.key(), errno)),
-                }
-            }
-            if gone.is_empty() {
-                break;
-            }
-            let (created, refused) = self.batched(gone, create)?;
-            report.created += created;
-            report.expired_under += created;
-            let mut again = Vec::new();
-            for (flow, errno) in refused {
-                match errno {
-                    // No entry has the flow's original tuple (the update
-                    // said so), yet the create clashes: one holds its reply.
-                    libc::EEXIST => match self.displace(flow)? {
-                        Some(stray) => {
-                            report.displaced.push(stray);
-                            again.push(flow);
-                        }
-                        // Created meanwhile by traffic: update it.
-                        None => to_update.push(flow),
-                    },
-                    _ => report.failed.push((flow.key(), errno)),
-                }
-            }
-            let (created, refused) = self.batched(again, create)?;
-            report.created += created;
-            for (flow, errno) in refused {
-                match errno {
-                    libc::EEXIST => to_update.push(flow),
-                    _ => report.failed.push((flow.key(), errno)),
-                }
-            }
-        }
-        report.failed.extend(to_update.into_iter().map(|f| (f.key(), libc::EEXIST)));
+        settle(self, refused, &eo, opts.create_only, &mut report)?;
         report.elapsed = start.elapsed();
         Ok(report)
-    }
-
-    /// Delete the entry whose original tuple is `flow`'s reply tuple, which
-    /// keeps `flow` out of the table; its key, or `None` if there is none.
-    fn displace(&mut self, flow: &Flow) -> io::Result<Option<FlowKey>> {
-        if !flow.has_ports() {
-            return Ok(None);
-        }
-        let reply = flow.tuple_key(Dir::Reply);
-        // A lookup by tuple finds an entry by either of its tuples: only
-        // one whose original tuple this is stands in the flow's way (one
-        // whose reply tuple it is would be another flow with the same NAT
-        // mapping, which the synced table must not hold twice).
-        match self.get(&reply)? {
-            Some(holder) if holder.key() == reply => {
-                let deleted = self.delete([&reply])?;
-                Ok((deleted.deleted == 1).then_some(reply))
-            }
-            _ => Ok(None),
-        }
     }
 
     /// Delete the entries with these keys; missing ones fail with ENOENT.

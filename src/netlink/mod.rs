@@ -43,6 +43,8 @@ pub mod convert;
 mod event;
 pub mod expect;
 mod kernel;
+#[cfg(test)]
+pub mod memtable;
 mod msg;
 pub mod queue;
 
@@ -50,5 +52,5 @@ pub use convert::{ConvertError, EmitOptions};
 pub use event::{
     CtEvent, DecodeStats, EventConfig, EventItem, EventSocket, EventStats, decode_events,
 };
-pub use kernel::{CommitOptions, CommitReport, Kernel};
+pub use kernel::{COMMIT_PASSES, CommitOps, CommitOptions, CommitReport, Kernel, settle};
 pub use msg::{ct_message, ct_msg_type, exp_message};
