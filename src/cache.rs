@@ -380,22 +380,32 @@ fn widen(bits: u32) -> u64 {
 /// cannot change a mapping, so the commit deletes them first: the synced
 /// state wins.
 pub fn nat_conflicts(local: &Cache, synced: &Cache) -> Vec<FlowKey> {
-    let synced_replies: std::collections::HashSet<FlowKey> = synced
-        .iter()
-        .filter(|e| e.flow.snat().is_some() || e.flow.dnat().is_some())
-        .map(|e| e.flow.tuple_key(Dir::Reply))
-        .collect();
-    local
-        .iter()
-        .filter(|e| {
-            let key = e.flow.key();
-            match synced.get(&key) {
-                Some(s) => s.flow.tuple_key(Dir::Reply) != e.flow.tuple_key(Dir::Reply),
-                None => synced_replies.contains(&key),
+    let mut conflicts = Vec::new();
+    // Local flows the peer does not hold: few at a failover (the rest are
+    // the same connections), so the synced table is scanned once against
+    // this small set rather than indexed by reply tuple whole.
+    let mut strays = std::collections::HashSet::new();
+    for e in local.iter() {
+        let key = e.flow.key();
+        match synced.get(&key) {
+            Some(s) if s.flow.tuple_key(Dir::Reply) != e.flow.tuple_key(Dir::Reply) => {
+                conflicts.push(key)
             }
-        })
-        .map(|e| e.flow.key())
-        .collect()
+            Some(_) => {}
+            None => {
+                strays.insert(key);
+            }
+        }
+    }
+    if !strays.is_empty() {
+        for s in synced.iter() {
+            let natted = s.flow.snat().is_some() || s.flow.dnat().is_some();
+            if natted && strays.remove(&s.flow.tuple_key(Dir::Reply)) {
+                conflicts.push(s.flow.tuple_key(Dir::Reply));
+            }
+        }
+    }
+    conflicts
 }
 
 #[cfg(test)]
