@@ -352,6 +352,12 @@ impl Daemon {
             self.events_pending = false;
             log::warn!("reading conntrack events failed: {e}");
         }
+        self.handle_kernel_events(now, &mut items);
+        self.event_buf = items;
+    }
+
+    /// Apply kernel events, in order; `items` is left empty.
+    fn handle_kernel_events(&mut self, now: Instant, items: &mut Vec<netlink::EventItem>) {
         let own = self.kernel.port_id();
         for item in items.drain(..) {
             self.stats.events_received += 1;
@@ -372,7 +378,6 @@ impl Daemon {
                 CtEvent::Overrun => self.on_overrun(now),
             }
         }
-        self.event_buf = items;
     }
 
     /// Read every event the kernel has queued for us.
@@ -1341,10 +1346,19 @@ impl Daemon {
             .collect();
         order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
         let opts = self.commit_options();
-        let report = self
-            .kernel
-            .commit(order.into_iter().map(|(_, f)| f), &opts)
-            .map_err(|e| format!("commit to the kernel failed: {e}"))?;
+        // The events of the commit's moments are read between its batches
+        // (see Kernel::commit_with) and applied once it is done.
+        let mut during = Vec::new();
+        let events = &mut self.events;
+        let mut read_events = || {
+            if let Err(e) = events.recv(&mut during, usize::MAX) {
+                log::warn!("reading conntrack events during the commit failed: {e}");
+            }
+        };
+        let result =
+            self.kernel.commit_with(order.into_iter().map(|(_, f)| f), &opts, &mut read_events);
+        self.handle_kernel_events(Instant::now(), &mut during);
+        let report = result.map_err(|e| format!("commit to the kernel failed: {e}"))?;
         if let Some(direct) = &mut self.direct {
             direct.set_missing(report.failed.iter().map(|(k, _)| *k));
         }
