@@ -292,6 +292,14 @@ impl Daemon {
                 ""
             }
         );
+        if let Some(path) = &self.cfg.ready_file {
+            // Kept for a release; said once, at start, so a log does not
+            // fill with it.
+            log::warn!(
+                "general.ready_file ({}) is deprecated: keepalived reads a missing file as ready and a killed daemon leaves 0 in it, so the node can look ready with no daemon; track `ctsyncd --check-ready` in a vrrp_script instead (see docs/keepalived.md) and remove general.ready_file",
+                path.display()
+            );
+        }
         while !self.stop {
             let now = Instant::now();
             let timeout = self.next_deadline().map(|t| t.saturating_duration_since(now));
