@@ -727,8 +727,14 @@ mod tests {
             decode_request(&[0, 0, 0, 4, VERSION, 14, 0, 1]),
             Err(ControlError::BadArgument(1))
         );
-        assert_eq!(decode_request(&[0, 0, 0, 4, VERSION, 14, 4, 0]), Err(ControlError::BadFlags(4)));
-        assert_eq!(decode_request(&[0, 0, 0, 4, VERSION, 15, 0, 0]), Err(ControlError::BadRequest(15)));
+        assert_eq!(
+            decode_request(&[0, 0, 0, 4, VERSION, 14, 4, 0]),
+            Err(ControlError::BadFlags(4))
+        );
+        assert_eq!(
+            decode_request(&[0, 0, 0, 4, VERSION, 15, 0, 0]),
+            Err(ControlError::BadRequest(15))
+        );
     }
 
     fn decode_all(bytes: &[u8], step: usize) -> Result<Vec<ResponseFrame>, ControlError> {

@@ -667,8 +667,9 @@ fn check_ready_succeeds_only_while_a_running_daemon_holds_the_peer_table() {
     // fw1 starts and bulk-sends its table: fw2 becomes ready.
     pair.commit_flows(0, (0..20).map(tcp_flow).collect());
     pair.start(0);
-    wait_for(Duration::from_secs(10), || check(&pair, 1).0)
-        .unwrap_or_else(|| panic!("fw2 never became ready: {}\n{}", check(&pair, 1).1, pair.log(1)));
+    wait_for(Duration::from_secs(10), || check(&pair, 1).0).unwrap_or_else(|| {
+        panic!("fw2 never became ready: {}\n{}", check(&pair, 1).1, pair.log(1))
+    });
     let (_, text) = check(&pair, 1);
     assert!(text.starts_with("ready: this node holds the peer's complete table"), "{text}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "0\n");
