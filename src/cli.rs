@@ -97,6 +97,7 @@ enum Table {
     disable_version_flag = true,
     after_help = "Examples:\n  ctsyncd -C /etc/ctsync/ctsyncd.yaml -d   run the daemon\n  \
         ctsyncd -c                                commit the external cache (on failover)\n  \
+        ctsyncd --check-ready                     exit 0 if this node may take over (keepalived)\n  \
         ctsyncd -s cache --json                   cache statistics as JSON"
 )]
 struct Args {
@@ -195,6 +196,12 @@ struct Args {
     #[arg(long = "reload")]
     reload: bool,
 
+    /// Exit 0 only if the running daemon holds the peer's complete table
+    /// (for keepalived's vrrp_script and for monitoring); non-zero if it
+    /// does not yet, or if no daemon answers.
+    #[arg(long = "check-ready")]
+    check_ready: bool,
+
     /// Test suites only: the daemon honours test-only control requests.
     #[arg(long = "test-hooks", hide = true)]
     test_hooks: bool,
@@ -281,6 +288,9 @@ impl Args {
         }
         if self.reload {
             actions.push(("--reload", Request::Reload));
+        }
+        if self.check_ready {
+            actions.push(("--check-ready", Request::CheckReady));
         }
         if let Some(on) = self.test_drop_peer_flows {
             actions.push(("--test-drop-peer-flows", Request::TestDropPeerFlows(on)));
@@ -467,6 +477,8 @@ mod tests {
             ("-i expect", Request::DumpExpectations(CacheSel::Internal)),
             ("-e exp", Request::DumpExpectations(CacheSel::External)),
             ("--reload", Request::Reload),
+            ("--check-ready", Request::CheckReady),
+            ("-C /a.yaml --check-ready", Request::CheckReady),
             ("--test-drop-peer-flows on", Request::TestDropPeerFlows(true)),
             ("--test-drop-peer-flows off", Request::TestDropPeerFlows(false)),
         ] {
@@ -541,6 +553,9 @@ mod tests {
         fails("-c -f", "Invalid parameters: one action at a time (-c and -f given)");
         fails("-B -n", "one action at a time");
         fails("-k -s cache", "one action at a time");
+        fails("--check-ready -c", "one action at a time");
+        fails("-d --check-ready", "-d runs the daemon, --check-ready talks to a running one");
+        fails("--check-ready --json", "--json goes with -s, -i or -e");
         fails("--print-config -c", "--print-config cannot be combined with -c");
         fails("--print-config -d", "--print-config cannot be combined with -d");
         fails("-s -s", "cannot be used multiple times");

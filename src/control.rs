@@ -62,6 +62,10 @@ pub enum Request {
     DumpExpectations(CacheSel),
     /// Re-read the configuration file.
     Reload,
+    /// `--check-ready`: succeed only if this node holds the peer's complete
+    /// table. keepalived runs it as a `vrrp_script`: a daemon that is
+    /// stopped, killed or stuck answers nothing, so the check fails closed.
+    CheckReady,
     /// Test suites only, honoured by a daemon started with `--test-hooks`:
     /// drop (true) or apply again (false) the peer's flow messages, so that
     /// the external cache drifts on purpose (anti-entropy tests).
@@ -282,6 +286,7 @@ pub fn decode_request(buf: &[u8]) -> Result<(Request, bool), ControlError> {
             _ => return Err(ControlError::BadArgument(arg)),
         }),
         tag::RELOAD => plain(Request::Reload)?,
+        tag::CHECK_READY => plain(Request::CheckReady)?,
         tag::TEST_DROP_PEER_FLOWS => Request::TestDropPeerFlows(match arg {
             0 => false,
             1 => true,
@@ -542,6 +547,7 @@ mod tag {
     pub const RELOAD: u8 = 12;
     pub const TEST_DROP_PEER_FLOWS: u8 = 200;
     pub const DUMP_EXPECT: u8 = 13;
+    pub const CHECK_READY: u8 = 14;
 }
 
 fn request_code(req: &Request) -> (u8, u8) {
@@ -572,6 +578,7 @@ fn request_code(req: &Request) -> (u8, u8) {
         Request::DumpExpectations(CacheSel::Internal) => (tag::DUMP_EXPECT, 1),
         Request::DumpExpectations(CacheSel::External) => (tag::DUMP_EXPECT, 2),
         Request::Reload => (tag::RELOAD, 0),
+        Request::CheckReady => (tag::CHECK_READY, 0),
         Request::TestDropPeerFlows(on) => (tag::TEST_DROP_PEER_FLOWS, u8::from(on)),
     }
 }
@@ -661,6 +668,7 @@ mod tests {
             Request::DumpExpectations(CacheSel::Internal),
             Request::DumpExpectations(CacheSel::External),
             Request::Reload,
+            Request::CheckReady,
             Request::TestDropPeerFlows(true),
             Request::TestDropPeerFlows(false),
         ];
@@ -706,6 +714,27 @@ mod tests {
         assert_eq!(decode_request(&[0, 0, 0, 4, 1, 1, 0, 1]), Err(ControlError::BadArgument(1)));
         assert_eq!(decode_request(&[0, 0, 0, 4, 1, 2, 0, 3]), Err(ControlError::BadArgument(3)));
         assert_eq!(decode_request(&[0, 0, 0, 4, 1, 9, 0, 10]), Err(ControlError::BadArgument(10)));
+    }
+
+    #[test]
+    fn check_ready_has_its_own_tag_and_takes_no_argument() {
+        // Tag 14, no flags, no argument: a client of another version that
+        // does not know it gets BadRequest, never another request.
+        let bytes = encode_request(&Request::CheckReady, false);
+        assert_eq!(bytes, [0, 0, 0, 4, VERSION, 14, 0, 0]);
+        assert_eq!(decode_request(&bytes), Ok((Request::CheckReady, false)));
+        assert_eq!(
+            decode_request(&[0, 0, 0, 4, VERSION, 14, 0, 1]),
+            Err(ControlError::BadArgument(1))
+        );
+        assert_eq!(
+            decode_request(&[0, 0, 0, 4, VERSION, 14, 4, 0]),
+            Err(ControlError::BadFlags(4))
+        );
+        assert_eq!(
+            decode_request(&[0, 0, 0, 4, VERSION, 15, 0, 0]),
+            Err(ControlError::BadRequest(15))
+        );
     }
 
     fn decode_all(bytes: &[u8], step: usize) -> Result<Vec<ResponseFrame>, ControlError> {

@@ -292,6 +292,14 @@ impl Daemon {
                 ""
             }
         );
+        if let Some(path) = &self.cfg.ready_file {
+            // Kept for a release; said once, at start, so a log does not
+            // fill with it.
+            log::warn!(
+                "general.ready_file ({}) is deprecated: keepalived reads a missing file as ready and a killed daemon leaves 0 in it, so the node can look ready with no daemon; track `ctsyncd --check-ready` in a vrrp_script instead (see docs/keepalived.md) and remove general.ready_file",
+                path.display()
+            );
+        }
         while !self.stop {
             let now = Instant::now();
             let timeout = self.next_deadline().map(|t| t.saturating_duration_since(now));
@@ -1275,6 +1283,15 @@ impl Daemon {
                 Ok(crate::expect::dump(cache, json))
             }
             Request::Reload => self.reload().map(|line| line + "\n"),
+            // The answer itself is the proof of life: keepalived's check
+            // fails when nothing answers, so only a running daemon with
+            // the peer's table can make a node look ready.
+            Request::CheckReady if self.readiness.is_ready() => {
+                Ok("ready: this node holds the peer's complete table and may take over\n".into())
+            }
+            Request::CheckReady => Err(
+                "not ready: the peer's complete table has not arrived since the daemon started (is the peer's ctsyncd running and the sync link up? see ctsyncd -s link)".into(),
+            ),
             Request::TestDropPeerFlows(on) => {
                 if !self.cfg.test_hooks {
                     return Err("test hooks are off: they are honoured only by a daemon started with --test-hooks, which test suites use".into());

@@ -11,6 +11,11 @@
 //! a peer that has just restarted. The file holds `1` until then and `0`
 //! after; keepalived's `track_file ... weight -N` turns the `1` into a
 //! priority penalty.
+//!
+//! The file fails open: keepalived reads a missing file as 0, and a daemon
+//! killed with SIGKILL leaves `0` behind. It is deprecated in favour of
+//! `ctsyncd --check-ready` (a `vrrp_script`), which asks the running daemon
+//! for [`Readiness::is_ready`] and fails when nothing answers.
 
 use std::io;
 use std::path::PathBuf;
@@ -59,8 +64,9 @@ impl Readiness {
         Ok(())
     }
 
-    /// Remove the file (on a clean stop: a stopped daemon is not ready, and
-    /// keepalived treats a missing file as 0, so leave `1`).
+    /// Mark the node not ready and write `1` (on a clean stop: a stopped
+    /// daemon is not ready). The file is not removed, because keepalived
+    /// reads a missing file as 0, that is, ready.
     pub fn withdraw(&mut self) -> io::Result<()> {
         self.ready = false;
         self.publish()

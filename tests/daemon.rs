@@ -122,6 +122,16 @@ impl Pair {
         }
     }
 
+    /// Kill a daemon with SIGKILL, as a crash would, and wait for it: it
+    /// cannot withdraw anything it published.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.daemons[i].take() {
+            // `ip netns exec` execs the daemon, so the child is the daemon.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.join(format!("fw{}.log", i + 1))).unwrap_or_default()
     }
@@ -625,6 +635,62 @@ fn the_ready_file_tells_keepalived_when_the_peer_table_is_complete() {
     pair.start(0);
     wait_for(Duration::from_secs(10), || std::fs::read_to_string(&file).unwrap() == "0\n")
         .expect("ready file never turned 0 after the peer came back");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `ctsyncd --check-ready` (docs/keepalived.md, DESIGN.md principle 8 "Fail
+/// closed"): 0 only while a running daemon holds the peer's complete
+/// table; non-zero before it arrived and once the daemon is killed, where
+/// the deprecated ready file still says ready.
+#[test]
+fn check_ready_succeeds_only_while_a_running_daemon_holds_the_peer_table() {
+    let dir = std::env::temp_dir().join(format!("ctsync-chkrdy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ready");
+    // Both daemons write the same path: it is only read once both are dead.
+    let mut pair = Pair::with_config("chkrdy", &format!("  ready_file: {}\n", file.display()));
+    let check = |pair: &Pair, i: usize| {
+        let out = pair.cli(i, &["--check-ready"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text.lines().count(), 1, "fw{}: not one line: {text:?}", i + 1);
+        (out.status.success(), text)
+    };
+    pair.stop(0);
+    pair.stop(1);
+
+    // fw2 with its peer stopped from the start: the table cannot arrive.
+    pair.start(1);
+    std::thread::sleep(Duration::from_secs(1));
+    let (ok, text) = check(&pair, 1);
+    assert!(!ok, "ready with no peer: {text}");
+    assert!(text.starts_with("not ready: the peer's complete table has not arrived"), "{text}");
+
+    // fw1 starts and bulk-sends its table: fw2 becomes ready.
+    pair.commit_flows(0, (0..20).map(tcp_flow).collect());
+    pair.start(0);
+    wait_for(Duration::from_secs(10), || check(&pair, 1).0).unwrap_or_else(|| {
+        panic!("fw2 never became ready: {}\n{}", check(&pair, 1).1, pair.log(1))
+    });
+    let (_, text) = check(&pair, 1);
+    assert!(text.starts_with("ready: this node holds the peer's complete table"), "{text}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "0\n");
+    let warnings = pair.log(1).matches("general.ready_file (").count();
+    assert_eq!(warnings, 1, "the deprecation is said once at start:\n{}", pair.log(1));
+
+    // SIGKILL: nothing answers, the check fails and says why.
+    pair.kill(1);
+    let (ok, text) = check(&pair, 1);
+    assert!(!ok, "a killed daemon reads as ready: {text}");
+    assert!(text.contains("is ctsyncd running?"), "{text}");
+    // The fail-open the check replaces: with both daemons killed, the
+    // ready file still says ready.
+    pair.kill(0);
+    assert!(!check(&pair, 0).0);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "0\n", "the ready file changed");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

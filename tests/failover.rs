@@ -496,6 +496,61 @@ fn a_fresh_daemon_takes_the_vips_only_once_it_holds_the_peer_table() {
     assert!(text.contains("PASS: a fresh ctsyncd waited"), "no verdict:\n{}", tail(&text));
 }
 
+/// Runs tests/lab/readiness.sh with `vars`; its success and output.
+fn run_readiness(vars: &[(&str, &str)]) -> (bool, String) {
+    let guard = LabGuard::new();
+    let out = Command::new(lab_dir().join("readiness.sh"))
+        .env("LAB_ID", &guard.id)
+        .env("CTSYNCD", env!("CARGO_BIN_EXE_ctsyncd"))
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tests/lab/readiness.sh");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    (out.status.success(), text)
+}
+
+/// DESIGN.md principle 8 with keepalived (docs/keepalived.md): with the
+/// recommended vrrp_script (`ctsyncd --check-ready`, weight -100), a backup
+/// whose ctsyncd was killed with SIGKILL, or stopped cleanly, does not take
+/// the VIPs when the master's priority falls to 50 (its own ctsyncd
+/// restarted); once its daemon runs and is ready again, it takes over when
+/// the master's keepalived stops.
+#[test]
+fn readiness_a_backup_whose_daemon_is_dead_never_takes_the_vips() {
+    if !is_root() {
+        eprintln!("skipped: the failover lab needs root");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (ok, text) = run_readiness(&[("LAB_SCENARIO", "dead-backup"), ("LAB_READY", "script")]);
+    assert!(ok, "dead-backup scenario failed:\n{}", tail(&text));
+    assert!(text.contains("PASS: a backup whose ctsyncd was not running never"), "{}", tail(&text));
+}
+
+/// The negative control of the test above, and the issue it fixes: with
+/// the deprecated track_file, the same killed backup reads as ready (its
+/// file keeps 0) and takes the VIPs. If this fails, the scenario above
+/// proves nothing.
+#[test]
+fn readiness_negative_control_the_ready_file_lets_a_killed_backup_win() {
+    if !is_root() {
+        eprintln!("skipped: the failover lab needs root");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (ok, text) = run_readiness(&[
+        ("LAB_SCENARIO", "dead-backup"),
+        ("LAB_READY", "1"),
+        ("LAB_DEAD_STOPS", "kill"),
+        ("LAB_EXPECT", "takeover"),
+    ]);
+    assert!(ok, "negative control failed:\n{}", tail(&text));
+    assert!(text.contains("PASS (negative control)"), "{}", tail(&text));
+}
+
 /// Runs tests/lab/ftp.sh (FTP through a keepalived failover, SNAT that
 /// changes the length of the address in a PORT command) with `vars`.
 fn run_ftp_lab(vars: &[(&str, &str)]) -> (bool, String) {

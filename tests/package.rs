@@ -106,6 +106,8 @@ fn unit_file_passes_systemd_analyze_verify() {
         "RestartPreventExitStatus=2",
         "WatchdogSec=30s",
         "RuntimeDirectory=ctsync",
+        // A stopped daemon's ready file keeps its 1 (docs/keepalived.md).
+        "RuntimeDirectoryPreserve=yes",
         "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
         "ProtectSystem=strict",
         "ProtectHome=yes",

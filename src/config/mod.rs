@@ -88,6 +88,8 @@ pub struct GeneralConfig {
     pub control_group: Option<String>,
     /// A file the daemon keeps at `0` once it holds a complete copy of the
     /// peer's table and `1` before, for keepalived's `track_file`.
+    /// Deprecated: it fails open (a missing file reads as ready, a killed
+    /// daemon leaves `0`); `ctsyncd --check-ready` replaces it.
     pub ready_file: Option<PathBuf>,
     /// Where log lines go.
     pub log: LogConfig,

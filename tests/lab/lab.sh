@@ -20,7 +20,9 @@
 #                   default, it picks one up)
 #   LAB_DIRECT      1: ctsyncd runs with sync.direct_to_kernel
 #   LAB_READY       1: ctsyncd writes general.ready_file and keepalived
-#                   tracks it (docs/keepalived.md)
+#                   tracks it (the deprecated track_file way); script:
+#                   keepalived tracks a vrrp_script running
+#                   `ctsyncd --check-ready` (docs/keepalived.md)
 #   LAB_PRIO_FW1, LAB_PRIO_FW2   keepalived priorities (150, 100)
 #   LAB_FTP         1: the kernel's ftp helper on connections to port 21 (an
 #                   nft `ct helper`), and new connections only to port 21:
@@ -193,11 +195,19 @@ keepalived_conf() {
     local fw=$1 prio=${LAB_PRIO_FW2:-100} track=
     [ "$fw" = fw1 ] && prio=${LAB_PRIO_FW1:-150}
     # docs/keepalived.md: a node that is not ready loses 100 priority points.
-    if [ "${LAB_READY:-0}" = 1 ]; then
+    # Trackers are defined before the group that uses them, or keepalived
+    # ignores them.
+    case "${LAB_READY:-0}" in
+    1)
         track="sync_group_tracking_weight\\n    track_file {\\n        ctsync_ready weight -100\\n    }"
-        # Defined before the group that uses it, or keepalived ignores it.
         printf 'track_file ctsync_ready {\n    file "%s"\n}\n' "$WORK/$fw/ready"
-    fi
+        ;;
+    script)
+        track="sync_group_tracking_weight\\n    track_script {\\n        ctsync_ready weight -100\\n    }"
+        printf 'vrrp_script ctsync_ready {\n    script "%s -C %s --check-ready"\n    interval 1\n    fall 2\n    rise 1\n    init_fail\n}\n' \
+            "$CTSYNCD" "$WORK/$fw/ctsyncd.yaml"
+        ;;
+    esac
     sed -e "s|@ROUTER_ID@|$fw|g" -e "s|@PRIORITY@|$prio|g" \
         -e "s|@LAN_VIP@|$LAN_VIP|g" -e "s|@WAN_VIP@|$WAN_VIP|g" \
         -e "s|@ADVERT_INT@|${LAB_ADVERT_INT:-0.1}|g" \
