@@ -42,7 +42,10 @@
 #                   the new master's kernel holds every flow the old one's
 #                   held before the switch, its internal cache equals its
 #                   kernel, the peer's external cache equals that; the run
-#                   fails if one does not hold
+#                   fails if one does not hold. The dumps are taken once
+#                   the pair is quiet: LAB_QUIET s (1) after the switch and
+#                   once the peer's external cache counts as many flows as
+#                   the new master's internal one, or LAB_QUIET_MAX s (3)
 #   LAB_ID          run id in every name (default: pid and a random number)
 #   LAB_KEEP_WORK   keep /tmp/ctsync-lab-ID (logs, events) after the run
 # and lab.sh's LAB_TCP_LOOSE, LAB_DIRECT, LAB_READY.
@@ -155,10 +158,10 @@ snapshot() {
 }
 
 # Hold the new master $2 for $4 seconds; with LAB_CHECK, take the dumps for
-# the handover invariants on the way (after LAB_QUIET s, 1 by default, so
-# that the pair is quiet) and compare them in the background, so that the
-# check does not lengthen the hold: the expiries of the purge must race the
-# next commit as they do without it. $1 names the switch, $3 is the peer.
+# the handover invariants on the way (once the pair is quiet: see below)
+# and compare them in the background, so that the check does not lengthen
+# the hold: the expiries of the purge must race the next commit as they do
+# without it. $1 names the switch, $3 is the peer.
 CHECKS=()
 check_tables() {
     local start d
@@ -168,6 +171,18 @@ check_tables() {
         mkdir -p "$d"
         mv "$WORK/before" "$d/before"
         sleep "${LAB_QUIET:-1}"
+        # Quiet means the peer's external cache has caught up with the new
+        # master's bulk (in direct-to-kernel mode the peer writes it into
+        # its kernel as it comes, which takes longer): wait for the counts
+        # to match, up to LAB_QUIET_MAX s (3) after the switch; only then
+        # does the check lengthen the hold.
+        local until=$((start + ${LAB_QUIET_MAX:-3} * 1000)) n_int n_ext
+        while [ "$(ms)" -lt "$until" ]; do
+            n_int=$(daemon_stat "$2" internal.active)
+            n_ext=$(daemon_stat "$3" external.active)
+            [ "$n_int" != 0 ] && [ "$n_int" = "$n_ext" ] && break
+            sleep 0.1
+        done
         # Side by side, so that the three dumps see the same moment.
         local dumps=()
         in_ns "$(fw_ns "$2")" conntrack -L >"$d/kernel" 2>/dev/null &
