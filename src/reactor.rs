@@ -154,6 +154,8 @@ pub struct Daemon {
     test_drop_peer_flows: bool,
     /// `Some` with `sync.defer`.
     defer: Option<Defer>,
+    /// `-f` emptied the internal cache and no `-R` has refilled it yet.
+    internal_flushed: bool,
 }
 
 /// Deferred packets: the queue they arrive on and the packets held.
@@ -261,6 +263,7 @@ impl Daemon {
             repairs: RepairLedger::default(),
             test_drop_peer_flows: false,
             defer,
+            internal_flushed: false,
         };
         if !daemon.cfg.ftfw.anti_entropy_interval.is_zero() {
             daemon.internal.enable_digests();
@@ -835,6 +838,22 @@ impl Daemon {
                 );
             }
             PeerEvent::BulkRequested => {
+                if self.internal_flushed {
+                    // primary-backup.sh flushes the caches (-f) before it
+                    // resyncs (-R), and the peer's backup script asks for
+                    // our table (-n) at the same moment: an empty bulk
+                    // would end in a sweep of the peer's whole copy. The
+                    // kernel's table is the answer, as -R would make it.
+                    log::info!(
+                        "the peer asked for our table while the internal cache is flushed: resyncing it with the kernel first"
+                    );
+                    if let Err(e) = self.resync_kernel(false, true) {
+                        log::warn!(
+                            "cannot dump the conntrack table for the peer's resync request: {e}; sending the internal cache as it is"
+                        );
+                    }
+                    self.internal_flushed = false;
+                }
                 log::info!("sending all {} internal flows to the peer", self.internal.len());
                 self.bulk_send();
             }
@@ -1205,6 +1224,7 @@ impl Daemon {
                         self.internal.len()
                     );
                     self.internal.clear();
+                    self.internal_flushed = true;
                 }
                 if e {
                     let _ = writeln!(
@@ -1233,6 +1253,7 @@ impl Daemon {
                 let (changed, gone) = self
                     .resync_kernel(true, true)
                     .map_err(|e| format!("dumping the kernel table failed: {e}"))?;
+                self.internal_flushed = false;
                 Ok(format!(
                     "internal cache resynced with the kernel: {} flows, {changed} new or changed, {gone} gone\n",
                     self.internal.len()

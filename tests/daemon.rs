@@ -612,6 +612,25 @@ fn late_destroy_events_of_replaced_entries_leave_the_internal_cache_exact() {
     pair.converge(1, Duration::from_secs(30));
 }
 
+/// keepalived runs the new master's `primary` (-c, -f, -R, -B) and the old
+/// master's `backup` (-t, -n) at the same moment, so the peer's resync
+/// request can land between our -f and -R. Answering it with the flushed
+/// internal cache sent an empty bulk, whose end-of-bulk sweep emptied the
+/// peer's copy of our table (seen in the handover lab: "sending all 0
+/// internal flows to the peer").
+#[test]
+fn a_resync_request_between_flush_and_resync_gets_the_kernel_table() {
+    let pair = Pair::new("flushreq");
+    pair.commit_flows(0, (0..2000).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(30));
+    pair.cli_ok(0, &["-f"]);
+    pair.cli_ok(1, &["-n"]);
+    // Long enough for a bulk of 2000 flows and its end-of-bulk sweep.
+    std::thread::sleep(Duration::from_secs(2));
+    pair.converge(0, Duration::from_secs(5));
+    assert!(pair.log(0).contains("while the internal cache is flushed"), "{}", pair.log(0));
+}
+
 #[test]
 fn the_ready_file_tells_keepalived_when_the_peer_table_is_complete() {
     let dir = std::env::temp_dir().join(format!("ctsync-ready-t-{}", std::process::id()));
