@@ -193,13 +193,19 @@ impl Cache {
             .find_entry(hash, |s| s.bits == bits && entries[s.pos as usize].flow.matches(key))
             .ok()?;
         let (slot, _) = slot.remove();
+        Some(self.removed_at(slot.pos as usize))
+    }
+
+    /// The bookkeeping of a flow whose index slot is gone: take it out of
+    /// the entries, the counters and the digests.
+    fn removed_at(&mut self, pos: usize) -> Flow {
         self.stats.destroyed += 1;
-        let flow = self.take_at(slot.pos as usize);
+        let flow = self.take_at(pos);
         if let Some(d) = &mut self.digests {
             d.remove(&flow);
         }
         self.shrink_if_sparse();
-        Some(flow)
+        flow
     }
 
     /// Apply a kernel destroy event of the entry `id` with this key. The
@@ -207,11 +213,19 @@ impl Cache {
     /// take in time, after a dump that already shows the entry created in
     /// the old one's place: that one stays.
     pub fn remove_entry(&mut self, key: &FlowKey, id: EntryId) -> Removal {
-        match self.get(key) {
-            None => Removal::Absent,
-            Some(e) if e.flow.entry_id.differs(id) => Removal::Stale,
-            Some(_) => self.remove(key).map_or(Removal::Absent, Removal::Removed),
+        let (hash, bits) = key_hash(&self.hasher, key);
+        let entries = &self.entries;
+        let Ok(slot) = self
+            .index
+            .find_entry(hash, |s| s.bits == bits && entries[s.pos as usize].flow.matches(key))
+        else {
+            return Removal::Absent;
+        };
+        if entries[slot.get().pos as usize].flow.entry_id.differs(id) {
+            return Removal::Stale;
         }
+        let (slot, _) = slot.remove();
+        Removal::Removed(self.removed_at(slot.pos as usize))
     }
 
     /// Make the cache equal a dump of the kernel table: every dumped flow

@@ -482,30 +482,22 @@ fn a_fresh_daemon_takes_the_vips_only_once_it_holds_the_peer_table() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let guard = LabGuard::new();
-    let out = Command::new(lab_dir().join("readiness.sh"))
-        .env("LAB_ID", &guard.id)
-        .env("CTSYNCD", env!("CARGO_BIN_EXE_ctsyncd"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run tests/lab/readiness.sh");
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    assert!(out.status.success(), "readiness scenario failed:\n{}", tail(&text));
+    let (ok, text) = run_lab_script("readiness.sh", &[]);
+    assert!(ok, "readiness scenario failed:\n{}", tail(&text));
     assert!(text.contains("PASS: a fresh ctsyncd waited"), "no verdict:\n{}", tail(&text));
 }
 
-/// Runs tests/lab/readiness.sh with `vars`; its success and output.
-fn run_readiness(vars: &[(&str, &str)]) -> (bool, String) {
+/// Runs a script of tests/lab/ (readiness.sh, ftp.sh) with this build's
+/// ctsyncd and `vars`; its success and output (also printed).
+fn run_lab_script(script: &str, vars: &[(&str, &str)]) -> (bool, String) {
     let guard = LabGuard::new();
-    let out = Command::new(lab_dir().join("readiness.sh"))
+    let out = Command::new(lab_dir().join(script))
         .env("LAB_ID", &guard.id)
         .env("CTSYNCD", env!("CARGO_BIN_EXE_ctsyncd"))
         .envs(vars.iter().copied())
         .stdin(Stdio::null())
         .output()
-        .expect("run tests/lab/readiness.sh");
+        .unwrap_or_else(|e| panic!("run tests/lab/{script}: {e}"));
     let text =
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
@@ -525,7 +517,8 @@ fn readiness_a_backup_whose_daemon_is_dead_never_takes_the_vips() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (ok, text) = run_readiness(&[("LAB_SCENARIO", "dead-backup"), ("LAB_READY", "script")]);
+    let (ok, text) =
+        run_lab_script("readiness.sh", &[("LAB_SCENARIO", "dead-backup"), ("LAB_READY", "script")]);
     assert!(ok, "dead-backup scenario failed:\n{}", tail(&text));
     assert!(text.contains("PASS: a backup whose ctsyncd was not running never"), "{}", tail(&text));
 }
@@ -541,31 +534,17 @@ fn readiness_negative_control_the_ready_file_lets_a_killed_backup_win() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (ok, text) = run_readiness(&[
-        ("LAB_SCENARIO", "dead-backup"),
-        ("LAB_READY", "1"),
-        ("LAB_DEAD_STOPS", "kill"),
-        ("LAB_EXPECT", "takeover"),
-    ]);
+    let (ok, text) = run_lab_script(
+        "readiness.sh",
+        &[
+            ("LAB_SCENARIO", "dead-backup"),
+            ("LAB_READY", "1"),
+            ("LAB_DEAD_STOPS", "kill"),
+            ("LAB_EXPECT", "takeover"),
+        ],
+    );
     assert!(ok, "negative control failed:\n{}", tail(&text));
     assert!(text.contains("PASS (negative control)"), "{}", tail(&text));
-}
-
-/// Runs tests/lab/ftp.sh (FTP through a keepalived failover, SNAT that
-/// changes the length of the address in a PORT command) with `vars`.
-fn run_ftp_lab(vars: &[(&str, &str)]) -> (bool, String) {
-    let guard = LabGuard::new();
-    let out = Command::new(lab_dir().join("ftp.sh"))
-        .env("LAB_ID", &guard.id)
-        .env("CTSYNCD", env!("CARGO_BIN_EXE_ctsyncd"))
-        .envs(vars.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run tests/lab/ftp.sh");
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    (out.status.success(), text)
 }
 
 fn have_vsftpd() -> bool {
@@ -587,7 +566,8 @@ fn ftp_data_connections_pass_the_new_master_after_a_keepalived_failover() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (ok, text) = run_ftp_lab(&[("LAB_EXPECTATIONS", "1"), ("LAB_EXPECT", "survive")]);
+    let (ok, text) =
+        run_lab_script("ftp.sh", &[("LAB_EXPECTATIONS", "1"), ("LAB_EXPECT", "survive")]);
     assert!(ok, "FTP through the failover failed:\n{}", tail(&text));
     assert!(text.contains("FTP passive after failover: OK 100000"), "{}", tail(&text));
     assert!(text.contains("FTP active after failover: OK 100000"), "{}", tail(&text));
@@ -602,7 +582,8 @@ fn ftp_data_connections_fail_after_a_keepalived_failover_without_expectation_syn
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (ok, text) = run_ftp_lab(&[("LAB_EXPECTATIONS", "0"), ("LAB_EXPECT", "break")]);
+    let (ok, text) =
+        run_lab_script("ftp.sh", &[("LAB_EXPECTATIONS", "0"), ("LAB_EXPECT", "break")]);
     assert!(ok, "the negative control failed:\n{}", tail(&text));
     assert!(text.contains("FTP passive after failover: FAIL"), "{}", tail(&text));
     assert!(text.contains("FTP active after failover: FAIL"), "{}", tail(&text));
