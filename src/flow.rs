@@ -182,8 +182,11 @@ pub struct Flow {
 /// It tells apart two entries with the same tuples, such as one that
 /// expired and the one a commit created in its place: the destroy event of
 /// the old one can reach us after a dump that already shows the new one
-/// (reliable events are redelivered late), and must not remove it. It is
-/// not part of the flow's state, so flows compare equal whatever their ids,
+/// (reliable events are redelivered late), and must not remove it. The
+/// kernel derives the id from the entry's address, so only entries alive at
+/// the same time are sure to differ; that covers redelivery, since the
+/// kernel keeps an entry allocated until its destroy event is delivered. It
+/// is not part of the flow's state, so flows compare equal whatever their ids,
 /// and it never goes on the wire.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EntryId(pub u32);
