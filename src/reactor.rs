@@ -105,11 +105,18 @@ const SIGNALS: Token = Token(1);
 const CONTROL: Token = Token(2);
 const QUEUE: Token = Token(4);
 const LINKS: Token = Token(16);
+/// Sync links get the tokens from `LINKS` on, control clients those above.
+const MAX_LINKS: usize = 64;
 const CLIENTS: usize = 1024;
 
 /// How many kernel events one turn handles before it serves the network and
 /// the control socket again, so a storm cannot starve them.
 const EVENT_BATCH: usize = 8192;
+/// How many datagrams one turn reads from a sync link. Anyone who can reach
+/// the port can send faster than the MACs are checked; without a budget a
+/// flood keeps the read loop going, and kernel events, the operator and the
+/// watchdog wait until it stops.
+const DATAGRAM_BATCH: usize = 256;
 /// How long after a new expectation its master is read back.
 const MASTER_REFRESH_DELAY: Duration = Duration::from_millis(5);
 const LINK_CHECK: Duration = Duration::from_secs(1);
@@ -145,6 +152,9 @@ pub struct Daemon {
     reject_log: reject::RejectLog,
     readiness: Readiness,
     events_pending: bool,
+    /// Sync links left unread when their turn's budget ran out (bit per
+    /// link): mio reports a socket once, so the next turns read on.
+    links_pending: u64,
     /// `Some` in direct-to-kernel mode.
     direct: Option<DirectToKernel>,
     stop: bool,
@@ -191,6 +201,12 @@ impl Daemon {
         let kernel = Kernel::open().map_err(|e| format!("cannot open a ctnetlink socket: {e}"))?;
         if let Err(e) = events.ignore_origin(kernel.port_id()) {
             log::warn!("{e}: our own commits will come back as events and be dropped one by one");
+        }
+        if cfg.links.len() > MAX_LINKS {
+            return Err(format!(
+                "sync.channels: {} channels configured, at most {MAX_LINKS} are supported",
+                cfg.links.len()
+            ));
         }
         let mut channels = Channels::open(&cfg.links).map_err(|e| e.to_string())?;
         let mut control = bind_control(&cfg.control_socket, cfg.control_gid)?;
@@ -258,6 +274,7 @@ impl Daemon {
             reject_log: reject::RejectLog::default(),
             readiness: Readiness::new(readiness_file.clone()),
             events_pending: false,
+            links_pending: 0,
             direct,
             stop: false,
             repairs: RepairLedger::default(),
@@ -330,6 +347,11 @@ impl Daemon {
             // edge-triggered, so read on until the socket is drained.
             if self.events_pending {
                 self.on_kernel_events(now);
+            }
+            for link in 0..self.channels.len() {
+                if self.links_pending & (1 << link) != 0 {
+                    self.on_datagrams(now, link);
+                }
             }
             self.on_timers(now);
             self.drive_protocol(now);
@@ -589,7 +611,12 @@ impl Daemon {
 impl Daemon {
     fn on_datagrams(&mut self, now: Instant, link: usize) {
         let mut buf = [0u8; 65536];
-        loop {
+        self.links_pending &= !(1 << link);
+        for read in 0.. {
+            if read == DATAGRAM_BATCH {
+                self.links_pending |= 1 << link;
+                break;
+            }
             match self.channels.recv(link, &mut buf) {
                 Ok(Some(Recv::Datagram { len, from })) => {
                     if let Some(refusal) = self.ftfw.handle_datagram(now, &buf[..len]) {
@@ -962,7 +989,7 @@ impl Daemon {
         }
         // Unread events: look at the other sockets and go straight on. A
         // full link socket: give the kernel a moment to drain it.
-        if self.events_pending {
+        if self.events_pending || self.links_pending != 0 {
             next = next.min(Instant::now());
         } else if self.unsent.is_some() {
             next = next.min(Instant::now() + Duration::from_millis(1));
@@ -1067,7 +1094,7 @@ impl Daemon {
                         self.stats.control_refused += 1;
                         continue;
                     }
-                    let token = Token(LINKS.0 + 64 + self.next_client % (1 << 20));
+                    let token = Token(LINKS.0 + MAX_LINKS + self.next_client % (1 << 20));
                     self.next_client += 1;
                     if self.poll.registry().register(&mut stream, token, Interest::READABLE).is_ok()
                     {
