@@ -15,7 +15,6 @@
 //! functions write into a buffer the caller owns and fail with
 //! [`WireError::BufferTooSmall`] instead of panicking.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,14 +23,17 @@ use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, Tag};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+mod expect;
+mod flow;
+mod message;
 mod packet;
 
+pub use flow::{MAX_FLOW_ATTRS, MAX_KEY_ATTR, flow_attrs, key_attr};
+pub use message::{DIGEST_OVERHEAD, emit_message, message_len};
 use packet::nonce;
 pub use packet::{AttrIter, MessageIter, MessagePacket, Packet};
 
-use super::{Codec, DatagramHeader, Message, MessageRef, Received, WireError, Writer};
-use crate::expect::{ExpNat, Expectation};
-use crate::flow::{Addrs, EntryId, Flow, FlowExtra, FlowKey, SeqAdj, TcpInfo};
+use super::{Codec, DatagramHeader, MessageRef, Received, WireError};
 
 /// `"CT"`.
 pub const MAGIC: u16 = 0x4354;
@@ -181,46 +183,6 @@ pub(super) mod field {
     pub const MSG_TYPE: usize = 0;
     pub const MSG_FLAGS: usize = 1;
     pub const MSG_LENGTH: Field = 2..4;
-}
-
-const CORE_TAIL: usize = 24;
-const CORE_V4_LEN: usize = 16 + CORE_TAIL;
-const CORE_V6_LEN: usize = 64 + CORE_TAIL;
-const KEY_V4_LEN: usize = 16;
-const KEY_V6_LEN: usize = 40;
-/// DIGEST body before the digests: oldest, ranges, first, count, reserved.
-const DIGEST_HEAD: usize = 12;
-/// Most ranges a REPAIR_REQUEST or REPAIR_END bitmap can name here.
-const MAX_RANGES: u16 = 128;
-
-/// Largest flow attribute list ([`flow_attrs`]): CORE_V6, TCP and every
-/// optional attribute with the longest helper name.
-pub const MAX_FLOW_ATTRS: usize =
-    8 * ATTR_HEADER_LEN + CORE_V6_LEN + 4 + 16 + MAX_HELPER_LEN + 24 + 8 + 9 + 4;
-/// Largest key attribute ([`key_attr`]).
-pub const MAX_KEY_ATTR: usize = ATTR_HEADER_LEN + KEY_V6_LEN;
-
-/// DIGEST bytes besides the digests (message header and fixed fields).
-pub const DIGEST_OVERHEAD: usize = MSG_HEADER_LEN + DIGEST_HEAD;
-
-/// The attributes of `f` exactly as FLOW_UPDATE carries them, written into
-/// `buf`. Anti-entropy hashes these bytes, so that a flow and the copy a
-/// peer decoded from them always hash alike.
-pub fn flow_attrs<'b>(f: &Flow, buf: &'b mut [u8; MAX_FLOW_ATTRS]) -> &'b [u8] {
-    let len = flow_len(f).min(MAX_FLOW_ATTRS);
-    let mut w = Writer { buf: &mut buf[..len], at: 0 };
-    emit_flow(f, &mut w);
-    let end = w.at;
-    &buf[..end]
-}
-
-/// The key attribute of `k` as FLOW_DESTROY carries it.
-pub fn key_attr<'b>(k: &FlowKey, buf: &'b mut [u8; MAX_KEY_ATTR]) -> &'b [u8] {
-    let len = ATTR_HEADER_LEN + if k.is_ipv6() { KEY_V6_LEN } else { KEY_V4_LEN };
-    let mut w = Writer { buf: &mut buf[..len], at: 0 };
-    emit_key(k, &mut w);
-    let end = w.at;
-    &buf[..end]
 }
 
 /// A shared secret that authenticates datagrams, named by `id` on the wire.
@@ -538,558 +500,6 @@ pub fn encode_with(
     codec.finish(hdr, count, at, buf)
 }
 
-/// Bytes a message takes, header included.
-pub fn message_len(msg: &MessageRef<'_>) -> usize {
-    MSG_HEADER_LEN
-        + match msg {
-            MessageRef::FlowNew(f) | MessageRef::FlowUpdate(f) | MessageRef::FlowRepair(f) => {
-                flow_len(f)
-            }
-            MessageRef::Digest { digests, .. } => DIGEST_HEAD + 8 * digests.len(),
-            MessageRef::RepairRequest { ranges, .. } => range_set_len(*ranges),
-            MessageRef::RepairEnd { ranges, .. } => 4 + range_set_len(*ranges),
-            MessageRef::FlowDestroy(k) => key_len(k),
-            MessageRef::ExpNew(e) | MessageRef::ExpDestroy(e) => exp_len(e),
-            MessageRef::Ack { .. }
-            | MessageRef::Nack { .. }
-            | MessageRef::Hello { .. }
-            | MessageRef::HelloBack { .. } => 8,
-            MessageRef::BulkEnd { .. } => 4,
-            MessageRef::ResyncRequest | MessageRef::Alive => 0,
-        }
-}
-
-/// Write one message at the start of `buf`.
-pub fn emit_message(msg: &MessageRef<'_>, buf: &mut [u8]) -> Result<usize, WireError> {
-    let len = message_len(msg);
-    let len16 = u16::try_from(len).map_err(|_| WireError::BufferTooSmall)?;
-    let buf = buf.get_mut(..len).ok_or(WireError::BufferTooSmall)?;
-    let kind = match msg {
-        MessageRef::FlowNew(_) => msg_type::FLOW_NEW,
-        MessageRef::FlowUpdate(_) => msg_type::FLOW_UPDATE,
-        MessageRef::FlowDestroy(_) => msg_type::FLOW_DESTROY,
-        MessageRef::ExpNew(_) => msg_type::EXP_NEW,
-        MessageRef::ExpDestroy(_) => msg_type::EXP_DESTROY,
-        MessageRef::BulkEnd { .. } => msg_type::BULK_END,
-        MessageRef::ResyncRequest => msg_type::RESYNC_REQUEST,
-        MessageRef::Digest { .. } => msg_type::DIGEST,
-        MessageRef::RepairRequest { .. } => msg_type::REPAIR_REQUEST,
-        MessageRef::FlowRepair(_) => msg_type::FLOW_REPAIR,
-        MessageRef::RepairEnd { .. } => msg_type::REPAIR_END,
-        MessageRef::Ack { .. } => msg_type::ACK,
-        MessageRef::Nack { .. } => msg_type::NACK,
-        MessageRef::Alive => msg_type::ALIVE,
-        MessageRef::Hello { .. } => msg_type::HELLO,
-        MessageRef::HelloBack { .. } => msg_type::HELLO_BACK,
-    };
-    buf[field::MSG_TYPE] = kind;
-    buf[field::MSG_FLAGS] = 0;
-    buf[field::MSG_LENGTH].copy_from_slice(&len16.to_be_bytes());
-    let mut w = Writer { buf, at: MSG_HEADER_LEN };
-    match msg {
-        MessageRef::FlowNew(f) | MessageRef::FlowUpdate(f) | MessageRef::FlowRepair(f) => {
-            emit_flow(f, &mut w)
-        }
-        MessageRef::FlowDestroy(k) => emit_key(k, &mut w),
-        MessageRef::ExpNew(e) | MessageRef::ExpDestroy(e) => emit_exp(e, &mut w),
-        MessageRef::BulkEnd { bulk_start: v } => w.u32(*v),
-        MessageRef::Digest { oldest, ranges, first, digests } => {
-            // The count field bounds what fits a datagram anyway.
-            let count = u16::try_from(digests.len()).map_err(|_| WireError::BufferTooSmall)?;
-            w.u32(*oldest);
-            w.u16(*ranges);
-            w.u16(*first);
-            w.u16(count);
-            w.u16(0);
-            for d in digests.iter() {
-                w.bytes(&d.to_be_bytes());
-            }
-        }
-        MessageRef::RepairRequest { ranges, set } => emit_range_set(*ranges, *set, &mut w),
-        MessageRef::RepairEnd { repair_start, ranges, set } => {
-            w.u32(*repair_start);
-            emit_range_set(*ranges, *set, &mut w);
-        }
-        MessageRef::Ack { from: a, to: b }
-        | MessageRef::Nack { from: a, to: b }
-        | MessageRef::Hello { session: a, round: b }
-        | MessageRef::HelloBack { session: a, round: b } => {
-            w.u32(*a);
-            w.u32(*b);
-        }
-        MessageRef::ResyncRequest | MessageRef::Alive => {}
-    }
-    debug_assert_eq!(w.at, len);
-    Ok(len)
-}
-
-/// Bytes the attributes of a flow take.
-fn flow_len(f: &Flow) -> usize {
-    let core = if f.is_ipv6() { CORE_V6_LEN } else { CORE_V4_LEN };
-    let mut len = ATTR_HEADER_LEN + core;
-    if f.tcp != TcpInfo::default() {
-        len += ATTR_HEADER_LEN + 4;
-    }
-    if let Some(e) = f.extra() {
-        let a = ATTR_HEADER_LEN;
-        len += e.labels.map_or(0, |_| a + 16)
-            + e.helper.as_ref().map_or(0, |h| a + helper_bytes(h).len())
-            + e.seq_adj.map_or(0, |_| a + 24)
-            + e.sctp_vtags.map_or(0, |_| a + 8)
-            + e.dccp.map_or(0, |_| a + 9)
-            + e.tuple_zones.map_or(0, |_| a + 4);
-    }
-    len
-}
-
-/// This format's attribute layout on the shared [`Writer`].
-impl Writer<'_> {
-    fn tlv(&mut self, kind: u16, len: usize) {
-        self.u16(kind);
-        // Attribute values are at most MAX_HELPER_LEN or 88 bytes.
-        self.u16(len as u16);
-    }
-}
-
-fn emit_flow(f: &Flow, w: &mut Writer<'_>) {
-    match &f.addrs {
-        Addrs::V4(a) => {
-            w.tlv(attr::CORE_V4, CORE_V4_LEN);
-            for ip in a {
-                w.bytes(&ip.octets());
-            }
-        }
-        Addrs::V6(a) => {
-            w.tlv(attr::CORE_V6, CORE_V6_LEN);
-            for ip in a.iter() {
-                w.bytes(&ip.octets());
-            }
-        }
-    }
-    for p in f.l4 {
-        w.u16(p);
-    }
-    w.u8(f.l4proto);
-    w.u8(f.proto_state);
-    w.u16(f.zone);
-    w.u32(f.status);
-    w.u32(f.timeout);
-    w.u32(f.mark);
-    if f.tcp != TcpInfo::default() {
-        w.tlv(attr::TCP, 4);
-        w.bytes(&[f.tcp.wscale_orig, f.tcp.wscale_reply, f.tcp.flags_orig, f.tcp.flags_reply]);
-    }
-    let Some(e) = f.extra() else { return };
-    if let Some(l) = e.labels {
-        w.tlv(attr::LABELS, 16);
-        w.bytes(&l.to_be_bytes());
-    }
-    if let Some(h) = &e.helper {
-        let name = helper_bytes(h);
-        w.tlv(attr::HELPER, name.len());
-        w.bytes(name);
-    }
-    if let Some(adj) = e.seq_adj {
-        w.tlv(attr::SEQ_ADJ, 24);
-        for a in adj {
-            w.u32(a.correction_pos);
-            w.u32(a.offset_before);
-            w.u32(a.offset_after);
-        }
-    }
-    if let Some([o, r]) = e.sctp_vtags {
-        w.tlv(attr::SCTP_VTAGS, 8);
-        w.u32(o);
-        w.u32(r);
-    }
-    if let Some((role, seq)) = e.dccp {
-        w.tlv(attr::DCCP, 9);
-        w.u8(role);
-        w.bytes(&seq.to_be_bytes());
-    }
-    if let Some([o, r]) = e.tuple_zones {
-        w.tlv(attr::TUPLE_ZONES, 4);
-        w.u16(o);
-        w.u16(r);
-    }
-}
-
-fn emit_key(k: &FlowKey, w: &mut Writer<'_>) {
-    emit_key_as(k, [attr::KEY_V4, attr::KEY_V6], w)
-}
-
-/// A key in the layout of KEY_V4 / KEY_V6 under the attribute types
-/// `kinds` (IPv4, IPv6).
-fn emit_key_as(k: &FlowKey, kinds: [u16; 2], w: &mut Writer<'_>) {
-    match (k.src, k.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            w.tlv(kinds[0], KEY_V4_LEN);
-            w.bytes(&s.octets());
-            w.bytes(&d.octets());
-        }
-        (s, d) => {
-            w.tlv(kinds[1], KEY_V6_LEN);
-            w.bytes(&v6(s).octets());
-            w.bytes(&v6(d).octets());
-        }
-    }
-    w.u16(k.l4[0]);
-    w.u16(k.l4[1]);
-    w.u8(k.l4proto);
-    w.u8(0);
-    w.u16(k.zone);
-}
-
-pub(super) fn parse_flow(body: &[u8]) -> Result<Flow, WireError> {
-    let mut flow: Option<Flow> = None;
-    let mut extra = FlowExtra::default();
-    let mut tcp = TcpInfo::default();
-    for a in AttrIter::new(body) {
-        let (kind, v) = a?;
-        let want =
-            |n: usize| if v.len() == n { Ok(()) } else { Err(WireError::BadAttribute(kind)) };
-        match kind {
-            attr::CORE_V4 | attr::CORE_V6 => {
-                if flow.is_some() {
-                    return Err(WireError::BadMessage);
-                }
-                let (addrs, tail) = if kind == attr::CORE_V4 {
-                    want(CORE_V4_LEN)?;
-                    let ip = |i: usize| Ipv4Addr::from(be32(&v[i * 4..i * 4 + 4]));
-                    (Addrs::V4([ip(0), ip(1), ip(2), ip(3)]), &v[16..])
-                } else {
-                    want(CORE_V6_LEN)?;
-                    let ip = |i: usize| Ipv6Addr::from(be128(&v[i * 16..i * 16 + 16]));
-                    (Addrs::V6(Box::new([ip(0), ip(1), ip(2), ip(3)])), &v[64..])
-                };
-                flow = Some(Flow {
-                    addrs,
-                    l4: [
-                        be16(&tail[0..2]),
-                        be16(&tail[2..4]),
-                        be16(&tail[4..6]),
-                        be16(&tail[6..8]),
-                    ],
-                    l4proto: tail[8],
-                    proto_state: tail[9],
-                    zone: be16(&tail[10..12]),
-                    status: be32(&tail[12..16]),
-                    timeout: be32(&tail[16..20]),
-                    mark: be32(&tail[20..24]),
-                    tcp: TcpInfo::default(),
-                    entry_id: EntryId::default(),
-                    extra: None,
-                });
-            }
-            attr::TCP => {
-                want(4)?;
-                tcp = TcpInfo {
-                    wscale_orig: v[0],
-                    wscale_reply: v[1],
-                    flags_orig: v[2],
-                    flags_reply: v[3],
-                };
-            }
-            attr::LABELS => {
-                want(16)?;
-                extra.labels = Some(be128(v));
-            }
-            attr::HELPER => {
-                if v.len() > MAX_HELPER_LEN {
-                    return Err(WireError::BadAttribute(kind));
-                }
-                let name = std::str::from_utf8(v).map_err(|_| WireError::BadMessage)?;
-                extra.helper = Some(name.into());
-            }
-            attr::SEQ_ADJ => {
-                want(24)?;
-                let adj = |o: usize| SeqAdj {
-                    correction_pos: be32(&v[o..o + 4]),
-                    offset_before: be32(&v[o + 4..o + 8]),
-                    offset_after: be32(&v[o + 8..o + 12]),
-                };
-                extra.seq_adj = Some([adj(0), adj(12)]);
-            }
-            attr::SCTP_VTAGS => {
-                want(8)?;
-                extra.sctp_vtags = Some([be32(&v[0..4]), be32(&v[4..8])]);
-            }
-            attr::DCCP => {
-                want(9)?;
-                let mut seq = [0u8; 8];
-                seq.copy_from_slice(&v[1..9]);
-                extra.dccp = Some((v[0], u64::from_be_bytes(seq)));
-            }
-            attr::TUPLE_ZONES => {
-                want(4)?;
-                extra.tuple_zones = Some([be16(&v[0..2]), be16(&v[2..4])]);
-            }
-            // A newer peer's attribute: skipped, not fatal.
-            _ => {}
-        }
-    }
-    let mut flow = flow.ok_or(WireError::BadMessage)?;
-    flow.tcp = tcp;
-    flow.extra = Some(Box::new(extra));
-    flow.normalize();
-    Ok(flow)
-}
-
-pub(super) fn parse_digest(body: &[u8]) -> Result<Message, WireError> {
-    let head = body.get(..DIGEST_HEAD).ok_or(WireError::Truncated)?;
-    let (ranges, first, count) = (be16(&head[4..6]), be16(&head[6..8]), be16(&head[8..10]));
-    let n = usize::from(count);
-    let values = body.get(DIGEST_HEAD..DIGEST_HEAD + 8 * n).ok_or(WireError::Truncated)?;
-    if usize::from(first) + n > usize::from(ranges) {
-        return Err(WireError::BadMessage);
-    }
-    let digests = values
-        .chunks_exact(8)
-        .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect();
-    Ok(Message::Digest { oldest: be32(&head[0..4]), ranges, first, digests })
-}
-
-/// `ranges u16 | reserved u16 | bitmap`: range i is bit `i % 8` of byte
-/// `i / 8`; the bitmap has `ceil(ranges / 8)` bytes.
-fn range_set_len(ranges: u16) -> usize {
-    4 + usize::from(ranges).div_ceil(8)
-}
-
-fn emit_range_set(ranges: u16, set: u128, w: &mut Writer<'_>) {
-    w.u16(ranges);
-    w.u16(0);
-    let bytes = set.to_le_bytes();
-    for i in 0..usize::from(ranges).div_ceil(8) {
-        w.u8(bytes.get(i).copied().unwrap_or(0));
-    }
-}
-
-pub(super) fn parse_range_set(body: &[u8]) -> Result<(u16, u128), WireError> {
-    let ranges = body.get(0..2).map(be16).ok_or(WireError::Truncated)?;
-    if ranges > MAX_RANGES {
-        return Err(WireError::BadMessage);
-    }
-    let n = usize::from(ranges).div_ceil(8);
-    let bitmap = body.get(4..4 + n).ok_or(WireError::Truncated)?;
-    let mut bytes = [0u8; 16];
-    bytes[..n].copy_from_slice(bitmap);
-    let mask = if ranges >= 128 { u128::MAX } else { (1u128 << ranges) - 1 };
-    Ok((ranges, u128::from_le_bytes(bytes) & mask))
-}
-
-pub(super) fn parse_key(body: &[u8]) -> Result<FlowKey, WireError> {
-    parse_key_as(body, [attr::KEY_V4, attr::KEY_V6])
-}
-
-/// The one key of `body` under the attribute types `kinds` (IPv4, IPv6);
-/// other attributes are skipped.
-fn parse_key_as(body: &[u8], kinds: [u16; 2]) -> Result<FlowKey, WireError> {
-    let mut key = None;
-    for a in AttrIter::new(body) {
-        let (kind, v) = a?;
-        let Some(key_value) = key_value(kind, v, kinds)? else { continue };
-        if key.is_some() {
-            return Err(WireError::BadMessage);
-        }
-        key = Some(key_value);
-    }
-    key.ok_or(WireError::BadMessage)
-}
-
-/// Decode `v` as a key when `kind` is one of `kinds` (IPv4, IPv6).
-fn key_value(kind: u16, v: &[u8], kinds: [u16; 2]) -> Result<Option<FlowKey>, WireError> {
-    {
-        let (src, dst, tail) = match kind {
-            k if k == kinds[0] => {
-                if v.len() != KEY_V4_LEN {
-                    return Err(WireError::BadAttribute(kind));
-                }
-                let s = IpAddr::V4(be32(&v[0..4]).into());
-                (s, IpAddr::V4(be32(&v[4..8]).into()), &v[8..])
-            }
-            k if k == kinds[1] => {
-                if v.len() != KEY_V6_LEN {
-                    return Err(WireError::BadAttribute(kind));
-                }
-                let s = IpAddr::V6(be128(&v[0..16]).into());
-                (s, IpAddr::V6(be128(&v[16..32]).into()), &v[32..])
-            }
-            _ => return Ok(None),
-        };
-        Ok(Some(FlowKey {
-            src,
-            dst,
-            l4: [be16(&tail[0..2]), be16(&tail[2..4])],
-            l4proto: tail[4],
-            zone: be16(&tail[6..8]),
-        }))
-    }
-}
-
-const EXP_MASTER_KINDS: [u16; 2] = [attr::EXP_MASTER_V4, attr::EXP_MASTER_V6];
-const EXP_TUPLE_KINDS: [u16; 2] = [attr::EXP_TUPLE_V4, attr::EXP_TUPLE_V6];
-const EXP_CORE_TAIL: usize = 2 + 2 + 12;
-const EXP_NAT_TAIL: usize = 4 + 2 + 2;
-
-fn key_len(k: &FlowKey) -> usize {
-    ATTR_HEADER_LEN + if k.is_ipv6() { KEY_V6_LEN } else { KEY_V4_LEN }
-}
-
-fn addr_len(a: IpAddr) -> usize {
-    if a.is_ipv6() { 16 } else { 4 }
-}
-
-fn addr_bytes(a: IpAddr, w: &mut Writer<'_>) {
-    match a {
-        IpAddr::V4(a) => w.bytes(&a.octets()),
-        IpAddr::V6(a) => w.bytes(&a.octets()),
-    }
-}
-
-/// Bytes the attributes of an expectation take.
-fn exp_len(e: &Expectation) -> usize {
-    let a = ATTR_HEADER_LEN;
-    key_len(&e.master)
-        + key_len(&e.tuple)
-        + a
-        + addr_len(e.mask_src)
-        + EXP_CORE_TAIL
-        + if e.helper.is_empty() { 0 } else { a + helper_bytes(&e.helper).len() }
-        + e.nat.map_or(0, |n| a + addr_len(n.addr) + EXP_NAT_TAIL)
-        + e.expectfn.as_ref().map_or(0, |f| a + helper_bytes(f).len())
-}
-
-fn emit_exp(e: &Expectation, w: &mut Writer<'_>) {
-    emit_key_as(&e.master, EXP_MASTER_KINDS, w);
-    emit_key_as(&e.tuple, EXP_TUPLE_KINDS, w);
-    let core = if e.mask_src.is_ipv6() { attr::EXP_CORE_V6 } else { attr::EXP_CORE_V4 };
-    w.tlv(core, addr_len(e.mask_src) + EXP_CORE_TAIL);
-    addr_bytes(e.mask_src, w);
-    w.u16(e.mask_sport);
-    w.u16(0);
-    w.u32(e.timeout);
-    w.u32(e.flags);
-    w.u32(e.class);
-    if !e.helper.is_empty() {
-        let name = helper_bytes(&e.helper);
-        w.tlv(attr::EXP_HELPER, name.len());
-        w.bytes(name);
-    }
-    if let Some(nat) = e.nat {
-        let kind = if nat.addr.is_ipv6() { attr::EXP_NAT_V6 } else { attr::EXP_NAT_V4 };
-        w.tlv(kind, addr_len(nat.addr) + EXP_NAT_TAIL);
-        w.u32(nat.dir);
-        addr_bytes(nat.addr, w);
-        w.u16(nat.port);
-        w.u16(0);
-    }
-    if let Some(f) = &e.expectfn {
-        let name = helper_bytes(f);
-        w.tlv(attr::EXP_FN, name.len());
-        w.bytes(name);
-    }
-}
-
-pub(super) fn parse_exp(body: &[u8]) -> Result<Expectation, WireError> {
-    let mut master = None;
-    let mut tuple = None;
-    let mut core = None;
-    let mut helper: Box<str> = "".into();
-    let mut nat = None;
-    let mut expectfn = None;
-    let addr = |v: &[u8]| -> IpAddr {
-        if v.len() == 16 { IpAddr::V6(be128(v).into()) } else { IpAddr::V4(be32(v).into()) }
-    };
-    let name = |kind: u16, v: &[u8]| -> Result<Box<str>, WireError> {
-        if v.len() > MAX_HELPER_LEN {
-            return Err(WireError::BadAttribute(kind));
-        }
-        std::str::from_utf8(v).map(Into::into).map_err(|_| WireError::BadMessage)
-    };
-    for a in AttrIter::new(body) {
-        let (kind, v) = a?;
-        let once = |slot: bool| if slot { Err(WireError::BadMessage) } else { Ok(()) };
-        match kind {
-            attr::EXP_MASTER_V4 | attr::EXP_MASTER_V6 => {
-                once(master.is_some())?;
-                master = key_value(kind, v, EXP_MASTER_KINDS)?;
-            }
-            attr::EXP_TUPLE_V4 | attr::EXP_TUPLE_V6 => {
-                once(tuple.is_some())?;
-                tuple = key_value(kind, v, EXP_TUPLE_KINDS)?;
-            }
-            attr::EXP_CORE_V4 | attr::EXP_CORE_V6 => {
-                once(core.is_some())?;
-                let n = if kind == attr::EXP_CORE_V6 { 16 } else { 4 };
-                if v.len() != n + EXP_CORE_TAIL {
-                    return Err(WireError::BadAttribute(kind));
-                }
-                let t = &v[n..];
-                core = Some((
-                    addr(&v[..n]),
-                    be16(&t[0..2]),
-                    be32(&t[4..8]),
-                    be32(&t[8..12]),
-                    be32(&t[12..16]),
-                ));
-            }
-            attr::EXP_HELPER => helper = name(kind, v)?,
-            attr::EXP_FN => expectfn = Some(name(kind, v)?),
-            attr::EXP_NAT_V4 | attr::EXP_NAT_V6 => {
-                let n = if kind == attr::EXP_NAT_V6 { 16 } else { 4 };
-                if v.len() != n + EXP_NAT_TAIL {
-                    return Err(WireError::BadAttribute(kind));
-                }
-                nat = Some(ExpNat {
-                    dir: be32(&v[0..4]),
-                    addr: addr(&v[4..4 + n]),
-                    port: be16(&v[4 + n..6 + n]),
-                });
-            }
-            // A newer peer's attribute: skipped, not fatal.
-            _ => {}
-        }
-    }
-    let (Some(master), Some(tuple), Some((mask_src, mask_sport, timeout, flags, class))) =
-        (master, tuple, core)
-    else {
-        return Err(WireError::BadMessage);
-    };
-    if master.is_ipv6() != tuple.is_ipv6() || mask_src.is_ipv6() != tuple.is_ipv6() {
-        return Err(WireError::BadMessage);
-    }
-    Ok(Expectation {
-        master,
-        tuple,
-        mask_src,
-        mask_sport,
-        timeout,
-        flags,
-        class,
-        helper,
-        nat,
-        expectfn,
-    })
-}
-
-/// The helper name as sent: longer names are cut at a char boundary
-/// rather than refused (kernel helper names are at most 16 bytes).
-fn helper_bytes(h: &str) -> &[u8] {
-    let mut n = h.len().min(MAX_HELPER_LEN);
-    while !h.is_char_boundary(n) {
-        n -= 1;
-    }
-    &h.as_bytes()[..n]
-}
-
-fn v6(a: IpAddr) -> Ipv6Addr {
-    match a {
-        IpAddr::V4(a) => a.to_ipv6_mapped(),
-        IpAddr::V6(a) => a,
-    }
-}
-
 // The slices passed below always have the exact width (ranges of constant
 // length over checked buffers), so the conversions cannot fail.
 pub(super) fn be16(b: &[u8]) -> u16 {
@@ -1109,9 +519,10 @@ pub(super) fn be128(b: &[u8]) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{proto, status, tcp_state};
+    use crate::flow::{Flow, SeqAdj, TcpInfo, proto, status, tcp_state};
+    use crate::wire::Message;
 
-    fn tcp_flow() -> Flow {
+    pub(super) fn tcp_flow() -> Flow {
         let mut f =
             Flow::new_v4(proto::TCP, [10, 0, 0, 1].into(), [192, 168, 1, 2].into(), 40000, 443);
         f.proto_state = tcp_state::ESTABLISHED;
@@ -1122,7 +533,7 @@ mod tests {
         f
     }
 
-    fn full_v6_flow() -> Flow {
+    pub(super) fn full_v6_flow() -> Flow {
         let mut f = Flow::new(
             proto::SCTP,
             "2001:db8::1".parse().unwrap(),
@@ -1146,7 +557,7 @@ mod tests {
         f
     }
 
-    fn roundtrip(msgs: &[Message]) -> Vec<Message> {
+    pub(super) fn roundtrip(msgs: &[Message]) -> Vec<Message> {
         let hdr = DatagramHeader { flags: 0, session: 0x1122_3344, seq: u32::MAX };
         let refs: Vec<_> = msgs.iter().map(Message::as_ref).collect();
         let mut buf = [0u8; 2048];
@@ -1154,56 +565,6 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(decode(&buf[..len], &mut out).unwrap(), hdr);
         out.into_iter().map(|r| r.msg.unwrap()).collect()
-    }
-
-    #[test]
-    fn expectation_messages_round_trip_and_keep_their_slot() {
-        // docs/PROTOCOL.md, "Expectation messages".
-        let v4 = crate::expect::tests::ftp_pasv();
-        let mut v6 = v4.clone();
-        let a = |n: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n));
-        (v6.master.src, v6.master.dst, v6.tuple.src, v6.tuple.dst) = (a(1), a(2), a(1), a(2));
-        v6.mask_src = IpAddr::V6(Ipv6Addr::from(u128::MAX));
-        v6.nat = Some(ExpNat { dir: 1, addr: a(9), port: 2121 });
-        v6.expectfn = Some("nat-follow-master".into());
-        let msgs = vec![
-            Message::ExpNew(Box::new(v4.clone())),
-            Message::ExpNew(Box::new(v6.clone())),
-            Message::ExpDestroy(Box::new(v4.clone())),
-            Message::ExpDestroy(Box::new(v6.clone())),
-        ];
-        assert_eq!(roundtrip(&msgs), msgs);
-        assert!(msgs.iter().all(Message::is_sequenced));
-        // An EXP_NEW without its core attribute is refused, alone.
-        let mut buf = [0u8; 256];
-        let n = emit_message(&MessageRef::FlowDestroy(&v4.key()), &mut buf).unwrap();
-        buf[0] = msg_type::EXP_NEW;
-        let view = MessagePacket::new_checked(&buf[..n]).unwrap();
-        assert_eq!(view.parse(), Err(WireError::BadMessage));
-    }
-
-    #[test]
-    fn ipv4_tcp_flow_fixture() {
-        let f = tcp_flow();
-        let mut buf = [0u8; 128];
-        let len = emit_message(&MessageRef::FlowUpdate(&f), &mut buf).unwrap();
-        #[rustfmt::skip]
-        let want: &[u8] = &[
-            2, 0, 0, 56,                    // FLOW_UPDATE, flags, length 56
-            0, 1, 0, 40,                    // CORE_V4, 40 bytes
-            10, 0, 0, 1, 192, 168, 1, 2,    // orig src, dst
-            192, 168, 1, 2, 10, 0, 0, 1,    // reply src, dst
-            0x9c, 0x40, 0x01, 0xbb, 0x01, 0xbb, 0x9c, 0x40, // ports
-            6, 3, 0, 0,                     // tcp, ESTABLISHED, zone 0
-            0, 0, 0, 0x0e,                  // status
-            0, 0x06, 0x97, 0x7f,            // timeout 431999
-            0, 0, 0, 7,                     // mark
-            0, 3, 0, 4, 7, 8, 0x23, 0x03,   // TCP info
-        ];
-        assert_eq!(&buf[..len], want);
-        assert!(len <= 64, "common flows must stay compact");
-        let parsed = MessagePacket::new_checked(&buf[..len]).unwrap().parse().unwrap();
-        assert_eq!(parsed, Message::FlowUpdate(f));
     }
 
     #[test]
@@ -1217,83 +578,6 @@ mod tests {
             &[b'C', b'T', 1, 2, 1, 2, 3, 4, 0, 0, 0, 9, 0, 28, 0, 1, 0, 0, 0, 0, 66, 0, 0, 4]
         );
         assert_eq!(&buf[24..28], &crc32fast::hash(&buf[..24]).to_be_bytes());
-    }
-
-    #[test]
-    fn every_flow_field_round_trips() {
-        let mut icmp =
-            Flow::new_v4(proto::ICMP, [1, 2, 3, 4].into(), [5, 6, 7, 8].into(), 77, 0x0800);
-        icmp.status = 0;
-        let mut weird = full_v6_flow();
-        weird.extra_mut().helper = Some("".into());
-        let msgs = vec![
-            Message::FlowNew(tcp_flow()),
-            Message::FlowUpdate(full_v6_flow()),
-            Message::FlowUpdate(icmp),
-            Message::FlowNew(weird),
-            Message::FlowDestroy(tcp_flow().key()),
-            Message::FlowDestroy(full_v6_flow().key()),
-            Message::BulkEnd { bulk_start: 0xffff_fff0 },
-            Message::ResyncRequest,
-            Message::Ack { from: 1, to: 2 },
-            Message::Nack { from: u32::MAX, to: 3 },
-            Message::Alive,
-            Message::Hello { session: 42, round: 1 },
-            Message::HelloBack { session: 43, round: 2 },
-            Message::Digest { oldest: 9, ranges: 128, first: 120, digests: vec![1, u64::MAX] },
-            Message::RepairRequest { ranges: 128, set: 1 << 127 | 5 },
-            Message::FlowRepair(full_v6_flow()),
-            Message::RepairEnd { repair_start: u32::MAX, ranges: 128, set: 1 << 64 },
-        ];
-        assert_eq!(roundtrip(&msgs), msgs);
-    }
-
-    #[test]
-    fn anti_entropy_bodies_are_checked() {
-        // docs/PROTOCOL.md §2: a bitmap of more than 128 ranges, or digests
-        // past `ranges`, are refused; bits past `ranges` are ignored.
-        let parse = |t: u8, body: &[u8]| {
-            let mut buf = vec![t, 0, 0, (4 + body.len()) as u8];
-            buf.extend_from_slice(body);
-            MessagePacket::new_checked(&buf).unwrap().parse()
-        };
-        let mut set = vec![0, 12, 0, 0, 0xff, 0xff];
-        assert_eq!(
-            parse(msg_type::REPAIR_REQUEST, &set),
-            Ok(Message::RepairRequest { ranges: 12, set: 0xfff })
-        );
-        set[1] = 129;
-        assert_eq!(parse(msg_type::REPAIR_REQUEST, &set), Err(WireError::BadMessage));
-        assert_eq!(parse(msg_type::REPAIR_END, &[0, 0, 0, 1, 0, 16]), Err(WireError::Truncated));
-        let digest =
-            [0, 0, 0, 1, 0, 4, 0, 3, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2];
-        assert_eq!(parse(msg_type::DIGEST, &digest), Err(WireError::BadMessage), "3 + 2 > 4");
-        let mut ok = digest;
-        ok[7] = 2;
-        assert_eq!(
-            parse(msg_type::DIGEST, &ok),
-            Ok(Message::Digest { oldest: 1, ranges: 4, first: 2, digests: vec![1, 2] })
-        );
-        assert_eq!(parse(msg_type::DIGEST, &ok[..20]), Err(WireError::Truncated));
-    }
-
-    #[test]
-    fn unknown_attribute_is_skipped_and_wrong_length_is_refused() {
-        let f = tcp_flow();
-        let mut buf = [0u8; 128];
-        let len = emit_message(&MessageRef::FlowUpdate(&f), &mut buf).unwrap();
-        // Append an unknown attribute 999 with 3 bytes.
-        buf[len..len + 7].copy_from_slice(&[0x03, 0xe7, 0, 3, 1, 2, 3]);
-        let new_len = (len + 7) as u16;
-        buf[2..4].copy_from_slice(&new_len.to_be_bytes());
-        let m = MessagePacket::new_checked(&buf[..len + 7]).unwrap();
-        assert_eq!(m.parse().unwrap(), Message::FlowUpdate(f));
-        // TCP attribute declared 3 bytes long.
-        let mut bad = buf;
-        bad[51] = 3;
-        bad[2..4].copy_from_slice(&((len - 1) as u16).to_be_bytes());
-        let m = MessagePacket::new_checked(&bad[..len - 1]).unwrap();
-        assert_eq!(m.parse(), Err(WireError::BadAttribute(attr::TCP)));
     }
 
     #[test]
@@ -1566,13 +850,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn many_flows_fit_one_datagram() {
-        let f = tcp_flow();
-        let per = message_len(&MessageRef::FlowUpdate(&f));
-        assert!((DEFAULT_MAX_DATAGRAM - HEADER_LEN - CRC_LEN) / per >= 25);
-    }
-
     proptest::proptest! {
         #[test]
         fn decoder_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
@@ -1584,8 +861,8 @@ mod tests {
                     let _ = m.parse();
                 }
             }
-            let _ = parse_flow(&bytes);
-            let _ = parse_key(&bytes);
+            let _ = flow::parse_flow(&bytes);
+            let _ = flow::parse_key(&bytes);
         }
     }
 }

@@ -7,10 +7,9 @@ use hmac::Mac;
 
 use super::{
     ATTR_HEADER_LEN, AuthKey, CRC_LEN, HEADER_LEN, MAC_LEN, MAGIC, MSG_HEADER_LEN, NONCE_LEN,
-    SealKey, VERSION, be16, be32, field, flags, msg_type, parse_digest, parse_exp, parse_flow,
-    parse_key, parse_range_set,
+    SealKey, VERSION, be16, be32, field, flags,
 };
-use crate::wire::{DatagramHeader, Message, WireError};
+use crate::wire::{DatagramHeader, WireError};
 
 /// A view of a whole datagram.
 #[derive(Debug, Clone)]
@@ -273,38 +272,6 @@ impl<'a> MessagePacket<'a> {
     /// The body.
     pub fn body(&self) -> &'a [u8] {
         &self.buffer[MSG_HEADER_LEN..]
-    }
-    /// Decode the body. Unknown types give [`WireError::UnknownMessage`].
-    pub fn parse(&self) -> Result<Message, WireError> {
-        let body = self.body();
-        let word = |i: usize| -> Result<u32, WireError> {
-            body.get(i..i + 4).map(be32).ok_or(WireError::Truncated)
-        };
-        Ok(match self.msg_type() {
-            msg_type::FLOW_NEW => Message::FlowNew(parse_flow(body)?),
-            msg_type::FLOW_UPDATE => Message::FlowUpdate(parse_flow(body)?),
-            msg_type::FLOW_DESTROY => Message::FlowDestroy(parse_key(body)?),
-            msg_type::EXP_NEW => Message::ExpNew(Box::new(parse_exp(body)?)),
-            msg_type::EXP_DESTROY => Message::ExpDestroy(Box::new(parse_exp(body)?)),
-            msg_type::BULK_END => Message::BulkEnd { bulk_start: word(0)? },
-            msg_type::RESYNC_REQUEST => Message::ResyncRequest,
-            msg_type::DIGEST => parse_digest(body)?,
-            msg_type::REPAIR_REQUEST => {
-                let (ranges, set) = parse_range_set(body)?;
-                Message::RepairRequest { ranges, set }
-            }
-            msg_type::FLOW_REPAIR => Message::FlowRepair(parse_flow(body)?),
-            msg_type::REPAIR_END => {
-                let (ranges, set) = parse_range_set(body.get(4..).ok_or(WireError::Truncated)?)?;
-                Message::RepairEnd { repair_start: word(0)?, ranges, set }
-            }
-            msg_type::ACK => Message::Ack { from: word(0)?, to: word(4)? },
-            msg_type::NACK => Message::Nack { from: word(0)?, to: word(4)? },
-            msg_type::ALIVE => Message::Alive,
-            msg_type::HELLO => Message::Hello { session: word(0)?, round: word(4)? },
-            msg_type::HELLO_BACK => Message::HelloBack { session: word(0)?, round: word(4)? },
-            t => return Err(WireError::UnknownMessage(t)),
-        })
     }
 }
 
