@@ -2,12 +2,11 @@
 //! read through accessors that cannot panic, and the iterators over the
 //! messages of a datagram and the attributes of a message body.
 
-use chacha20poly1305::{AeadInOut, Nonce};
 use hmac::Mac;
 
 use super::{
     ATTR_HEADER_LEN, AuthKey, CRC_LEN, HEADER_LEN, MAC_LEN, MAGIC, MSG_HEADER_LEN, NONCE_LEN,
-    SealKey, VERSION, be16, be32, field, flags,
+    VERSION, be16, be32, field, flags,
 };
 use crate::wire::{DatagramHeader, WireError};
 
@@ -75,21 +74,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Bytes after the messages: the CRC, and the MAC when authenticated.
     pub fn trailer_len(&self) -> usize {
         if self.is_authenticated() { CRC_LEN + MAC_LEN } else { CRC_LEN }
-    }
-
-    /// Verify the MAC trailer with the key the key id names, in constant
-    /// time. Nothing else of the datagram should be trusted before this.
-    pub fn check_mac(&self, keys: &[AuthKey]) -> Result<(), WireError> {
-        if !self.is_authenticated() {
-            return Err(WireError::AuthMissing);
-        }
-        let id = self.key_id();
-        let key = keys.iter().find(|k| k.id == id).ok_or(WireError::UnknownKey(id))?;
-        let len = usize::from(self.length());
-        let buf = self.buffer.as_ref();
-        let mut mac = key.mac();
-        mac.update(&buf[..len - MAC_LEN]);
-        mac.verify_truncated_left(&buf[len - MAC_LEN..len]).map_err(|_| WireError::BadMac)
     }
 
     /// Verify the CRC32 trailer.
@@ -180,38 +164,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         }
     }
 
-    /// Write an encrypted datagram around the plaintext messages at
-    /// `[HEADER_LEN + NONCE_LEN, len - CRC_LEN - MAC_LEN)`: the header
-    /// and `counter`, the CRC of that plaintext datagram, then encrypt the
-    /// messages and the CRC in place with the header and counter as
-    /// associated data, and append the tag.
-    pub fn seal(
+    pub(super) fn fill_header(
         &mut self,
         hdr: &DatagramHeader,
+        auth: u8,
         count: u16,
         len: u16,
-        key: &SealKey,
-        counter: u64,
-    ) -> Result<(), WireError> {
-        self.fill_header(hdr, flags::AUTH | flags::ENCRYPT, count, len, key.id);
-        let buf = self.buffer.as_mut();
-        let len = usize::from(len);
-        let head = field::MESSAGES + NONCE_LEN;
-        buf[field::MESSAGES..head].copy_from_slice(&counter.to_be_bytes());
-        let end = len - MAC_LEN - CRC_LEN;
-        let crc = crc32fast::hash(&buf[..end]);
-        buf[end..end + CRC_LEN].copy_from_slice(&crc.to_be_bytes());
-        let (aad, rest) = buf[..len].split_at_mut(head);
-        let (body, tag_out) = rest.split_at_mut(len - head - MAC_LEN);
-        let tag = key
-            .cipher
-            .encrypt_inout_detached(&nonce(hdr.session, counter), aad, body.into())
-            .map_err(|_| WireError::BufferTooSmall)?;
-        tag_out.copy_from_slice(&tag);
-        Ok(())
-    }
-
-    fn fill_header(&mut self, hdr: &DatagramHeader, auth: u8, count: u16, len: u16, key_id: u32) {
+        key_id: u32,
+    ) {
         let buf = self.buffer.as_mut();
         buf[field::MAGIC].copy_from_slice(&MAGIC.to_be_bytes());
         buf[field::VERSION] = VERSION;
@@ -222,16 +182,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         buf[field::COUNT].copy_from_slice(&count.to_be_bytes());
         buf[field::KEY_ID].copy_from_slice(&key_id.to_be_bytes());
     }
-}
-
-/// The AEAD nonce of a datagram: the sender's session id, then its
-/// datagram counter (docs/SECURITY.md, "Encryption", says why it never
-/// repeats under one key).
-pub(super) fn nonce(session: u32, counter: u64) -> Nonce {
-    let mut n = [0u8; 12];
-    n[..4].copy_from_slice(&session.to_be_bytes());
-    n[4..].copy_from_slice(&counter.to_be_bytes());
-    Nonce::from(n)
 }
 
 /// A view of one message.
@@ -253,7 +203,7 @@ impl<'a> MessagePacket<'a> {
         let buffer = buffer.get(..len).ok_or(WireError::Truncated)?;
         Ok(MessagePacket { buffer })
     }
-    /// Message type, see [`msg_type`].
+    /// Message type, see [`msg_type`](super::msg_type).
     pub fn msg_type(&self) -> u8 {
         self.buffer[field::MSG_TYPE]
     }
