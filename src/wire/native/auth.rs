@@ -2,9 +2,6 @@
 //! trailer under an [`AuthKey`], and ChaCha20-Poly1305 under the
 //! [`SealKey`] derived from it (see `docs/SECURITY.md`).
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, Nonce, Tag};
 use hmac::{Hmac, KeyInit, Mac};
@@ -132,17 +129,33 @@ pub(super) fn nonce(session: u32, counter: u64) -> Nonce {
     Nonce::from(n)
 }
 
-#[derive(Debug, Clone)]
+/// The sending side's encryption state. Not `Clone`: two copies would
+/// number datagrams alike and repeat nonces under one key.
+#[derive(Debug)]
 pub(super) struct Encryption {
-    pub(super) keys: Arc<[SealKey]>,
-    /// The next datagram's nonce counter. Clones share it, and a key
-    /// reload keeps it, so that one sender never takes a value twice.
-    pub(super) next_counter: Arc<AtomicU64>,
+    keys: Box<[SealKey]>,
+    /// The next datagram's nonce counter. A key reload keeps it, so that
+    /// one sender never takes a value twice.
+    next_counter: u64,
 }
 
 impl Encryption {
-    pub(super) fn new(keys: &[AuthKey], next_counter: Arc<AtomicU64>) -> Encryption {
+    pub(super) fn new(keys: &[AuthKey], next_counter: u64) -> Encryption {
         Encryption { keys: keys.iter().map(SealKey::derive).collect(), next_counter }
+    }
+
+    /// The same counter under other keys (a rotation).
+    pub(super) fn rekeyed(self, keys: &[AuthKey]) -> Encryption {
+        Encryption::new(keys, self.next_counter)
+    }
+
+    /// The key that seals the next datagram and that datagram's nonce
+    /// counter, which this takes.
+    pub(super) fn next_seal(&mut self) -> Option<(&SealKey, u64)> {
+        let key = self.keys.first()?;
+        let counter = self.next_counter;
+        self.next_counter = counter.wrapping_add(1);
+        Some((key, counter))
     }
 
     /// Verify the tag, then decrypt: the datagram without its tag, in
@@ -185,7 +198,7 @@ pub(super) mod tests {
         AuthKey::new(id, vec![byte; MIN_KEY_LEN])
     }
 
-    fn sealed(codec: &NativeCodec, buf: &mut [u8]) -> usize {
+    fn sealed(codec: &mut NativeCodec, buf: &mut [u8]) -> usize {
         let hdr = DatagramHeader { flags: 0, session: 7, seq: 100 };
         let f = tcp_flow();
         let at =
@@ -195,9 +208,9 @@ pub(super) mod tests {
 
     #[test]
     fn mac_good_bad_unknown_key_and_missing() {
-        let codec = NativeCodec::with_keys(vec![key(5, 0xaa)]);
+        let mut codec = NativeCodec::with_keys(vec![key(5, 0xaa)]);
         let mut buf = [0u8; 256];
-        let len = sealed(&codec, &mut buf);
+        let len = sealed(&mut codec, &mut buf);
         assert_eq!(len, HEADER_LEN + 56 + CRC_LEN + MAC_LEN, "16-byte MAC after the CRC");
         assert_eq!(buf[3] & flags::AUTH, flags::AUTH);
         assert_eq!(be32(&buf[16..20]), 5, "key id in the header");
@@ -214,18 +227,18 @@ pub(super) mod tests {
             assert!(out.is_empty());
         }
         // Same key id, another secret: the MAC check refuses it, even with a valid CRC.
-        let forger = NativeCodec::with_keys(vec![key(5, 0xbb)]);
+        let mut forger = NativeCodec::with_keys(vec![key(5, 0xbb)]);
         let mut fb = [0u8; 256];
-        let flen = sealed(&forger, &mut fb);
+        let flen = sealed(&mut forger, &mut fb);
         assert_eq!(Packet::new_checked(&fb[..flen]).unwrap().check_crc(), Ok(()));
         assert_eq!(codec.decode_datagram(&fb[..flen], &mut out), Err(WireError::BadMac));
         // Another key id.
-        let other = NativeCodec::with_keys(vec![key(6, 0xaa)]);
-        sealed(&other, &mut fb);
+        let mut other = NativeCodec::with_keys(vec![key(6, 0xaa)]);
+        sealed(&mut other, &mut fb);
         assert_eq!(codec.decode_datagram(&fb[..len], &mut out), Err(WireError::UnknownKey(6)));
         // No MAC at all, where one is required; and a MAC where none is configured.
-        let plain = NativeCodec::insecure();
-        let plen = sealed(&plain, &mut fb);
+        let mut plain = NativeCodec::insecure();
+        let plen = sealed(&mut plain, &mut fb);
         assert_eq!(codec.decode_datagram(&fb[..plen], &mut out), Err(WireError::AuthMissing));
         assert_eq!(plain.decode_datagram(&buf[..len], &mut out), Err(WireError::AuthUnsupported));
         assert!(out.is_empty());
@@ -233,21 +246,21 @@ pub(super) mod tests {
 
     #[test]
     fn rotation_accepts_both_keys_and_sends_with_the_first() {
-        let old = NativeCodec::with_keys(vec![key(1, 1)]);
-        let both = NativeCodec::with_keys(vec![key(2, 2), key(1, 1)]);
+        let mut old = NativeCodec::with_keys(vec![key(1, 1)]);
+        let mut both = NativeCodec::with_keys(vec![key(2, 2), key(1, 1)]);
         let new = NativeCodec::with_keys(vec![key(2, 2)]);
         let mut buf = [0u8; 256];
         let mut out = Vec::new();
-        let len = sealed(&old, &mut buf);
+        let len = sealed(&mut old, &mut buf);
         assert!(both.decode_datagram(&buf[..len], &mut out).is_ok());
-        let len = sealed(&both, &mut buf);
+        let len = sealed(&mut both, &mut buf);
         assert_eq!(be32(&buf[16..20]), 2);
         assert!(new.decode_datagram(&buf[..len], &mut out).is_ok());
         assert_eq!(old.decode_datagram(&buf[..len], &mut out), Err(WireError::UnknownKey(2)));
         assert!(!format!("{:?}", key(1, 0x42)).contains("66"), "no secret in Debug");
     }
 
-    fn encrypted_with(codec: &NativeCodec, f: &Flow, buf: &mut [u8]) -> usize {
+    fn encrypted_with(codec: &mut NativeCodec, f: &Flow, buf: &mut [u8]) -> usize {
         let hdr = DatagramHeader { flags: 0, session: 7, seq: 100 };
         encode_with(codec, &hdr, &[MessageRef::FlowUpdate(f)], buf).unwrap()
     }
@@ -258,11 +271,11 @@ pub(super) mod tests {
 
     #[test]
     fn encrypted_round_trip_hides_the_flow() {
-        let codec = NativeCodec::encrypting(vec![key(5, 0xaa)], 3 << 32);
+        let mut codec = NativeCodec::encrypting(vec![key(5, 0xaa)], 3 << 32);
         assert_eq!(codec.header_len(), HEADER_LEN + NONCE_LEN);
         let f = tcp_flow();
         let mut buf = [0u8; 256];
-        let len = encrypted_with(&codec, &f, &mut buf);
+        let len = encrypted_with(&mut codec, &f, &mut buf);
         assert_eq!(len, HEADER_LEN + NONCE_LEN + 56 + CRC_LEN + MAC_LEN);
         assert_eq!(buf[3] & (flags::AUTH | flags::ENCRYPT), flags::AUTH | flags::ENCRYPT);
         assert_eq!(be32(&buf[16..20]), 5, "key id in clear");
@@ -277,7 +290,7 @@ pub(super) mod tests {
         // In clear the addresses are there; encrypted, neither they nor
         // the clear message bytes are.
         let mut clear = [0u8; 256];
-        let clen = sealed(&NativeCodec::with_keys(vec![key(5, 0xaa)]), &mut clear);
+        let clen = sealed(&mut NativeCodec::with_keys(vec![key(5, 0xaa)]), &mut clear);
         let messages = &clear[HEADER_LEN..clen - CRC_LEN - MAC_LEN];
         let wire = &buf[HEADER_LEN + NONCE_LEN..len];
         for addr in [[10, 0, 0, 1], [192, 168, 1, 2]] {
@@ -290,9 +303,9 @@ pub(super) mod tests {
 
     #[test]
     fn encrypted_any_flipped_bit_is_refused() {
-        let codec = NativeCodec::encrypting(vec![key(5, 0xaa)], 0);
+        let mut codec = NativeCodec::encrypting(vec![key(5, 0xaa)], 0);
         let mut buf = [0u8; 256];
-        let len = encrypted_with(&codec, &tcp_flow(), &mut buf);
+        let len = encrypted_with(&mut codec, &tcp_flow(), &mut buf);
         let mut out = Vec::new();
         for at in 0..len {
             for bit in [0x01, 0x80] {
@@ -317,11 +330,11 @@ pub(super) mod tests {
         let codec = NativeCodec::encrypting(vec![key(5, 0xaa)], 0);
         let mut buf = [0u8; 256];
         let mut out = Vec::new();
-        let forger = NativeCodec::encrypting(vec![key(5, 0xbb)], 0);
-        let len = encrypted_with(&forger, &tcp_flow(), &mut buf);
+        let mut forger = NativeCodec::encrypting(vec![key(5, 0xbb)], 0);
+        let len = encrypted_with(&mut forger, &tcp_flow(), &mut buf);
         assert_eq!(codec.decode_datagram(&buf[..len], &mut out), Err(WireError::BadMac));
-        let other = NativeCodec::encrypting(vec![key(6, 0xaa)], 0);
-        let len = encrypted_with(&other, &tcp_flow(), &mut buf);
+        let mut other = NativeCodec::encrypting(vec![key(6, 0xaa)], 0);
+        let len = encrypted_with(&mut other, &tcp_flow(), &mut buf);
         assert_eq!(codec.decode_datagram(&buf[..len], &mut out), Err(WireError::UnknownKey(6)));
         assert!(out.is_empty());
     }
@@ -329,15 +342,15 @@ pub(super) mod tests {
     #[test]
     fn encryption_mismatch_is_refused_both_ways() {
         let keys = || vec![key(5, 0xaa)];
-        let (enc, mac, plain) = (
+        let (mut enc, mut mac, mut plain) = (
             NativeCodec::encrypting(keys(), 0),
             NativeCodec::with_keys(keys()),
             NativeCodec::insecure(),
         );
         let (mut e, mut m, mut p) = ([0u8; 256], [0u8; 256], [0u8; 256]);
-        let elen = encrypted_with(&enc, &tcp_flow(), &mut e);
-        let mlen = encrypted_with(&mac, &tcp_flow(), &mut m);
-        let plen = encrypted_with(&plain, &tcp_flow(), &mut p);
+        let elen = encrypted_with(&mut enc, &tcp_flow(), &mut e);
+        let mlen = encrypted_with(&mut mac, &tcp_flow(), &mut m);
+        let plen = encrypted_with(&mut plain, &tcp_flow(), &mut p);
         let mut out = Vec::new();
         assert_eq!(enc.decode_datagram(&m[..mlen], &mut out), Err(WireError::NotEncrypted));
         assert_eq!(enc.decode_datagram(&p[..plen], &mut out), Err(WireError::AuthMissing));
@@ -354,15 +367,15 @@ pub(super) mod tests {
         let mut codec = NativeCodec::encrypting(vec![key(1, 1)], 41);
         let f = tcp_flow();
         let (mut a, mut b, mut c) = ([0u8; 256], [0u8; 256], [0u8; 256]);
-        let len = encrypted_with(&codec, &f, &mut a);
-        encrypted_with(&codec.clone(), &f, &mut b);
+        let len = encrypted_with(&mut codec, &f, &mut a);
+        encrypted_with(&mut codec, &f, &mut b);
         let nonce_of = |buf: &[u8]| Packet::new_checked(&buf[..len]).unwrap().nonce_counter();
-        assert_eq!((nonce_of(&a), nonce_of(&b)), (41, 42), "clones share the counter");
+        assert_eq!((nonce_of(&a), nonce_of(&b)), (41, 42), "each datagram takes the next counter");
         assert_eq!(a[..HEADER_LEN], b[..HEADER_LEN], "same header");
         assert_ne!(a[HEADER_LEN + NONCE_LEN..len], b[HEADER_LEN + NONCE_LEN..len]);
         // A rotation keeps encrypting and keeps counting.
         codec.set_auth_keys(vec![key(2, 2), key(1, 1)]);
-        encrypted_with(&codec, &f, &mut c);
+        encrypted_with(&mut codec, &f, &mut c);
         assert_eq!((nonce_of(&c), be32(&c[16..20])), (43, 2));
         let mut out = Vec::new();
         let old = NativeCodec::encrypting(vec![key(1, 1)], 0);
@@ -375,9 +388,9 @@ pub(super) mod tests {
     #[test]
     fn encrypted_crc_covers_the_plaintext_and_is_checked_after_the_tag() {
         let k = key(5, 0xaa);
-        let codec = NativeCodec::encrypting(vec![k.clone()], 9);
+        let mut codec = NativeCodec::encrypting(vec![k.clone()], 9);
         let mut buf = [0u8; 256];
-        let len = encrypted_with(&codec, &tcp_flow(), &mut buf);
+        let len = encrypted_with(&mut codec, &tcp_flow(), &mut buf);
         let head = HEADER_LEN + NONCE_LEN;
         // Decrypt, check that the CRC is the plaintext's, break it, and
         // encrypt again with a valid tag: only the CRC check can refuse it.

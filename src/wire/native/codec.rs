@@ -2,9 +2,6 @@
 //! [`Codec`] trait, and the one-call [`encode`] and [`decode`] functions
 //! for tests, tools and fuzzing.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::auth::Encryption;
 use super::{
     AuthKey, CRC_LEN, HEADER_LEN, MAC_LEN, MessageIter, NONCE_LEN, Packet, be32, emit_message,
@@ -18,9 +15,12 @@ use crate::wire::{Codec, DatagramHeader, MessageRef, Received, WireError};
 /// refused (the peers' configurations disagree). An encrypting codec
 /// also encrypts what it sends and refuses datagrams that are not
 /// encrypted, and the other way round.
-#[derive(Debug, Clone, Default)]
+///
+/// Not `Clone`: an encrypting codec numbers the datagrams it sends, and a
+/// copy would number them again.
+#[derive(Debug, Default)]
 pub struct NativeCodec {
-    keys: Option<Arc<[AuthKey]>>,
+    keys: Option<Box<[AuthKey]>>,
     encryption: Option<Encryption>,
 }
 
@@ -46,11 +46,21 @@ impl NativeCodec {
     /// [`NativeCodec::insecure`].
     pub fn encrypting(keys: Vec<AuthKey>, first_counter: u64) -> NativeCodec {
         let mut codec = NativeCodec::with_keys(keys);
-        codec.encryption = codec
-            .keys
-            .as_deref()
-            .map(|keys| Encryption::new(keys, Arc::new(AtomicU64::new(first_counter))));
+        codec.encryption = codec.keys.as_deref().map(|keys| Encryption::new(keys, first_counter));
         codec
+    }
+
+    /// Replace the authentication keys (a key rotation): the first signs
+    /// (and encrypts) what is sent, every one is accepted. An encrypting
+    /// codec keeps encrypting and keeps its nonce counter, which must
+    /// never restart under a key it already used. An empty list turns
+    /// authentication off, as in [`NativeCodec::with_keys`].
+    pub fn set_auth_keys(&mut self, keys: Vec<AuthKey>) {
+        let encryption = self.encryption.take();
+        *self = NativeCodec::with_keys(keys);
+        if let (Some(encryption), Some(keys)) = (encryption, self.keys.as_deref()) {
+            self.encryption = Some(encryption.rekeyed(keys));
+        }
     }
 
     /// True when payloads are encrypted.
@@ -65,10 +75,6 @@ impl NativeCodec {
         out: &mut Vec<Received>,
     ) -> Result<DatagramHeader, WireError> {
         decode_inner(bytes, self.keys.as_deref(), self.encryption.as_ref(), out)
-    }
-
-    fn send_key(&self) -> Option<&AuthKey> {
-        self.keys.as_deref().and_then(|k| k.first())
     }
 }
 
@@ -95,7 +101,7 @@ impl Codec for NativeCodec {
     }
 
     fn finish(
-        &self,
+        &mut self,
         hdr: &DatagramHeader,
         count: u16,
         end: usize,
@@ -107,26 +113,16 @@ impl Codec for NativeCodec {
             return Err(WireError::BufferTooSmall);
         }
         let mut packet = Packet::new_unchecked(&mut buf[..len]);
-        match self.encryption.as_ref().and_then(|e| Some((e, e.keys.first()?))) {
-            Some((enc, key)) => {
-                let counter = enc.next_counter.fetch_add(1, Ordering::Relaxed);
-                packet.seal(hdr, count, len16, key, counter)?;
-            }
-            None => packet.fill(hdr, count, len16, self.send_key()),
+        let send_key = self.keys.as_deref().and_then(|k| k.first());
+        match self.encryption.as_mut().and_then(Encryption::next_seal) {
+            Some((key, counter)) => packet.seal(hdr, count, len16, key, counter)?,
+            None => packet.fill(hdr, count, len16, send_key),
         }
         Ok(len)
     }
 
     fn decode(&self, bytes: &[u8], out: &mut Vec<Received>) -> Result<DatagramHeader, WireError> {
         self.decode_datagram(bytes, out)
-    }
-
-    fn set_auth_keys(&mut self, keys: Vec<AuthKey>) {
-        let counter = self.encryption.take().map(|e| e.next_counter);
-        *self = NativeCodec::with_keys(keys);
-        if let (Some(counter), Some(keys)) = (counter, self.keys.as_deref()) {
-            self.encryption = Some(Encryption::new(keys, counter));
-        }
     }
 }
 
@@ -212,12 +208,12 @@ pub fn encode(
     msgs: &[MessageRef<'_>],
     buf: &mut [u8],
 ) -> Result<usize, WireError> {
-    encode_with(&NativeCodec::insecure(), hdr, msgs, buf)
+    encode_with(&mut NativeCodec::insecure(), hdr, msgs, buf)
 }
 
 /// As [`encode`], authenticated (and encrypted) as `codec` does.
 pub fn encode_with(
-    codec: &NativeCodec,
+    codec: &mut NativeCodec,
     hdr: &DatagramHeader,
     msgs: &[MessageRef<'_>],
     buf: &mut [u8],
