@@ -20,6 +20,8 @@ mod locate;
 mod raw;
 mod value;
 
+pub use value::{Cidr, CidrError};
+
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +32,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::expect::ExpectSync;
-use crate::filter::Cidr;
 use locate::Locations;
 use raw::{ChannelType, RawChannel, RawConfig, RawLists, Scalar};
 

@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
+use crate::config::Cidr;
 use crate::config::{ChannelKind, LogTarget, SyncMode, load};
-use crate::filter::Cidr;
 use crate::flow::{proto, tcp_state};
 
 const FILE: &str = "/etc/conntrackd/conntrackd.conf";
