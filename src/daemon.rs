@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::channel::{LinkKind, LinkSpec};
-use crate::config::{self, ChannelKind, Config};
+use crate::channel::LinkSpec;
+use crate::config::{self, Config};
 use crate::filter::Filter;
 use crate::ftfw::{Dialect, FtfwConfig};
 use crate::logging::{self, LogTarget};
@@ -123,10 +123,7 @@ fn daemon_config(
         .channels
         .iter()
         .map(|c| LinkSpec {
-            kind: match c.kind {
-                ChannelKind::Udp { peer } => LinkKind::Unicast { peer },
-                ChannelKind::Multicast { group } => LinkKind::Multicast { group },
-            },
+            kind: c.kind,
             local: Some(c.local),
             interface: c.interface.clone(),
             port: c.port,
