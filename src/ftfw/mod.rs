@@ -43,8 +43,10 @@ use crate::wire::native::{self, NativeCodec};
 use crate::wire::{Codec, DatagramHeader, DialectCodec, Message, MessageRef, Received, WireError};
 use queues::{Front, Item, ResendQueue, TxQueue};
 
-/// Which protocol the core speaks (docs/PROTOCOL.md).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which protocol the core speaks (docs/PROTOCOL.md); the config's
+/// `sync.wire`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Dialect {
     /// ctsync's own format and rules.
     #[default]
