@@ -352,6 +352,16 @@ mod tests {
     }
 
     #[test]
+    fn cidr_netmask_has_prefix_len_leading_ones() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(cidr("10.0.0.0/8").netmask(), ip("255.0.0.0"));
+        assert_eq!(cidr("192.0.2.0/27").netmask(), ip("255.255.255.224"));
+        assert_eq!(cidr("0.0.0.0/0").netmask(), ip("0.0.0.0"));
+        assert_eq!(cidr("2001:db8::/32").netmask(), ip("ffff:ffff::"));
+        assert_eq!(cidr("::1").netmask(), IpAddr::V6(Ipv6Addr::from(u128::MAX)));
+    }
+
+    #[test]
     fn cidr_rejects_bad_input() {
         assert_eq!("10.0.0.x".parse::<Cidr>(), Err(CidrError::BadAddress));
         assert_eq!("10.0.0.0/33".parse::<Cidr>(), Err(CidrError::BadPrefix));
