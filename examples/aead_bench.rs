@@ -22,7 +22,7 @@ use ctsync::wire::native::{self, AuthKey, NativeCodec};
 use ctsync::wire::{Codec, DatagramHeader, MessageRef};
 
 /// Build `msgs` into `buf` as the core does; the datagram's length.
-fn build(codec: &NativeCodec, msgs: &[MessageRef<'_>], seq: u32, buf: &mut [u8]) -> usize {
+fn build(codec: &mut NativeCodec, msgs: &[MessageRef<'_>], seq: u32, buf: &mut [u8]) -> usize {
     let mut at = codec.header_len();
     for m in msgs {
         at += codec.emit_message(m, seq, &mut buf[at..]).expect("fits");
@@ -48,7 +48,7 @@ fn main() {
     let secs: f64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1.0);
     let budget = Duration::from_secs_f64(secs);
     let key = || vec![AuthKey::new(1, vec![0x5c; native::MIN_KEY_LEN])];
-    let codecs = [
+    let mut codecs = [
         ("crc only", NativeCodec::insecure()),
         ("hmac-sha256", NativeCodec::with_keys(key())),
         ("chacha20-poly1305", NativeCodec::encrypting(key(), 1 << 32)),
@@ -75,7 +75,7 @@ fn main() {
     for (case, msgs) in cases {
         let flows_in = msgs.iter().filter(|m| matches!(m, MessageRef::FlowUpdate(_))).count();
         let mut base = None;
-        for (name, codec) in &codecs {
+        for (name, codec) in &mut codecs {
             let mut buf = [0u8; native::DEFAULT_MAX_DATAGRAM];
             let mut out = Vec::with_capacity(msgs.len());
             let build_ns = time(budget, |i| {

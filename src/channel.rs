@@ -18,19 +18,13 @@ use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// What kind of link.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkKind {
-    /// Unicast UDP to one peer.
-    Unicast { peer: IpAddr },
-    /// Multicast UDP to a group.
-    Multicast { group: IpAddr },
-}
+use crate::config::ChannelKind;
 
 /// One configured link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkSpec {
-    pub kind: LinkKind,
+    /// Transport and destination, as `sync.channels[i]` gives them.
+    pub kind: ChannelKind,
     /// Address to bind (and, for multicast, the interface address).
     pub local: Option<IpAddr>,
     /// Interface to bind to (`SO_BINDTODEVICE`) and whose state decides
@@ -269,8 +263,8 @@ impl Link {
             move |source| ChannelError { link: name, what, source }
         };
         let (remote, v6) = match spec.kind {
-            LinkKind::Unicast { peer } => (peer, peer.is_ipv6()),
-            LinkKind::Multicast { group } => (group, group.is_ipv6()),
+            ChannelKind::Udp { peer } => (peer, peer.is_ipv6()),
+            ChannelKind::Multicast { group } => (group, group.is_ipv6()),
         };
         let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
         let socket =
@@ -289,12 +283,12 @@ impl Link {
         let unspecified =
             if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
         let bind_addr = match spec.kind {
-            LinkKind::Unicast { .. } => spec.local.unwrap_or(unspecified),
+            ChannelKind::Udp { .. } => spec.local.unwrap_or(unspecified),
             // A multicast socket must be bound to the group (or the wildcard)
             // to receive it; binding to the group keeps unrelated unicast out.
-            LinkKind::Multicast { group } => group,
+            ChannelKind::Multicast { group } => group,
         };
-        if let LinkKind::Multicast { group } = spec.kind {
+        if let ChannelKind::Multicast { group } = spec.kind {
             match (group, spec.local) {
                 (IpAddr::V4(g), local) => {
                     let iface = match local {
@@ -359,18 +353,18 @@ impl Link {
 
     fn accepts_from(&self, from: SocketAddr) -> bool {
         match self.spec.kind {
-            LinkKind::Unicast { peer } => canonical(from.ip()) == canonical(peer),
+            ChannelKind::Udp { peer } => canonical(from.ip()) == canonical(peer),
             // Multicast members are not known in advance; the protocol's
             // session and (with a key) authentication decide.
-            LinkKind::Multicast { .. } => Some(from.ip()) != self.spec.local,
+            ChannelKind::Multicast { .. } => Some(from.ip()) != self.spec.local,
         }
     }
 }
 
 fn link_name(spec: &LinkSpec) -> String {
     let target = match spec.kind {
-        LinkKind::Unicast { peer } => format!("udp {peer}:{}", spec.port),
-        LinkKind::Multicast { group } => format!("multicast {group}:{}", spec.port),
+        ChannelKind::Udp { peer } => format!("udp {peer}:{}", spec.port),
+        ChannelKind::Multicast { group } => format!("multicast {group}:{}", spec.port),
     };
     match &spec.interface {
         Some(i) => format!("{target} dev {i}"),
@@ -422,7 +416,7 @@ mod tests {
 
     fn unicast(local: &str, peer: &str, port: u16) -> LinkSpec {
         LinkSpec {
-            kind: LinkKind::Unicast { peer: peer.parse().unwrap() },
+            kind: ChannelKind::Udp { peer: peer.parse().unwrap() },
             local: Some(local.parse().unwrap()),
             interface: None,
             port,

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::channel::{LinkKind, LinkSpec};
-use crate::config::{self, ChannelKind, Config};
+use crate::channel::LinkSpec;
+use crate::config::{self, Config};
 use crate::filter::Filter;
 use crate::ftfw::{Dialect, FtfwConfig};
 use crate::logging::{self, LogTarget};
@@ -31,7 +31,7 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
     for warning in &cfg.warnings {
         log::warn!("{warning}");
     }
-    if cfg.sync.wire == config::WireFormat::Conntrackd {
+    if cfg.sync.wire == Dialect::Conntrackd {
         log::warn!(
             "{}: speaking conntrackd's wire format, which is unauthenticated and unchecksummed: anyone who can send to the sync port can inject or delete flows; use a dedicated link",
             path.display()
@@ -51,7 +51,7 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
             }
         },
         config::SyncAuth::Insecure => {
-            if cfg.sync.wire == config::WireFormat::Native {
+            if cfg.sync.wire == Dialect::Native {
                 log::warn!(
                     "{}: sync.auth.insecure: the sync link is unauthenticated: anyone who can send to the sync port can inject or delete flows",
                     path.display()
@@ -123,10 +123,7 @@ fn daemon_config(
         .channels
         .iter()
         .map(|c| LinkSpec {
-            kind: match c.kind {
-                ChannelKind::Udp { peer } => LinkKind::Unicast { peer },
-                ChannelKind::Multicast { group } => LinkKind::Multicast { group },
-            },
+            kind: c.kind,
             local: Some(c.local),
             interface: c.interface.clone(),
             port: c.port,
@@ -146,18 +143,15 @@ fn daemon_config(
         rcvbuf_max: cfg.general.netlink.rcvbuf_max.get(),
         overrun_resync: cfg.general.netlink.overrun_resync,
         ftfw: FtfwConfig {
-            dialect: match sync.wire {
-                config::WireFormat::Native => Dialect::Native,
-                config::WireFormat::Conntrackd => Dialect::Conntrackd,
-            },
+            dialect: sync.wire,
             resend_queue: sync.resend_queue.get() as usize,
             ack_window: sync.ack_window.get(),
             alive_interval: sync.alive_interval,
             peer_timeout: sync.peer_timeout,
             max_datagram: match sync.wire {
-                config::WireFormat::Native => usize::from(sync.max_datagram),
+                Dialect::Native => usize::from(sync.max_datagram),
                 // conntrackd's own limit on a 1500-byte link.
-                config::WireFormat::Conntrackd => usize::from(sync.max_datagram)
+                Dialect::Conntrackd => usize::from(sync.max_datagram)
                     .min(crate::wire::conntrackd::DEFAULT_MAX_DATAGRAM),
             },
             max_seq_jump: sync.resend_queue.get(),
@@ -165,8 +159,8 @@ fn daemon_config(
             encrypt: sync.encrypt,
             // conntrackd has no digests to compare.
             anti_entropy_interval: match sync.wire {
-                config::WireFormat::Native => sync.anti_entropy_interval,
-                config::WireFormat::Conntrackd => std::time::Duration::ZERO,
+                Dialect::Native => sync.anti_entropy_interval,
+                Dialect::Conntrackd => std::time::Duration::ZERO,
             },
         },
         links,

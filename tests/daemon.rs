@@ -460,7 +460,7 @@ fn datagrams_with_a_wrong_key_are_dropped_as_bad_mac_and_sync_goes_on() {
     // Well-formed flow updates from the peer's own address, with the right
     // key id and CRC but another secret: what an attacker on the link can
     // make without the key.
-    let forger = NativeCodec::with_keys(vec![AuthKey::new(1, vec![0x5d; 32])]);
+    let mut forger = NativeCodec::with_keys(vec![AuthKey::new(1, vec![0x5d; 32])]);
     let forged: Vec<Vec<u8>> = (0..50u32)
         .map(|i| {
             let f = tcp_flow(1000 + i);
@@ -934,7 +934,7 @@ fn injected_forged_tampered_truncated_and_replayed_datagrams_are_refused_by_reas
     use ctsync::wire::native::{AuthKey, HEADER_LEN, MAC_LEN, NativeCodec, emit_message};
     use ctsync::wire::{Codec, DatagramHeader, Message, MessageRef};
     let mut pair = Pair::new("inject");
-    let real = NativeCodec::with_keys(vec![AuthKey::new(1, vec![0x5c; 32])]);
+    let mut real = NativeCodec::with_keys(vec![AuthKey::new(1, vec![0x5c; 32])]);
     pair.converge(0, Duration::from_secs(10));
 
     // Record the link while the first batch syncs, then destroy that batch:
@@ -961,7 +961,7 @@ fn injected_forged_tampered_truncated_and_replayed_datagrams_are_refused_by_reas
     pair.converge(0, Duration::from_secs(10));
 
     // Well-formed datagrams about flows fw1 never had.
-    let craft = |codec: &NativeCodec, i: u32| -> Vec<u8> {
+    let craft = |codec: &mut NativeCodec, i: u32| -> Vec<u8> {
         let f = tcp_flow(5000 + i);
         let mut buf = vec![0u8; 512];
         let end =
@@ -977,7 +977,7 @@ fn injected_forged_tampered_truncated_and_replayed_datagrams_are_refused_by_reas
         .unwrap();
     let forged: Vec<Vec<u8>> = (0..20)
         .map(|i| {
-            let mut d = craft(&real, i as u32);
+            let mut d = craft(&mut real, i as u32);
             let n = d.len();
             d[n - MAC_LEN..].copy_from_slice(&random[i * MAC_LEN..(i + 1) * MAC_LEN]);
             d
@@ -993,11 +993,11 @@ fn injected_forged_tampered_truncated_and_replayed_datagrams_are_refused_by_reas
             d
         })
         .collect();
-    let other_secret = NativeCodec::with_keys(vec![AuthKey::new(1, vec![0xa7; 32])]);
-    let other_id = NativeCodec::with_keys(vec![AuthKey::new(9, vec![0x5c; 32])]);
-    let wrong_secret: Vec<Vec<u8>> = (20..30).map(|i| craft(&other_secret, i)).collect();
-    let wrong_id: Vec<Vec<u8>> = (30..40).map(|i| craft(&other_id, i)).collect();
-    let unsigned: Vec<Vec<u8>> = (40..45).map(|i| craft(&NativeCodec::insecure(), i)).collect();
+    let mut other_secret = NativeCodec::with_keys(vec![AuthKey::new(1, vec![0xa7; 32])]);
+    let mut other_id = NativeCodec::with_keys(vec![AuthKey::new(9, vec![0x5c; 32])]);
+    let wrong_secret: Vec<Vec<u8>> = (20..30).map(|i| craft(&mut other_secret, i)).collect();
+    let wrong_id: Vec<Vec<u8>> = (30..40).map(|i| craft(&mut other_id, i)).collect();
+    let unsigned: Vec<Vec<u8>> = (40..45).map(|i| craft(&mut NativeCodec::insecure(), i)).collect();
     let truncated: Vec<Vec<u8>> =
         recorded.iter().flat_map(|d| [d[..d.len() - 1].to_vec(), d[..10].to_vec()]).collect();
 

@@ -34,8 +34,8 @@ fn check(data: &[u8]) {
     let msgs: Vec<Message> = out.into_iter().filter_map(|r| r.msg.ok()).collect();
     let refs: Vec<MessageRef<'_>> = msgs.iter().map(Message::as_ref).collect();
     let mut buf = vec![0u8; 65536];
-    for codec in [NativeCodec::insecure(), sealed] {
-        let Ok(n) = native::encode_with(&codec, &hdr, &refs, &mut buf) else { return };
+    for mut codec in [NativeCodec::insecure(), sealed] {
+        let Ok(n) = native::encode_with(&mut codec, &hdr, &refs, &mut buf) else { return };
         let mut again = Vec::new();
         let hdr2 =
             codec.decode_datagram(&buf[..n], &mut again).expect("re-encoded datagram decodes");

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use super::locate::Locations;
 use super::raw::{ChannelType, RawChannel, RawConfig, RawExpectations, Scalar};
-use super::{Config, ConfigError, Ctx, Position, SyslogFacility, WireFormat, convert};
+use super::{Config, ConfigError, Ctx, Dialect, Position, SyslogFacility, convert};
 
 /// conntrackd's compiled-in lock file.
 pub const DEFAULT_LOCK_FILE: &str = "/var/lock/conntrackd.lock";
@@ -164,7 +164,7 @@ impl<'a> Parser<'a> {
         raw.general.netlink.overrun_resync = Scalar::Int(30);
         raw.general.filter.ignore_loopback = false;
         raw.general.filter.ignore_sync_addresses = false;
-        raw.sync.wire = WireFormat::Conntrackd;
+        raw.sync.wire = Dialect::Conntrackd;
         raw.sync.commit_timeout = Scalar::Int(0);
         raw.sync.startup_resync = false;
         Parser {

@@ -20,6 +20,8 @@ mod locate;
 mod raw;
 mod value;
 
+pub use value::{Cidr, CidrError};
+
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::expect::ExpectSync;
-use crate::filter::Cidr;
+use crate::ftfw::Dialect;
 use locate::Locations;
 use raw::{ChannelType, RawChannel, RawConfig, RawLists, Scalar};
 
@@ -252,7 +254,7 @@ pub struct SyncConfig {
     /// The replication protocol.
     pub mode: SyncMode,
     /// The datagram format.
-    pub wire: WireFormat,
+    pub wire: Dialect,
     /// Messages kept for retransmission until acknowledged
     /// (`ResendQueueSize`).
     pub resend_queue: NonZeroU32,
@@ -394,17 +396,6 @@ pub enum SyncMode {
     /// conntrackd's reliable protocol: sequence numbers, ACK/NACK, resend.
     #[default]
     Ftfw,
-}
-
-/// Datagram formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WireFormat {
-    /// ctsync's own format.
-    #[default]
-    Native,
-    /// conntrackd 1.4's format, to run beside a conntrackd peer.
-    Conntrackd,
 }
 
 /// One link to the peer (`sync.channels[i]`).
@@ -761,17 +752,17 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         (Some(_), true, _) => {
             return Err(ctx.err("sync.auth", "key_file and insecure exclude each other"));
         }
-        (Some(_), false, WireFormat::Conntrackd) => {
+        (Some(_), false, Dialect::Conntrackd) => {
             return Err(ctx.err(
                 "sync.auth.key_file",
                 "conntrackd's wire format cannot be authenticated; remove key_file",
             ));
         }
-        (Some(f), false, WireFormat::Native) => {
+        (Some(f), false, Dialect::Native) => {
             SyncAuth::KeyFile(absolute(ctx, "sync.auth.key_file", f)?)
         }
-        (None, _, WireFormat::Conntrackd) | (None, true, WireFormat::Native) => SyncAuth::Insecure,
-        (None, false, WireFormat::Native) => {
+        (None, _, Dialect::Conntrackd) | (None, true, Dialect::Native) => SyncAuth::Insecure,
+        (None, false, Dialect::Native) => {
             return Err(ctx.err(
                 "sync.auth",
                 format!(
@@ -851,7 +842,7 @@ fn defer(ctx: &Ctx<'_>, s: &raw::RawSync) -> Result<Option<DeferConfig>, ConfigE
             ));
         }
     };
-    if s.wire == WireFormat::Conntrackd {
+    if s.wire == Dialect::Conntrackd {
         return Err(ctx.err(
             "sync.defer",
             "needs wire: native (conntrackd's format cannot ask the peer for a prompt ACK, so every packet would wait the whole timeout)",
@@ -1119,7 +1110,7 @@ fn unconvert(c: &Config) -> RawConfig {
                 },
                 SyncAuth::Insecure => raw::RawAuth {
                     key_file: None,
-                    insecure: s.wire == WireFormat::Native,
+                    insecure: s.wire == Dialect::Native,
                     encrypt: false,
                 },
             },

@@ -10,7 +10,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{LogLevel, LogTarget, SyncMode, SyslogFacility, WireFormat};
+use super::{Dialect, LogLevel, LogTarget, SyncMode, SyslogFacility};
 
 #[derive(Deserialize, Serialize, Default, Debug)]
 #[serde(deny_unknown_fields, default)]
@@ -111,7 +111,7 @@ pub(super) struct RawLists {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawSync {
     pub mode: SyncMode,
-    pub wire: WireFormat,
+    pub wire: Dialect,
     pub resend_queue: Scalar,
     pub ack_window: Scalar,
     pub alive_interval: Scalar,
@@ -170,7 +170,7 @@ impl Default for RawSync {
     fn default() -> Self {
         RawSync {
             mode: SyncMode::Ftfw,
-            wire: WireFormat::Native,
+            wire: Dialect::Native,
             resend_queue: Scalar::Int(131_072),
             ack_window: Scalar::Int(300),
             alive_interval: Scalar::Text("1s".into()),

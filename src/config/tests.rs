@@ -48,7 +48,7 @@ fn minimal_file_gets_the_documented_defaults() {
     assert_eq!(c.general.netlink.overrun_resync, Duration::from_secs(1));
     assert_eq!(c.general.filter, FilterConfig::default());
     assert_eq!(c.sync.mode, SyncMode::Ftfw);
-    assert_eq!(c.sync.wire, WireFormat::Native);
+    assert_eq!(c.sync.wire, Dialect::Native);
     assert_eq!(c.sync.resend_queue.get(), 131_072);
     assert_eq!(c.sync.ack_window.get(), 300);
     assert_eq!(c.sync.alive_interval, Duration::from_secs(1));

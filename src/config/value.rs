@@ -1,7 +1,10 @@
 //! Scalar syntaxes of the config file: durations, sizes, protocol names,
-//! TCP state names. Parsers return `None` or a message; the caller adds the
-//! key and position.
+//! TCP state names, and address prefixes ([`Cidr`]). Parsers return `None`
+//! or a message; the caller adds the key and position.
 
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 use std::time::Duration;
 
 use super::raw::Scalar;
@@ -138,6 +141,132 @@ pub(super) fn tcp_state(s: &str) -> Result<u8, String> {
         })
 }
 
+/// An IPv4 or IPv6 prefix, such as `10.0.0.0/8` or `fe80::/10`; a bare
+/// address is a host prefix.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix_len: u8,
+}
+
+impl Cidr {
+    /// The prefix `addr/prefix_len`, with the host bits cleared. A length
+    /// beyond the family's width is clamped to it.
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Cidr {
+        let (addr, prefix_len) = match addr {
+            IpAddr::V4(a) => {
+                let len = prefix_len.min(32);
+                (IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(len))), len)
+            }
+            IpAddr::V6(a) => {
+                let len = prefix_len.min(128);
+                (IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(len))), len)
+            }
+        };
+        Cidr { addr, prefix_len }
+    }
+
+    /// The prefix that holds only `addr`.
+    pub fn host(addr: IpAddr) -> Cidr {
+        Cidr::new(addr, if addr.is_ipv4() { 32 } else { 128 })
+    }
+
+    /// The network address (host bits zero).
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    /// The netmask: `prefix_len` leading one bits, in the family of the
+    /// address.
+    pub fn netmask(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(mask32(self.prefix_len))),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(mask128(self.prefix_len))),
+        }
+    }
+
+    /// True when `ip` lies in this prefix. IPv4 prefixes do not match
+    /// IPv4-mapped IPv6 addresses: conntrack keeps the two families apart.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                u32::from(ip) & mask32(self.prefix_len) == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                u128::from(ip) & mask128(self.prefix_len) == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Why a string is not a [`Cidr`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CidrError {
+    /// The part before `/` is not an IP address.
+    BadAddress,
+    /// The part after `/` is not a number within the family's width.
+    BadPrefix,
+    /// Bits are set beyond the prefix (`10.0.0.1/8`): probably a typo.
+    HostBitsSet,
+}
+
+impl fmt::Display for CidrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CidrError::BadAddress => "not an IPv4 or IPv6 address",
+            CidrError::BadPrefix => "prefix length must be 0-32 for IPv4, 0-128 for IPv6",
+            CidrError::HostBitsSet => "address has bits set beyond the prefix length",
+        })
+    }
+}
+
+impl std::error::Error for CidrError {}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(s: &str) -> Result<Cidr, CidrError> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| CidrError::BadAddress)?;
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => width,
+            Some(l) => match l.trim().parse::<u8>() {
+                Ok(n) if n <= width => n,
+                _ => return Err(CidrError::BadPrefix),
+            },
+        };
+        let cidr = Cidr::new(addr, len);
+        if cidr.addr != addr {
+            return Err(CidrError::HostBitsSet);
+        }
+        Ok(cidr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+fn mask32(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0)
+}
+
+fn mask128(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +328,46 @@ mod tests {
         assert_eq!(tcp_state("TIME_WAIT"), Ok(tcp_state::TIME_WAIT));
         assert!(tcp_state("NONE").is_err());
         assert!(tcp_state("OPEN").is_err());
+    }
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_parse_and_contains() {
+        let c = cidr("10.0.0.0/8");
+        assert!(c.contains("10.255.1.2".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(!c.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert_eq!(cidr("10.1.2.3"), Cidr::host("10.1.2.3".parse().unwrap()));
+        assert!(cidr("0.0.0.0/0").contains("1.2.3.4".parse().unwrap()));
+        let c6 = cidr("2001:db8::/32");
+        assert!(c6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!c6.contains("2001:db9::1".parse().unwrap()));
+        assert!(!c6.contains("10.0.0.1".parse().unwrap()));
+        assert!(cidr("::/0").contains("::1".parse().unwrap()));
+        assert_eq!(cidr("fe80::1/128").to_string(), "fe80::1/128");
+        assert_eq!(cidr("10.0.0.0/8").to_string(), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn cidr_netmask_has_prefix_len_leading_ones() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(cidr("10.0.0.0/8").netmask(), ip("255.0.0.0"));
+        assert_eq!(cidr("192.0.2.0/27").netmask(), ip("255.255.255.224"));
+        assert_eq!(cidr("0.0.0.0/0").netmask(), ip("0.0.0.0"));
+        assert_eq!(cidr("2001:db8::/32").netmask(), ip("ffff:ffff::"));
+        assert_eq!(cidr("::1").netmask(), IpAddr::V6(Ipv6Addr::from(u128::MAX)));
+    }
+
+    #[test]
+    fn cidr_rejects_bad_input() {
+        assert_eq!("10.0.0.x".parse::<Cidr>(), Err(CidrError::BadAddress));
+        assert_eq!("10.0.0.0/33".parse::<Cidr>(), Err(CidrError::BadPrefix));
+        assert_eq!("10.0.0.0/-1".parse::<Cidr>(), Err(CidrError::BadPrefix));
+        assert_eq!("::/129".parse::<Cidr>(), Err(CidrError::BadPrefix));
+        assert_eq!("10.0.0.1/8".parse::<Cidr>(), Err(CidrError::HostBitsSet));
+        assert_eq!("".parse::<Cidr>(), Err(CidrError::BadAddress));
     }
 }

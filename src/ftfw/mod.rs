@@ -40,11 +40,13 @@ use crate::expect::Expectation;
 use crate::flow::{Flow, FlowKey};
 use crate::wire::conntrackd::{self, ConntrackdCodec};
 use crate::wire::native::{self, NativeCodec};
-use crate::wire::{Codec, DatagramHeader, Message, MessageRef, Received, WireError};
+use crate::wire::{Codec, DatagramHeader, DialectCodec, Message, MessageRef, Received, WireError};
 use queues::{Front, Item, ResendQueue, TxQueue};
 
-/// Which protocol the core speaks (docs/PROTOCOL.md).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which protocol the core speaks (docs/PROTOCOL.md); the config's
+/// `sync.wire`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Dialect {
     /// ctsync's own format and rules.
     #[default]
@@ -346,7 +348,7 @@ enum Timer {
 /// The FTFW protocol core for one peer.
 pub struct Ftfw {
     cfg: FtfwConfig,
-    codec: Box<dyn Codec>,
+    codec: DialectCodec,
     session: u32,
     phase: PeerState,
     next_seq: Seq,
@@ -406,16 +408,16 @@ impl Ftfw {
     /// number `initial_seq` (random), speaking the format of
     /// `cfg.dialect`.
     pub fn new(cfg: FtfwConfig, session_id: u32, initial_seq: u32, now: Instant) -> Ftfw {
-        let codec: Box<dyn Codec> = match cfg.dialect {
+        let codec = match cfg.dialect {
             // The nonce counter starts at a random multiple of 2^32, so
             // that two starts with the same session id still do not meet
             // (docs/SECURITY.md, "Encryption").
-            Dialect::Native if cfg.encrypt => Box::new(NativeCodec::encrypting(
+            Dialect::Native if cfg.encrypt => DialectCodec::Native(NativeCodec::encrypting(
                 cfg.auth_keys.clone(),
                 u64::from(initial_seq) << 32,
             )),
-            Dialect::Native => Box::new(NativeCodec::with_keys(cfg.auth_keys.clone())),
-            Dialect::Conntrackd => Box::new(ConntrackdCodec),
+            Dialect::Native => DialectCodec::Native(NativeCodec::with_keys(cfg.auth_keys.clone())),
+            Dialect::Conntrackd => DialectCodec::Conntrackd(ConntrackdCodec),
         };
         Ftfw::with_codec(cfg, session_id, initial_seq, now, codec)
     }
@@ -425,21 +427,21 @@ impl Ftfw {
     /// what we send; every key is accepted. Returns false, changing
     /// nothing, for the conntrackd dialect, which has no authentication.
     pub fn set_auth_keys(&mut self, keys: Vec<native::AuthKey>) -> bool {
-        if self.cfg.dialect != Dialect::Native {
+        let DialectCodec::Native(codec) = &mut self.codec else {
             return false;
-        }
-        self.codec.set_auth_keys(keys.clone());
+        };
+        codec.set_auth_keys(keys.clone());
         self.cfg.auth_keys = keys;
         true
     }
 
-    /// As [`Ftfw::new`] with another datagram format.
+    /// As [`Ftfw::new`] with a codec the caller built.
     pub fn with_codec(
         cfg: FtfwConfig,
         session_id: u32,
         initial_seq: u32,
         now: Instant,
-        codec: Box<dyn Codec>,
+        codec: DialectCodec,
     ) -> Ftfw {
         let next_seq = Seq(initial_seq);
         let resend = ResendQueue::new(cfg.resend_queue, next_seq);

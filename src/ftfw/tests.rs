@@ -555,7 +555,7 @@ fn authenticated_cores_drop_forgeries_by_reason_and_go_on() {
     assert_eq!(a.peer_state(), PeerState::Established);
     assert_eq!(b.peer_state(), PeerState::Established);
     // Forgeries in b's session: wrong secret, unknown key id, no MAC.
-    let forge = |codec: NativeCodec, seq: u32| {
+    let forge = |mut codec: NativeCodec, seq: u32| {
         let f = flow(9);
         let mut buf = [0u8; 256];
         let at = native::HEADER_LEN

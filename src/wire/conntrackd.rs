@@ -255,7 +255,7 @@ impl Codec for ConntrackdCodec {
     }
 
     fn finish(
-        &self,
+        &mut self,
         hdr: &DatagramHeader,
         _count: u16,
         end: usize,
@@ -1183,7 +1183,7 @@ mod tests {
 
     #[test]
     fn control_messages_and_flags() {
-        let c = ConntrackdCodec;
+        let mut c = ConntrackdCodec;
         let mut buf = [0u8; 64];
         let a = c.emit_message(&MessageRef::Alive, 7, &mut buf).unwrap();
         let b = c.emit_message(&MessageRef::Ack { from: 3, to: 6 }, 8, &mut buf[a..]).unwrap();

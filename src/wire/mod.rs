@@ -261,7 +261,7 @@ pub struct MessageHeader {
     pub seq: u32,
 }
 
-/// A datagram format. The protocol core owns one as `Box<dyn Codec>`.
+/// A datagram format. The protocol core owns one as a [`DialectCodec`].
 ///
 /// Building a datagram: the core reserves [`Codec::header_len`] bytes and
 /// [`Codec::trailer_len`] bytes, emits messages one by one with
@@ -286,8 +286,10 @@ pub trait Codec: Send {
     ) -> Result<usize, WireError>;
     /// Write header and trailer around `count` messages that occupy
     /// `buf[header_len()..end]`; returns the datagram's total length.
+    /// Mutable because a codec may number what it sends (the encrypting
+    /// native codec's nonce counter).
     fn finish(
-        &self,
+        &mut self,
         hdr: &DatagramHeader,
         count: u16,
         end: usize,
@@ -299,10 +301,38 @@ pub trait Codec: Send {
     fn is_sequenced(&self, msg: &MessageRef<'_>) -> bool {
         msg.is_sequenced()
     }
-    /// Replace the authentication keys (a rotation), keeping whatever
-    /// else the codec holds (an encrypting codec's nonce counter must
-    /// never restart). Formats without authentication ignore it.
-    fn set_auth_keys(&mut self, _keys: Vec<native::AuthKey>) {}
+}
+
+/// The codec of one dialect, as the protocol core owns it: format-neutral
+/// through [`Codec`] (it dereferences to `dyn Codec`), while what only one
+/// format has, such as the native format's key rotation
+/// ([`native::NativeCodec::set_auth_keys`]), is reached by matching.
+#[derive(Debug)]
+pub enum DialectCodec {
+    /// ctsync's own format.
+    Native(native::NativeCodec),
+    /// conntrackd 1.4's format.
+    Conntrackd(conntrackd::ConntrackdCodec),
+}
+
+impl std::ops::Deref for DialectCodec {
+    type Target = dyn Codec;
+
+    fn deref(&self) -> &(dyn Codec + 'static) {
+        match self {
+            DialectCodec::Native(codec) => codec,
+            DialectCodec::Conntrackd(codec) => codec,
+        }
+    }
+}
+
+impl std::ops::DerefMut for DialectCodec {
+    fn deref_mut(&mut self) -> &mut (dyn Codec + 'static) {
+        match self {
+            DialectCodec::Native(codec) => codec,
+            DialectCodec::Conntrackd(codec) => codec,
+        }
+    }
 }
 
 /// Sequential big-endian writer over a buffer the caller sized beforehand

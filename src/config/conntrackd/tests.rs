@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
+use crate::config::Cidr;
 use crate::config::{ChannelKind, LogTarget, SyncMode, load};
-use crate::filter::Cidr;
 use crate::flow::{proto, tcp_state};
 
 const FILE: &str = "/etc/conntrackd/conntrackd.conf";
@@ -129,7 +129,7 @@ fn a_pair_is_mapped_field_by_field() {
     );
     let s = &c.sync;
     assert_eq!(s.mode, SyncMode::Ftfw);
-    assert_eq!(s.wire, WireFormat::Conntrackd);
+    assert_eq!(s.wire, Dialect::Conntrackd);
     assert_eq!(s.resend_queue.get(), 65_536);
     assert_eq!(s.ack_window.get(), 100);
     assert_eq!(s.commit_timeout, Some(Duration::from_secs(180)));
@@ -197,7 +197,7 @@ fn conntrackd_defaults_apply_where_the_file_is_silent() {
     assert_eq!(c.general.netlink.overrun_resync, Duration::from_secs(30));
     assert!(!c.general.netlink.reliable_events);
     assert_eq!(c.general.filter, crate::config::FilterConfig::accept_all());
-    assert_eq!(c.sync.wire, WireFormat::Conntrackd);
+    assert_eq!(c.sync.wire, Dialect::Conntrackd);
     assert_eq!(c.sync.commit_timeout, None);
     assert_eq!(c.sync.purge_timeout, Duration::from_secs(60));
     assert_eq!(c.sync.resend_queue.get(), 131_072);
