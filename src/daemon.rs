@@ -42,24 +42,19 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
             "--test-hooks: test-only control requests are honoured (they make the caches drift on purpose); never use this in production"
         );
     }
-    let auth_keys = match &cfg.sync.auth {
-        config::SyncAuth::KeyFile(file) => match config::load_key_file(file) {
-            Ok(keys) => keys,
-            Err(e) => {
-                log::error!("{e}");
-                return ExitCode::from(2);
-            }
-        },
-        config::SyncAuth::Insecure => {
-            if cfg.sync.wire == config::WireFormat::Native {
-                log::warn!(
-                    "{}: sync.auth.insecure: the sync link is unauthenticated: anyone who can send to the sync port can inject or delete flows",
-                    path.display()
-                );
-            }
-            Vec::new()
+    let auth_keys = match crate::check::keys(&cfg) {
+        Ok(keys) => keys,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(2);
         }
     };
+    if cfg.sync.auth == config::SyncAuth::Insecure && cfg.sync.wire == config::WireFormat::Native {
+        log::warn!(
+            "{}: sync.auth.insecure: the sync link is unauthenticated: anyone who can send to the sync port can inject or delete flows",
+            path.display()
+        );
+    }
     let control_gid = match &cfg.general.control_group {
         None => None,
         Some(name) => match nix::unistd::Group::from_name(name) {

@@ -837,6 +837,14 @@ impl<'a> Parser<'a> {
         let ctx = Ctx { file: self.file, locations: &Locations::default() };
         let mut config = convert(&self.raw, &ctx).map_err(|e| self.locate(e))?;
         config.warnings = self.warnings;
+        config.origins = super::Origins {
+            file: self.file.to_owned(),
+            entries: self
+                .places
+                .into_iter()
+                .map(|p| (p.path, super::Origin { position: p.pos, keyword: Some(p.keyword) }))
+                .collect(),
+        };
         Ok(config)
     }
 

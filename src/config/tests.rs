@@ -353,7 +353,7 @@ fn metrics_listen_is_an_address_with_a_port() {
 #[test]
 fn native_wire_needs_a_key_or_an_explicit_insecure() {
     let bare = "sync:\n  channels:\n    - { local: 10.0.0.1, peer: 10.0.0.2 }\n";
-    assert_err(bare, "sync.auth", Some(1), "head -c 32 /dev/urandom | xxd -p -c 64");
+    assert_err(bare, "sync.auth", Some(1), "ctsyncd --gen-key /etc/ctsync/sync.key");
     let keyed = "sync:\n  auth: { key_file: /etc/ctsync/sync.key }\n  channels:\n    - { local: \
                  10.0.0.1, peer: 10.0.0.2 }\n";
     assert_eq!(parse(keyed).unwrap().sync.auth, SyncAuth::KeyFile("/etc/ctsync/sync.key".into()));
