@@ -208,7 +208,10 @@ struct Args {
     )]
     dump_external: Option<Option<Table>>,
 
-    /// Re-read the configuration file.
+    /// Make the running daemon re-read its sync key file
+    /// (sync.auth.key_file), to rotate keys without a restart; as SIGHUP
+    /// does. Nothing else is re-read: any other change to the
+    /// configuration needs a restart.
     #[arg(long = "reload")]
     reload: bool,
 

@@ -760,6 +760,37 @@ fn a_key_rotation_by_reload_keeps_sync_going() {
     pair.converge(0, Duration::from_secs(10));
 }
 
+/// SIGHUP and `--reload` re-read the key file (and only it), each on its
+/// own: fw1 is told by signal, fw2 by the CLI. Between the two, fw1 signs
+/// with a key fw2 does not know yet, so the drop counter shows that the
+/// signal really changed fw1's keys.
+#[test]
+fn sighup_and_the_reload_flag_each_re_read_a_changed_key() {
+    let pair = Pair::new("hup");
+    pair.commit_flows(0, (0..10).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+    let key = pair.dir.join("sync.key");
+    std::fs::write(&key, format!("3 {}\n", "e1".repeat(32))).unwrap();
+    let fw1 = pair.daemons[0].as_ref().unwrap().id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(fw1 as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(5), || pair.log(0).contains("sending with key 3, accepting 3"))
+        .unwrap_or_else(|| panic!("fw1 did not reload on SIGHUP: {}", pair.log(0)));
+    pair.commit_flows(0, (10..20).map(tcp_flow).collect());
+    wait_for(Duration::from_secs(5), || {
+        let stats: serde_json::Value =
+            serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
+        protocol_counter(&stats, "drop_unknown_key") > 0
+    })
+    .unwrap_or_else(|| panic!("fw2 accepted fw1's datagrams signed with a key it lacks"));
+    let out = pair.cli_ok(1, &["--reload"]);
+    assert!(out.contains("sending with key 3, accepting 3"), "{out}");
+    pair.converge(0, Duration::from_secs(10));
+}
+
 /// The drift test: fw2 drops fw1's flow messages for a while
 /// (`--test-hooks`), so its external cache misses new flows, keeps stale
 /// states and flows fw1 no longer has. The digests must find it within the
