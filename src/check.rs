@@ -72,6 +72,80 @@ pub fn environment(cfg: &Config) -> Vec<ConfigError> {
     problems
 }
 
+/// A directory the daemon must write in is not usable.
+#[derive(Debug)]
+pub enum PathProblem {
+    /// Read-only or forbidden: the operator must change the path or the
+    /// unit (exit status 2, which the unit does not restart).
+    Config(ConfigError),
+    /// Missing, e.g. a file system not mounted yet: a restart may find it
+    /// (exit status 1, which the unit restarts).
+    Missing(ConfigError),
+}
+
+/// Make sure the daemon can write its lock file, control socket and log
+/// file, before it opens them: the lock file's and control socket's
+/// directories are created (with their parents), a log file's directory
+/// one level only. Errors point at the line that set the path and say
+/// what to change.
+pub fn prepare_paths(cfg: &Config) -> Result<(), PathProblem> {
+    let g = &cfg.general;
+    let mut paths = vec![
+        ("general.lock_file", &g.lock_file, true),
+        ("general.control_socket", &g.control_socket, true),
+    ];
+    if g.log.target == config::LogTarget::File
+        && let Some(file) = &g.log.file
+    {
+        paths.push(("general.log.file", file, false));
+    }
+    for (key, path, create_parents) in paths {
+        let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+            continue;
+        };
+        let made = if create_parents { std::fs::create_dir_all(dir) } else { make_dir(dir) };
+        let result = made.and_then(|()| {
+            nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).map_err(std::io::Error::from)
+        });
+        if let Err(e) = result {
+            let shown = dir.display();
+            return Err(match e.kind() {
+                std::io::ErrorKind::NotFound => PathProblem::Missing(cfg.error_at(
+                    key,
+                    format!(
+                        "{}: no directory {shown} (nor its parent): create it, or mount what holds it; exiting with status 1 so that systemd tries again",
+                        path.display()
+                    ),
+                )),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                    PathProblem::Config(cfg.error_at(
+                        key,
+                        format!(
+                            "{}: cannot write in {shown}: {e}; under the packaged unit \
+                             (ProtectSystem=strict) only {} and {} are writable: use a path \
+                             there, or allow this directory with a drop-in \
+                             (`systemctl edit ctsyncd`: `[Service]` then `ReadWritePaths={shown}`)",
+                            path.display(),
+                            config::conntrackd::RUNTIME_DIR,
+                            config::conntrackd::LOG_DIR,
+                        ),
+                    ))
+                }
+                _ => PathProblem::Missing(cfg.error_at(key, format!("{}: cannot use {shown}: {e}", path.display()))),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Create `dir` if it is missing, but not its parents.
+fn make_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
 /// What the daemon would run with, in a few lines: the file, the key, each
 /// channel, the sockets and the log.
 pub fn summary(cfg: &Config, keys: &[AuthKey]) -> String {
@@ -246,6 +320,32 @@ mod tests {
             ],
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn runtime_directories_are_made_and_a_missing_log_directory_names_its_line() {
+        let dir = temp_dir("paths");
+        let text = |log: &str| {
+            format!(
+                "General {{\n  LockFile {d}/run/c.lock\n  UNIX {{ Path {d}/run/c.ctl }}\n  LogFile {log}\n}}\n\
+                 Sync {{\n  Mode FTFW {{ }}\n  UDP {{ IPv4_address 127.0.0.1 IPv4_Destination_Address 127.0.0.2 }}\n}}\n",
+                d = dir.display()
+            )
+        };
+        let cfg = |log: &str| config::from_str(&text(log), Path::new("/c.conf")).unwrap();
+        // The runtime directory is made; the log directory one level only.
+        prepare_paths(&cfg(&format!("{}/log/c.log", dir.display()))).unwrap();
+        assert!(dir.join("run").is_dir() && dir.join("log").is_dir());
+        match prepare_paths(&cfg(&format!("{}/not/mounted/c.log", dir.display()))) {
+            Err(PathProblem::Missing(e)) => {
+                assert_eq!(e.line(), Some(4), "{e}");
+                assert!(e.to_string().contains("LogFile (general.log.file)"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A read-only directory (the packaged unit's view) is a config error:
+        // tests/install.rs starts the daemon under such mounts.
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -24,9 +24,27 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match crate::check::prepare_paths(&cfg) {
+        Ok(()) => {}
+        Err(crate::check::PathProblem::Config(e)) => {
+            eprintln!("ctsyncd: {e}");
+            return ExitCode::from(2);
+        }
+        Err(crate::check::PathProblem::Missing(e)) => {
+            eprintln!("ctsyncd: {e}");
+            return ExitCode::from(1);
+        }
+    }
     if let Err(e) = logging::init(&log_target(&cfg), log_level(&cfg)) {
         eprintln!("ctsyncd: cannot open the log: {e}");
-        return ExitCode::from(2);
+        // A directory that appeared or a disk that filled may let the next
+        // start succeed: only a path the operator must change is final.
+        return match e.kind() {
+            std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                ExitCode::from(2)
+            }
+            _ => ExitCode::from(1),
+        };
     }
     for warning in &cfg.warnings {
         log::warn!("{warning}");

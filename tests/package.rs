@@ -110,6 +110,8 @@ fn unit_file_passes_systemd_analyze_verify() {
         "RuntimeDirectory=ctsync",
         // A stopped daemon's ready file keeps its 1 (docs/keepalived.md).
         "RuntimeDirectoryPreserve=yes",
+        // Where conntrackd.conf's /var/log files move (docs/migrating-from-conntrackd.md).
+        "LogsDirectory=ctsync",
         "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
         "ProtectSystem=strict",
         "ProtectHome=yes",
