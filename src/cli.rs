@@ -49,8 +49,8 @@ pub enum Invocation {
         /// Ask for JSON instead of text.
         json: bool,
     },
-    /// Print the effective configuration as YAML and exit; fails like
-    /// [`Invocation::Check`].
+    /// Print the effective configuration as YAML and exit; fails if the
+    /// file or its key file does not load.
     PrintConfig {
         /// The configuration file.
         config: PathBuf,
@@ -238,8 +238,9 @@ struct Args {
     #[arg(long = "json")]
     json: bool,
 
-    /// Print the effective configuration as YAML and exit (2 on an error,
-    /// with the same checks as --check).
+    /// Print the effective configuration as YAML and exit; 2 if the file
+    /// or its key file does not load (--check also checks interfaces and
+    /// addresses).
     #[arg(long = "print-config")]
     print_config: bool,
 

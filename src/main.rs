@@ -28,7 +28,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Invocation::PrintConfig { config } => match checked(&config) {
+        Invocation::PrintConfig { config } => match loaded_with_keys(&config) {
             Ok((cfg, _)) => {
                 print!("{}", cfg.to_yaml());
                 ExitCode::SUCCESS
@@ -56,6 +56,21 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Load the configuration and its key file (not the interfaces and
+/// addresses, so that a file can be printed on another host); on a
+/// problem, print it and give exit status 2.
+fn loaded_with_keys(
+    path: &std::path::Path,
+) -> Result<(config::Config, Vec<ctsync::wire::native::AuthKey>), ExitCode> {
+    let fail = |e: config::ConfigError| {
+        eprintln!("ctsyncd: {e}");
+        ExitCode::from(2)
+    };
+    let cfg = config::load(path).map_err(fail)?;
+    let keys = check::keys(&cfg).map_err(fail)?;
+    Ok((cfg, keys))
 }
 
 /// Load the configuration and check what it names; on a problem, print one

@@ -510,6 +510,44 @@ fn an_unprivileged_client_is_refused_even_if_the_socket_mode_lets_it_in() {
     assert_eq!(stats["runtime"]["control_refused"].as_u64(), Some(1), "{stats:#}");
 }
 
+/// The first run of the issue: a missing key file passed --print-config and
+/// stopped the start with a bare "cannot read". Now --check, --print-config
+/// and the start each exit 2 naming the config line, the key and the path,
+/// and say how to make the key; after --gen-key, --check passes.
+#[test]
+fn a_missing_key_file_is_named_with_its_line_by_check_print_config_and_the_start() {
+    let dir = std::env::temp_dir().join(format!("ctsync-nokey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("sync.key");
+    let cfg = dir.join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "general:\n  lock_file: {d}/l.lock\n  control_socket: {d}/c.sock\nsync:\n  auth:\n    key_file: {k}\n  channels:\n    - {{ local: 127.0.0.1, peer: 127.0.0.2 }}\n",
+            d = dir.display(),
+            k = key.display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for args in [&["--check"][..], &["--print-config"], &[]] {
+        let out = Command::new(BIN).args(["-C", cfg]).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("c.yaml:6:15: sync.auth.key_file: {}", key.display())),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(&format!("ctsyncd --gen-key {}", key.display())), "{args:?}: {err}");
+    }
+    let out = Command::new(BIN).args(["--gen-key", key.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success());
+    let out = Command::new(BIN).args(["-C", cfg, "--check"]).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signing with key 1"));
+}
+
 #[test]
 fn a_key_file_others_can_read_is_refused_at_start() {
     let dir = std::env::temp_dir().join(format!("ctsync-keymode-{}", std::process::id()));
