@@ -67,6 +67,18 @@ fn minimal_file_gets_the_documented_defaults() {
     assert_eq!((ch.interface.as_deref(), ch.sndbuf, ch.rcvbuf), (None, None, None));
 }
 
+/// docs/keepalived.md gives fw1's configuration; it must be accepted as
+/// written (it once lacked `sync.auth`).
+#[test]
+fn the_keepalived_guides_configuration_is_valid() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/keepalived.md"))
+            .unwrap();
+    let block = doc.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    let c = parse(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+    assert_eq!(c.sync.auth, SyncAuth::KeyFile("/etc/ctsync/sync.key".into()));
+}
+
 #[test]
 fn example_files_are_valid_and_mirror_each_other() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
