@@ -6,7 +6,10 @@
 //! the daemon will use them, so that `--check` passing means the start
 //! will not fail on them. Each problem is a [`ConfigError`] pointing at the
 //! line that names the thing. [`gen_key`] writes a key file the daemon
-//! accepts, without tools a minimal system may lack.
+//! accepts, without tools a minimal system may lack. [`prepare_paths`] is
+//! the start-up check of the directories the daemon writes in, which tells
+//! a path the operator must change (exit status 2) from a directory that
+//! may still appear (exit status 1, which the unit restarts).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
