@@ -72,6 +72,10 @@ fn readme_install_steps_bring_a_pair_into_sync() {
     }
     assert_eq!(lab.daemons.len(), 2, "the README never starts the daemon: {steps:?}");
     lab.assert_in_sync("-C /etc/ctsync/ctsyncd.yaml");
+    // `systemctl reload ctsyncd` runs the unit's ExecReload= line.
+    let reload = unit_line(&lab.fw[1], "ExecReload=");
+    let out = lab.fw[1].sh_ok(reload.strip_prefix("ExecReload=").unwrap());
+    assert!(out.contains("reloaded the sync keys from /etc/ctsync/sync.key"), "{out}");
 }
 
 #[test]
@@ -109,6 +113,15 @@ fn debians_example_conntrackd_conf_syncs_under_the_packaged_unit() {
     assert_eq!(exec_start, "ExecStart=/usr/sbin/ctsyncd -C /etc/conntrackd/conntrackd.conf");
     lab.start_both(&exec_start);
     lab.assert_in_sync("-C /etc/conntrackd/conntrackd.conf");
+    // The drop-in's ExecReload= reaches the daemon (conntrackd's format has
+    // no key to reload).
+    let reload = guide
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("ExecReload=/"))
+        .expect("the guide gives the drop-in's ExecReload");
+    let out = lab.fw[1].sh_ok(reload.strip_prefix("ExecReload=").unwrap());
+    assert!(out.contains("nothing to reload"), "{out}");
     // `LogFile on` writes where the unit lets it.
     let log = lab.fw[1].sh_ok("cat /var/log/ctsync/conntrackd.log");
     assert!(!log.is_empty(), "nothing in /var/log/ctsync/conntrackd.log");
