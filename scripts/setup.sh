@@ -4,7 +4,7 @@
 #   scripts/setup.sh          everything the tests need (scripts/test.sh, .ci/run):
 #                             the demo's packages plus conntrackd, keepalived,
 #                             tcpdump, vsftpd, iptables, the packaging tools,
-#                             cargo-nextest and cargo-fuzz
+#                             cargo-deb, cargo-nextest and cargo-fuzz
 #   scripts/setup.sh demo     only what scripts/demo.sh needs: iproute2,
 #                             nftables, conntrack, socat, a C linker and a
 #                             Rust toolchain (no cargo tool is compiled)
@@ -47,6 +47,11 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # scripts/test.sh falls back to cargo test only if this install fails.
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest || echo "cargo-nextest could not be installed: tests run with cargo test" >&2
+fi
+# The package (scripts/package.sh) and the tests that install it
+# (tests/package.rs, tests/install.rs) need cargo-deb.
+if ! cargo deb --version >/dev/null 2>&1; then
+  cargo install --locked cargo-deb || echo "cargo-deb could not be installed: the package tests will be skipped" >&2
 fi
 # Fuzzing (scripts/fuzz.sh) needs cargo-fuzz, and a nightly toolchain to run.
 if ! cargo fuzz --version >/dev/null 2>&1; then
