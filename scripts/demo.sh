@@ -6,7 +6,7 @@
 # on fw2 and shows the flows in fw2's kernel. Removes everything it made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh demo
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --quiet
 BIN=$PWD/target/release/ctsyncd
@@ -62,7 +62,7 @@ table inet demo {
 NFT
 
 step "ctsyncd on fw1 and fw2, sharing a key that authenticates the sync link"
-(umask 077; echo "1 $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$WORK/sync.key")
+"$BIN" --gen-key "$WORK/sync.key" >/dev/null
 for n in 1 2; do
     peer=$((3 - n))
     cat >"$WORK/fw$n.yaml" <<YAML

@@ -49,10 +49,24 @@ pub enum Invocation {
         /// Ask for JSON instead of text.
         json: bool,
     },
-    /// Print the effective configuration as YAML and exit.
+    /// Print the effective configuration as YAML and exit; fails if the
+    /// file or its key file does not load.
     PrintConfig {
         /// The configuration file.
         config: PathBuf,
+    },
+    /// Check the configuration and what it names (key file, interfaces,
+    /// addresses), print what the daemon would run with, and exit.
+    Check {
+        /// The configuration file.
+        config: PathBuf,
+    },
+    /// Write a new random sync key to a file with mode 0600, and exit.
+    GenKey {
+        /// The key file to write.
+        file: PathBuf,
+        /// Replace an existing file.
+        force: bool,
     },
 }
 
@@ -95,7 +109,9 @@ enum Table {
         Without a client action, runs the daemon (in the foreground unless -d).\n\
         With one, sends it to the running daemon and prints the answer.",
     disable_version_flag = true,
-    after_help = "Examples:\n  ctsyncd -C /etc/ctsync/ctsyncd.yaml -d   run the daemon\n  \
+    after_help = "Examples:\n  ctsyncd --gen-key /etc/ctsync/sync.key    make the sync key (copy it to the peer)\n  \
+        ctsyncd --check                           check the configuration before starting\n  \
+        ctsyncd -C /etc/ctsync/ctsyncd.yaml -d   run the daemon\n  \
         ctsyncd -c                                commit the external cache (on failover)\n  \
         ctsyncd --check-ready                     exit 0 if this node may take over (keepalived)\n  \
         ctsyncd -s cache --json                   cache statistics as JSON"
@@ -192,7 +208,10 @@ struct Args {
     )]
     dump_external: Option<Option<Table>>,
 
-    /// Re-read the configuration file.
+    /// Make the running daemon re-read its sync key file
+    /// (sync.auth.key_file), to rotate keys without a restart; as SIGHUP
+    /// does. Nothing else is re-read: any other change to the
+    /// configuration needs a restart.
     #[arg(long = "reload")]
     reload: bool,
 
@@ -219,9 +238,27 @@ struct Args {
     #[arg(long = "json")]
     json: bool,
 
-    /// Print the effective configuration as YAML and exit.
+    /// Print the effective configuration as YAML and exit; 2 if the file
+    /// or its key file does not load (--check also checks interfaces and
+    /// addresses).
     #[arg(long = "print-config")]
     print_config: bool,
+
+    /// Check the configuration and everything it names (key file: exists,
+    /// owner root, mode 0600, length; interfaces; local addresses), print
+    /// what the daemon would run with, and exit: 0 if fine, 2 with one line
+    /// per problem (file, line, key) if not.
+    #[arg(long = "check")]
+    check: bool,
+
+    /// Write a new random sync key to FILE (mode 0600) and exit; copy the
+    /// file to the peer. An existing FILE is kept unless --force.
+    #[arg(long = "gen-key", value_name = "FILE")]
+    gen_key: Option<PathBuf>,
+
+    /// With --gen-key: replace an existing key file.
+    #[arg(long = "force", requires = "gen_key")]
+    force: bool,
 
     /// Print the version.
     #[arg(short = 'v', long = "version", action = ArgAction::Version)]
@@ -310,6 +347,31 @@ impl Args {
         );
         if self.json && !json_ok {
             return Err(invalid("Invalid parameters: --json goes with -s, -i or -e".into()));
+        }
+        let mut standalone: Vec<&str> = Vec::new();
+        if self.check {
+            standalone.push("--check");
+        }
+        if self.gen_key.is_some() {
+            standalone.push("--gen-key");
+        }
+        if let Some(&flag) = standalone.first() {
+            let other = actions
+                .first()
+                .map(|(f, _)| *f)
+                .or(self.daemon.then_some("-d"))
+                .or(self.print_config.then_some("--print-config"))
+                .or(standalone.get(1).copied())
+                .or(self.test_hooks.then_some("--test-hooks"));
+            if let Some(other) = other {
+                return Err(invalid(format!(
+                    "Invalid parameters: {flag} cannot be combined with {other}"
+                )));
+            }
+            return Ok(match self.gen_key {
+                Some(file) => Invocation::GenKey { file, force: self.force },
+                None => Invocation::Check { config: self.config },
+            });
         }
         match (actions.as_slice(), self.daemon, self.print_config) {
             ([], false, true) => Ok(Invocation::PrintConfig { config: self.config }),
@@ -571,6 +633,27 @@ mod tests {
         fails("-R expect", "together with their flows");
         fails("-q", "unexpected argument");
         fails("-C", "a value is required");
+    }
+
+    #[test]
+    fn check_and_gen_key_run_alone() {
+        assert_eq!(
+            run("-C /x.yaml --check").unwrap(),
+            Invocation::Check { config: "/x.yaml".into() }
+        );
+        assert_eq!(
+            run("--gen-key /k").unwrap(),
+            Invocation::GenKey { file: "/k".into(), force: false }
+        );
+        assert_eq!(
+            run("--gen-key /k --force").unwrap(),
+            Invocation::GenKey { file: "/k".into(), force: true }
+        );
+        fails("--check -d", "--check cannot be combined with -d");
+        fails("--check -c", "--check cannot be combined with -c");
+        fails("--check --print-config", "--check cannot be combined with --print-config");
+        fails("--check --gen-key /k", "--check cannot be combined with --gen-key");
+        fails("--force", "--gen-key");
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub enum Request {
     DumpExternal,
     /// `-i expect` / `-e expect`: dump a cache's expectations.
     DumpExpectations(CacheSel),
-    /// Re-read the configuration file.
+    /// Re-read the sync key file (and nothing else).
     Reload,
     /// `--check-ready`: succeed only if this node holds the peer's complete
     /// table. keepalived runs it as a `vrrp_script`: a daemon that is

@@ -24,9 +24,27 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match crate::check::prepare_paths(&cfg) {
+        Ok(()) => {}
+        Err(crate::check::PathProblem::Config(e)) => {
+            eprintln!("ctsyncd: {e}");
+            return ExitCode::from(2);
+        }
+        Err(crate::check::PathProblem::Missing(e)) => {
+            eprintln!("ctsyncd: {e}");
+            return ExitCode::from(1);
+        }
+    }
     if let Err(e) = logging::init(&log_target(&cfg), log_level(&cfg)) {
         eprintln!("ctsyncd: cannot open the log: {e}");
-        return ExitCode::from(2);
+        // A directory that appeared or a disk that filled may let the next
+        // start succeed: only a path the operator must change is final.
+        return match e.kind() {
+            std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                ExitCode::from(2)
+            }
+            _ => ExitCode::from(1),
+        };
     }
     for warning in &cfg.warnings {
         log::warn!("{warning}");
@@ -42,24 +60,19 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
             "--test-hooks: test-only control requests are honoured (they make the caches drift on purpose); never use this in production"
         );
     }
-    let auth_keys = match &cfg.sync.auth {
-        config::SyncAuth::KeyFile(file) => match config::load_key_file(file) {
-            Ok(keys) => keys,
-            Err(e) => {
-                log::error!("{e}");
-                return ExitCode::from(2);
-            }
-        },
-        config::SyncAuth::Insecure => {
-            if cfg.sync.wire == Dialect::Native {
-                log::warn!(
-                    "{}: sync.auth.insecure: the sync link is unauthenticated: anyone who can send to the sync port can inject or delete flows",
-                    path.display()
-                );
-            }
-            Vec::new()
+    let auth_keys = match crate::check::keys(&cfg) {
+        Ok(keys) => keys,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(2);
         }
     };
+    if cfg.sync.auth == config::SyncAuth::Insecure && cfg.sync.wire == Dialect::Native {
+        log::warn!(
+            "{}: sync.auth.insecure: the sync link is unauthenticated: anyone who can send to the sync port can inject or delete flows",
+            path.display()
+        );
+    }
     let control_gid = match &cfg.general.control_group {
         None => None,
         Some(name) => match nix::unistd::Group::from_name(name) {

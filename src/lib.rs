@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod channel;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -1051,11 +1051,22 @@ impl Daemon {
         }
     }
 
-    /// Re-read the sync key file: a rotation without dropping sync. On any
-    /// error the keys in use stay.
+    /// Re-read the sync key file (`sync.auth.key_file`, at the path the
+    /// daemon started with): a rotation without dropping sync. Nothing else
+    /// is re-read; on any error the keys in use stay. systemd hears
+    /// `RELOADING=1` before and `READY=1` after.
     fn reload(&mut self) -> Result<String, String> {
+        systemd::notify_reloading();
+        let result = self.reload_keys();
+        systemd::notify_reloaded();
+        result
+    }
+
+    fn reload_keys(&mut self) -> Result<String, String> {
         let Some(file) = self.cfg.key_file.clone() else {
-            return Ok("no key file configured: nothing to reload".into());
+            return Ok(
+                "no key file configured: nothing to reload (other settings need a restart)".into()
+            );
         };
         let keys = crate::config::load_key_file(&file)
             .map_err(|e| format!("key reload failed, keeping the current keys: {e}"))?;

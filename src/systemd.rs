@@ -18,6 +18,22 @@ pub fn notify_status(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Status(status)]);
 }
 
+/// Tell systemd a reload has begun (`RELOADING=1` with the
+/// `MONOTONIC_USEC=` that systemd 253 and later require beside it).
+pub fn notify_reloading() {
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    let _ = sd_notify::notify(&states);
+}
+
+/// Tell systemd a reload is over, whether it changed anything or not: the
+/// daemon runs on.
+pub fn notify_reloaded() {
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
+}
+
 /// Tell systemd we are stopping.
 pub fn notify_stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);

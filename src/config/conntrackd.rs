@@ -28,6 +28,28 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/var/run/conntrackd.ctl";
 /// The file `LogFile on` writes to.
 pub const DEFAULT_LOG_FILE: &str = "/var/log/conntrackd.log";
 
+/// Where ctsyncd keeps its runtime files (the unit's `RuntimeDirectory`).
+pub const RUNTIME_DIR: &str = "/run/ctsync";
+/// Where ctsyncd keeps a log file (the unit's `LogsDirectory`).
+pub const LOG_DIR: &str = "/var/log/ctsync";
+
+/// A conntrackd path directly in `/var/lock`, `/run/lock`, `/var/run` or
+/// `/run` moved to [`RUNTIME_DIR`], one directly in `/var/log` moved to
+/// [`LOG_DIR`], under the same file name; any other path as written.
+pub fn writable_path(path: &str) -> String {
+    let Some((dir, name)) = path.rsplit_once('/') else {
+        return path.to_owned();
+    };
+    if name.is_empty() || name == "." || name == ".." {
+        return path.to_owned();
+    }
+    match dir.trim_end_matches('/') {
+        "/var/lock" | "/run/lock" | "/var/run" | "/run" => format!("{RUNTIME_DIR}/{name}"),
+        "/var/log" => format!("{LOG_DIR}/{name}"),
+        _ => path.to_owned(),
+    }
+}
+
 /// Whether `text` looks like conntrackd.conf rather than YAML: its first
 /// word (comments and blank lines aside) is a bare keyword followed by `{`,
 /// as in `General {` or `Sync {`. YAML puts a `:` after its first key.
@@ -832,11 +854,20 @@ impl<'a> Parser<'a> {
             ));
         }
         self.apply_log();
+        self.apply_writable_paths();
         self.apply_rcvbuf_max();
         self.order_channels();
         let ctx = Ctx { file: self.file, locations: &Locations::default() };
         let mut config = convert(&self.raw, &ctx).map_err(|e| self.locate(e))?;
         config.warnings = self.warnings;
+        config.origins = super::Origins {
+            file: self.file.to_owned(),
+            entries: self
+                .places
+                .into_iter()
+                .map(|p| (p.path, super::Origin { position: p.pos, keyword: Some(p.keyword) }))
+                .collect(),
+        };
         Ok(config)
     }
 
@@ -859,6 +890,21 @@ impl<'a> Parser<'a> {
                 self.place("general.log.target", "Syslog", at);
             }
             (None, None) => {}
+        }
+    }
+
+    /// conntrackd keeps its lock file, control socket and log in
+    /// `/var/lock`, `/var/run` and `/var/log`, which the packaged unit
+    /// (`ProtectSystem=strict`) cannot write: a file directly in one of them
+    /// moves, under the same name, to `/run/ctsync` (the unit's
+    /// `RuntimeDirectory`) or `/var/log/ctsync` (its `LogsDirectory`).
+    /// Daemon and client read the file the same way, so they still meet.
+    fn apply_writable_paths(&mut self) {
+        let general = &mut self.raw.general;
+        general.lock_file = writable_path(&general.lock_file);
+        general.control_socket = writable_path(&general.control_socket);
+        if let Some(file) = &mut general.log.file {
+            *file = writable_path(file);
         }
     }
 

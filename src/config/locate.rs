@@ -54,6 +54,11 @@ impl Locations {
         self.entries.iter().find(|e| e.path == path).map(|e| e.key)
     }
 
+    /// Every key path and where its value starts, in document order.
+    pub(super) fn values(&self) -> impl Iterator<Item = (&str, Position)> {
+        self.entries.iter().map(|e| (e.path.as_str(), e.value))
+    }
+
     /// The innermost key whose entry starts at or before `pos`: the key an
     /// error at `pos` is about.
     pub(super) fn path_at(&self, pos: Position) -> Option<&str> {

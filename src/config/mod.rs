@@ -61,7 +61,15 @@ pub fn from_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     } else {
         serde_saphyr::from_str(text).map_err(|e| ctx.yaml_error(&e))?
     };
-    convert(&raw, &ctx)
+    let mut config = convert(&raw, &ctx)?;
+    config.origins = Origins {
+        file: origin.to_owned(),
+        entries: locations
+            .values()
+            .map(|(path, position)| (path.to_owned(), Origin { position, keyword: None }))
+            .collect(),
+    };
+    Ok(config)
 }
 
 /// The validated configuration.
@@ -75,6 +83,72 @@ pub struct Config {
     /// each naming the file, line and option; the daemon logs them at
     /// start. Always empty for YAML, and not part of [`Config::to_yaml`].
     pub warnings: Vec<String>,
+    /// Where each value was written, for errors found after parsing (a
+    /// missing key file, a read-only directory). Not part of
+    /// [`Config::to_yaml`] nor of equality.
+    pub origins: Origins,
+}
+
+/// The file a [`Config`] was read from and where its values were written.
+#[derive(Clone, Debug, Default)]
+pub struct Origins {
+    file: PathBuf,
+    /// Key path (`sync.auth.key_file`) and where its value is.
+    entries: Vec<(String, Origin)>,
+}
+
+/// Where one value was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// Line and column of the value.
+    pub position: Position,
+    /// The conntrackd.conf keyword that set it; `None` in YAML, where the
+    /// key path is what the file says.
+    pub keyword: Option<String>,
+}
+
+/// Two configurations are equal when their values are, wherever they were
+/// written.
+impl PartialEq for Origins {
+    fn eq(&self, _: &Origins) -> bool {
+        true
+    }
+}
+
+impl Origins {
+    /// Where the value of the key path `key` (or of its closest written
+    /// ancestor) is.
+    pub fn get(&self, key: &str) -> Option<&Origin> {
+        let mut path = key;
+        loop {
+            if let Some((_, origin)) = self.entries.iter().rev().find(|(p, _)| p == path) {
+                return Some(origin);
+            }
+            path = &path[..path.rfind(['.', '['])?];
+        }
+    }
+}
+
+impl Config {
+    /// The file this configuration was read from.
+    pub fn file(&self) -> &Path {
+        &self.origins.file
+    }
+
+    /// An error about the value of `key` found after parsing, pointing at
+    /// the line that set it (or naming the key when a default applies).
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let origin = self.origins.get(key);
+        ConfigError::Invalid {
+            file: self.origins.file.clone(),
+            position: origin.map(|o| o.position),
+            key: Some(match origin.and_then(|o| o.keyword.as_deref()) {
+                Some(keyword) => format!("{keyword} ({key})"),
+                None => key.to_owned(),
+            }),
+            message: message.into(),
+        }
+    }
 }
 
 /// The `general` section.
@@ -319,8 +393,8 @@ pub enum SyncAuth {
 }
 
 /// How to make a key, for error messages.
-pub const KEY_HOWTO: &str = "create one with `(umask 077; echo \"1 $(head -c 32 /dev/urandom | \
-     xxd -p -c 64)\" > /etc/ctsync/sync.key)` on one firewall, copy it to the other, and set \
+pub const KEY_HOWTO: &str = "create one with `ctsyncd --gen-key /etc/ctsync/sync.key` on one \
+     firewall, copy it to the other (`scp -p`), and set \
      `sync.auth: { key_file: /etc/ctsync/sync.key }`";
 
 /// Read the key file of `sync.auth.key_file`: lines `KEYID HEX` (blank
@@ -331,7 +405,13 @@ pub const KEY_HOWTO: &str = "create one with `(umask 077; echo \"1 $(head -c 32 
 pub fn load_key_file(path: &Path) -> Result<Vec<crate::wire::native::AuthKey>, String> {
     use std::os::unix::fs::MetadataExt;
     let file = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("{file}: cannot read: {e}"))?;
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => format!(
+            "{file}: no such key file: create it with `ctsyncd --gen-key {file}` on one firewall \
+             and copy it to the other (`scp -p`)"
+        ),
+        _ => format!("{file}: cannot read: {e}"),
+    })?;
     if meta.uid() != 0 {
         return Err(format!("{file}: owned by uid {}, must be owned by root", meta.uid()));
     }
@@ -800,7 +880,7 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         encrypt: s.auth.encrypt,
         channels,
     };
-    Ok(Config { general, sync, warnings: Vec::new() })
+    Ok(Config { general, sync, warnings: Vec::new(), origins: Origins::default() })
 }
 
 /// `sync.defer`: absent (off), or `{ queue: N, timeout: 20ms, max_held: 4096 }`.

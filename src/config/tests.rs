@@ -67,6 +67,18 @@ fn minimal_file_gets_the_documented_defaults() {
     assert_eq!((ch.interface.as_deref(), ch.sndbuf, ch.rcvbuf), (None, None, None));
 }
 
+/// docs/keepalived.md gives fw1's configuration; it must be accepted as
+/// written (it once lacked `sync.auth`).
+#[test]
+fn the_keepalived_guides_configuration_is_valid() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/keepalived.md"))
+            .unwrap();
+    let block = doc.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    let c = parse(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+    assert_eq!(c.sync.auth, SyncAuth::KeyFile("/etc/ctsync/sync.key".into()));
+}
+
 #[test]
 fn example_files_are_valid_and_mirror_each_other() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
@@ -353,7 +365,7 @@ fn metrics_listen_is_an_address_with_a_port() {
 #[test]
 fn native_wire_needs_a_key_or_an_explicit_insecure() {
     let bare = "sync:\n  channels:\n    - { local: 10.0.0.1, peer: 10.0.0.2 }\n";
-    assert_err(bare, "sync.auth", Some(1), "head -c 32 /dev/urandom | xxd -p -c 64");
+    assert_err(bare, "sync.auth", Some(1), "ctsyncd --gen-key /etc/ctsync/sync.key");
     let keyed = "sync:\n  auth: { key_file: /etc/ctsync/sync.key }\n  channels:\n    - { local: \
                  10.0.0.1, peer: 10.0.0.2 }\n";
     assert_eq!(parse(keyed).unwrap().sync.auth, SyncAuth::KeyFile("/etc/ctsync/sync.key".into()));

@@ -93,11 +93,13 @@ fn syntax_is_detected() {
 fn a_pair_is_mapped_field_by_field() {
     let c = load(&fixture("primary.conf")).unwrap();
     let g = &c.general;
-    assert_eq!(g.lock_file, Path::new("/var/lock/conntrackd.lock"));
-    assert_eq!(g.control_socket, Path::new("/var/run/conntrackd.ctl"));
+    // Written as /var/lock/conntrackd.lock, /var/run/conntrackd.ctl and
+    // /var/log/conntrackd-fw1.log: moved where the packaged unit may write.
+    assert_eq!(g.lock_file, Path::new("/run/ctsync/conntrackd.lock"));
+    assert_eq!(g.control_socket, Path::new("/run/ctsync/conntrackd.ctl"));
     assert_eq!(g.control_group, None);
     assert_eq!(g.log.target, LogTarget::File);
-    assert_eq!(g.log.file.as_deref(), Some(Path::new("/var/log/conntrackd-fw1.log")));
+    assert_eq!(g.log.file.as_deref(), Some(Path::new("/var/log/ctsync/conntrackd-fw1.log")));
     assert_eq!(g.log.syslog_facility, SyslogFacility::Local2);
     assert_eq!(g.cache_limit.get(), 131_072);
     assert_eq!(g.netlink.rcvbuf.get(), 2_097_152);
@@ -190,8 +192,9 @@ fn printed_yaml_loads_back_to_the_same_config() {
 #[test]
 fn conntrackd_defaults_apply_where_the_file_is_silent() {
     let c = parse(&with("", "")).unwrap();
-    assert_eq!(c.general.lock_file, Path::new(DEFAULT_LOCK_FILE));
-    assert_eq!(c.general.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
+    // conntrackd's defaults, in the directories the packaged unit may write.
+    assert_eq!(c.general.lock_file, Path::new("/run/ctsync/conntrackd.lock"));
+    assert_eq!(c.general.control_socket, Path::new("/run/ctsync/conntrackd.ctl"));
     assert_eq!(c.general.log.target, LogTarget::Stderr);
     assert_eq!(c.general.cache_limit.get(), 262_144);
     assert_eq!(c.general.netlink.overrun_resync, Duration::from_secs(30));
@@ -216,7 +219,7 @@ fn values_and_booleans() {
         "Options { TCPWindowTracking YES ExpectationSync off }\nCommitTimeout 0\nPurgeTimeout 0",
     ))
     .unwrap();
-    assert_eq!(c.general.log.file.as_deref(), Some(Path::new(DEFAULT_LOG_FILE)));
+    assert_eq!(c.general.log.file.as_deref(), Some(Path::new("/var/log/ctsync/conntrackd.log")));
     assert_eq!(c.general.log.target, LogTarget::File);
     assert_eq!(c.general.netlink.overrun_resync, Duration::from_secs(30));
     // A cap below the initial size means "never grow", as in conntrackd.
@@ -308,8 +311,9 @@ fn shipped_ftfw_example_loads() {
     assert_eq!(ch.interface.as_deref(), Some("eth2"));
     assert_eq!(ch.sndbuf.map(|n| n.get()), Some(1_249_280));
     assert_eq!(c.general.cache_limit.get(), 131_072);
-    assert_eq!(c.general.lock_file, Path::new("/var/lock/conntrack.lock"));
-    assert_eq!(c.general.log.file.as_deref(), Some(Path::new(DEFAULT_LOG_FILE)));
+    assert_eq!(c.general.lock_file, Path::new("/run/ctsync/conntrack.lock"));
+    assert_eq!(c.general.control_socket, Path::new("/run/ctsync/conntrackd.ctl"));
+    assert_eq!(c.general.log.file.as_deref(), Some(Path::new("/var/log/ctsync/conntrackd.log")));
     assert_eq!(c.general.filter.protocols.accept, [proto::TCP, proto::SCTP, proto::DCCP]);
     assert_eq!(c.general.filter.addresses.ignore.len(), 6);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
@@ -487,5 +491,23 @@ fn truncated_and_mangled_files_give_errors_not_panics() {
     for junk in ["}", "{", "Sync", "Sync {", "Sync { UDP Default", "Sync { Mode }", "General { {"] {
         let e = err(junk);
         assert!(e.line().is_some(), "{junk:?}: {e}");
+    }
+}
+
+#[test]
+fn paths_in_conntrackds_directories_move_where_the_unit_may_write() {
+    for (written, used) in [
+        ("/var/lock/conntrackd.lock", "/run/ctsync/conntrackd.lock"),
+        ("/run/lock/x.lock", "/run/ctsync/x.lock"),
+        ("/var/run/conntrackd.ctl", "/run/ctsync/conntrackd.ctl"),
+        ("/run/conntrackd.ctl", "/run/ctsync/conntrackd.ctl"),
+        ("/var/log/conntrackd.log", "/var/log/ctsync/conntrackd.log"),
+        // Anywhere else the operator chose the place: kept, and checked at start.
+        ("/var/log/fw/conntrackd.log", "/var/log/fw/conntrackd.log"),
+        ("/run/ctsync/c.ctl", "/run/ctsync/c.ctl"),
+        ("/srv/c.lock", "/srv/c.lock"),
+        ("/var/run/", "/var/run/"),
+    ] {
+        assert_eq!(writable_path(written), used, "{written}");
     }
 }
