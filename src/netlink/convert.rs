@@ -168,7 +168,9 @@ pub fn parse_flow(attrs: &[u8]) -> Result<Flow, ConvertError> {
             cta::STATUS => flow.status = be_u32(v)?,
             cta::TIMEOUT => flow.timeout = be_u32(v)?,
             cta::MARK => flow.mark = be_u32(v)?,
-            cta::ID => flow.entry_id = EntryId(be_u32(v)?),
+            // Only a hint for telling entries apart: a malformed one must
+            // not cost the flow.
+            cta::ID => flow.entry_id = be_u32(v).map(EntryId).unwrap_or_default(),
             cta::PROTOINFO => for_each_nla(v, |kind, v| parse_protoinfo_nla(&mut flow, kind, v))?,
             kind => parse_other(&mut flow, kind, v)?,
         }
