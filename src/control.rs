@@ -496,7 +496,12 @@ pub fn call(
         _ => io_err(e),
     })?;
     stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(io_err)?;
-    stream.write_all(&encode_request(req, json)).map_err(io_err)?;
+    match stream.write_all(&encode_request(req, json)) {
+        // A busy daemon answers and closes without reading: its answer is
+        // still there to read.
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(io_err(e)),
+        _ => {}
+    }
     let mut decoder = ResponseDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -604,6 +609,52 @@ pub fn client_allowed(uid: u32, gid: u32, groups: &[u32], control_gid: Option<u3
     uid == 0 || control_gid.is_some_and(|g| gid == g || groups.contains(&g))
 }
 
+/// Control connections open at once, in all.
+pub const MAX_CLIENTS: usize = 256;
+/// Of [`MAX_CLIENTS`], the connections only root may take: an operator's
+/// `-c` at failover time must get in however many the group holds open.
+pub const ROOT_SLOTS: usize = 32;
+/// Connections one non-root user may hold open at once.
+pub const MAX_CLIENTS_PER_UID: usize = 16;
+
+/// Why a permitted client was turned away; the CLI prints the text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// All connections are taken (for a non-root user: all but root's).
+    Full,
+    /// This user already holds [`MAX_CLIENTS_PER_UID`] connections.
+    PerUser,
+}
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Busy::Full => {
+                write!(f, "the daemon is serving {MAX_CLIENTS} control clients; try again")
+            }
+            Busy::PerUser => write!(
+                f,
+                "this user already holds {MAX_CLIENTS_PER_UID} control connections; close one and try again"
+            ),
+        }
+    }
+}
+
+/// Whether a permitted client of `uid` gets a connection, with `open` held
+/// in all and `open_by_uid` by that user.
+pub fn admit(uid: u32, open: usize, open_by_uid: usize) -> Result<(), Busy> {
+    if uid == 0 {
+        return if open < MAX_CLIENTS { Ok(()) } else { Err(Busy::Full) };
+    }
+    if open >= MAX_CLIENTS - ROOT_SLOTS {
+        Err(Busy::Full)
+    } else if open_by_uid >= MAX_CLIENTS_PER_UID {
+        Err(Busy::PerUser)
+    } else {
+        Ok(())
+    }
+}
+
 /// The supplementary groups on the `Groups:` line of a `/proc/PID/status`
 /// text; empty when the line is missing or unreadable (refusing is safe).
 pub fn status_groups(status: &str) -> Vec<u32> {
@@ -623,6 +674,19 @@ pub fn process_groups(pid: i32) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn root_gets_in_where_others_are_turned_away() {
+        use super::{Busy, MAX_CLIENTS, MAX_CLIENTS_PER_UID, ROOT_SLOTS, admit};
+        let others = MAX_CLIENTS - ROOT_SLOTS;
+        assert_eq!(admit(1000, 0, MAX_CLIENTS_PER_UID - 1), Ok(()));
+        assert_eq!(admit(1000, 0, MAX_CLIENTS_PER_UID), Err(Busy::PerUser));
+        assert_eq!(admit(1000, others - 1, 0), Ok(()));
+        assert_eq!(admit(1000, others, 0), Err(Busy::Full));
+        assert_eq!(admit(0, others, others), Ok(()));
+        assert_eq!(admit(0, MAX_CLIENTS - 1, MAX_CLIENTS - 1), Ok(()));
+        assert_eq!(admit(0, MAX_CLIENTS, 0), Err(Busy::Full));
+    }
+
     use super::*;
     use proptest::prelude::*;
     use std::os::unix::net::UnixListener;

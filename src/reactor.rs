@@ -97,6 +97,12 @@ pub struct RuntimeStats {
     pub control_errors: u64,
     /// Control clients refused: neither root nor in `general.control_group`.
     pub control_refused: u64,
+    /// Permitted control clients turned away: all connections taken, or
+    /// the user's share (see `control::admit`).
+    pub control_busy: u64,
+    /// Control clients closed for sending no request, or leaving the
+    /// answer unread, for too long.
+    pub control_timeouts: u64,
     pub datagrams_unsent: u64,
 }
 
@@ -107,7 +113,11 @@ const QUEUE: Token = Token(4);
 const LINKS: Token = Token(16);
 /// Sync links get the tokens from `LINKS` on, control clients those above.
 const MAX_LINKS: usize = 64;
-const CLIENTS: usize = 1024;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may leave its answer unread (a pager waiting for a
+/// key): not forever, or such clients fill every slot.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How many kernel events one turn handles before it serves the network and
 /// the control socket again, so a storm cannot starve them.
@@ -131,6 +141,10 @@ pub struct Daemon {
     channels: Channels,
     control: UnixListener,
     clients: HashMap<Token, Client>,
+    /// Open control connections per user, for [`control::admit`].
+    client_uids: HashMap<u32, usize>,
+    /// Clients turned away as busy since the last log line about it.
+    busy_unlogged: u64,
     next_client: usize,
     signals: Signals,
     metrics: Option<metrics::Server>,
@@ -186,6 +200,10 @@ struct Client {
     written: usize,
     /// Close after the output is flushed.
     done: bool,
+    uid: u32,
+    /// Dropped if it makes no progress by then: the request must come
+    /// soon after the connect, the answer must be read on.
+    deadline: Instant,
 }
 
 impl Daemon {
@@ -257,6 +275,8 @@ impl Daemon {
             channels,
             control,
             clients: HashMap::new(),
+            client_uids: HashMap::new(),
+            busy_unlogged: 0,
             next_client: 0,
             signals,
             metrics,
@@ -333,14 +353,14 @@ impl Daemon {
                 match event.token() {
                     EVENTS => self.on_kernel_events(now),
                     SIGNALS => self.on_signals(),
-                    CONTROL => self.accept_clients(),
+                    CONTROL => self.accept_clients(now),
                     QUEUE => self.on_queued_packets(now),
                     metrics::LISTENER => self.on_metrics(metrics::LISTENER),
                     t if metrics::Server::owns(t) => self.on_metrics(t),
                     t if t.0 >= LINKS.0 && t.0 < LINKS.0 + self.channels.len() => {
                         self.on_datagrams(now, t.0 - LINKS.0)
                     }
-                    t => self.on_client(t, event.is_readable(), event.is_writable()),
+                    t => self.on_client(now, t, event.is_readable()),
                 }
             }
             // A storm may have left events unread (batch limit); mio is
@@ -1021,6 +1041,7 @@ impl Daemon {
         }
         if self.next_link_check <= now {
             self.next_link_check = now + LINK_CHECK;
+            self.expire_clients(now);
             if let Some((from, to)) = self.channels.refresh(now) {
                 log::warn!(
                     "sync link {} is down, now using {}",
@@ -1094,21 +1115,28 @@ impl Daemon {
 
 // Control socket.
 impl Daemon {
-    fn accept_clients(&mut self) {
+    fn accept_clients(&mut self, now: Instant) {
         loop {
             match self.control.accept() {
                 Ok((mut stream, _)) => {
-                    if self.clients.len() >= CLIENTS {
-                        continue;
-                    }
-                    if !self.client_allowed(&stream) {
+                    let Some(uid) = self.client_uid(&stream) else {
                         self.stats.control_refused += 1;
+                        continue;
+                    };
+                    let by_uid = self.client_uids.get(&uid).copied().unwrap_or(0);
+                    if let Err(busy) = control::admit(uid, self.clients.len(), by_uid) {
+                        // Said, not just closed: the CLI prints why. A
+                        // client that does not read it loses nothing.
+                        self.stats.control_busy += 1;
+                        self.busy_unlogged += 1;
+                        let _ = stream.write(&control::encode_status(false, &busy.to_string()));
                         continue;
                     }
                     let token = Token(LINKS.0 + MAX_LINKS + self.next_client % (1 << 20));
                     self.next_client += 1;
                     if self.poll.registry().register(&mut stream, token, Interest::READABLE).is_ok()
                     {
+                        *self.client_uids.entry(uid).or_default() += 1;
                         self.clients.insert(
                             token,
                             Client {
@@ -1117,6 +1145,8 @@ impl Daemon {
                                 output: Vec::new(),
                                 written: 0,
                                 done: false,
+                                uid,
+                                deadline: now + REQUEST_TIMEOUT,
                             },
                         );
                     }
@@ -1131,10 +1161,11 @@ impl Daemon {
         }
     }
 
-    /// The socket file is mode 0600 (0660 for the control group), but a
-    /// file mode can be loosened by hand or by a package: the kernel's word
-    /// on who connected decides.
-    fn client_allowed(&self, stream: &UnixStream) -> bool {
+    /// The uid of a client that may use the control socket. The socket
+    /// file is mode 0600 (0660 for the control group), but a file mode can
+    /// be loosened by hand or by a package: the kernel's word on who
+    /// connected decides.
+    fn client_uid(&self, stream: &UnixStream) -> Option<u32> {
         use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
         match getsockopt(stream, PeerCredentials) {
             Ok(c) => {
@@ -1143,15 +1174,56 @@ impl Daemon {
                     _ => Vec::new(),
                 };
                 control::client_allowed(c.uid(), c.gid(), &groups, self.cfg.control_gid)
+                    .then_some(c.uid())
             }
             Err(e) => {
                 log::warn!("control socket: cannot read the client's credentials: {e}");
-                false
+                None
             }
         }
     }
 
-    fn on_client(&mut self, token: Token, readable: bool, writable: bool) {
+    fn close_client(&mut self, mut client: Client) {
+        let _ = self.poll.registry().deregister(&mut client.stream);
+        if let Some(n) = self.client_uids.get_mut(&client.uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.client_uids.remove(&client.uid);
+            }
+        }
+    }
+
+    /// Close the clients past their deadline, and say once how many were
+    /// turned away as busy since the last time.
+    fn expire_clients(&mut self, now: Instant) {
+        let late: Vec<Token> =
+            self.clients.iter().filter(|(_, c)| c.deadline <= now).map(|(t, _)| *t).collect();
+        for token in &late {
+            if let Some(client) = self.clients.remove(token) {
+                self.stats.control_timeouts += 1;
+                self.close_client(client);
+            }
+        }
+        if !late.is_empty() {
+            log::warn!(
+                "closed {} control connections that sent no request within {REQUEST_TIMEOUT:?} or left the answer unread for {ANSWER_TIMEOUT:?}",
+                late.len()
+            );
+        }
+        if self.busy_unlogged > 0 {
+            log::warn!(
+                "turned away {} control connections: {} open, at most {} per user and {} in all ({} kept for root)",
+                self.busy_unlogged,
+                self.clients.len(),
+                control::MAX_CLIENTS_PER_UID,
+                control::MAX_CLIENTS,
+                control::ROOT_SLOTS
+            );
+            self.busy_unlogged = 0;
+        }
+    }
+
+    fn on_client(&mut self, now: Instant, token: Token, readable: bool) {
         let Some(mut client) = self.clients.remove(&token) else { return };
         let mut keep = true;
         if readable && !client.done {
@@ -1202,15 +1274,16 @@ impl Daemon {
                     }
                 }
                 client.done = true;
+                client.deadline = now + ANSWER_TIMEOUT;
                 keep = true;
             }
         }
-        let _ = writable;
         if keep && client.written < client.output.len() {
             loop {
                 match client.stream.write(&client.output[client.written..]) {
                     Ok(n) => {
                         client.written += n;
+                        client.deadline = now + ANSWER_TIMEOUT;
                         if client.written == client.output.len() {
                             break;
                         }
@@ -1226,7 +1299,7 @@ impl Daemon {
         }
         let flushed = client.done && client.written >= client.output.len();
         if !keep || flushed {
-            let _ = self.poll.registry().deregister(&mut client.stream);
+            self.close_client(client);
             return;
         }
         let interest = if client.written < client.output.len() {

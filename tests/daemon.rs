@@ -5,6 +5,7 @@
 //! Needs root. Every test builds its own namespaces and removes them.
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -1466,4 +1467,56 @@ fn a_datagram_flood_starves_neither_replication_nor_the_operator() {
     assert!(converged.is_some(), "no replication during the flood: {proto:#}");
     assert!(proto["drop_bad_mac"].as_u64() > Some(1000), "{proto:#}");
     // The exact comparison above also shows no forged flow got in.
+}
+
+/// A member of the control group holds connections open without a word:
+/// it gets its share and no more, root still gets in, and the silent
+/// connections are closed after the request timeout.
+#[test]
+fn a_control_group_member_cannot_lock_root_out_of_the_control_socket() {
+    let group = TempGroup::add(&format!("ctsync-b{}", std::process::id()));
+    let pair = Pair::with_config("cbusy", &format!("  control_group: {}\n", group.name));
+    let script = "import resource,socket,sys\n\
+        hard=resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n\
+        resource.setrlimit(resource.RLIMIT_NOFILE,(hard,hard))\n\
+        socks=[]\n\
+        for i in range(1100):\n    s=socket.socket(socket.AF_UNIX,socket.SOCK_STREAM); s.connect(sys.argv[1]); socks.append(s)\n\
+        print('connected', flush=True)\n\
+        sys.stdin.readline()\n\
+        answered=closed=still=0\n\
+        for s in socks:\n    s.setblocking(False)\n    try:\n        d=s.recv(4096)\n        if d: answered+=1\n        else: closed+=1\n    except BlockingIOError: still+=1\n\
+        print(answered, closed, still, flush=True)\n";
+    let mut holder = Command::new("ip")
+        .args(["netns", "exec", pair.fw[0].name(), "setpriv", "--reuid=65534", "--regid=65534"])
+        .arg(format!("--groups={}", group.gid))
+        // Not PATH's python3: root's may be a shim nobody cannot run.
+        .args(["/usr/bin/python3", "-c", script])
+        .arg(pair.dir.join("fw1.sock"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "connected");
+    // Root's operator, with 1100 connections of the group held open: more
+    // than the daemon has file descriptors for, under a default limit.
+    let stats: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(0, &["-s", "--json"])).unwrap();
+    let busy = stats["runtime"]["control_busy"].as_u64().unwrap();
+    assert_eq!(busy, 1100 - ctsync::control::MAX_CLIENTS_PER_UID as u64, "{stats:#}");
+    std::thread::sleep(Duration::from_secs(7));
+    writeln!(holder.stdin.as_mut().unwrap()).unwrap();
+    let counts = lines.next().unwrap().unwrap();
+    let _ = holder.wait();
+    // The turned-away ones read why; the held ones were closed unanswered.
+    let want = format!("{busy} {} 0", ctsync::control::MAX_CLIENTS_PER_UID);
+    assert_eq!(counts, want, "answered, closed, still open; log: {}", pair.log(0));
+    let stats: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(0, &["-s", "--json"])).unwrap();
+    assert_eq!(
+        stats["runtime"]["control_timeouts"].as_u64(),
+        Some(ctsync::control::MAX_CLIENTS_PER_UID as u64),
+        "{stats:#}"
+    );
+    assert!(pair.log(0).contains("turned away 1084 control connections"), "{}", pair.log(0));
 }
