@@ -58,6 +58,14 @@ pub struct LinkStats {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LinkStatus {
     pub name: String,
+    /// The interface (`sync0`), or the name when the link has none; for
+    /// the text of `-s`, not in `-s --json`.
+    #[serde(skip)]
+    pub device: String,
+    /// The interface is up and running (`up` also needs the link to have
+    /// sent without error lately); for the text of `-s link`.
+    #[serde(skip)]
+    pub running: bool,
     pub up: bool,
     pub active: bool,
     #[serde(flatten)]
@@ -235,6 +243,11 @@ impl Channels {
         self.links.get(i).map_or("?", |l| l.name.as_str())
     }
 
+    /// The peer's address (or multicast group) on link `i`.
+    pub fn peer_addr(&self, i: usize) -> Option<IpAddr> {
+        self.links.get(i).map(|l| l.dest.ip())
+    }
+
     /// True when at least one link is usable.
     pub fn any_usable(&self) -> bool {
         self.links.iter().any(Link::usable)
@@ -247,6 +260,8 @@ impl Channels {
             .enumerate()
             .map(|(i, l)| LinkStatus {
                 name: l.name.clone(),
+                device: l.spec.interface.clone().unwrap_or_else(|| l.name.clone()),
+                running: l.interface_up,
                 up: l.usable(),
                 active: i == self.active,
                 stats: l.stats,

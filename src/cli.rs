@@ -160,7 +160,9 @@ struct Args {
     #[arg(short = 'k', long = "kill")]
     kill: bool,
 
-    /// Show statistics: all, or one section.
+    /// Show statistics: conntrackd's general ones, or one section in
+    /// conntrackd's layout (`ct` is the general statistics; every counter is
+    /// in `--json`, whatever the section).
     #[arg(
         short = 's',
         long = "stats",

@@ -13,29 +13,30 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::cache::{Cache, CacheStats, Removal, Upsert};
+use crate::cache::{Cache, Removal, Upsert};
 use crate::channel::{Channels, LinkSpec, Recv};
 use crate::control::{self, CacheSel, Request};
-use crate::defer::{DeferStats, Deferral, Skip};
+use crate::defer::{Deferral, Skip};
 use crate::digest::{self, RepairLedger};
-use crate::direct::{DirectStats, DirectToKernel, Role};
+use crate::direct::{DirectToKernel, Role};
 use crate::expect::{ExpChange, ExpState, ExpectSync};
 use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey, proto, tcp_state};
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent, PeerState, Seq};
 use crate::logging::RateLimit;
 use crate::metrics;
-use crate::netlink::queue::{QueueSocket, QueueStats, QueuedPacket};
+use crate::netlink::queue::{QueueSocket, QueuedPacket};
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
 use crate::readiness::Readiness;
 use crate::reject;
+use crate::stats::{DeferReport, ExpReport, PeerPhase, PeerView, StatsReport};
 use crate::systemd;
 
 /// What the reactor needs from the configuration, already validated.
@@ -156,6 +157,11 @@ pub struct Daemon {
     defer: Option<Defer>,
     /// `-f` emptied the internal cache and no `-R` has refilled it yet.
     internal_flushed: bool,
+    /// When the peer went down (wall clock, for the status line); `None`
+    /// while it is up or before it was ever up.
+    peer_down_since: Option<SystemTime>,
+    /// The systemd status line last sent.
+    status_sent: String,
 }
 
 /// Deferred packets: the queue they arrive on and the packets held.
@@ -264,6 +270,8 @@ impl Daemon {
             test_drop_peer_flows: false,
             defer,
             internal_flushed: false,
+            peer_down_since: None,
+            status_sent: String::new(),
         };
         if !daemon.cfg.ftfw.anti_entropy_interval.is_zero() {
             daemon.internal.enable_digests();
@@ -284,7 +292,8 @@ impl Daemon {
     /// Run until SIGTERM, SIGINT or `-k`.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
-        systemd::notify_ready(&self.status_line());
+        self.status_sent = self.report().status_line();
+        systemd::notify_ready(&self.status_sent);
         log::info!(
             "ctsyncd started: {} flows in the internal cache, sync via {}{}",
             self.internal.len(),
@@ -857,8 +866,12 @@ impl Daemon {
                 log::info!("sending all {} internal flows to the peer", self.internal.len());
                 self.bulk_send();
             }
-            PeerEvent::PeerUp => log::info!("peer is up"),
+            PeerEvent::PeerUp => {
+                self.peer_down_since = None;
+                log::info!("peer is up")
+            }
             PeerEvent::PeerDown => {
+                self.peer_down_since = Some(SystemTime::now());
                 log::warn!("peer is down: no datagram for {:?}", self.cfg.ftfw.peer_timeout)
             }
             PeerEvent::PeerRestarted => log::info!("peer restarted: exchanging full tables"),
@@ -1001,6 +1014,7 @@ impl Daemon {
                     self.channels.name(to)
                 );
             }
+            self.update_status();
         }
         if let Some((interval, last)) = self.watchdog
             && last + interval <= now
@@ -1042,15 +1056,6 @@ impl Daemon {
         );
         log::info!("{line}");
         Ok(line)
-    }
-
-    fn status_line(&self) -> String {
-        format!(
-            "{} internal, {} external flows; peer {}",
-            self.internal.len(),
-            self.external.len(),
-            if self.ftfw.is_synced() { "in sync" } else { "not in sync" }
-        )
     }
 }
 
@@ -1452,13 +1457,19 @@ impl Daemon {
         if json {
             return serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
         }
-        let _ = section;
-        report.to_text()
+        report.to_text(section)
     }
 
-    /// The counters `-s --json` and the metrics show.
+    /// The counters `-s` and the metrics show.
     fn report(&self) -> StatsReport {
         let links = self.channels.status();
+        let state = match self.ftfw.peer_state() {
+            PeerState::Established => PeerPhase::Up,
+            PeerState::Silent => PeerPhase::Down,
+            PeerState::HelloSent if self.peer_down_since.is_some() => PeerPhase::Down,
+            PeerState::HelloSent => PeerPhase::Waiting,
+        };
+        let active = self.channels.active();
         StatsReport {
             uptime_seconds: self.started.elapsed().as_secs(),
             synced: self.ftfw.is_synced(),
@@ -1481,6 +1492,22 @@ impl Daemon {
                 .defer
                 .as_ref()
                 .map(|d| DeferReport { held: d.held.stats(), queue: d.queue.stats() }),
+            peer: PeerView {
+                addr: self.channels.peer_addr(active).map(|a| a.to_string()).unwrap_or_default(),
+                state,
+                down_since: self.peer_down_since,
+            },
+            resend_queue_max: self.cfg.ftfw.resend_queue as u64,
+            defer_max_held: self.cfg.defer.as_ref().map_or(0, |d| u64::from(d.max_held)),
+        }
+    }
+
+    /// Send the systemd status line if it changed (called once a second).
+    fn update_status(&mut self) {
+        let line = self.report().status_line();
+        if line != self.status_sent {
+            systemd::notify_status(&line);
+            self.status_sent = line;
         }
     }
 
@@ -1495,75 +1522,6 @@ impl Daemon {
             });
         }
         self.metrics = Some(server);
-    }
-}
-
-#[derive(serde::Serialize)]
-struct StatsReport {
-    uptime_seconds: u64,
-    synced: bool,
-    ready: bool,
-    internal: CacheStats,
-    external: CacheStats,
-    runtime: RuntimeStats,
-    netlink: netlink::EventStats,
-    netlink_rcvbuf: usize,
-    protocol: crate::ftfw::FtfwStats,
-    anti_entropy: digest::AntiEntropyStats,
-    links: Vec<crate::channel::LinkStatus>,
-    direct: DirectStats,
-    /// Only with `sync.defer`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    defer: Option<DeferReport>,
-    /// Only with `sync.expectations`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expectations: Option<ExpReport>,
-}
-
-#[derive(serde::Serialize)]
-struct DeferReport {
-    #[serde(flatten)]
-    held: DeferStats,
-    queue: QueueStats,
-}
-
-#[derive(serde::Serialize)]
-struct ExpReport {
-    internal: crate::expect::ExpCacheStats,
-    external: crate::expect::ExpCacheStats,
-    runtime: crate::expect::ExpStats,
-}
-
-impl StatsReport {
-    fn to_text(&self) -> String {
-        let mut out = String::new();
-        let json = serde_json::to_value(self).unwrap_or_default();
-        if let serde_json::Value::Object(sections) = json {
-            for (name, value) in sections {
-                text_section(&mut out, &name, &value, 0);
-            }
-        }
-        out
-    }
-}
-
-fn text_section(out: &mut String, name: &str, value: &serde_json::Value, depth: usize) {
-    let pad = "  ".repeat(depth);
-    match value {
-        serde_json::Value::Object(map) => {
-            let _ = writeln!(out, "{pad}{name}:");
-            for (k, v) in map {
-                text_section(out, k, v, depth + 1);
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                text_section(out, &format!("{name}[{i}]"), v, depth);
-            }
-        }
-        v => {
-            let _ = writeln!(out, "{pad}{:<32}{v}", format!("{name}:"));
-        }
     }
 }
 
