@@ -3,7 +3,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in conntrack conntrackd keepalived nftables iproute2 socat tcpdump python3 procps gcc lintian dpkg-dev systemd vsftpd iptables; do
+for pkg in conntrack conntrackd keepalived nftables iproute2 socat tcpdump python3 procps gcc lintian dpkg-dev systemd vsftpd iptables prometheus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -14,6 +14,8 @@ fi
 # port and the conntrack table; the tests start their own instances.
 systemctl disable --now conntrackd >/dev/null 2>&1 || true
 systemctl disable --now keepalived >/dev/null 2>&1 || true
+# The metrics test only needs promtool from the prometheus package, not its server.
+systemctl disable --now prometheus >/dev/null 2>&1 || true
 # The FTP test runs its own vsftpd in a namespace.
 systemctl disable --now vsftpd >/dev/null 2>&1 || true
 if ! command -v cargo >/dev/null; then

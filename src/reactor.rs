@@ -162,6 +162,8 @@ pub struct Daemon {
     peer_down_since: Option<SystemTime>,
     /// The systemd status line last sent.
     status_sent: String,
+    /// How long commits took.
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Deferred packets: the queue they arrive on and the packets held.
@@ -272,6 +274,7 @@ impl Daemon {
             internal_flushed: false,
             peer_down_since: None,
             status_sent: String::new(),
+            commit_seconds: metrics::commit_histogram(),
         };
         if !daemon.cfg.ftfw.anti_entropy_interval.is_zero() {
             daemon.internal.enable_digests();
@@ -1299,6 +1302,7 @@ impl Daemon {
                 Ok("ctsyncd stopping\n".into())
             }
             Request::Stats(section) => Ok(self.stats_report(section, json)),
+            Request::Metrics => Ok(metrics::render(&self.report())),
             Request::DumpInternal => Ok(dump(&self.internal, json)),
             Request::DumpExternal => Ok(dump(&self.external, json)),
             Request::DumpExpectations(which) => {
@@ -1354,9 +1358,10 @@ impl Daemon {
     }
 
     fn commit(&mut self) -> Result<String, String> {
+        let started = Instant::now();
         // What the kernel made until now must be in the internal cache
         // before the conflicts are looked for.
-        self.drain_kernel_events(Instant::now());
+        self.drain_kernel_events(started);
         let conflicts = if self.direct.is_none() {
             crate::cache::nat_conflicts(&self.internal, &self.external)
         } else {
@@ -1406,6 +1411,7 @@ impl Daemon {
             direct.set_missing(report.failed.iter().map(|(k, _)| *k));
         }
         self.stats.commits += 1;
+        self.commit_seconds.observe(started.elapsed().as_secs_f64());
         self.stats.commit_failures += report.failed.len() as u64;
         for (key, errno) in report.failed.iter().take(5) {
             log::warn!("commit of {key} failed: {}", io::Error::from_raw_os_error(*errno));
@@ -1499,6 +1505,8 @@ impl Daemon {
             },
             resend_queue_max: self.cfg.ftfw.resend_queue as u64,
             defer_max_held: self.cfg.defer.as_ref().map_or(0, |d| u64::from(d.max_held)),
+            defer_hold: self.defer.as_ref().map(|d| d.held.hold_histogram()),
+            commit_seconds: self.commit_seconds.clone(),
         }
     }
 
@@ -1517,9 +1525,7 @@ impl Daemon {
         if token == metrics::LISTENER {
             server.accept(self.poll.registry());
         } else {
-            server.on_ready(self.poll.registry(), token, || {
-                metrics::render(&serde_json::to_value(self.report()).unwrap_or_default())
-            });
+            server.on_ready(self.poll.registry(), token, || metrics::render(&self.report()));
         }
         self.metrics = Some(server);
     }

@@ -22,6 +22,7 @@ use crate::digest::AntiEntropyStats;
 use crate::direct::DirectStats;
 use crate::expect::{ExpCacheStats, ExpStats};
 use crate::ftfw::FtfwStats;
+use crate::metrics::HistogramSnapshot;
 use crate::netlink::EventStats;
 use crate::netlink::queue::QueueStats;
 use crate::reactor::RuntimeStats;
@@ -58,6 +59,12 @@ pub struct StatsReport {
     /// `sync.defer.max_held`, when deferring.
     #[serde(skip)]
     pub defer_max_held: u64,
+    /// Hold times of deferred packets, with `sync.defer`.
+    #[serde(skip)]
+    pub defer_hold: Option<HistogramSnapshot>,
+    /// Durations of the commits since start.
+    #[serde(skip)]
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// `defer` in the report: the held packets and the queue they come from.
@@ -144,6 +151,78 @@ impl StatsReport {
                 None => format!("peer {peer} down, {flows}"),
             },
         }
+    }
+
+    /// A report for tests: two links, the peer in sync.
+    #[cfg(test)]
+    pub(crate) fn sample() -> StatsReport {
+        use crate::channel::LinkStats;
+        StatsReport {
+            uptime_seconds: 2 * 86_400 + 3 * 3600 + 4 * 60 + 5,
+            synced: true,
+            ready: true,
+            internal: CacheStats { active: 123_456, created: 200_000, ..Default::default() },
+            external: CacheStats { active: 7, created: 9, destroyed: 2, ..Default::default() },
+            runtime: RuntimeStats { events_received: 11, control_errors: 3, ..Default::default() },
+            netlink: EventStats { received: 11, decode_errors: 1, overruns: 0 },
+            netlink_rcvbuf: 8 << 20,
+            protocol: FtfwStats {
+                drop_bad_crc: 4,
+                drop_truncated: 1,
+                gaps: 5,
+                drop_late: 6,
+                resend_queue_len: 17,
+                tx_queue_len: 2,
+                ..Default::default()
+            },
+            anti_entropy: AntiEntropyStats::default(),
+            links: vec![
+                LinkStatus {
+                    name: "udp 10.255.0.2:3780 dev sync0".into(),
+                    device: "sync0".into(),
+                    running: true,
+                    up: true,
+                    active: true,
+                    stats: LinkStats { bytes_sent: 1000, packets_recv: 3, ..Default::default() },
+                },
+                LinkStatus {
+                    name: "udp 10.254.0.2:3780 dev sync1".into(),
+                    device: "sync1".into(),
+                    running: false,
+                    up: false,
+                    active: false,
+                    stats: LinkStats::default(),
+                },
+            ],
+            direct: DirectStats::default(),
+            defer: None,
+            expectations: None,
+            peer: PeerView { addr: "10.255.0.2".into(), state: PeerPhase::Up, down_since: None },
+            resend_queue_max: 131_072,
+            defer_max_held: 0,
+            defer_hold: None,
+            commit_seconds: crate::metrics::commit_histogram(),
+        }
+    }
+
+    /// [`StatsReport::sample`] with the optional parts (defer,
+    /// expectations), a commit and held packets.
+    #[cfg(test)]
+    pub(crate) fn sample_full() -> StatsReport {
+        let mut r = StatsReport::sample();
+        r.defer = Some(DeferReport { held: DeferStats::default(), queue: QueueStats::default() });
+        r.expectations = Some(ExpReport {
+            internal: ExpCacheStats { active: 2, ..Default::default() },
+            external: ExpCacheStats::default(),
+            runtime: ExpStats::default(),
+        });
+        r.defer_hold = Some(HistogramSnapshot {
+            sum: 1.5,
+            count: 3,
+            buckets: vec![(64e-6, 2), (f64::INFINITY, 1)],
+        });
+        r.commit_seconds.observe(0.03);
+        r
     }
 
     fn malformed(&self) -> u64 {
@@ -459,53 +538,9 @@ fn tree_value(out: &mut String, name: &str, value: &serde_json::Value, depth: us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::LinkStats;
 
     fn report() -> StatsReport {
-        StatsReport {
-            uptime_seconds: 2 * 86_400 + 3 * 3600 + 4 * 60 + 5,
-            synced: true,
-            ready: true,
-            internal: CacheStats { active: 123_456, created: 200_000, ..Default::default() },
-            external: CacheStats { active: 7, created: 9, destroyed: 2, ..Default::default() },
-            runtime: RuntimeStats { events_received: 11, control_errors: 3, ..Default::default() },
-            netlink: EventStats { received: 11, decode_errors: 1, overruns: 0 },
-            netlink_rcvbuf: 8 << 20,
-            protocol: FtfwStats {
-                drop_bad_crc: 4,
-                drop_truncated: 1,
-                gaps: 5,
-                drop_late: 6,
-                resend_queue_len: 17,
-                tx_queue_len: 2,
-                ..Default::default()
-            },
-            anti_entropy: AntiEntropyStats::default(),
-            links: vec![
-                LinkStatus {
-                    name: "udp 10.255.0.2:3780 dev sync0".into(),
-                    device: "sync0".into(),
-                    running: true,
-                    up: true,
-                    active: true,
-                    stats: LinkStats { bytes_sent: 1000, packets_recv: 3, ..Default::default() },
-                },
-                LinkStatus {
-                    name: "udp 10.254.0.2:3780 dev sync1".into(),
-                    device: "sync1".into(),
-                    running: false,
-                    up: false,
-                    active: false,
-                    stats: LinkStats::default(),
-                },
-            ],
-            direct: DirectStats::default(),
-            defer: None,
-            expectations: None,
-            peer: PeerView { addr: "10.255.0.2".into(), state: PeerPhase::Up, down_since: None },
-            resend_queue_max: 131_072,
-            defer_max_held: 0,
-        }
+        StatsReport::sample()
     }
 
     fn has(text: &str, line: &str) {
