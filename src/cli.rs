@@ -106,7 +106,8 @@ struct Args {
     #[arg(short = 'C', long = "config", value_name = "FILE", default_value = DEFAULT_PATH)]
     config: PathBuf,
 
-    /// Run the daemon in the background.
+    /// Run the daemon in the background. Its stderr is then lost: with
+    /// general.log.target: stderr (the default) it logs to syslog instead.
     #[arg(short = 'd', long = "daemon")]
     daemon: bool,
 

@@ -95,6 +95,9 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
         }
     };
     if daemonize {
+        // stderr goes to /dev/null: say so while it can be read, and keep
+        // logging through syslog.
+        logging::detach();
         if let Err(e) = nix::unistd::daemon(false, false) {
             log::error!("cannot go to the background: {e}");
             return ExitCode::from(1);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::cache::{Cache, Removal, Upsert};
@@ -202,7 +202,7 @@ impl Daemon {
         }
         let mut channels = Channels::open(&cfg.links).map_err(|e| e.to_string())?;
         let mut control = bind_control(&cfg.control_socket, cfg.control_gid)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         let registry = poll.registry();
         let reg = |e: io::Error| format!("cannot register a socket with the event loop: {e}");
@@ -1036,6 +1036,12 @@ impl Daemon {
                         log::error!("{e}");
                     }
                 }
+                // logrotate's postrotate: the log file was renamed.
+                SIGUSR1 => match crate::logging::reopen() {
+                    Ok(Some(path)) => log::info!("reopened the log file {}", path.display()),
+                    Ok(None) => log::info!("SIGUSR1: the log is not a file, nothing to reopen"),
+                    Err(e) => log::error!("{e}"),
+                },
                 _ => {}
             }
         }
