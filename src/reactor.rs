@@ -1510,6 +1510,7 @@ impl Daemon {
                 down_since: self.peer_down_since,
             },
             resend_queue_max: self.cfg.ftfw.resend_queue as u64,
+            unsent_pending: self.unsent.is_some(),
             defer_max_held: self.cfg.defer.as_ref().map_or(0, |d| u64::from(d.max_held)),
             defer_hold: self.defer.as_ref().map(|d| d.held.hold_histogram()),
             commit_seconds: self.commit_seconds.clone(),

@@ -56,6 +56,10 @@ pub struct StatsReport {
     /// `sync.resend_queue`, the resend queue's capacity.
     #[serde(skip)]
     pub resend_queue_max: u64,
+    /// A datagram no link could send waits to be sent again (the reactor
+    /// keeps one).
+    #[serde(skip)]
+    pub unsent_pending: bool,
     /// `sync.defer.max_held`, when deferring.
     #[serde(skip)]
     pub defer_max_held: u64,
@@ -199,6 +203,7 @@ impl StatsReport {
             expectations: None,
             peer: PeerView { addr: "10.255.0.2".into(), state: PeerPhase::Up, down_since: None },
             resend_queue_max: 131_072,
+            unsent_pending: false,
             defer_max_held: 0,
             defer_hold: None,
             commit_seconds: crate::metrics::commit_histogram(),
@@ -235,6 +240,8 @@ impl StatsReport {
     fn general(&self, out: &mut String) {
         cache_summary(out, "internal", &self.internal);
         cache_summary(out, "external", &self.external);
+        // ctsyncd does not add up the flows' byte and packet counters.
+        let _ = write!(out, "traffic processed:\n{:>20} Bytes      {:>20} Pckts\n\n", 0, 0);
         if let Some(link) = self.links.iter().find(|l| l.active) {
             link_summary(out, link);
         }
@@ -362,11 +369,15 @@ impl StatsReport {
     fn queue(&self, out: &mut String) {
         let p = &self.protocol;
         let held = self.defer.as_ref().map_or(0, |d| d.held.held);
+        let unsent = u64::from(self.unsent_pending);
         let _ = write!(
             out,
             "allocated queue nodes:\t\t{:>12}\n\n",
-            p.tx_queue_len + p.resend_queue_len + held
+            unsent + p.tx_queue_len + p.resend_queue_len + held
         );
+        // conntrackd's queue of datagrams a link failed to send: ctsyncd
+        // keeps one and sends it again before anything else.
+        queue_block(out, "errorq", unsent, 1, 0);
         // The transmit queue holds one entry per changed flow, so it is
         // bounded by the cache, as conntrackd's (INT_MAX) is in practice.
         queue_block(out, "txqueue", p.tx_queue_len, i32::MAX as u64, 0);
@@ -558,6 +569,7 @@ mod tests {
         has(&text, "connections created:\t\t      200000\tfailed:\t           0");
         has(&text, "cache external:");
         has(&text, "connections destroyed:\t\t           2\tfailed:\t           0");
+        has(&text, "traffic processed:");
         has(&text, "UDP traffic (active device=sync0):");
         has(&text, &format!("{:>20} Bytes sent {:>20} Bytes recv", 1000, 0));
         has(&text, &format!("{:>20} Malformed msgs {:>20} Lost msgs", 5, 5));
@@ -601,6 +613,7 @@ mod tests {
         let queue = r.to_text(Some(StatsSection::Queue));
         has(&queue, &format!("allocated queue nodes:\t\t{:>12}", 19));
         has(&queue, "queue rsqueue:");
+        has(&queue, "queue errorq:");
         has(&queue, &format!("current elements:\t\t{:>12}", 17));
         has(&queue, &format!("maximum elements:\t\t{:>12}", 131_072));
         assert!(!queue.contains("queue defer"), "{queue}");
