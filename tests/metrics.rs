@@ -178,6 +178,8 @@ fn a_scrape_shows_the_same_counters_as_stats_json() {
         "conntrack -I -p tcp -s 192.0.2.10 -d 198.51.100.20 --sport 40000 --dport 443 \
          --state ESTABLISHED -t 600 -u ASSURED",
     );
+    // A commit (of the empty external cache) for the commit-time histogram.
+    assert!(daemon.cli(&["-c"]).status.success(), "{}", daemon.log());
     let deadline = Instant::now() + Duration::from_secs(5);
     let stats = loop {
         let out = daemon.cli(&["-s", "--json"]);
@@ -216,6 +218,9 @@ fn a_scrape_shows_the_same_counters_as_stats_json() {
     );
     assert!(body.contains("# TYPE ctsync_ready gauge"), "{body}");
     assert!(body.contains("# TYPE ctsync_commit_seconds histogram"), "{body}");
+    assert_eq!(sample(body, "ctsync_commit_seconds_count"), Some(1.0), "{body}");
+    assert_eq!(sample(body, "ctsync_commit_seconds_bucket{le=\"+Inf\"}"), Some(1.0), "{body}");
+    assert_eq!(sample(body, "ctsync_runtime_commits_total"), Some(1.0), "{body}");
     assert!(sample(body, "ctsync_protocol_alive_sent_total").is_some(), "{body}");
 
     // Every number of -s --json is in the scrape under its name, with the
