@@ -184,7 +184,7 @@ impl StatsReport {
                 LinkStatus {
                     name: "udp 10.255.0.2:3780 dev sync0".into(),
                     device: "sync0".into(),
-                    running: true,
+                    status: "RUNNING",
                     up: true,
                     active: true,
                     stats: LinkStats { bytes_sent: 1000, packets_recv: 3, ..Default::default() },
@@ -192,7 +192,7 @@ impl StatsReport {
                 LinkStatus {
                     name: "udp 10.254.0.2:3780 dev sync1".into(),
                     device: "sync1".into(),
-                    running: false,
+                    status: "DOWN",
                     up: false,
                     active: false,
                     stats: LinkStats::default(),
@@ -357,7 +357,7 @@ impl StatsReport {
                 out,
                 "UDP traffic device={} status={} role={}:",
                 link.device,
-                if link.running { "RUNNING" } else { "DOWN" },
+                link.status,
                 if link.active { "ACTIVE" } else { "BACKUP" }
             );
             link_counters(out, link);

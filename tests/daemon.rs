@@ -1345,6 +1345,19 @@ fn each_stats_section_prints_its_own_part() {
     let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(&whole), keys(&cache));
     assert_eq!(cache["external"]["active"], 1);
+
+    // conntrackd's link states: the far end down is no carrier here; this
+    // end down is DOWN.
+    pair.fw[0].exec("ip link set sync0 down");
+    wait_for(Duration::from_secs(5), || {
+        pair.cli_ok(1, &["-s", "link"]).contains("device=sync0 status=NO-CARRIER role=ACTIVE:")
+    })
+    .unwrap_or_else(|| panic!("{}", pair.cli_ok(1, &["-s", "link"])));
+    pair.fw[1].exec("ip link set sync0 down");
+    wait_for(Duration::from_secs(5), || {
+        pair.cli_ok(1, &["-s", "link"]).contains("device=sync0 status=DOWN role=ACTIVE:")
+    })
+    .unwrap_or_else(|| panic!("{}", pair.cli_ok(1, &["-s", "link"])));
 }
 
 /// The `STATUS=` line systemd shows follows the peer: in sync with it, the
