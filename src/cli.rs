@@ -99,7 +99,8 @@ enum Table {
         ctsyncd -c                                commit the external cache (on failover)\n  \
         ctsyncd --check-ready                     exit 0 if this node may take over (keepalived)\n  \
         ctsyncd -s cache --json                   cache statistics as JSON\n  \
-        ctsyncd -s --prometheus                   metrics for node_exporter's textfile collector"
+        ctsyncd -s --prometheus                   metrics for node_exporter's textfile collector\n\n\
+        SIGUSR1 makes the daemon reopen its log file (after logrotate); ctsyncd(8) lists every signal."
 )]
 struct Args {
     /// Configuration file (YAML).
