@@ -3,7 +3,8 @@
 #
 #   scripts/setup.sh          everything the tests need (scripts/test.sh, .ci/run):
 #                             the demo's packages plus conntrackd, keepalived,
-#                             tcpdump, vsftpd, iptables, the packaging tools,
+#                             tcpdump, vsftpd, iptables, prometheus (for
+#                             promtool), the packaging tools,
 #                             cargo-deb, cargo-nextest and cargo-fuzz
 #   scripts/setup.sh demo     only what scripts/demo.sh needs: iproute2,
 #                             nftables, conntrack, socat, a C linker and a
@@ -13,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 what=${1:-test}
 case "$what" in
   demo) packages="conntrack nftables iproute2 socat procps gcc" ;;
-  test) packages="conntrack conntrackd keepalived nftables iproute2 socat tcpdump python3 procps gcc lintian dpkg-dev systemd vsftpd iptables" ;;
+  test) packages="conntrack conntrackd keepalived nftables iproute2 socat tcpdump python3 procps gcc lintian dpkg-dev systemd vsftpd iptables prometheus" ;;
   *) echo "usage: scripts/setup.sh [demo|test]" >&2; exit 2 ;;
 esac
 need=()
@@ -29,6 +30,8 @@ if [ "$what" = test ]; then
   # port and the conntrack table; the tests start their own instances.
   systemctl disable --now conntrackd >/dev/null 2>&1 || true
   systemctl disable --now keepalived >/dev/null 2>&1 || true
+  # The metrics test only needs promtool from the prometheus package, not its server.
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
   # The FTP test runs its own vsftpd in a namespace.
   systemctl disable --now vsftpd >/dev/null 2>&1 || true
 fi

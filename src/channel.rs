@@ -52,6 +52,15 @@ pub struct LinkStats {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LinkStatus {
     pub name: String,
+    /// The interface (`sync0`), or the name when the link has none; for
+    /// the text of `-s`, not in `-s --json`.
+    #[serde(skip)]
+    pub device: String,
+    /// The interface's state as conntrackd's `-s link` names it:
+    /// `RUNNING`, `NO-CARRIER` (up without carrier) or `DOWN` (`up` also
+    /// needs the link to have sent without error lately).
+    #[serde(skip)]
+    pub status: &'static str,
     pub up: bool,
     pub active: bool,
     #[serde(flatten)]
@@ -100,6 +109,8 @@ struct Link {
     socket: UdpSocket,
     dest: SocketAddr,
     interface_up: bool,
+    /// Administratively up (`IFF_UP`), with or without carrier.
+    admin_up: bool,
     failed_until: Option<Instant>,
     stats: LinkStats,
 }
@@ -208,7 +219,9 @@ impl Channels {
         let ifaces = interface_states();
         for link in &mut self.links {
             if let Some(name) = &link.spec.interface {
-                link.interface_up = ifaces.iter().any(|(n, up)| n == name && *up);
+                let flags = ifaces.iter().find(|(n, _, _)| n == name);
+                link.admin_up = flags.is_some_and(|(_, admin, _)| *admin);
+                link.interface_up = flags.is_some_and(|(_, admin, running)| *admin && *running);
             }
             if link.failed_until.is_some_and(|t| t <= now) {
                 link.failed_until = None;
@@ -229,6 +242,11 @@ impl Channels {
         self.links.get(i).map_or("?", |l| l.name.as_str())
     }
 
+    /// The peer's address (or multicast group) on link `i`.
+    pub fn peer_addr(&self, i: usize) -> Option<IpAddr> {
+        self.links.get(i).map(|l| l.dest.ip())
+    }
+
     /// True when at least one link is usable.
     pub fn any_usable(&self) -> bool {
         self.links.iter().any(Link::usable)
@@ -241,6 +259,12 @@ impl Channels {
             .enumerate()
             .map(|(i, l)| LinkStatus {
                 name: l.name.clone(),
+                device: l.spec.interface.clone().unwrap_or_else(|| l.name.clone()),
+                status: match (l.interface_up, l.admin_up) {
+                    (true, _) => "RUNNING",
+                    (false, true) => "NO-CARRIER",
+                    (false, false) => "DOWN",
+                },
                 up: l.usable(),
                 active: i == self.active,
                 stats: l.stats,
@@ -321,6 +345,7 @@ impl Link {
             socket,
             dest: SocketAddr::new(remote, spec.port),
             interface_up: true,
+            admin_up: true,
             failed_until: None,
             stats: LinkStats::default(),
         })
@@ -396,14 +421,17 @@ fn force_buffer(socket: &Socket, bytes: usize, receive: bool) -> io::Result<()> 
 }
 
 /// `(name, up and running)` of every interface in our network namespace.
-fn interface_states() -> Vec<(String, bool)> {
+/// Every interface: name, administratively up (`IFF_UP`), carrier
+/// (`IFF_RUNNING`).
+fn interface_states() -> Vec<(String, bool, bool)> {
     use nix::net::if_::InterfaceFlags;
-    let mut out: Vec<(String, bool)> = Vec::new();
+    let mut out: Vec<(String, bool, bool)> = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for ifa in addrs {
-            let up = ifa.flags.contains(InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING);
-            if !out.iter().any(|(n, _)| *n == ifa.interface_name) {
-                out.push((ifa.interface_name, up));
+            let up = ifa.flags.contains(InterfaceFlags::IFF_UP);
+            let running = ifa.flags.contains(InterfaceFlags::IFF_RUNNING);
+            if !out.iter().any(|(n, _, _)| *n == ifa.interface_name) {
+                out.push((ifa.interface_name, up, running));
             }
         }
     }

@@ -114,14 +114,17 @@ enum Table {
         ctsyncd -C /etc/ctsync/ctsyncd.yaml -d   run the daemon\n  \
         ctsyncd -c                                commit the external cache (on failover)\n  \
         ctsyncd --check-ready                     exit 0 if this node may take over (keepalived)\n  \
-        ctsyncd -s cache --json                   cache statistics as JSON"
+        ctsyncd -s cache --json                   cache statistics as JSON\n  \
+        ctsyncd -s --prometheus                   metrics for node_exporter's textfile collector\n\n\
+        SIGUSR1 makes the daemon reopen its log file (after logrotate); ctsyncd(8) lists every signal."
 )]
 struct Args {
     /// Configuration file (YAML).
     #[arg(short = 'C', long = "config", value_name = "FILE", default_value = DEFAULT_PATH)]
     config: PathBuf,
 
-    /// Run the daemon in the background.
+    /// Run the daemon in the background. Its stderr is then lost: with
+    /// general.log.target: stderr (the default) it logs to syslog instead.
     #[arg(short = 'd', long = "daemon")]
     daemon: bool,
 
@@ -176,7 +179,9 @@ struct Args {
     #[arg(short = 'k', long = "kill")]
     kill: bool,
 
-    /// Show statistics: all, or one section.
+    /// Show statistics: conntrackd's general ones, or one section in
+    /// conntrackd's layout (`ct` is the general statistics; every counter is
+    /// in `--json`, whatever the section).
     #[arg(
         short = 's',
         long = "stats",
@@ -237,6 +242,11 @@ struct Args {
     /// JSON output for -s, -i and -e.
     #[arg(long = "json")]
     json: bool,
+
+    /// With -s: every metric in the Prometheus text format, as the
+    /// metrics listener serves it (for node_exporter's textfile collector).
+    #[arg(long = "prometheus")]
+    prometheus: bool,
 
     /// Print the effective configuration as YAML and exit; 2 if the file
     /// or its key file does not load (--check also checks interfaces and
@@ -306,8 +316,19 @@ impl Args {
         if self.kill {
             actions.push(("-k", Request::Kill));
         }
-        if let Some(section) = self.stats {
-            actions.push(("-s", Request::Stats(section)));
+        match (self.stats, self.prometheus) {
+            (Some(None), true) => actions.push(("-s", Request::Metrics)),
+            (Some(Some(section)), true) => {
+                return Err(invalid(format!(
+                    "Invalid parameters: -s --prometheus prints every metric; drop the section {}",
+                    section.name()
+                )));
+            }
+            (None, true) => {
+                return Err(invalid("Invalid parameters: --prometheus goes with -s".into()));
+            }
+            (Some(section), false) => actions.push(("-s", Request::Stats(section))),
+            (None, false) => {}
         }
         match self.dump_internal {
             Some(Some(Table::Expect)) => {
@@ -345,6 +366,9 @@ impl Args {
                     | Request::DumpExpectations(_)
             )]
         );
+        if self.json && self.prometheus {
+            return Err(invalid("Invalid parameters: --json or --prometheus, not both".into()));
+        }
         if self.json && !json_ok {
             return Err(invalid("Invalid parameters: --json goes with -s, -i or -e".into()));
         }
@@ -604,6 +628,12 @@ mod tests {
         assert_eq!(client("-e --json"), (Request::DumpExternal, true));
         assert_eq!(client("-s"), (Request::Stats(None), false));
         fails("-c --json", "--json goes with -s, -i or -e");
+        assert_eq!(client("-s --prometheus"), (Request::Metrics, false));
+        assert_eq!(client("--prometheus -s"), (Request::Metrics, false));
+        fails("-s cache --prometheus", "drop the section cache");
+        fails("--prometheus", "--prometheus goes with -s");
+        fails("-i --prometheus", "--prometheus goes with -s");
+        fails("-s --json --prometheus", "--json or --prometheus, not both");
         fails("--json", "--json goes with");
         fails("-d --json", "--json goes with");
     }

@@ -54,6 +54,8 @@ pub enum Request {
     Kill,
     /// `-s`: statistics, all general ones (`None`) or one section.
     Stats(Option<StatsSection>),
+    /// `-s --prometheus`: every metric in the Prometheus text format.
+    Metrics,
     /// `-i`: dump the internal cache.
     DumpInternal,
     /// `-e`: dump the external cache.
@@ -287,6 +289,7 @@ pub fn decode_request(buf: &[u8]) -> Result<(Request, bool), ControlError> {
         }),
         tag::RELOAD => plain(Request::Reload)?,
         tag::CHECK_READY => plain(Request::CheckReady)?,
+        tag::METRICS => plain(Request::Metrics)?,
         tag::TEST_DROP_PEER_FLOWS => Request::TestDropPeerFlows(match arg {
             0 => false,
             1 => true,
@@ -553,6 +556,7 @@ mod tag {
     pub const TEST_DROP_PEER_FLOWS: u8 = 200;
     pub const DUMP_EXPECT: u8 = 13;
     pub const CHECK_READY: u8 = 14;
+    pub const METRICS: u8 = 15;
 }
 
 fn request_code(req: &Request) -> (u8, u8) {
@@ -584,6 +588,7 @@ fn request_code(req: &Request) -> (u8, u8) {
         Request::DumpExpectations(CacheSel::External) => (tag::DUMP_EXPECT, 2),
         Request::Reload => (tag::RELOAD, 0),
         Request::CheckReady => (tag::CHECK_READY, 0),
+        Request::Metrics => (tag::METRICS, 0),
         Request::TestDropPeerFlows(on) => (tag::TEST_DROP_PEER_FLOWS, u8::from(on)),
     }
 }
@@ -733,6 +738,7 @@ mod tests {
             Request::DumpExpectations(CacheSel::External),
             Request::Reload,
             Request::CheckReady,
+            Request::Metrics,
             Request::TestDropPeerFlows(true),
             Request::TestDropPeerFlows(false),
         ];
@@ -795,9 +801,10 @@ mod tests {
             decode_request(&[0, 0, 0, 4, VERSION, 14, 4, 0]),
             Err(ControlError::BadFlags(4))
         );
+        assert_eq!(decode_request(&[0, 0, 0, 4, VERSION, 15, 0, 0]), Ok((Request::Metrics, false)));
         assert_eq!(
-            decode_request(&[0, 0, 0, 4, VERSION, 15, 0, 0]),
-            Err(ControlError::BadRequest(15))
+            decode_request(&[0, 0, 0, 4, VERSION, 16, 0, 0]),
+            Err(ControlError::BadRequest(16))
         );
     }
 

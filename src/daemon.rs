@@ -108,6 +108,9 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
         }
     };
     if daemonize {
+        // stderr goes to /dev/null: say so while it can be read, and keep
+        // logging through syslog.
+        logging::detach();
         if let Err(e) = nix::unistd::daemon(false, false) {
             log::error!("cannot go to the background: {e}");
             return ExitCode::from(1);
@@ -201,9 +204,9 @@ fn log_target(cfg: &Config) -> LogTarget {
         config::LogTarget::Syslog => {
             LogTarget::Syslog { facility: (log.syslog_facility.code() / 8) as u8 }
         }
-        config::LogTarget::File => {
-            LogTarget::File(log.file.clone().unwrap_or_else(|| "/var/log/ctsyncd.log".into()))
-        }
+        config::LogTarget::File => LogTarget::File(
+            log.file.clone().unwrap_or_else(|| "/var/log/ctsync/ctsyncd.log".into()),
+        ),
     }
 }
 

@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::ftfw::Seq;
+use crate::metrics::HistogramSnapshot;
 
 /// Counters of deferral, as `-s` and the metrics show them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -161,6 +162,11 @@ impl Deferral {
         self.held.front().map(|h| h.since + self.timeout)
     }
 
+    /// Hold times of released packets, for the metrics.
+    pub fn hold_histogram(&self) -> HistogramSnapshot {
+        self.hist.snapshot()
+    }
+
     pub fn stats(&self) -> DeferStats {
         DeferStats {
             held: self.held.len() as u64,
@@ -178,11 +184,12 @@ struct Histogram {
     buckets: [u64; 105],
     count: u64,
     max_us: u64,
+    sum_us: u64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { buckets: [0; 105], count: 0, max_us: 0 }
+        Histogram { buckets: [0; 105], count: 0, max_us: 0, sum_us: 0 }
     }
 }
 
@@ -193,6 +200,28 @@ impl Histogram {
         self.buckets[i.min(self.buckets.len() - 1)] += 1;
         self.count += 1;
         self.max_us = self.max_us.max(us);
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    /// The histogram in Prometheus buckets, seconds: upper bounds every
+    /// eighth bucket (powers of 4 µs, 64 µs to 16.8 s), which fall on this
+    /// histogram's own bounds so the counts are exact; longer holds go to
+    /// `+Inf`.
+    fn snapshot(&self) -> HistogramSnapshot {
+        const FIRST: usize = 24;
+        const LAST: usize = 96;
+        const STEP: usize = 8;
+        let mut buckets: Vec<(f64, u64)> =
+            (FIRST..=LAST).step_by(STEP).map(|i| (2f64.powf(i as f64 / 4.0) / 1e6, 0)).collect();
+        let mut above = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            match buckets.get_mut(i.saturating_sub(FIRST).div_ceil(STEP)) {
+                Some(b) if i <= LAST => b.1 += n,
+                _ => above += n,
+            }
+        }
+        buckets.push((f64::INFINITY, above));
+        HistogramSnapshot { sum: self.sum_us as f64 / 1e6, count: self.count, buckets }
     }
 
     /// The upper bound of the bucket holding quantile `q`; 0 when empty.
@@ -290,6 +319,22 @@ mod tests {
         assert_eq!(out, [1, 2]);
         let s = d.stats();
         assert_eq!((s.held, s.timeouts, s.overflow), (0, 1, 1));
+    }
+
+    #[test]
+    fn the_prometheus_buckets_count_exactly() {
+        let mut h = Histogram::default();
+        for us in [1, 64, 65, 256, 1000, 20_000_000] {
+            h.record(Duration::from_micros(us));
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 6);
+        assert!((s.sum - 20.001386).abs() < 1e-9, "{}", s.sum);
+        assert_eq!(s.buckets[0], (64e-6, 2));
+        assert_eq!(s.buckets[1], (256e-6, 2));
+        assert_eq!(s.buckets[2], (1024e-6, 1));
+        assert_eq!(s.buckets.last(), Some(&(f64::INFINITY, 1)));
+        assert_eq!(s.buckets.iter().map(|b| b.1).sum::<u64>(), 6);
     }
 
     #[test]

@@ -27,5 +27,6 @@ pub mod netlink;
 pub mod reactor;
 pub mod readiness;
 pub mod reject;
+pub mod stats;
 pub mod systemd;
 pub mod wire;

@@ -1,11 +1,21 @@
 //! Operator logs: one line per event that matters, to stderr (what systemd's
 //! journal reads), syslog (`/dev/log`) or a file, with a level.
+//!
+//! Each place gets what its readers expect:
+//! * stderr connected to the journal (`JOURNAL_STREAM` names stderr's
+//!   device and inode, as systemd sets it): every line starts with its
+//!   syslog priority, `<4>` for a warning (sd-daemon(3)), so that
+//!   `journalctl -p warning` finds the warnings;
+//! * stderr about to be lost (`-d` sends it to /dev/null): [`detach`] says
+//!   so on stderr while it is still there, and the lines go to syslog;
+//! * a file: reopened by [`reopen`] (the daemon calls it on SIGUSR1), so
+//!   that logrotate can rename it without `copytruncate`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Where log lines go.
@@ -19,42 +29,133 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
+/// The syslog facility `-d` falls back to when stderr would be lost.
+pub const DAEMON_FACILITY: u8 = 3;
+
 enum Sink {
-    Stderr,
-    Syslog { socket: Option<UnixDatagram>, facility: u8 },
-    File(File),
+    /// `journal`: stderr is the journal's stream, so lines carry their
+    /// priority.
+    Stderr {
+        journal: bool,
+    },
+    Syslog {
+        socket: Option<UnixDatagram>,
+        facility: u8,
+    },
+    File {
+        file: File,
+        path: PathBuf,
+    },
 }
 
 struct Logger {
-    level: log::LevelFilter,
+    level: Mutex<log::LevelFilter>,
     sink: Mutex<Sink>,
 }
 
-/// Install the process logger. Safe to call more than once (later calls only
-/// change the level).
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+
+/// Install the process logger, or point the installed one at `target`.
 pub fn init(target: &LogTarget, level: log::LevelFilter) -> std::io::Result<()> {
     let sink = match target {
-        LogTarget::Stderr => Sink::Stderr,
-        LogTarget::Syslog { facility } => {
-            let socket = UnixDatagram::unbound().ok().filter(|s| s.connect("/dev/log").is_ok());
-            Sink::Syslog { socket, facility: *facility }
-        }
-        LogTarget::File(path) => {
-            Sink::File(OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("log file {}: {e}", path.display()))
-            })?)
-        }
+        LogTarget::Stderr => Sink::Stderr {
+            journal: stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref()),
+        },
+        LogTarget::Syslog { facility } => syslog(*facility),
+        LogTarget::File(path) => Sink::File { file: open_log(path)?, path: path.clone() },
     };
-    let logger = Box::new(Logger { level, sink: Mutex::new(sink) });
-    // A second call keeps the first sink; only the level changes.
-    let _ = log::set_boxed_logger(logger);
+    let logger = LOGGER.get_or_init(|| Logger {
+        level: Mutex::new(level),
+        sink: Mutex::new(Sink::Stderr { journal: false }),
+    });
+    if let Ok(mut current) = logger.sink.lock() {
+        *current = sink;
+    }
+    if let Ok(mut current) = logger.level.lock() {
+        *current = level;
+    }
+    let _ = log::set_logger(logger);
     log::set_max_level(level);
     Ok(())
 }
 
+/// The daemon is about to detach from its terminal (`-d`), which sends
+/// stderr to /dev/null. When the log goes to stderr, say so there while it
+/// can be read and log to syslog (facility daemon) from now on. Returns
+/// whether the target changed.
+pub fn detach() -> bool {
+    let Some(logger) = LOGGER.get() else { return false };
+    let Ok(mut sink) = logger.sink.lock() else { return false };
+    if !matches!(*sink, Sink::Stderr { .. }) {
+        return false;
+    }
+    let line = "-d detaches from stderr, where general.log.target: stderr sends the log: logging to syslog (facility daemon) instead; set general.log.target to syslog or file to choose";
+    let _ = writeln!(std::io::stderr(), "{}: {line}", tag(log::Level::Warn));
+    *sink = syslog(DAEMON_FACILITY);
+    if matches!(*sink, Sink::Syslog { socket: None, .. }) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}: no syslog daemon answers on /dev/log: the log will be lost; set general.log.target: file",
+            tag(log::Level::Error)
+        );
+    }
+    drop(sink);
+    log::warn!("{line}");
+    true
+}
+
+/// Open the log file again (after logrotate renamed it), keeping the old
+/// one when the new one cannot be opened. `Ok(None)` when the log is not a
+/// file.
+pub fn reopen() -> Result<Option<PathBuf>, String> {
+    let Some(logger) = LOGGER.get() else { return Ok(None) };
+    let Ok(mut sink) = logger.sink.lock() else { return Ok(None) };
+    let Sink::File { file, path } = &mut *sink else { return Ok(None) };
+    let _ = file.flush();
+    *file = open_log(path)
+        .map_err(|e| format!("cannot reopen the log: {e}; still writing to the old file"))?;
+    Ok(Some(path.clone()))
+}
+
+/// Whether `journal_stream` (the `JOURNAL_STREAM` variable, `DEV:INODE`)
+/// names this process's stderr.
+fn stderr_is_journal(journal_stream: Option<&str>) -> bool {
+    let Some(stat) = nix::sys::stat::fstat(std::io::stderr()).ok() else { return false };
+    names_stream(journal_stream, stat.st_dev, stat.st_ino)
+}
+
+/// Whether `journal_stream` is `dev:inode` of the given file.
+fn names_stream(journal_stream: Option<&str>, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = journal_stream.and_then(|v| v.split_once(':')) else { return false };
+    d.parse::<u64>().ok() == Some(dev) && i.parse::<u64>().ok() == Some(ino)
+}
+
+fn syslog(facility: u8) -> Sink {
+    let socket = UnixDatagram::unbound().ok().filter(|s| s.connect("/dev/log").is_ok());
+    Sink::Syslog { socket, facility }
+}
+
+fn open_log(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("log file {}: {e}", path.display())))
+}
+
+/// The syslog severity of a level: what `<N>` prefixes carry.
+fn severity(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= self.level
+        self.level.lock().is_ok_and(|l| metadata.level() <= *l)
     }
 
     fn log(&self, record: &log::Record<'_>) {
@@ -63,19 +164,22 @@ impl log::Log for Logger {
         }
         let Ok(mut sink) = self.sink.lock() else { return };
         match &mut *sink {
-            Sink::Stderr => {
+            Sink::Stderr { journal: false } => {
                 let _ = writeln!(std::io::stderr(), "{}: {}", tag(record.level()), record.args());
             }
+            Sink::Stderr { journal: true } => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "<{}>{}: {}",
+                    severity(record.level()),
+                    tag(record.level()),
+                    record.args()
+                );
+            }
             Sink::Syslog { socket, facility } => {
-                let severity = match record.level() {
-                    log::Level::Error => 3,
-                    log::Level::Warn => 4,
-                    log::Level::Info => 6,
-                    log::Level::Debug | log::Level::Trace => 7,
-                };
                 let line = format!(
                     "<{}>ctsyncd[{}]: {}",
-                    u32::from(*facility) * 8 + severity,
+                    u32::from(*facility) * 8 + u32::from(severity(record.level())),
                     std::process::id(),
                     record.args()
                 );
@@ -85,7 +189,7 @@ impl log::Log for Logger {
                         writeln!(std::io::stderr(), "{}: {}", tag(record.level()), record.args());
                 }
             }
-            Sink::File(file) => {
+            Sink::File { file, .. } => {
                 let secs = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
@@ -96,7 +200,7 @@ impl log::Log for Logger {
 
     fn flush(&self) {
         if let Ok(mut sink) = self.sink.lock()
-            && let Sink::File(f) = &mut *sink
+            && let Sink::File { file: f, .. } = &mut *sink
         {
             let _ = f.flush();
         }
@@ -147,6 +251,25 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_stream_must_name_stderr_exactly() {
+        assert!(names_stream(Some("64769:1234"), 64769, 1234));
+        assert!(!names_stream(Some("64769:1235"), 64769, 1234));
+        assert!(!names_stream(Some("64768:1234"), 64769, 1234));
+        assert!(!names_stream(Some("garbage"), 64769, 1234));
+        assert!(!names_stream(Some(""), 0, 0));
+        assert!(!names_stream(None, 64769, 1234));
+    }
+
+    #[test]
+    fn priorities_follow_sd_daemon() {
+        // sd-daemon(3): <3> error, <4> warning, <6> info, <7> debug.
+        assert_eq!(severity(log::Level::Error), 3);
+        assert_eq!(severity(log::Level::Warn), 4);
+        assert_eq!(severity(log::Level::Info), 6);
+        assert_eq!(severity(log::Level::Debug), 7);
+    }
 
     #[test]
     fn rate_limit_lets_one_line_per_interval_and_counts_the_rest() {

@@ -13,29 +13,30 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::cache::{Cache, CacheStats, Removal, Upsert};
+use crate::cache::{Cache, Removal, Upsert};
 use crate::channel::{Channels, LinkSpec, Recv};
 use crate::control::{self, CacheSel, Request};
-use crate::defer::{DeferStats, Deferral, Skip};
+use crate::defer::{Deferral, Skip};
 use crate::digest::{self, RepairLedger};
-use crate::direct::{DirectStats, DirectToKernel, Role};
+use crate::direct::{DirectToKernel, Role};
 use crate::expect::{ExpChange, ExpState, ExpectSync};
 use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey, proto, tcp_state};
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent, PeerState, Seq};
 use crate::logging::RateLimit;
 use crate::metrics;
-use crate::netlink::queue::{QueueSocket, QueueStats, QueuedPacket};
+use crate::netlink::queue::{QueueSocket, QueuedPacket};
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
 use crate::readiness::Readiness;
 use crate::reject;
+use crate::stats::{DeferReport, ExpReport, PeerPhase, PeerView, StatsReport};
 use crate::systemd;
 
 /// What the reactor needs from the configuration, already validated.
@@ -180,6 +181,13 @@ pub struct Daemon {
     defer: Option<Defer>,
     /// `-f` emptied the internal cache and no `-R` has refilled it yet.
     internal_flushed: bool,
+    /// When the peer went down (wall clock, for the status line); `None`
+    /// while it is up or before it was ever up.
+    peer_down_since: Option<SystemTime>,
+    /// The systemd status line last sent.
+    status_sent: String,
+    /// How long commits took.
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Deferred packets: the queue they arrive on and the packets held.
@@ -228,7 +236,7 @@ impl Daemon {
         }
         let mut channels = Channels::open(&cfg.links).map_err(|e| e.to_string())?;
         let mut control = bind_control(&cfg.control_socket, cfg.control_gid)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         let registry = poll.registry();
         let reg = |e: io::Error| format!("cannot register a socket with the event loop: {e}");
@@ -301,6 +309,9 @@ impl Daemon {
             test_drop_peer_flows: false,
             defer,
             internal_flushed: false,
+            peer_down_since: None,
+            status_sent: String::new(),
+            commit_seconds: metrics::commit_histogram(),
         };
         if !daemon.cfg.ftfw.anti_entropy_interval.is_zero() {
             daemon.internal.enable_digests();
@@ -321,7 +332,8 @@ impl Daemon {
     /// Run until SIGTERM, SIGINT or `-k`.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
-        systemd::notify_ready(&self.status_line());
+        self.status_sent = self.report().status_line();
+        systemd::notify_ready(&self.status_sent);
         log::info!(
             "ctsyncd started: {} flows in the internal cache, sync via {}{}",
             self.internal.len(),
@@ -904,8 +916,12 @@ impl Daemon {
                 log::info!("sending all {} internal flows to the peer", self.internal.len());
                 self.bulk_send();
             }
-            PeerEvent::PeerUp => log::info!("peer is up"),
+            PeerEvent::PeerUp => {
+                self.peer_down_since = None;
+                log::info!("peer is up")
+            }
             PeerEvent::PeerDown => {
+                self.peer_down_since = Some(SystemTime::now());
                 log::warn!("peer is down: no datagram for {:?}", self.cfg.ftfw.peer_timeout)
             }
             PeerEvent::PeerRestarted => log::info!("peer restarted: exchanging full tables"),
@@ -1049,6 +1065,7 @@ impl Daemon {
                     self.channels.name(to)
                 );
             }
+            self.update_status();
         }
         if let Some((interval, last)) = self.watchdog
             && last + interval <= now
@@ -1067,6 +1084,12 @@ impl Daemon {
                         log::error!("{e}");
                     }
                 }
+                // logrotate's postrotate: the log file was renamed.
+                SIGUSR1 => match crate::logging::reopen() {
+                    Ok(Some(path)) => log::info!("reopened the log file {}", path.display()),
+                    Ok(None) => log::info!("SIGUSR1: the log is not a file, nothing to reopen"),
+                    Err(e) => log::error!("{e}"),
+                },
                 _ => {}
             }
         }
@@ -1101,15 +1124,6 @@ impl Daemon {
         );
         log::info!("{line}");
         Ok(line)
-    }
-
-    fn status_line(&self) -> String {
-        format!(
-            "{} internal, {} external flows; peer {}",
-            self.internal.len(),
-            self.external.len(),
-            if self.ftfw.is_synced() { "in sync" } else { "not in sync" }
-        )
     }
 }
 
@@ -1405,6 +1419,7 @@ impl Daemon {
                 Ok("ctsyncd stopping\n".into())
             }
             Request::Stats(section) => Ok(self.stats_report(section, json)),
+            Request::Metrics => Ok(metrics::render(&self.report())),
             Request::DumpInternal => Ok(dump(&self.internal, json)),
             Request::DumpExternal => Ok(dump(&self.external, json)),
             Request::DumpExpectations(which) => {
@@ -1460,9 +1475,10 @@ impl Daemon {
     }
 
     fn commit(&mut self) -> Result<String, String> {
+        let started = Instant::now();
         // What the kernel made until now must be in the internal cache
         // before the conflicts are looked for.
-        self.drain_kernel_events(Instant::now());
+        self.drain_kernel_events(started);
         let conflicts = if self.direct.is_none() {
             crate::cache::nat_conflicts(&self.internal, &self.external)
         } else {
@@ -1512,6 +1528,7 @@ impl Daemon {
             direct.set_missing(report.failed.iter().map(|(k, _)| *k));
         }
         self.stats.commits += 1;
+        self.commit_seconds.observe(started.elapsed().as_secs_f64());
         self.stats.commit_failures += report.failed.len() as u64;
         for (key, errno) in report.failed.iter().take(5) {
             log::warn!("commit of {key} failed: {}", io::Error::from_raw_os_error(*errno));
@@ -1563,13 +1580,19 @@ impl Daemon {
         if json {
             return serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
         }
-        let _ = section;
-        report.to_text()
+        report.to_text(section)
     }
 
-    /// The counters `-s --json` and the metrics show.
+    /// The counters `-s` and the metrics show.
     fn report(&self) -> StatsReport {
         let links = self.channels.status();
+        let state = match self.ftfw.peer_state() {
+            PeerState::Established => PeerPhase::Up,
+            PeerState::Silent => PeerPhase::Down,
+            PeerState::HelloSent if self.peer_down_since.is_some() => PeerPhase::Down,
+            PeerState::HelloSent => PeerPhase::Waiting,
+        };
+        let active = self.channels.active();
         StatsReport {
             uptime_seconds: self.started.elapsed().as_secs(),
             synced: self.ftfw.is_synced(),
@@ -1592,6 +1615,25 @@ impl Daemon {
                 .defer
                 .as_ref()
                 .map(|d| DeferReport { held: d.held.stats(), queue: d.queue.stats() }),
+            peer: PeerView {
+                addr: self.channels.peer_addr(active).map(|a| a.to_string()).unwrap_or_default(),
+                state,
+                down_since: self.peer_down_since,
+            },
+            resend_queue_max: self.cfg.ftfw.resend_queue as u64,
+            unsent_pending: self.unsent.is_some(),
+            defer_max_held: self.cfg.defer.as_ref().map_or(0, |d| u64::from(d.max_held)),
+            defer_hold: self.defer.as_ref().map(|d| d.held.hold_histogram()),
+            commit_seconds: self.commit_seconds.clone(),
+        }
+    }
+
+    /// Send the systemd status line if it changed (called once a second).
+    fn update_status(&mut self) {
+        let line = self.report().status_line();
+        if line != self.status_sent {
+            systemd::notify_status(&line);
+            self.status_sent = line;
         }
     }
 
@@ -1601,80 +1643,9 @@ impl Daemon {
         if token == metrics::LISTENER {
             server.accept(self.poll.registry());
         } else {
-            server.on_ready(self.poll.registry(), token, || {
-                metrics::render(&serde_json::to_value(self.report()).unwrap_or_default())
-            });
+            server.on_ready(self.poll.registry(), token, || metrics::render(&self.report()));
         }
         self.metrics = Some(server);
-    }
-}
-
-#[derive(serde::Serialize)]
-struct StatsReport {
-    uptime_seconds: u64,
-    synced: bool,
-    ready: bool,
-    internal: CacheStats,
-    external: CacheStats,
-    runtime: RuntimeStats,
-    netlink: netlink::EventStats,
-    netlink_rcvbuf: usize,
-    protocol: crate::ftfw::FtfwStats,
-    anti_entropy: digest::AntiEntropyStats,
-    links: Vec<crate::channel::LinkStatus>,
-    direct: DirectStats,
-    /// Only with `sync.defer`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    defer: Option<DeferReport>,
-    /// Only with `sync.expectations`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expectations: Option<ExpReport>,
-}
-
-#[derive(serde::Serialize)]
-struct DeferReport {
-    #[serde(flatten)]
-    held: DeferStats,
-    queue: QueueStats,
-}
-
-#[derive(serde::Serialize)]
-struct ExpReport {
-    internal: crate::expect::ExpCacheStats,
-    external: crate::expect::ExpCacheStats,
-    runtime: crate::expect::ExpStats,
-}
-
-impl StatsReport {
-    fn to_text(&self) -> String {
-        let mut out = String::new();
-        let json = serde_json::to_value(self).unwrap_or_default();
-        if let serde_json::Value::Object(sections) = json {
-            for (name, value) in sections {
-                text_section(&mut out, &name, &value, 0);
-            }
-        }
-        out
-    }
-}
-
-fn text_section(out: &mut String, name: &str, value: &serde_json::Value, depth: usize) {
-    let pad = "  ".repeat(depth);
-    match value {
-        serde_json::Value::Object(map) => {
-            let _ = writeln!(out, "{pad}{name}:");
-            for (k, v) in map {
-                text_section(out, k, v, depth + 1);
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                text_section(out, &format!("{name}[{i}]"), v, depth);
-            }
-        }
-        v => {
-            let _ = writeln!(out, "{pad}{:<32}{v}", format!("{name}:"));
-        }
     }
 }
 

@@ -99,10 +99,16 @@ impl Pair {
     }
 
     fn start(&mut self, i: usize) {
+        self.start_with_env(i, &[]);
+    }
+
+    /// Start fw`i`'s daemon with more environment variables.
+    fn start_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.dir.join(format!("fw{}.log", i + 1))).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", self.fw[i].name(), BIN, "-C", &self.config(i)])
             .args(&self.args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -1519,4 +1525,151 @@ fn a_control_group_member_cannot_lock_root_out_of_the_control_socket() {
         "{stats:#}"
     );
     assert!(pair.log(0).contains("turned away 1084 control connections"), "{}", pair.log(0));
+}
+
+/// `-s SECTION` prints that section only, in conntrackd's layout (see
+/// `src/stats.rs` for the conntrackd functions each one follows);
+/// `--json` stays the whole document whatever the section.
+#[test]
+fn each_stats_section_prints_its_own_part() {
+    let pair = Pair::new("sections");
+    pair.fw[0].exec(
+        "conntrack -I -p tcp -s 192.0.2.10 -d 198.51.100.20 --sport 40000 --dport 443 \
+         --state ESTABLISHED -t 600 -u ASSURED",
+    );
+    wait_for(Duration::from_secs(10), || {
+        pair.cli_ok(1, &["-s", "cache"])
+            .contains(&format!("cache:external\tactive objects:\t\t{:>12}", 1))
+    })
+    .unwrap_or_else(|| panic!("flow not replicated: {}", pair.cli_ok(1, &["-s", "cache"])));
+
+    let general = pair.cli_ok(1, &["-s"]);
+    for line in [
+        "cache internal:",
+        "cache external:",
+        "UDP traffic (active device=sync0):",
+        "message tracking:",
+    ] {
+        assert!(general.lines().any(|l| l == line), "-s lacks {line:?}:\n{general}");
+    }
+    assert!(general.contains("current active connections:\t           1"), "{general}");
+    assert_eq!(pair.cli_ok(1, &["-s", "ct"]).lines().next(), general.lines().next());
+
+    // (section, a line it must have, a line of another section it must not)
+    let sections = [
+        ("network", "network statistics:", "cache internal:"),
+        ("n", "sequence tracking statistics:", "daemon uptime"),
+        ("cache", "cache:internal\tactive objects:\t\t           0", "network statistics:"),
+        ("runtime", "netlink stats:", "cache internal:"),
+        ("link", "UDP traffic device=sync0 status=RUNNING role=ACTIVE:", "message tracking:"),
+        ("rsqueue", "resent queue (len=0)", "cache internal:"),
+        ("queue", "queue rsqueue:", "cache internal:"),
+    ];
+    // The carrier of a new veth comes up within a second (linkwatch), and
+    // the daemon looks at its links once a second.
+    wait_for(Duration::from_secs(5), || pair.cli_ok(1, &["-s", "link"]).contains("status=RUNNING"))
+        .unwrap_or_else(|| panic!("sync0 not running: {}", pair.cli_ok(1, &["-s", "link"])));
+    for (section, has, lacks) in sections {
+        let text = pair.cli_ok(1, &["-s", section]);
+        assert!(text.lines().any(|l| l == has), "-s {section} lacks {has:?}:\n{text}");
+        assert!(!text.contains(lacks), "-s {section} has {lacks:?}:\n{text}");
+    }
+    let runtime = pair.cli_ok(1, &["-s", "runtime"]);
+    assert!(runtime.starts_with("daemon uptime: 0 min\n"), "{runtime}");
+    // No child processes and no expectation sync: nothing, as conntrackd.
+    assert_eq!(pair.cli_ok(1, &["-s", "process"]), "");
+    assert_eq!(pair.cli_ok(1, &["-s", "expect"]), "");
+
+    let whole: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
+    let cache: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(1, &["-s", "cache", "--json"])).unwrap();
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&whole), keys(&cache));
+    assert_eq!(cache["external"]["active"], 1);
+
+    // conntrackd's link states: the far end down is no carrier here; this
+    // end down is DOWN.
+    pair.fw[0].exec("ip link set sync0 down");
+    wait_for(Duration::from_secs(5), || {
+        pair.cli_ok(1, &["-s", "link"]).contains("device=sync0 status=NO-CARRIER role=ACTIVE:")
+    })
+    .unwrap_or_else(|| panic!("{}", pair.cli_ok(1, &["-s", "link"])));
+    pair.fw[1].exec("ip link set sync0 down");
+    wait_for(Duration::from_secs(5), || {
+        pair.cli_ok(1, &["-s", "link"]).contains("device=sync0 status=DOWN role=ACTIVE:")
+    })
+    .unwrap_or_else(|| panic!("{}", pair.cli_ok(1, &["-s", "link"])));
+}
+
+/// The `STATUS=` line systemd shows follows the peer: in sync with it, the
+/// flow counts, and when it went down; it is sent when it changes, not per
+/// event. The test is the daemon's `NOTIFY_SOCKET`.
+#[test]
+fn the_systemd_status_follows_the_peer() {
+    let mut pair =
+        Pair::with_options("status", "", "  alive_interval: 200ms\n  peer_timeout: 1s\n", &[]);
+    let socket_path = pair.dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    pair.stop(1);
+    pair.start_with_env(1, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+
+    let mut statuses: Vec<String> = Vec::new();
+    let read_until = |statuses: &mut Vec<String>, want: &dyn Fn(&str) -> bool, secs: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = notify.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                for line in text.lines().filter_map(|l| l.strip_prefix("STATUS=")) {
+                    statuses.push(line.to_owned());
+                }
+                if statuses.last().is_some_and(|s| want(s)) {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    assert!(
+        read_until(
+            &mut statuses,
+            &|s| s.starts_with("in sync with 10.255.0.1, 0 flows here, 0 from the peer"),
+            10
+        ),
+        "{statuses:#?}\n{}",
+        pair.log(1)
+    );
+
+    for i in 1..=50 {
+        pair.fw[0].exec(&format!(
+            "conntrack -I -p udp -s 10.3.0.{i} -d 10.3.1.1 --sport 4000 --dport 4001 -t 100"
+        ));
+    }
+    assert!(
+        read_until(
+            &mut statuses,
+            &|s| s == "in sync with 10.255.0.1, 0 flows here, 50 from the peer",
+            10
+        ),
+        "{statuses:#?}"
+    );
+    // 50 events, but at most one line a second while they came in.
+    let during = statuses.iter().filter(|s| s.contains("from the peer")).count();
+    assert!(during < 20, "one STATUS per event? {statuses:#?}");
+    // Nothing changes, nothing is sent.
+    let before = statuses.len();
+    assert!(!read_until(&mut statuses, &|_| true, 3), "{statuses:#?}");
+    assert_eq!(statuses.len(), before);
+
+    pair.stop(0);
+    assert!(
+        read_until(&mut statuses, &|s| s.starts_with("peer 10.255.0.1 down since 20"), 10),
+        "{statuses:#?}"
+    );
+    assert!(
+        statuses.last().unwrap().ends_with(", 0 flows here, 50 from the peer"),
+        "{statuses:#?}"
+    );
 }

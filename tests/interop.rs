@@ -463,3 +463,69 @@ fn restarts_of_either_side_reconverge() {
     m.commit_flows(0, (300..350).map(tcp_flow).collect());
     m.converge(0, Duration::from_secs(15));
 }
+
+/// A `-s` line with its numbers (and the spaces that pad them) as `N`:
+/// what a script parsing the line relies on.
+fn stats_shape(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ' ' || c.is_ascii_digit() {
+            let mut run = String::from(c);
+            while let Some(&n) = chars.peek().filter(|n| **n == ' ' || n.is_ascii_digit()) {
+                run.push(n);
+                chars.next();
+            }
+            // Padding before a number goes with it; a lone space stays.
+            let trimmed = run.trim_start_matches(' ');
+            let digits: String = trimmed.chars().take_while(char::is_ascii_digit).collect();
+            if digits.is_empty() {
+                out.push_str(&run);
+            } else {
+                out.push('N');
+                out.push_str(&trimmed[digits.len()..]);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `ctsyncd -s [SECTION]` prints the lines `conntrackd -s [SECTION]`
+/// prints, with the same labels, tabs and layout (numbers aside), so that
+/// a script that parses conntrackd's statistics reads ours.
+#[test]
+fn stats_sections_have_conntrackds_lines() {
+    let mut mixed = Mixed::new("stats", [Kind::Ctsyncd, Kind::Conntrackd]);
+    mixed.start(0);
+    mixed.start(1);
+    // Both see the new veth's carrier (it comes up within a second).
+    for i in [0, 1] {
+        wait_for(Duration::from_secs(5), || {
+            mixed.cli_ok(i, &["-s", "link"]).contains("status=RUNNING")
+        })
+        .unwrap_or_else(|| panic!("fw{}: {}", i + 1, mixed.cli_ok(i, &["-s", "link"])));
+    }
+    let mut report = String::new();
+    for section in [
+        None,
+        Some("network"),
+        Some("cache"),
+        Some("runtime"),
+        Some("link"),
+        Some("rsqueue"),
+        Some("queue"),
+        Some("process"),
+    ] {
+        let args: Vec<&str> = std::iter::once("-s").chain(section).collect();
+        let ours: BTreeSet<String> = mixed.cli_ok(0, &args).lines().map(stats_shape).collect();
+        let theirs = mixed.cli_ok(1, &args);
+        for line in theirs.lines().map(stats_shape) {
+            if !ours.contains(&line) {
+                report += &format!("-s {}: {line:?}\n", section.unwrap_or(""));
+            }
+        }
+    }
+    assert!(report.is_empty(), "lines of conntrackd's -s that ctsyncd lacks:\n{report}");
+}

@@ -270,6 +270,7 @@ fn debian_package_has_the_files_fields_and_scripts_it_should() {
     let expected: BTreeSet<String> = [
         "/usr/sbin/ctsyncd",
         "/etc/ctsync/ctsyncd.yaml",
+        "/etc/logrotate.d/ctsyncd",
         "/usr/lib/systemd/system/ctsyncd.service",
         "/usr/share/ctsync/primary-backup.sh",
         "/usr/share/man/man8/ctsyncd.8.gz",
@@ -297,7 +298,7 @@ fn debian_package_has_the_files_fields_and_scripts_it_should() {
     let control = temp_dir("control");
     output(Command::new("dpkg-deb").args(["-e", &deb]).arg(&control.0));
     let conffiles = std::fs::read_to_string(control.0.join("conffiles")).unwrap();
-    assert_eq!(conffiles.trim(), "/etc/ctsync/ctsyncd.yaml");
+    assert_eq!(conffiles.trim(), "/etc/ctsync/ctsyncd.yaml\n/etc/logrotate.d/ctsyncd");
     let postinst = std::fs::read_to_string(control.0.join("postinst")).unwrap();
     // Installed disabled and not started: the shipped config has no peer.
     assert!(!postinst.contains("deb-systemd-invoke start"), "{postinst}");
