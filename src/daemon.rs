@@ -164,6 +164,7 @@ fn daemon_config(
             ack_window: sync.ack_window.get(),
             alive_interval: sync.alive_interval,
             peer_timeout: sync.peer_timeout,
+            stall_timeout: sync.stall_timeout,
             max_datagram: match sync.wire {
                 Dialect::Native => usize::from(sync.max_datagram),
                 // conntrackd's own limit on a 1500-byte link.

@@ -925,6 +925,21 @@ impl Daemon {
                 log::warn!("peer is down: no datagram for {:?}", self.cfg.ftfw.peer_timeout)
             }
             PeerEvent::PeerRestarted => log::info!("peer restarted: exchanging full tables"),
+            PeerEvent::Stalled { tx, rx } => log::error!(
+                "replication with {} has stalled: the peer is heard from, but for {:?} {}; check both daemons' -s protocol counters and the sync link's filtering",
+                self.channels.name(self.channels.active()),
+                self.cfg.ftfw.stall_timeout,
+                match (tx, rx) {
+                    (true, true) =>
+                        "nothing we sent was acknowledged and nothing it sent was accepted",
+                    (true, false) => "nothing we sent was acknowledged",
+                    _ => "nothing it sent was accepted (late or far ahead)",
+                }
+            ),
+            PeerEvent::StallEnded => log::info!("replication moves again after a stall"),
+            PeerEvent::Rebased => log::warn!(
+                "only refused messages from the peer for half the peer timeout (a forged HELLO, or a restart we missed): following its sequence again and exchanging full tables"
+            ),
         }
     }
 }

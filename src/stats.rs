@@ -144,6 +144,9 @@ impl StatsReport {
         );
         let peer = &self.peer.addr;
         match self.peer.state {
+            PeerPhase::Up if self.protocol.stalled != 0 => {
+                format!("replication with {peer} STALLED (see the log), {flows}")
+            }
             PeerPhase::Up if self.synced => format!("in sync with {peer}, {flows}"),
             PeerPhase::Up => format!("catching up with {peer}, {flows}"),
             PeerPhase::Waiting => format!("waiting for peer {peer}, {flows}"),

@@ -1673,3 +1673,106 @@ fn the_systemd_status_follows_the_peer() {
         "{statuses:#?}"
     );
 }
+
+/// Both daemons speaking conntrackd's wire format (no key).
+fn conntrackd_wire_pair(tag: &str) -> Pair {
+    let mut pair = Pair::new(tag);
+    for i in 0..2 {
+        pair.stop(i);
+        let cfg = std::fs::read_to_string(pair.config(i)).unwrap();
+        let start = cfg.find("  auth:").unwrap();
+        let end = start + cfg[start..].find('\n').unwrap() + 1;
+        let cfg = format!("{}  wire: conntrackd\n{}", &cfg[..start], &cfg[end..]);
+        std::fs::write(pair.config(i), cfg).unwrap();
+    }
+    pair.start(0);
+    pair.start(1);
+    pair
+}
+
+/// Send `payloads` to fw2's sync port from fw1's address and port, through
+/// a raw socket, as an attacker on the link can.
+fn spoof_from_fw1(pair: &Pair, payloads: &[Vec<u8>]) {
+    let hex: Vec<String> =
+        payloads.iter().map(|p| p.iter().map(|b| format!("{b:02x}")).collect()).collect();
+    let script = "import socket,struct,sys,time\n\
+        s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_RAW)\n\
+        src=socket.inet_aton('10.255.0.1'); dst=socket.inet_aton('10.255.0.2')\n\
+        for h in sys.argv[1:]:\n    p=bytes.fromhex(h)\n    udp=struct.pack('!HHHH',3780,3780,8+len(p),0)+p\n    ip=struct.pack('!BBHHHBBH4s4s',0x45,0,20+len(udp),0,0x4000,64,17,0,src,dst)\n    s.sendto(ip+udp,('10.255.0.2',0)); time.sleep(0.01)\n";
+    let out = Command::new("ip")
+        .args(["netns", "exec", pair.fw[0].name(), "python3", "-c", script])
+        .args(&hex)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// conntrackd's format has no authentication, so a forged HELLO is taken
+/// for the peer's restart and moves the receive tracking wherever the
+/// forger likes; the peer's real messages then look late (or far ahead)
+/// and are refused. That may cost a moment, never the sync: once only
+/// refused traffic has come for half the peer timeout, the receiver takes
+/// the peer's sequence again and both sides send their tables.
+#[test]
+fn forged_hellos_in_conntrackd_wire_mode_silence_replication_only_briefly() {
+    let pair = conntrackd_wire_pair("cdhello");
+    let capture = open_capture(&pair);
+    pair.commit_flows(0, (0..10).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+    // What fw1 sends now, as the forger on the link sees it: every
+    // message starts with its sequence number at bytes 4..8.
+    let sniffed = captured_sync_datagrams(&capture);
+    let last = sniffed.last().expect("fw1 sent nothing");
+    let seq = u32::from_be_bytes(last[4..8].try_into().unwrap());
+    // CTL messages with ALIVE|HELLO at sequence numbers all over the space,
+    // the last one half the space ahead, so that fw1's own messages look
+    // old whatever the others did.
+    let forged: Vec<Vec<u8>> =
+        [0x1234_5678u32, 0x9abc_def0, 0x4000_0000, seq.wrapping_add(1 << 31)]
+            .iter()
+            .map(|seq| {
+                let mut m = vec![0x1a, 0x30, 0, 8];
+                m.extend_from_slice(&seq.to_be_bytes());
+                m
+            })
+            .collect();
+    spoof_from_fw1(&pair, &forged);
+    pair.commit_flows(0, (10..1010).map(tcp_flow).collect());
+    let start = Instant::now();
+    pair.converge(0, Duration::from_secs(15));
+    println!("1000 flows after 4 forged HELLOs replicated in {:?}", start.elapsed());
+    let stats: serde_json::Value =
+        serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
+    assert!(stats["protocol"]["rx_rebases"].as_u64() >= Some(1), "{:#}", stats["protocol"]);
+}
+
+/// fw2 drops what fw1 sends but fw1 still hears fw2's keepalives: fw1's
+/// changes are never acknowledged. That is not a dead peer, and must not
+/// look like a quiet one: fw1 reports the stall in its log, `-s` and its
+/// metrics, and the report ends when the stream moves again.
+#[test]
+fn a_stream_that_stops_moving_while_the_peer_is_alive_is_reported_as_stalled() {
+    let pair = Pair::with_options("stall", "", "  stall_timeout: 5s\n", &[]);
+    pair.commit_flows(0, (0..10).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+    pair.fw[1].exec(
+        "nft add table inet stall && nft add chain inet stall in '{ type filter hook input priority 0; }' \
+         && nft add rule inet stall in ip saddr 10.255.0.1 udp dport 3780 drop",
+    );
+    pair.commit_flows(0, (10..20).map(tcp_flow).collect());
+    let stalled = |pair: &Pair| {
+        let stats: serde_json::Value =
+            serde_json::from_str(&pair.cli_ok(0, &["-s", "--json"])).unwrap();
+        stats["protocol"]["stalled"].as_u64()
+    };
+    wait_for(Duration::from_secs(15), || stalled(&pair) == Some(1))
+        .unwrap_or_else(|| panic!("no stall reported: {}", pair.log(0)));
+    assert!(pair.log(0).contains("has stalled: the peer is heard from"), "{}", pair.log(0));
+    let text = pair.cli_ok(0, &["-s", "--prometheus"]);
+    assert!(text.lines().any(|l| l == "ctsync_protocol_stalled 1"), "{text}");
+    pair.fw[1].exec("nft delete table inet stall");
+    pair.converge(0, Duration::from_secs(15));
+    wait_for(Duration::from_secs(5), || stalled(&pair) == Some(0))
+        .unwrap_or_else(|| panic!("the stall did not end: {}", pair.log(0)));
+    assert!(pair.log(0).contains("replication moves again after a stall"), "{}", pair.log(0));
+}

@@ -494,7 +494,8 @@ fn stats_shape(line: &str) -> String {
 
 /// `ctsyncd -s [SECTION]` prints the lines `conntrackd -s [SECTION]`
 /// prints, with the same labels, tabs and layout (numbers aside), so that
-/// a script that parses conntrackd's statistics reads ours.
+/// a script that parses conntrackd's statistics reads ours. ctsyncd does
+/// not list the messages of its resend queue one by one.
 #[test]
 fn stats_sections_have_conntrackds_lines() {
     let mut mixed = Mixed::new("stats", [Kind::Ctsyncd, Kind::Conntrackd]);
@@ -521,7 +522,10 @@ fn stats_sections_have_conntrackds_lines() {
         let args: Vec<&str> = std::iter::once("-s").chain(section).collect();
         let ours: BTreeSet<String> = mixed.cli_ok(0, &args).lines().map(stats_shape).collect();
         let theirs = mixed.cli_ok(1, &args);
-        for line in theirs.lines().map(stats_shape) {
+        // `-s rsqueue` also lists the messages awaiting acknowledgement
+        // at that moment ("control -> seq:..."): contents, not layout.
+        let layout = theirs.lines().filter(|l| !l.contains(" -> seq:"));
+        for line in layout.map(stats_shape) {
             if !ours.contains(&line) {
                 report += &format!("-s {}: {line:?}\n", section.unwrap_or(""));
             }

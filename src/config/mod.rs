@@ -338,6 +338,9 @@ pub struct SyncConfig {
     pub alive_interval: Duration,
     /// A peer silent this long is considered down.
     pub peer_timeout: Duration,
+    /// A peer alive this long while its stream makes no progress (nothing
+    /// acknowledged, or nothing accepted) is reported as stalled.
+    pub stall_timeout: Duration,
     /// Digests of the replicated table are exchanged this often to find
     /// and repair drift (native format only); zero turns it off.
     pub anti_entropy_interval: Duration,
@@ -786,6 +789,17 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    let stall_timeout = duration(ctx, "sync.stall_timeout", &s.stall_timeout)?;
+    if stall_timeout <= peer_timeout {
+        return Err(ctx.err(
+            "sync.stall_timeout",
+            format!(
+                "must be longer than sync.peer_timeout ({}): a stall is a peer heard from \
+                 whose stream does not move",
+                value::format_duration(peer_timeout)
+            ),
+        ));
+    }
     let anti_entropy_interval =
         duration(ctx, "sync.anti_entropy_interval", &s.anti_entropy_interval)?;
     if !anti_entropy_interval.is_zero() && anti_entropy_interval < alive_interval {
@@ -867,6 +881,7 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         ack_window,
         alive_interval,
         peer_timeout,
+        stall_timeout,
         anti_entropy_interval,
         max_datagram,
         commit_timeout: (!commit_timeout.is_zero()).then_some(commit_timeout),
@@ -1165,6 +1180,7 @@ fn unconvert(c: &Config) -> RawConfig {
             ack_window: Scalar::Int(s.ack_window.get().into()),
             alive_interval: dur(s.alive_interval),
             peer_timeout: dur(s.peer_timeout),
+            stall_timeout: dur(s.stall_timeout),
             anti_entropy_interval: dur(s.anti_entropy_interval),
             max_datagram: Scalar::Int(s.max_datagram.into()),
             commit_timeout: dur(s.commit_timeout.unwrap_or_default()),

@@ -87,6 +87,10 @@ pub struct FtfwConfig {
     /// peer finds and repairs drift (docs/PROTOCOL.md, "Anti-entropy").
     /// Zero: off. The conntrackd dialect has no digests.
     pub anti_entropy_interval: Duration,
+    /// The peer is alive but the sequenced stream makes no progress for
+    /// this long (our data unacknowledged, or only refused messages from
+    /// it): replication has stalled, which the daemon reports loudly.
+    pub stall_timeout: Duration,
 }
 
 impl Default for FtfwConfig {
@@ -102,6 +106,7 @@ impl Default for FtfwConfig {
             auth_keys: Vec::new(),
             encrypt: false,
             anti_entropy_interval: Duration::ZERO,
+            stall_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -166,6 +171,16 @@ pub enum PeerEvent {
     PeerUp,
     /// Nothing heard from the peer for `peer_timeout`.
     PeerDown,
+    /// The peer is alive, but for `stall_timeout` nothing we sent was
+    /// acknowledged (`tx`) or nothing it sent was accepted (`rx`).
+    Stalled { tx: bool, rx: bool },
+    /// A stall ended: the stream moves again.
+    StallEnded,
+    /// conntrackd dialect: only refused messages (late or far ahead) came
+    /// from the peer for half the peer timeout, as after a forged HELLO:
+    /// its sequence is tracked again from its latest message and both
+    /// sides send their tables.
+    Rebased,
     /// The peer restarted (new session id). Its bulk will sweep what it no
     /// longer has; nothing needs to be flushed.
     PeerRestarted,
@@ -280,6 +295,13 @@ pub struct FtfwStats {
     pub peer_up: u64,
     /// Transitions to down (peer_timeout of silence).
     pub peer_down: u64,
+    /// 1 while replication is stalled (see [`FtfwConfig::stall_timeout`]).
+    pub stalled: u64,
+    /// Stalls begun.
+    pub stalls: u64,
+    /// conntrackd dialect: times the peer's sequence was taken again after
+    /// only refused messages came for half the peer timeout.
+    pub rx_rebases: u64,
     /// New peer session ids seen after a first one.
     pub peer_restarts: u64,
     /// Bulks we started.
@@ -384,6 +406,12 @@ pub struct Ftfw {
     jump_ok: bool,
     peer_alive: bool,
     last_tx: Option<Instant>,
+    /// When the first message refused since the last accepted one came.
+    rx_refused_since: Option<Instant>,
+    /// The oldest unacknowledged seq, and since when it has been.
+    tx_progress: (Seq, Instant),
+    /// Stalled as last reported.
+    stalled: bool,
     /// Anti-entropy: digests to send, and how many of them went already.
     pending_digest: Option<(Vec<u64>, usize)>,
     /// Anti-entropy: the parts of a DIGEST received so far, and the seq the
@@ -468,6 +496,9 @@ impl Ftfw {
             jump_ok: false,
             peer_alive: false,
             last_tx: None,
+            rx_refused_since: None,
+            tx_progress: (next_seq, now),
+            stalled: false,
             pending_digest: None,
             digest_parts: None,
             repairs_outstanding: 0,
@@ -539,12 +570,14 @@ impl Ftfw {
         }
         decoded.clear();
         self.decoded = decoded;
+        self.check_stall(now);
         self.update_gauges();
         self.refused.take()
     }
 
     /// Fire expired timers. A spurious call does nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.check_stall(now);
         if let Some(t) = self.timers[Timer::AntiEntropy as usize]
             && now >= t
         {
@@ -791,7 +824,43 @@ impl Ftfw {
 
     /// When `handle_timeout` (and `poll_transmit`) must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.iter().flatten().min().copied()
+        self.timers.iter().flatten().copied().chain(self.stall_deadline()).min()
+    }
+
+    /// True while replication is stalled ([`PeerEvent::Stalled`]).
+    pub fn is_stalled(&self) -> bool {
+        self.stalled
+    }
+
+    /// When the stream becomes stalled if nothing moves before.
+    fn stall_deadline(&self) -> Option<Instant> {
+        if self.stalled || !self.peer_alive {
+            return None;
+        }
+        let tx = (self.resend.live_data() > 0).then_some(self.tx_progress.1);
+        tx.into_iter().chain(self.rx_refused_since).min().map(|t| t + self.cfg.stall_timeout)
+    }
+
+    /// Note progress of the stream both ways, and report a stall when it
+    /// begins or ends.
+    fn check_stall(&mut self, now: Instant) {
+        let oldest = self.resend.first();
+        let outstanding = self.resend.live_data() > 0;
+        if !outstanding || oldest != self.tx_progress.0 {
+            self.tx_progress = (oldest, now);
+        }
+        let stuck = |since: Instant| now.saturating_duration_since(since) >= self.cfg.stall_timeout;
+        let tx = self.peer_alive && outstanding && stuck(self.tx_progress.1);
+        let rx = self.peer_alive && self.rx_refused_since.is_some_and(stuck);
+        let stalled = tx || rx;
+        if stalled && !self.stalled {
+            self.stats.stalls += 1;
+            self.events.push_back(PeerEvent::Stalled { tx, rx });
+        } else if !stalled && self.stalled {
+            self.events.push_back(PeerEvent::StallEnded);
+        }
+        self.stalled = stalled;
+        self.stats.stalled = u64::from(stalled);
     }
 
     // ----- sending -------------------------------------------------------
@@ -1036,7 +1105,7 @@ impl Ftfw {
             }
             any_sequenced = true;
             let msg = std::mem::replace(&mut r.msg, Err(WireError::BadMessage));
-            self.on_sequenced(seq, msg);
+            self.on_sequenced(now, seq, msg);
             seq = seq.next();
         }
         // Every seq is sent once (a resend takes a new one), so a datagram
@@ -1108,15 +1177,17 @@ impl Ftfw {
             rx.since_ack = 0;
             rx.ack_due = false;
         }
+        self.rx_refused_since = None;
         Some(rx.expected_stamp)
     }
 
-    fn on_sequenced(&mut self, seq: Seq, msg: Result<Message, WireError>) {
+    fn on_sequenced(&mut self, now: Instant, seq: Seq, msg: Result<Message, WireError>) {
         let late = self.rx.is_some_and(|rx| seq.diff(rx.expected) < 0);
         let Some(stamp) = self.admit(seq) else {
             if late {
                 self.stats.drop_late += 1;
             }
+            self.rx_refused_since.get_or_insert(now);
             return;
         };
         let Some(rx) = self.rx.as_mut() else { return };
@@ -1475,12 +1546,12 @@ impl Ftfw {
                         d >= 0 && d as u32 <= self.cfg.max_seq_jump
                     });
                 if !same_start {
-                    self.adopt_compat(seq, true);
+                    self.adopt_compat(seq, true, true);
                 }
                 self.peer_in_hello = true;
             } else if self.rx.is_none() {
                 // We restarted and the peer did not: track from here.
-                self.adopt_compat(seq, false);
+                self.adopt_compat(seq, false, true);
             }
             let far = self.rx.is_some_and(|rx| {
                 let d = seq.diff(rx.expected);
@@ -1495,9 +1566,25 @@ impl Ftfw {
             self.far_ahead = far.then(|| seq.next());
             let before = self.stats.drop_late + self.stats.drop_far_ahead;
             let msg = std::mem::replace(&mut r.msg, Err(WireError::BadMessage));
-            self.on_sequenced(seq, msg);
+            self.on_sequenced(now, seq, msg);
             self.jump_ok = false;
             if self.stats.drop_late + self.stats.drop_far_ahead != before {
+                // Nothing authenticates this dialect: a forged HELLO can
+                // move tracking so that all the peer sends looks old. Its
+                // messages keep coming; after half the peer timeout of
+                // only refusals, follow them (and exchange tables for
+                // what was refused meanwhile) before the peer counts as
+                // down.
+                if self
+                    .rx_refused_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.peer_timeout / 2)
+                {
+                    self.stats.rx_rebases += 1;
+                    self.rx_refused_since = None;
+                    self.events.push_back(PeerEvent::Rebased);
+                    self.adopt_compat(seq.next(), true, false);
+                    self.peer_in_hello = false;
+                }
                 continue;
             }
             if hdr.flags & HELLO == 0 {
@@ -1516,12 +1603,15 @@ impl Ftfw {
     /// started), it gets our whole table and we ask for its own; if it had
     /// been tracked before, what it had not acknowledged goes again too
     /// (conntrackd would drop all of this).
-    fn adopt_compat(&mut self, seq: Seq, hello: bool) {
+    /// `restart`: count and report it as the peer's restart.
+    fn adopt_compat(&mut self, seq: Seq, hello: bool, restart: bool) {
         let base = self.next_epoch_stamp;
         self.next_epoch_stamp = base + (1 << 32);
         if self.rx.is_some() {
-            self.stats.peer_restarts += 1;
-            self.events.push_back(PeerEvent::PeerRestarted);
+            if restart {
+                self.stats.peer_restarts += 1;
+                self.events.push_back(PeerEvent::PeerRestarted);
+            }
             self.lost.clear();
             self.resend.drain_all(self.next_seq, &mut self.lost);
             for item in self.lost.drain(..).rev() {
