@@ -153,6 +153,7 @@ pub const SPECS: &[Spec] = &[
     Spec { path: "protocol.peer_restarts", metric: Metric::Counter("protocol_peer_restarts"), help: "FTFW protocol: new peer sessions after the first" },
     Spec { path: "protocol.stalled", metric: Metric::Gauge("protocol_stalled"), help: "FTFW protocol: 1 while replication is stalled: the peer is heard from but for sync.stall_timeout nothing we sent was acknowledged or nothing it sent was accepted" },
     Spec { path: "protocol.stalls", metric: Metric::Counter("protocol_stalls"), help: "FTFW protocol: stalls begun (see protocol_stalled)" },
+    Spec { path: "protocol.hello_probes", metric: Metric::Counter("protocol_hello_probes"), help: "FTFW protocol: HELLOs of another peer session while one was live, answered with a probe while the live session goes on" },
     Spec { path: "protocol.rx_rebases", metric: Metric::Counter("protocol_rx_rebases"), help: "FTFW protocol, conntrackd wire: times the peer's sequence was followed again after only refused messages came for half sync.peer_timeout (a forged HELLO or a missed restart)" },
     Spec { path: "protocol.bulks_sent", metric: Metric::Counter("protocol_bulks_sent"), help: "FTFW protocol: full-table transfers" },
     Spec { path: "protocol.bulks_received", metric: Metric::Counter("protocol_bulks_received"), help: "FTFW protocol: full-table transfers" },

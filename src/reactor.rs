@@ -132,6 +132,8 @@ const DATAGRAM_BATCH: usize = 256;
 const MASTER_REFRESH_DELAY: Duration = Duration::from_millis(5);
 const LINK_CHECK: Duration = Duration::from_secs(1);
 const MAX_REQUEST: usize = 4096;
+/// At most one log line about HELLO probes this often.
+const PROBE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The running daemon.
 pub struct Daemon {
@@ -146,6 +148,8 @@ pub struct Daemon {
     client_uids: HashMap<u32, usize>,
     /// Clients turned away as busy since the last log line about it.
     busy_unlogged: u64,
+    /// When a HELLO probe was last logged.
+    last_probe_log: Option<Instant>,
     next_client: usize,
     signals: Signals,
     metrics: Option<metrics::Server>,
@@ -285,6 +289,7 @@ impl Daemon {
             clients: HashMap::new(),
             client_uids: HashMap::new(),
             busy_unlogged: 0,
+            last_probe_log: None,
             next_client: 0,
             signals,
             metrics,
@@ -937,6 +942,17 @@ impl Daemon {
                 }
             ),
             PeerEvent::StallEnded => log::info!("replication moves again after a stall"),
+            PeerEvent::HelloProbe { session } => {
+                // A stream of replayed HELLOs must not fill the log.
+                if self.last_probe_log.is_none_or(|t| now >= t + PROBE_LOG_INTERVAL) {
+                    self.last_probe_log = Some(now);
+                    log::warn!(
+                        "HELLO from peer session {session:#010x} while session {:#010x} is live: probing it, the live session goes on (a restarted peer answers at once; a replayed HELLO never does); {} such HELLOs in all",
+                        self.ftfw.peer_session(),
+                        self.ftfw.stats().hello_probes
+                    );
+                }
+            }
             PeerEvent::Rebased => log::warn!(
                 "only refused messages from the peer for half the peer timeout (a forged HELLO, or a restart we missed): following its sequence again and exchanging full tables"
             ),

@@ -24,6 +24,7 @@
 //! `docs/PROTOCOL.md`; the tests cite them.
 
 mod queues;
+mod replay;
 mod seq;
 #[cfg(test)]
 mod sim;
@@ -42,6 +43,7 @@ use crate::wire::conntrackd::{self, ConntrackdCodec};
 use crate::wire::native::{self, NativeCodec};
 use crate::wire::{Codec, DatagramHeader, DialectCodec, Message, MessageRef, Received, WireError};
 use queues::{Front, Item, ResendQueue, TxQueue};
+use replay::ReplayWindow;
 
 /// Which protocol the core speaks (docs/PROTOCOL.md); the config's
 /// `sync.wire`.
@@ -176,6 +178,10 @@ pub enum PeerEvent {
     Stalled { tx: bool, rx: bool },
     /// A stall ended: the stream moves again.
     StallEnded,
+    /// Native dialect: a HELLO from `session` while another session of the
+    /// peer is live. The live one goes on; our HELLO asks the new one to
+    /// prove itself (a restarted peer does; a recording cannot).
+    HelloProbe { session: u32 },
     /// conntrackd dialect: only refused messages (late or far ahead) came
     /// from the peer for half the peer timeout, as after a forged HELLO:
     /// its sequence is tracked again from its latest message and both
@@ -299,6 +305,9 @@ pub struct FtfwStats {
     pub stalled: u64,
     /// Stalls begun.
     pub stalls: u64,
+    /// HELLOs of another peer session while one was live, answered with a
+    /// probe instead of a new handshake.
+    pub hello_probes: u64,
     /// conntrackd dialect: times the peer's sequence was taken again after
     /// only refused messages came for half the peer timeout.
     pub rx_rebases: u64,
@@ -354,6 +363,9 @@ struct Rx {
     since_ack: u32,
     /// An ACK must go out with the next datagram.
     ack_due: bool,
+    /// Native dialect with keys: the session's datagram counters, from its
+    /// first STAMP on; from then on every datagram must carry one.
+    window: Option<ReplayWindow>,
 }
 
 /// Timers, a table indexed by this enum.
@@ -412,6 +424,14 @@ pub struct Ftfw {
     tx_progress: (Seq, Instant),
     /// Stalled as last reported.
     stalled: bool,
+    /// Native dialect with keys: every datagram starts with a STAMP.
+    stamping: bool,
+    /// The counter of the last datagram sent (STAMP).
+    tx_counter: u64,
+    /// Established with a live peer, another peer session said HELLO: our
+    /// HELLOs go out while data keeps flowing to the live session, until a
+    /// HELLO_BACK of our current round comes.
+    probing: bool,
     /// Anti-entropy: digests to send, and how many of them went already.
     pending_digest: Option<(Vec<u64>, usize)>,
     /// Anti-entropy: the parts of a DIGEST received so far, and the seq the
@@ -459,6 +479,7 @@ impl Ftfw {
             return false;
         };
         codec.set_auth_keys(keys.clone());
+        self.stamping = !keys.is_empty();
         self.cfg.auth_keys = keys;
         true
     }
@@ -499,6 +520,9 @@ impl Ftfw {
             rx_refused_since: None,
             tx_progress: (next_seq, now),
             stalled: false,
+            stamping: false,
+            tx_counter: 0,
+            probing: false,
             pending_digest: None,
             digest_parts: None,
             repairs_outstanding: 0,
@@ -511,6 +535,7 @@ impl Ftfw {
             stats: FtfwStats::default(),
         };
         core.timers[Timer::Keepalive as usize] = Some(now);
+        core.stamping = !core.compat && !core.cfg.auth_keys.is_empty();
         if core.anti_entropy() {
             core.timers[Timer::AntiEntropy as usize] = Some(now + core.cfg.anti_entropy_interval);
         }
@@ -535,6 +560,11 @@ impl Ftfw {
     /// Our session id.
     pub fn session_id(&self) -> u32 {
         self.session
+    }
+
+    /// The peer session we track, 0 before the first handshake.
+    pub fn peer_session(&self) -> u32 {
+        self.rx.map_or(0, |rx| rx.session)
     }
 
     /// The seq the next sequenced message will get.
@@ -594,6 +624,12 @@ impl Ftfw {
                 self.peer_alive = false;
                 self.stats.peer_down += 1;
                 self.events.push_back(PeerEvent::PeerDown);
+            }
+            if self.probing {
+                // The live session fell silent: the claimed new one may
+                // be the real peer; shake hands as after a start.
+                self.probing = false;
+                self.phase = PeerState::HelloSent;
             }
         }
     }
@@ -740,9 +776,12 @@ impl Ftfw {
         }
         let keepalive_due = self.timers[Timer::Keepalive as usize].is_some_and(|t| now >= t);
         let first_seq = self.next_seq;
-        let mut dg = Builder { at: header, limit, count: 0, seq: first_seq };
+        // The STAMP goes first, written once the datagram is known to go.
+        let stamp = MessageRef::Stamp { counter: 0, peer_session: 0 };
+        let stamp_len = if self.stamping { self.codec.message_len(&stamp) } else { 0 };
+        let mut dg = Builder { at: header + stamp_len, limit, count: 0, seq: first_seq };
 
-        if self.phase == PeerState::HelloSent && keepalive_due {
+        if (self.phase == PeerState::HelloSent || self.probing) && keepalive_due {
             let hello = MessageRef::Hello { session: self.session, round: self.hello_round };
             dg.push(&*self.codec, &hello, buf);
         }
@@ -813,6 +852,13 @@ impl Ftfw {
         if sequenced && self.ack_wanted {
             self.ack_wanted = false;
             flags |= native::flags::ACK_REQUEST;
+        }
+        if self.stamping {
+            self.tx_counter += 1;
+            let peer_session = self.rx.map_or(0, |rx| rx.session);
+            let stamp = MessageRef::Stamp { counter: self.tx_counter, peer_session };
+            self.codec.emit_message(&stamp, 0, &mut buf[header..header + stamp_len]).ok()?;
+            dg.count += 1;
         }
         self.finish_datagram(now, flags, first_seq, &dg, buf)
     }
@@ -1061,6 +1107,30 @@ impl Ftfw {
     // ----- receiving -----------------------------------------------------
 
     fn process(&mut self, now: Instant, hdr: &DatagramHeader, msgs: &mut [Received]) {
+        let stamp = msgs.iter().find_map(|r| match r.msg {
+            Ok(Message::Stamp { counter, peer_session }) => Some((counter, peer_session)),
+            _ => None,
+        });
+        // A second copy of an authenticated datagram of the live session,
+        // or one without the STAMP its session always sends: refused
+        // before anything in it counts, handshake and ACKs included.
+        if self.stamping
+            && let Some(rx) = self.rx.as_mut().filter(|rx| rx.session == hdr.session)
+        {
+            let fresh = match (stamp, &mut rx.window) {
+                (Some((counter, _)), Some(window)) => window.accept(counter),
+                (Some((counter, _)), window @ None) => {
+                    *window = Some(ReplayWindow::new(counter));
+                    true
+                }
+                (None, window) => window.is_none(),
+            };
+            if !fresh {
+                self.stats.drop_replay += 1;
+                self.refused = Some(Refusal::Replay);
+                return;
+            }
+        }
         // Handshake first: a HELLO sets the base for the rest.
         for r in msgs.iter() {
             match r.msg {
@@ -1068,7 +1138,13 @@ impl Ftfw {
                     self.on_hello(now, hdr, round);
                 }
                 Ok(Message::HelloBack { session, round }) => {
-                    self.on_hello_back(hdr, session, round)
+                    self.on_hello_back(hdr, session, round);
+                    if let (Some((counter, _)), Some(rx)) = (stamp, self.rx.as_mut())
+                        && rx.session == hdr.session
+                        && rx.window.is_none()
+                    {
+                        rx.window = Some(ReplayWindow::new(counter));
+                    }
                 }
                 _ => {}
             }
@@ -1088,7 +1164,6 @@ impl Ftfw {
         // One far-ahead test per datagram: all its seqs are first + i.
         if first.diff(rx.expected) > 0 && first.diff(rx.expected) as u32 > self.cfg.max_seq_jump {
             self.stats.drop_far_ahead += 1;
-            self.process_control(msgs);
             return;
         }
         if hdr.flags & native::flags::ACK_REQUEST != 0
@@ -1115,12 +1190,17 @@ impl Ftfw {
         {
             self.stats.drop_replay += 1;
             self.refused = Some(Refusal::Replay);
+            return;
         }
         if !any_sequenced {
             // The header carries the sender's next seq: a lost tail shows.
             self.admit(first);
         }
-        self.process_control(msgs);
+        // ACKs and NACKs name seqs of the session the sender knew us by:
+        // those about an earlier one of ours must not release anything.
+        if stamp.is_none_or(|(_, peer_session)| peer_session == self.session) {
+            self.process_control(msgs);
+        }
     }
 
     fn process_control(&mut self, msgs: &[Received]) {
@@ -1284,8 +1364,22 @@ impl Ftfw {
         // first HELLO after our own start keeps round 1: every answer to it
         // echoes our fresh session, so none can predate us.
         let first = self.rx.is_none() && self.hello_from.is_none();
-        if self.phase != PeerState::HelloSent || (!first && self.hello_from != Some(hdr.session)) {
+        let new_round =
+            self.phase != PeerState::HelloSent || (!first && self.hello_from != Some(hdr.session));
+        if self.phase == PeerState::Established && self.peer_alive {
+            // The live session goes on: a recording must not pause it.
+            // Our HELLOs go along with its data until the claimed new
+            // session answers one of this round (a real restart does, at
+            // once), or the live one falls silent.
+            if !self.probing || self.hello_from != Some(hdr.session) {
+                self.stats.hello_probes += 1;
+                self.events.push_back(PeerEvent::HelloProbe { session: hdr.session });
+                self.hello_round = self.hello_round.wrapping_add(1);
+            }
+            self.probing = true;
+        } else if new_round {
             self.phase = PeerState::HelloSent;
+            self.probing = false;
             self.hello_round = self.hello_round.wrapping_add(1);
         }
         self.hello_from = Some(hdr.session);
@@ -1299,9 +1393,10 @@ impl Ftfw {
             self.refused = Some(Refusal::Replay);
             return;
         }
-        if self.phase != PeerState::HelloSent {
+        if self.phase != PeerState::HelloSent && !self.probing {
             return;
         }
+        self.probing = false;
         // The answer proves the peer is live and knows us: only now is its
         // session tracked (from the header's next seq).
         let known = self.rx.is_some_and(|rx| rx.session == hdr.session);
@@ -1353,6 +1448,7 @@ impl Ftfw {
             run_start: expected,
             since_ack: 0,
             ack_due: false,
+            window: None,
         });
         restarted
     }
@@ -1635,6 +1731,7 @@ impl Ftfw {
             run_start: seq,
             since_ack: 0,
             ack_due: false,
+            window: None,
         });
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::flow::{Flow, proto};
-use crate::wire::native;
+use crate::wire::native::{self, NativeCodec};
 
 const PEER: u32 = 77;
 const US: u32 = 1;
@@ -361,12 +361,15 @@ fn handshake_and_peer_restart() {
         now,
         &datagram_from(88, 0, 7, &[Message::Hello { session: 88, round: 1 }]),
     );
-    assert_eq!(core.peer_state(), PeerState::HelloSent);
-    assert!(events(&mut core).is_empty(), "a HELLO alone proves nothing (it may be a replay)");
+    // A HELLO alone proves nothing (it may be a replay): the live session
+    // goes on while a HELLO of a new round probes the new one.
+    assert_eq!(core.peer_state(), PeerState::Established);
+    assert_eq!(events(&mut core), [PeerEvent::HelloProbe { session: 88 }]);
+    core.queue(LocalChange::Upsert(flow(10)));
     let out = messages(&mut core, now);
     assert!(out.contains(&Message::HelloBack { session: 88, round: 1 }));
     assert!(out.contains(&Message::Hello { session: US, round: 2 }));
-    assert!(!out.iter().any(|m| matches!(m, Message::FlowUpdate(_))), "no data before handshake");
+    assert!(out.iter().any(|m| matches!(m, Message::FlowUpdate(_))), "data goes on: {out:?}");
     // Data from the new session is tracked from its base, stamps above.
     core.handle_datagram(
         now,
@@ -508,11 +511,15 @@ fn replayed_hello_of_an_old_peer_session_does_not_reset_tracking() {
     for d in &old {
         core.handle_datagram(now, d);
     }
-    // A re-handshake is the whole cost: tracking of the live session stays.
-    assert!(events(&mut core).is_empty(), "no restart, nothing applied");
+    // A probe is the whole cost: the live session is neither reset nor
+    // paused.
+    let probes = events(&mut core);
+    assert!(probes.iter().all(|e| matches!(e, PeerEvent::HelloProbe { .. })), "{probes:?}");
     assert_eq!(core.stats().peer_restarts, 0);
-    assert_eq!(core.peer_state(), PeerState::HelloSent);
+    assert_eq!(core.peer_state(), PeerState::Established);
+    core.queue(LocalChange::Upsert(flow(10)));
     let out = messages(&mut core, now);
+    assert!(out.iter().any(|m| matches!(m, Message::FlowUpdate(_))), "data goes on: {out:?}");
     assert!(out.contains(&Message::Hello { session: US, round: 2 }));
     // The live peer goes on at seq 51 and answers our new round.
     core.handle_datagram(
@@ -810,4 +817,115 @@ fn a_requested_ack_and_the_acknowledged_floor() {
     sent(&mut core, now);
     core.handle_datagram(now, &datagram(50, &[Message::Nack { from: 103, to: 103 }]));
     assert_eq!(core.stats().resent, resent + 1);
+}
+
+fn keyed_cfg() -> FtfwConfig {
+    let key = native::AuthKey::new(1, vec![0x11; native::MIN_KEY_LEN]);
+    FtfwConfig { auth_keys: vec![key], ..cfg() }
+}
+
+/// Run `rounds` turns of a exchanging with b, a second apart (so that
+/// keepalives and periodic ACKs go too), and return what b sent to a.
+fn exchange_recording(a: &mut Ftfw, b: &mut Ftfw, start: Instant, rounds: u64) -> Vec<Vec<u8>> {
+    let mut buf = [0u8; 1472];
+    let mut recorded = Vec::new();
+    for r in 0..rounds {
+        let now = start + Duration::from_secs(r);
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        while let Some(n) = a.poll_transmit(now, &mut buf) {
+            b.handle_datagram(now, &buf[..n]);
+        }
+        while let Some(n) = b.poll_transmit(now, &mut buf) {
+            recorded.push(buf[..n].to_vec());
+            a.handle_datagram(now, &buf[..n]);
+        }
+    }
+    recorded
+}
+
+/// Every datagram the peer sent in the live session, replayed: each copy
+/// is refused as a replay before anything in it counts, ACKs, keepalives
+/// and handshake included (without a datagram counter only the copies
+/// whose data all lay behind were refused, and the others' ACKs and
+/// HELLOs were taken again).
+#[test]
+fn replayed_datagrams_of_the_live_session_are_refused_and_change_nothing() {
+    let now = Instant::now();
+    let mut a = Ftfw::new(keyed_cfg(), 1, 10, now);
+    let mut b = Ftfw::new(keyed_cfg(), 2, 20, now);
+    let mut recorded = exchange_recording(&mut a, &mut b, now, 3);
+    b.queue(LocalChange::Upsert(flow(4)));
+    a.queue(LocalChange::Upsert(flow(5)));
+    recorded.extend(exchange_recording(&mut a, &mut b, now + Duration::from_secs(3), 4));
+    assert_eq!(a.peer_state(), PeerState::Established);
+    events(&mut a);
+    let before = a.stats().clone();
+    let later = now + Duration::from_secs(8);
+    let refused: Vec<_> = recorded.iter().map(|d| a.handle_datagram(later, d)).collect();
+    assert!(refused.iter().all(|r| *r == Some(Refusal::Replay)), "{refused:?}");
+    let s = a.stats();
+    assert_eq!(s.drop_replay - before.drop_replay, recorded.len() as u64);
+    assert_eq!((s.msgs_received, s.acks_received), (before.msgs_received, before.acks_received));
+    assert!(events(&mut a).is_empty());
+    assert_eq!(a.peer_state(), PeerState::Established);
+}
+
+/// We restart; the peer's session goes on, so its ACKs to our previous
+/// session are authentic and fresh to the replay window, and their seqs
+/// overlap ours (both sessions started at 10). Only the session an ACK is
+/// about (the STAMP's) tells them apart: such an ACK releases nothing; the
+/// same ACK about our current session does.
+#[test]
+fn an_ack_to_our_previous_session_releases_nothing_after_our_restart() {
+    let now = Instant::now();
+    let keys = keyed_cfg().auth_keys;
+    let mut a = Ftfw::new(keyed_cfg(), 1, 10, now);
+    let mut b = Ftfw::new(keyed_cfg(), 2, 20, now);
+    exchange_recording(&mut a, &mut b, now, 2);
+    let mut restarted = Ftfw::new(keyed_cfg(), 3, 10, now);
+    let mut buf = [0u8; 1472];
+    for r in 5..9 {
+        let t = now + Duration::from_secs(r);
+        restarted.handle_timeout(t);
+        b.handle_timeout(t);
+        while let Some(n) = restarted.poll_transmit(t, &mut buf) {
+            b.handle_datagram(t, &buf[..n]);
+        }
+        while let Some(n) = b.poll_transmit(t, &mut buf) {
+            let mut msgs = Vec::new();
+            native::decode_with(&buf[..n], Some(&keys), &mut msgs).unwrap();
+            if msgs.iter().any(|m| matches!(m.msg, Ok(Message::HelloBack { .. }))) {
+                restarted.handle_datagram(t, &buf[..n]);
+            }
+        }
+    }
+    assert_eq!(restarted.peer_state(), PeerState::Established);
+    for p in 1..6 {
+        restarted.queue(LocalChange::Upsert(flow(p)));
+    }
+    let t = now + Duration::from_secs(9);
+    // Sent, and lost on the way.
+    while restarted.poll_transmit(t, &mut buf).is_some() {}
+    let unacked = restarted.acked_before();
+    let next = restarted.next_seq();
+    assert!(next.wrapping_sub(unacked.0) > 1);
+    let mut peer = NativeCodec::with_keys(keys);
+    let mut ack_about = |session: u32, counter: u64| {
+        let mut out = [0u8; 256];
+        let mut at = native::HEADER_LEN;
+        for m in [
+            MessageRef::Stamp { counter, peer_session: session },
+            MessageRef::Ack { from: unacked.0, to: next - 1 },
+        ] {
+            at += native::emit_message(&m, &mut out[at..]).unwrap();
+        }
+        let hdr = DatagramHeader { flags: 0, session: 2, seq: b.next_seq() };
+        let n = peer.finish(&hdr, 2, at, &mut out).unwrap();
+        out[..n].to_vec()
+    };
+    restarted.handle_datagram(t, &ack_about(1, 1 << 40));
+    assert_eq!(restarted.acked_before(), unacked, "an ACK to our old session released data");
+    restarted.handle_datagram(t, &ack_about(3, (1 << 40) + 1));
+    assert_eq!(restarted.acked_before(), Seq(next));
 }

@@ -446,6 +446,7 @@ pub fn message_len(msg: &MessageRef<'_>) -> usize {
         MessageRef::BulkEnd { .. }
         | MessageRef::Hello { .. }
         | MessageRef::HelloBack { .. }
+        | MessageRef::Stamp { .. }
         | MessageRef::Digest { .. }
         | MessageRef::RepairRequest { .. }
         | MessageRef::FlowRepair(_)
@@ -475,6 +476,7 @@ pub fn emit_message(msg: &MessageRef<'_>, seq: u32, buf: &mut [u8]) -> Result<us
         MessageRef::BulkEnd { .. }
         | MessageRef::Hello { .. }
         | MessageRef::HelloBack { .. }
+        | MessageRef::Stamp { .. }
         | MessageRef::Digest { .. }
         | MessageRef::RepairRequest { .. }
         | MessageRef::FlowRepair(_)

@@ -139,6 +139,12 @@ pub enum Message {
     Hello { session: u32, round: u32 },
     /// Answer to a HELLO, echoing its session and round.
     HelloBack { session: u32, round: u32 },
+    /// Native dialect with keys, first in every datagram: the sender's
+    /// datagram `counter` in its session (a replay window refuses a second
+    /// copy), and the receiver's session as the sender knows it, 0 before
+    /// the handshake (the datagram's ACKs and NACKs are about that
+    /// session's sequence numbers only).
+    Stamp { counter: u64, peer_session: u32 },
 }
 
 /// A message to emit, borrowing its flow so that sending does not clone.
@@ -176,6 +182,8 @@ pub enum MessageRef<'a> {
     Hello { session: u32, round: u32 },
     /// See [`Message::HelloBack`].
     HelloBack { session: u32, round: u32 },
+    /// See [`Message::Stamp`].
+    Stamp { counter: u64, peer_session: u32 },
 }
 
 impl Message {
@@ -207,6 +215,9 @@ impl Message {
             }
             Message::HelloBack { session, round } => {
                 MessageRef::HelloBack { session: *session, round: *round }
+            }
+            Message::Stamp { counter, peer_session } => {
+                MessageRef::Stamp { counter: *counter, peer_session: *peer_session }
             }
         }
     }

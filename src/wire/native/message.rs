@@ -44,6 +44,10 @@ impl<'a> MessagePacket<'a> {
             msg_type::ALIVE => Message::Alive,
             msg_type::HELLO => Message::Hello { session: word(0)?, round: word(4)? },
             msg_type::HELLO_BACK => Message::HelloBack { session: word(0)?, round: word(4)? },
+            msg_type::STAMP => Message::Stamp {
+                counter: u64::from(word(0)?) << 32 | u64::from(word(4)?),
+                peer_session: word(8)?,
+            },
             t => return Err(WireError::UnknownMessage(t)),
         })
     }
@@ -66,6 +70,7 @@ pub fn message_len(msg: &MessageRef<'_>) -> usize {
             | MessageRef::Hello { .. }
             | MessageRef::HelloBack { .. } => 8,
             MessageRef::BulkEnd { .. } => 4,
+            MessageRef::Stamp { .. } => 12,
             MessageRef::ResyncRequest | MessageRef::Alive => 0,
         }
 }
@@ -92,6 +97,7 @@ pub fn emit_message(msg: &MessageRef<'_>, buf: &mut [u8]) -> Result<usize, WireE
         MessageRef::Alive => msg_type::ALIVE,
         MessageRef::Hello { .. } => msg_type::HELLO,
         MessageRef::HelloBack { .. } => msg_type::HELLO_BACK,
+        MessageRef::Stamp { .. } => msg_type::STAMP,
     };
     buf[field::MSG_TYPE] = kind;
     buf[field::MSG_FLAGS] = 0;
@@ -127,6 +133,10 @@ pub fn emit_message(msg: &MessageRef<'_>, buf: &mut [u8]) -> Result<usize, WireE
         | MessageRef::HelloBack { session: a, round: b } => {
             w.u32(*a);
             w.u32(*b);
+        }
+        MessageRef::Stamp { counter, peer_session } => {
+            w.bytes(&counter.to_be_bytes());
+            w.u32(*peer_session);
         }
         MessageRef::ResyncRequest | MessageRef::Alive => {}
     }
@@ -204,6 +214,7 @@ mod tests {
             Message::Alive,
             Message::Hello { session: 42, round: 1 },
             Message::HelloBack { session: 43, round: 2 },
+            Message::Stamp { counter: 0x0102_0304_0506_0708, peer_session: 44 },
             Message::Digest { oldest: 9, ranges: 128, first: 120, digests: vec![1, u64::MAX] },
             Message::RepairRequest { ranges: 128, set: 1 << 127 | 5 },
             Message::FlowRepair(full_v6_flow()),

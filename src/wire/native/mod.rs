@@ -113,6 +113,8 @@ pub mod msg_type {
     pub const HELLO: u8 = 67;
     /// Handshake answer.
     pub const HELLO_BACK: u8 = 68;
+    /// Datagram counter and the receiver's session (with keys).
+    pub const STAMP: u8 = 69;
 
     /// True when a message of this type consumes a sequence number.
     pub fn is_sequenced(t: u8) -> bool {
