@@ -134,6 +134,10 @@ const LINK_CHECK: Duration = Duration::from_secs(1);
 const MAX_REQUEST: usize = 4096;
 /// At most one log line about HELLO probes this often.
 const PROBE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Bulks to the peer start at least this far apart: in conntrackd's wire
+/// format anyone can send a HELLO, and each would cost a walk of the
+/// whole table. Requests in between are served by one bulk at the end.
+const BULK_SPACING: Duration = Duration::from_secs(1);
 
 /// The running daemon.
 pub struct Daemon {
@@ -163,6 +167,13 @@ pub struct Daemon {
     event_buf: Vec<netlink::EventItem>,
     unsent: Option<Vec<u8>>,
     resync_at: Option<Instant>,
+    /// When the last bulk to the peer started, and whether another one was
+    /// asked for since that must wait for [`BULK_SPACING`].
+    last_bulk: Option<Instant>,
+    bulk_pending: bool,
+    /// Peer restarts since the last log line about one.
+    restarts_unlogged: u64,
+    last_restart_log: Option<Instant>,
     /// Masters of new expectations to read back from the kernel, and when.
     master_refresh: Vec<(Instant, FlowKey)>,
     next_link_check: Instant,
@@ -300,6 +311,10 @@ impl Daemon {
             event_buf: Vec::with_capacity(EVENT_BATCH),
             unsent: None,
             resync_at: None,
+            last_bulk: None,
+            bulk_pending: false,
+            restarts_unlogged: 0,
+            last_restart_log: None,
             master_refresh: Vec::new(),
             next_link_check: now + LINK_CHECK,
             watchdog: systemd::watchdog_interval().map(|d| (d, now)),
@@ -918,8 +933,11 @@ impl Daemon {
                     }
                     self.internal_flushed = false;
                 }
-                log::info!("sending all {} internal flows to the peer", self.internal.len());
-                self.bulk_send();
+                if self.last_bulk.is_some_and(|t| now < t + BULK_SPACING) {
+                    self.bulk_pending = true;
+                } else {
+                    self.bulk_now(now);
+                }
             }
             PeerEvent::PeerUp => {
                 self.peer_down_since = None;
@@ -929,7 +947,19 @@ impl Daemon {
                 self.peer_down_since = Some(SystemTime::now());
                 log::warn!("peer is down: no datagram for {:?}", self.cfg.ftfw.peer_timeout)
             }
-            PeerEvent::PeerRestarted => log::info!("peer restarted: exchanging full tables"),
+            PeerEvent::PeerRestarted => {
+                self.restarts_unlogged += 1;
+                if self.last_restart_log.is_none_or(|t| now >= t + PROBE_LOG_INTERVAL) {
+                    self.last_restart_log = Some(now);
+                    match self.restarts_unlogged {
+                        1 => log::info!("peer restarted: exchanging full tables"),
+                        n => log::warn!(
+                            "peer restarted {n} times since the last such line: exchanging full tables (at most one bulk a second); many restarts in conntrackd's wire format are forged HELLOs"
+                        ),
+                    }
+                    self.restarts_unlogged = 0;
+                }
+            }
             PeerEvent::Stalled { tx, rx } => log::error!(
                 "replication with {} has stalled: the peer is heard from, but for {:?} {}; check both daemons' -s protocol counters and the sync link's filtering",
                 self.channels.name(self.channels.active()),
@@ -1044,6 +1074,7 @@ impl Daemon {
         for t in [
             self.ftfw.poll_timeout(),
             self.resync_at,
+            self.bulk_pending.then(|| self.last_bulk.map(|t| t + BULK_SPACING)).flatten(),
             self.master_refresh.iter().map(|(t, _)| *t).min(),
             self.direct.as_ref().and_then(DirectToKernel::purge_at),
             self.watchdog.map(|(interval, last)| last + interval),
@@ -1065,6 +1096,9 @@ impl Daemon {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        if self.bulk_pending && self.last_bulk.is_none_or(|t| now >= t + BULK_SPACING) {
+            self.bulk_now(now);
+        }
         if self.master_refresh.iter().any(|(t, _)| *t <= now) {
             self.refresh_masters(now);
         }
@@ -1599,6 +1633,14 @@ impl Daemon {
         self.exp.commit(&mut self.kernel, |m| {
             (external.get(m).is_some() && !failed.contains(m)) || internal.get(m).is_some()
         })
+    }
+
+    /// Start a bulk of the internal cache now.
+    fn bulk_now(&mut self, now: Instant) {
+        self.last_bulk = Some(now);
+        self.bulk_pending = false;
+        log::info!("sending all {} internal flows to the peer", self.internal.len());
+        self.bulk_send();
     }
 
     fn bulk_send(&mut self) {

@@ -1711,7 +1711,8 @@ fn spoof_from_fw1(pair: &Pair, payloads: &[Vec<u8>]) {
 /// forger likes; the peer's real messages then look late (or far ahead)
 /// and are refused. That may cost a moment, never the sync: once only
 /// refused traffic has come for half the peer timeout, the receiver takes
-/// the peer's sequence again and both sides send their tables.
+/// the peer's sequence again and both sides send their tables. Each forged
+/// HELLO also asks for our whole table: at most one bulk a second goes.
 #[test]
 fn forged_hellos_in_conntrackd_wire_mode_silence_replication_only_briefly() {
     let pair = conntrackd_wire_pair("cdhello");
@@ -1723,26 +1724,34 @@ fn forged_hellos_in_conntrackd_wire_mode_silence_replication_only_briefly() {
     let sniffed = captured_sync_datagrams(&capture);
     let last = sniffed.last().expect("fw1 sent nothing");
     let seq = u32::from_be_bytes(last[4..8].try_into().unwrap());
-    // CTL messages with ALIVE|HELLO at sequence numbers all over the space,
-    // the last one half the space ahead, so that fw1's own messages look
-    // old whatever the others did.
-    let forged: Vec<Vec<u8>> =
-        [0x1234_5678u32, 0x9abc_def0, 0x4000_0000, seq.wrapping_add(1 << 31)]
-            .iter()
-            .map(|seq| {
-                let mut m = vec![0x1a, 0x30, 0, 8];
-                m.extend_from_slice(&seq.to_be_bytes());
-                m
-            })
-            .collect();
+    let stats = |pair: &Pair| -> serde_json::Value {
+        serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap()
+    };
+    let bulks_before = protocol_counter(&stats(&pair), "bulks_sent");
+    // 200 CTL messages with ALIVE|HELLO at sequence numbers all over the
+    // space, 10 ms apart (each one a peer "restart" that asks for our whole
+    // table), the last one half the space ahead, so that fw1's own
+    // messages look old whatever the others did.
+    let forged: Vec<Vec<u8>> = (0..199u32)
+        .map(|i| i.wrapping_mul(0x9e37_79b9))
+        .chain([seq.wrapping_add(1 << 31)])
+        .map(|seq| {
+            let mut m = vec![0x1a, 0x30, 0, 8];
+            m.extend_from_slice(&seq.to_be_bytes());
+            m
+        })
+        .collect();
     spoof_from_fw1(&pair, &forged);
     pair.commit_flows(0, (10..1010).map(tcp_flow).collect());
     let start = Instant::now();
     pair.converge(0, Duration::from_secs(15));
-    println!("1000 flows after 4 forged HELLOs replicated in {:?}", start.elapsed());
-    let stats: serde_json::Value =
-        serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
-    assert!(stats["protocol"]["rx_rebases"].as_u64() >= Some(1), "{:#}", stats["protocol"]);
+    println!("1000 flows after 200 forged HELLOs replicated in {:?}", start.elapsed());
+    let after = stats(&pair);
+    assert!(after["protocol"]["rx_rebases"].as_u64() >= Some(1), "{:#}", after["protocol"]);
+    // At most one bulk a second, however many HELLOs: about 2 s of them.
+    let bulks = protocol_counter(&after, "bulks_sent") - bulks_before;
+    println!("{bulks} bulks sent for 200 forged HELLOs");
+    assert!(bulks <= 6, "{bulks} bulks for 200 forged HELLOs");
 }
 
 /// fw2 drops what fw1 sends but fw1 still hears fw2's keepalives: fw1's
