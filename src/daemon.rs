@@ -54,6 +54,22 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
             "{}: speaking conntrackd's wire format, which is unauthenticated and unchecksummed: anyone who can send to the sync port can inject or delete flows; use a dedicated link",
             path.display()
         );
+        // Without a MAC, only the address filter stands between the sync
+        // port and anyone who can reach it.
+        for (i, c) in cfg.sync.channels.iter().enumerate() {
+            if matches!(c.kind, config::ChannelKind::Multicast { .. }) {
+                log::warn!(
+                    "{}: sync.channels[{i}] is multicast in conntrackd's wire format: every host that can send to the group is taken for the peer; use a unicast channel",
+                    path.display()
+                );
+            }
+            if c.interface.is_none() {
+                log::warn!(
+                    "{}: sync.channels[{i}] has no interface in conntrackd's wire format: a datagram with the peer's address is taken from any interface; set sync.channels[{i}].interface to the sync link",
+                    path.display()
+                );
+            }
+        }
     }
     if test_hooks {
         log::warn!(

@@ -1784,3 +1784,21 @@ fn a_stream_that_stops_moving_while_the_peer_is_alive_is_reported_as_stalled() {
         .unwrap_or_else(|| panic!("the stall did not end: {}", pair.log(0)));
     assert!(pair.log(0).contains("replication moves again after a stall"), "{}", pair.log(0));
 }
+
+/// In conntrackd's wire format only the address filter guards the sync
+/// port, so a channel not bound to the sync link is said at start.
+#[test]
+fn conntrackd_wire_mode_warns_about_a_channel_without_an_interface() {
+    let mut pair = conntrackd_wire_pair("cdiface");
+    assert!(!pair.log(1).contains("has no interface"), "{}", pair.log(1));
+    pair.stop(1);
+    let cfg =
+        std::fs::read_to_string(pair.config(1)).unwrap().replace("      interface: sync0\n", "");
+    std::fs::write(pair.config(1), cfg).unwrap();
+    pair.start(1);
+    assert!(
+        pair.log(1).contains("sync.channels[0] has no interface in conntrackd's wire format"),
+        "{}",
+        pair.log(1)
+    );
+}
