@@ -1439,8 +1439,13 @@ fn a_datagram_flood_starves_neither_replication_nor_the_operator() {
     let mut cfg = std::fs::read_to_string(pair.config(1)).unwrap();
     cfg.push_str("      rcvbuf: 268435456\n");
     std::fs::write(pair.config(1), cfg).unwrap();
+    // systemd's watchdog as the unit sets it: a ping every 0.5 s expected.
+    let notify = pair.dir.join("notify.sock");
+    let pings = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    pings.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     pair.stop(1);
-    pair.start(1);
+    let notify = notify.display().to_string();
+    pair.start_with_env(1, &[("NOTIFY_SOCKET", &notify), ("WATCHDOG_USEC", "1000000")]);
     pair.commit_flows(1, (0..10).map(tcp_flow).collect());
     pair.converge(1, Duration::from_secs(10));
     let daemon = nix::unistd::Pid::from_raw(pair.daemons[1].as_ref().unwrap().id() as i32);
@@ -1450,6 +1455,19 @@ fn a_datagram_flood_starves_neither_replication_nor_the_operator() {
     nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGSTOP).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let resumed = Instant::now();
+    let watch = std::thread::spawn(move || {
+        let mut at = Vec::new();
+        let mut buf = [0u8; 4096];
+        while resumed.elapsed() < Duration::from_secs(4) {
+            if let Ok(n) = pings.recv(&mut buf)
+                && buf[..n].split(|b| *b == b'\n').any(|l| l == b"WATCHDOG=1")
+            {
+                at.push(resumed.elapsed());
+            }
+        }
+        at
+    });
     let start = Instant::now();
     let out = Command::new("timeout")
         .args(["10", "ip", "netns", "exec", pair.fw[1].name(), BIN, "-C", &pair.config(1), "-s"])
@@ -1464,11 +1482,23 @@ fn a_datagram_flood_starves_neither_replication_nor_the_operator() {
     let converged =
         wait_for(Duration::from_secs(15), || pair.kernel_lines(1) == pair.cache_lines(0, "-e"));
     let took = start.elapsed();
+    let pings = watch.join().unwrap();
     let sent = flood.stop();
     let after: serde_json::Value =
         serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap();
     let proto = &after["protocol"];
     println!("{sent} forgeries sent; -s answered in {answered:?}, replicated in {took:?}");
+    // The first ping comes within one interval of the pause's end, the
+    // others at most one interval apart: systemd never kills the daemon.
+    let gaps: Vec<Duration> = std::iter::once(Duration::ZERO)
+        .chain(pings.iter().copied())
+        .zip(pings.iter().copied())
+        .map(|(a, b)| b - a)
+        .collect();
+    assert!(
+        pings.len() >= 4 && gaps.iter().all(|g| *g < Duration::from_secs(1)),
+        "watchdog pings during the flood at {pings:?}"
+    );
     assert!(converged.is_some(), "no replication during the flood: {proto:#}");
     assert!(proto["drop_bad_mac"].as_u64() > Some(1000), "{proto:#}");
     // The exact comparison above also shows no forged flow got in.
