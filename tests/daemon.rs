@@ -1429,8 +1429,9 @@ impl Drop for Flood {
 }
 
 /// A flood of forgeries from the peer's address, from more threads than the
-/// machine has cores, so the daemon reads slower than they send: the daemon must go on reading its kernel's events, replicating
-/// them and answering its operator between the datagrams.
+/// machine has cores, so the daemon reads slower than they send: it must go
+/// on reading its kernel's events, replicating them, answering its operator
+/// and pinging systemd's watchdog between the datagrams.
 #[test]
 fn a_datagram_flood_starves_neither_replication_nor_the_operator() {
     let mut pair = Pair::new("flood");
