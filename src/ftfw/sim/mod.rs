@@ -1165,4 +1165,128 @@ mod tests {
             ..Scenario::default()
         });
     }
+
+    // ----- found by the attacker, failing against the core as it is ------
+
+    #[test]
+    fn native_replayed_or_reflected_hellos_do_not_interrupt_the_live_session() {
+        // Replays every 5 ms on average, of this run's datagrams and of an
+        // earlier run's (other session ids): a HELLO of a session other
+        // than the tracked one sends the live node back to its handshake
+        // (`on_hello`), so it is seldom synced and the pair never stays
+        // converged. Either source suffices: an earlier run's HELLO (with
+        // reflection off), or the node's own HELLO reflected back to it
+        // (with no earlier run recorded).
+        native_attacked(Scenario {
+            seed: 4043174357,
+            resend_queue: 8,
+            initial_seq: [0, 0x8000_0000],
+            ops: 20,
+            attack: Some(Attack { every_ms: 5, ..Attack::default() }),
+            ..Scenario::default()
+        });
+    }
+
+    #[test]
+    fn compat_forged_alive_ahead_does_not_cost_the_peer_a_message() {
+        // One forged CTL ALIVE at seq 1015 to side 1 while side 0's next
+        // seq is 1003: side 1 expects 1016 and NACKs [1003, 1014]; side 0
+        // takes the NACK past its next seq as "the peer tracks seqs we
+        // never sent" and jumps to 1015 only, so its next flow message
+        // (1015) is dropped as late by side 1, then acknowledged by its
+        // ACK [1015, 1018]: the flow never reaches side 1, and nothing
+        // repairs it.
+        compat_attacked(Scenario {
+            seed: 35,
+            ops: 10,
+            attack: Some(Attack {
+                every_ms: 100,
+                until_ms: Some(100),
+                prior_runs: 0,
+                forge: true,
+                forge_acks: false,
+            }),
+            ..Scenario::default()
+        });
+    }
+
+    #[test]
+    fn compat_replayed_hello_heals_within_peer_timeout() {
+        // No forgery: replays of an earlier run (HELLOs among them),
+        // duplicates, reordered bursts and flipped bits. A HELLO re-bases
+        // tracking (peer_restarts 1 and 2, rx_rebases 1); healing waits
+        // half the peer timeout of refusals, then both tables go again
+        // through 25% loss and an 8-entry resend queue: the pair converges
+        // 8.2 s after the last injection, over peer_timeout + 3 alive
+        // intervals (7 s).
+        compat_attacked(Scenario {
+            seed: 9015392395150051533,
+            loss: 0.25,
+            jitter_ms: 11,
+            resend_queue: 8,
+            initial_seq: [2954601576, 2954601576u32.wrapping_add(0x8000_0000)],
+            ops: 107,
+            attack: Some(Attack { every_ms: 9, until_ms: Some(633), ..Attack::default() }),
+            ..Scenario::default()
+        });
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        #[test]
+        fn native_attacked_random_schedules_converge(
+            seed in proptest::num::u64::ANY,
+            loss in 0u32..=30,
+            dup in 0u32..=10,
+            jitter in 0u64..20,
+            rs in proptest::sample::select(vec![8usize, 64, 4096]),
+            start in proptest::num::u32::ANY,
+            restarts in proptest::collection::vec((0u64..3000, 0usize..2), 0..3),
+            every in 5u64..200,
+            ops in 20usize..300,
+        ) {
+            native_attacked(Scenario {
+                seed,
+                loss: f64::from(loss) / 100.0,
+                dup: f64::from(dup) / 100.0,
+                jitter_ms: jitter,
+                resend_queue: rs,
+                initial_seq: [start, start.wrapping_add(0x8000_0000)],
+                restarts,
+                ops,
+                attack: Some(Attack { every_ms: every, ..Attack::default() }),
+                ..Scenario::default()
+            });
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        #[test]
+        fn compat_attacked_random_schedules_heal(
+            seed in proptest::num::u64::ANY,
+            loss in 0u32..=30,
+            dup in 0u32..=10,
+            jitter in 0u64..20,
+            rs in proptest::sample::select(vec![8usize, 64, 4096]),
+            start in proptest::num::u32::ANY,
+            every in 5u64..200,
+            until in 0u64..4000,
+            forge in proptest::bool::ANY,
+            forge_acks in proptest::bool::ANY,
+            ops in 20usize..300,
+        ) {
+            compat_attacked(Scenario {
+                seed,
+                loss: f64::from(loss) / 100.0,
+                dup: f64::from(dup) / 100.0,
+                jitter_ms: jitter,
+                resend_queue: rs,
+                initial_seq: [start, start.wrapping_add(0x8000_0000)],
+                ops,
+                attack: Some(Attack { every_ms: every, until_ms: Some(until), forge, forge_acks, ..Attack::default() }),
+                ..Scenario::default()
+            });
+        }
+    }
 }
