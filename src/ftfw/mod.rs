@@ -1475,9 +1475,13 @@ impl Ftfw {
             }
             // The peer tracks seqs we never sent (a forged or corrupted
             // datagram moved it): jump past them and resend everything
-            // unacknowledged with fresh seqs. Nothing is lost.
+            // unacknowledged with fresh seqs. Nothing is lost. A NACK's
+            // range ends before the message that revealed the gap, which
+            // the peer took: jump past that one too, or our next message
+            // would land on its seq and be dropped as old, then
+            // acknowledged (a forged ALIVE ahead does exactly this).
             self.stats.seq_jumps += 1;
-            self.next_seq = to.next();
+            self.next_seq = if is_ack { to.next() } else { to.plus(2) };
             self.resend.drain_all(self.next_seq, &mut self.lost);
         } else if is_ack {
             self.resend.ack(from, to, &mut self.lost);
@@ -1673,7 +1677,7 @@ impl Ftfw {
                 // down.
                 if self
                     .rx_refused_since
-                    .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.peer_timeout / 2)
+                    .is_some_and(|t| now.saturating_duration_since(t) >= self.heal_after())
                 {
                     self.stats.rx_rebases += 1;
                     self.rx_refused_since = None;
@@ -1699,6 +1703,12 @@ impl Ftfw {
     /// started), it gets our whole table and we ask for its own; if it had
     /// been tracked before, what it had not acknowledged goes again too
     /// (conntrackd would drop all of this).
+    /// conntrackd dialect: how long only refused messages may come before
+    /// the peer's sequence is followed again.
+    fn heal_after(&self) -> Duration {
+        self.cfg.peer_timeout / 2
+    }
+
     /// `restart`: count and report it as the peer's restart.
     fn adopt_compat(&mut self, seq: Seq, hello: bool, restart: bool) {
         let base = self.next_epoch_stamp;

@@ -298,7 +298,8 @@ fn ack_ahead_of_our_seq_jumps_and_resends() {
     sent(&mut core, now); // seq 101
     core.handle_datagram(now, &datagram(50, &[Message::Nack { from: 101, to: 109 }]));
     let out = sent(&mut core, now);
-    assert_eq!(out[0].0.seq, 110);
+    // The NACK shows the peer took 110, the seq after its range.
+    assert_eq!(out[0].0.seq, 111);
     assert_eq!(out[0].1, vec![Message::FlowUpdate(flow(1))]);
     assert_eq!(core.stats().seq_jumps, 1);
     // Far beyond max_seq_jump: ignored.
