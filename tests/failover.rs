@@ -292,7 +292,7 @@ fn a_pushed_udp_stream_survives_datagrams_that_reach_the_vip_before_the_commit()
     let vars = [
         ("LAB_EXPECT", "survive".to_string()),
         ("LAB_TRIGGER", "links".to_string()),
-        ("LAB_CYCLES", "2".to_string()),
+        ("LAB_CYCLES", "3".to_string()),
         ("LAB_FLOWS", "0".to_string()),
         ("LAB_HOLD", "3".to_string()),
         ("LAB_ADVERT_INT", "0.2".to_string()),
@@ -302,13 +302,24 @@ fn a_pushed_udp_stream_survives_datagrams_that_reach_the_vip_before_the_commit()
         ("LAB_UDP_MAX_GAP_MS", "3000".to_string()),
         ("LAB_MAX_GAP_MS", "7000".to_string()),
     ];
-    let (ok, output) = run_failover(&vars, true);
-    assert!(ok, "the pushed UDP stream did not survive:\n{}", tail(&output));
-    // The race really happened, and the commit resolved it.
-    assert!(
-        output.contains("entries in the way of synced flows' NAT mappings deleted first"),
-        "no commit met an entry in the way: the lab did not race\n{}",
-        tail(&output)
+    // Whether a pushed datagram beats the commit to the new master is up
+    // to the scheduler: the stream must survive every run, and one of at
+    // most three runs must show the race the commit resolved.
+    let mut outputs = Vec::new();
+    for _ in 0..3 {
+        let (ok, output) = run_failover(&vars, true);
+        assert!(ok, "the pushed UDP stream did not survive:\n{}", tail(&output));
+        let raced =
+            output.contains("entries in the way of synced flows' NAT mappings deleted first");
+        outputs.push(output);
+        if raced {
+            return;
+        }
+    }
+    panic!(
+        "no commit met an entry in the way in {} runs: the lab did not race\n{}",
+        outputs.len(),
+        tail(outputs.last().unwrap())
     );
 }
 
