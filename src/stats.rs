@@ -233,6 +233,16 @@ impl StatsReport {
         r
     }
 
+    /// conntrackd's "message tracking" block.
+    fn message_tracking(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "message tracking:\n{:>20} Malformed msgs {:>20} Lost msgs\n\n",
+            self.malformed(),
+            self.protocol.gaps
+        );
+    }
+
     fn malformed(&self) -> u64 {
         let p = &self.protocol;
         p.drop_truncated + p.drop_bad_magic + p.drop_bad_version + p.drop_bad_crc + p.drop_malformed
@@ -248,12 +258,7 @@ impl StatsReport {
         if let Some(link) = self.links.iter().find(|l| l.active) {
             link_summary(out, link);
         }
-        let _ = write!(
-            out,
-            "message tracking:\n{:>20} Malformed msgs {:>20} Lost msgs\n\n",
-            self.malformed(),
-            self.protocol.gaps
-        );
+        self.message_tracking(out);
         let _ = writeln!(out, "sync:");
         let _ = writeln!(out, "  {:<32}{}", "peer:", self.status_line());
         let _ = writeln!(out, "  {:<32}{}", "synced:", self.synced);
@@ -406,12 +411,7 @@ impl StatsReport {
             if let Some(link) = self.links.iter().find(|l| l.active) {
                 link_summary(out, link);
             }
-            let _ = write!(
-                out,
-                "message tracking:\n{:>20} Malformed msgs {:>20} Lost msgs\n\n",
-                self.malformed(),
-                self.protocol.gaps
-            );
+            self.message_tracking(out);
             tree(out, "expectations", &e.runtime);
         }
         // Like conntrackd without `Sync { Options { ExpectationSync } }`:
