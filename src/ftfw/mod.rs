@@ -146,8 +146,9 @@ pub enum Refusal {
     /// `drop_malformed`, `drop_truncated`, `drop_bad_magic`,
     /// `drop_bad_version`: it does not parse.
     Malformed,
-    /// `drop_replay`: all its data was received before, or a handshake
-    /// answer of another round or incarnation.
+    /// `drop_replay`: its datagram counter was seen before or is too old
+    /// (native, with keys), all its data was received before, or a
+    /// handshake answer of another round or incarnation.
     Replay,
 }
 
@@ -274,7 +275,8 @@ pub struct FtfwStats {
     /// Dropped: a stale handshake answer (a HELLO_BACK that does not echo
     /// our current session and round), or a datagram of the tracked session
     /// whose sequenced messages were all accepted before (a recording
-    /// replayed, or a duplicate).
+    /// replayed, or a duplicate), or, with keys, whose STAMP counter the
+    /// replay window has seen or left behind.
     pub drop_replay: u64,
     /// Dropped: from a session we have no handshake with.
     pub drop_unknown_session: u64,
