@@ -155,6 +155,7 @@ pub const SPECS: &[Spec] = &[
     Spec { path: "protocol.stalls", metric: Metric::Counter("protocol_stalls"), help: "FTFW protocol: stalls begun (see protocol_stalled)" },
     Spec { path: "protocol.hello_probes", metric: Metric::Counter("protocol_hello_probes"), help: "FTFW protocol: HELLOs of another peer session while one was live, answered with a probe while the live session goes on" },
     Spec { path: "protocol.rx_rebases", metric: Metric::Counter("protocol_rx_rebases"), help: "FTFW protocol, conntrackd wire: times the peer's sequence was followed again after only refused messages came for half sync.peer_timeout (a forged HELLO or a missed restart)" },
+    Spec { path: "protocol.nacks_of_acked", metric: Metric::Counter("protocol_nacks_of_acked"), help: "FTFW protocol, conntrackd wire: NACKs naming flow messages the peer had acknowledged (a forged ACK, or a peer that lost them), each answered with our whole table" },
     Spec { path: "protocol.bulks_sent", metric: Metric::Counter("protocol_bulks_sent"), help: "FTFW protocol: full-table transfers" },
     Spec { path: "protocol.bulks_received", metric: Metric::Counter("protocol_bulks_received"), help: "FTFW protocol: full-table transfers" },
     Spec { path: "protocol.resync_requests_sent", metric: Metric::Counter("protocol_resync_requests_sent"), help: "FTFW protocol: full-table requests" },

@@ -167,7 +167,8 @@ pub enum PeerEvent {
     /// End of a bulk from the peer: remove every external entry whose stamp
     /// < floor.
     BulkEnd { floor: u64 },
-    /// The peer asked for our whole table: the caller must call
+    /// The peer asked for our whole table, or (conntrackd dialect) NACKed
+    /// flow messages it had acknowledged: the caller must call
     /// [`Ftfw::bulk_send`] with the internal cache.
     BulkRequested,
     /// The peer is heard from again (or for the first time).
@@ -313,6 +314,10 @@ pub struct FtfwStats {
     /// conntrackd dialect: times the peer's sequence was taken again after
     /// only refused messages came for half the peer timeout.
     pub rx_rebases: u64,
+    /// conntrackd dialect: NACKs naming flow messages the peer had
+    /// acknowledged (a forged ACK, or a peer that lost them), each
+    /// answered with our whole table.
+    pub nacks_of_acked: u64,
     /// New peer session ids seen after a first one.
     pub peer_restarts: u64,
     /// Bulks we started.
@@ -495,8 +500,11 @@ impl Ftfw {
         codec: DialectCodec,
     ) -> Ftfw {
         let next_seq = Seq(initial_seq);
-        let resend = ResendQueue::new(cfg.resend_queue, next_seq);
         let compat = cfg.dialect == Dialect::Conntrackd;
+        let mut resend = ResendQueue::new(cfg.resend_queue, next_seq);
+        if compat {
+            resend.remember_acked();
+        }
         let mut core = Ftfw {
             cfg,
             codec,
@@ -873,6 +881,12 @@ impl Ftfw {
     /// When `handle_timeout` (and `poll_transmit`) must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.iter().flatten().copied().chain(self.stall_deadline()).min()
+    }
+
+    /// Since when every sequenced message of the peer was refused (as late
+    /// or far ahead), if none was accepted since.
+    pub fn refusing_since(&self) -> Option<Instant> {
+        self.rx_refused_since
     }
 
     /// True while replication is stalled ([`PeerEvent::Stalled`]).
@@ -1482,12 +1496,25 @@ impl Ftfw {
             // the peer took: jump past that one too, or our next message
             // would land on its seq and be dropped as old, then
             // acknowledged (a forged ALIVE ahead does exactly this).
+            // The peer may have taken more forged messages since (a
+            // planted pair takes two seqs): leave a margin, which costs
+            // only a NACK of seqs we never used.
             self.stats.seq_jumps += 1;
-            self.next_seq = if is_ack { to.next() } else { to.plus(2) };
+            let past = if is_ack { to.next() } else { to.plus(2) };
+            self.next_seq = past.plus(JUMP_MARGIN);
             self.resend.drain_all(self.next_seq, &mut self.lost);
         } else if is_ack {
             self.resend.ack(from, to, &mut self.lost);
         } else {
+            if self.compat && self.resend.take_acknowledged(from, to, &mut self.lost) {
+                // Nothing authenticates this dialect's ACKs: one that was
+                // forged (or a peer that acknowledges what it lost, as
+                // conntrackd's ACK may span a NACKed run) released flow
+                // messages the peer never got. Its destroys are resent; for
+                // the rest, our whole table is.
+                self.stats.nacks_of_acked += 1;
+                self.events.push_back(PeerEvent::BulkRequested);
+            }
             self.resend.nack(from, to, &mut self.lost);
         }
         self.lost_before_digest();
@@ -1707,7 +1734,7 @@ impl Ftfw {
     /// (conntrackd would drop all of this).
     /// conntrackd dialect: how long only refused messages may come before
     /// the peer's sequence is followed again.
-    fn heal_after(&self) -> Duration {
+    pub(crate) fn heal_after(&self) -> Duration {
         self.cfg.peer_timeout / 2
     }
 
@@ -1751,6 +1778,9 @@ impl Ftfw {
 /// conntrackd dialect: how many seqs may be missing between two far-ahead
 /// messages for the second to confirm the first.
 const MAX_FAR_RUN_GAP: i32 = 64;
+
+/// Seqs left unused after a jump past what the peer tracks.
+const JUMP_MARGIN: u32 = MAX_FAR_RUN_GAP as u32;
 
 /// Bound on gap-produced ranges waiting to be sent (forged input must not
 /// grow memory).

@@ -309,7 +309,24 @@ pub(crate) struct ResendQueue {
     /// Live entries that are control messages ([`Item::is_control`]).
     live_control: usize,
     capacity: usize,
+    /// Spans of seqs whose live flow messages the peer acknowledged, oldest
+    /// first, at most [`ACKED_SPANS`]. A later NACK naming one of them
+    /// means the ACK was forged or the peer took messages as received that
+    /// it lost: what they carried can no longer be resent.
+    acked: VecDeque<(Seq, Seq)>,
+    /// The acknowledged destroys of those spans, at most
+    /// [`ACKED_DESTROYS`]: a table sent again cannot say what is gone.
+    acked_destroys: VecDeque<(Seq, Item)>,
+    /// Remember acknowledged spans at all (conntrackd dialect only: the
+    /// native dialect's ACKs are bound to the session, and keyed).
+    remember_acked: bool,
 }
+
+/// Acknowledged spans remembered for [`ResendQueue::take_acknowledged`].
+const ACKED_SPANS: usize = 64;
+
+/// Acknowledged destroys remembered for [`ResendQueue::take_acknowledged`].
+const ACKED_DESTROYS: usize = 4096;
 
 impl ResendQueue {
     pub fn new(capacity: usize, next: Seq) -> ResendQueue {
@@ -320,7 +337,16 @@ impl ResendQueue {
             live: 0,
             live_control: 0,
             capacity: capacity.max(1),
+            acked: VecDeque::new(),
+            acked_destroys: VecDeque::new(),
+            remember_acked: false,
         }
+    }
+
+    /// Remember what the peer acknowledges, for
+    /// [`ResendQueue::take_acknowledged`].
+    pub fn remember_acked(&mut self) {
+        self.remember_acked = true;
     }
 
     /// Entries held (live, or superseded or re-queued but not yet
@@ -418,6 +444,7 @@ impl ResendQueue {
         let Some(n) = end.distance_from(self.first) else { return };
         let n = (n as usize).min(self.ring.len());
         let lost_n = from.distance_from(self.first).map_or(0, |d| (d as usize).min(n));
+        let mut span: Option<(Seq, Seq)> = None;
         for i in 0..n {
             let Some(held) = self.ring.pop_front() else { break };
             let seq = self.first;
@@ -426,8 +453,22 @@ impl ResendQueue {
                 self.forget(&held.item, seq);
                 if i < lost_n {
                     lost.push(held.item);
+                } else if self.remember_acked && !held.item.is_control() {
+                    span = Some((span.map_or(seq, |s| s.0), seq));
+                    if matches!(held.item, Item::Destroy(_) | Item::ExpDestroy(_)) {
+                        if self.acked_destroys.len() == ACKED_DESTROYS {
+                            self.acked_destroys.pop_front();
+                        }
+                        self.acked_destroys.push_back((seq, held.item));
+                    }
                 }
             }
+        }
+        if let Some(span) = span {
+            if self.acked.len() == ACKED_SPANS {
+                self.acked.pop_front();
+            }
+            self.acked.push_back(span);
         }
         if self.ring.is_empty() {
             release_idle(&mut self.ring, &mut self.latest);
@@ -459,9 +500,33 @@ impl ResendQueue {
         }
     }
 
+    /// True when `[from, to]` names a flow message the peer acknowledged
+    /// (of the last [`ACKED_SPANS`] ACKs that released any); the destroys
+    /// in `[from, to]` are returned in `lost`. What it names is forgotten,
+    /// so that one loss is answered once.
+    pub fn take_acknowledged(&mut self, from: Seq, to: Seq, lost: &mut Vec<Item>) -> bool {
+        let before = self.acked.len();
+        self.acked.retain(|&(a, b)| !(from.diff(b) <= 0 && a.diff(to) <= 0));
+        if self.acked.len() == before {
+            return false;
+        }
+        let mut kept = VecDeque::with_capacity(self.acked_destroys.len());
+        for (seq, item) in self.acked_destroys.drain(..) {
+            if seq.diff(from) >= 0 && seq.diff(to) <= 0 {
+                lost.push(item);
+            } else {
+                kept.push_back((seq, item));
+            }
+        }
+        self.acked_destroys = kept;
+        true
+    }
+
     /// Empty the queue, returning the live entries; the next seq becomes
     /// `next`.
     pub fn drain_all(&mut self, next: Seq, lost: &mut Vec<Item>) {
+        self.acked.clear();
+        self.acked_destroys.clear();
         for held in self.ring.drain(..) {
             if held.live {
                 lost.push(held.item);
@@ -584,5 +649,40 @@ mod tests {
         rs.ack(base, base.plus(2), &mut lost);
         assert!(lost.is_empty());
         assert_eq!(rs.next(), base.plus(7));
+    }
+
+    #[test]
+    fn a_nack_of_acknowledged_flow_messages_is_told_once_with_their_destroys() {
+        let base = Seq(u32::MAX - 1);
+        let mut rs = ResendQueue::new(16, base);
+        rs.remember_acked();
+        rs.push(base, Item::Upsert { flow: flow(1), new: true });
+        rs.push(base.plus(1), Item::Destroy(flow(2).key()));
+        rs.push(base.plus(2), Item::Ack(Seq(7), Seq(9)));
+        rs.push(base.plus(3), Item::Upsert { flow: flow(3), new: true });
+        let mut lost = Vec::new();
+        // base+3 was NACKed first: it went again, it is not acknowledged.
+        rs.nack(base.plus(3), base.plus(3), &mut lost);
+        lost.clear();
+        rs.ack(base, base.plus(3), &mut lost);
+        assert!(lost.is_empty());
+        assert!(
+            !rs.take_acknowledged(base.plus(2), base.plus(3), &mut lost),
+            "control and resent only"
+        );
+        assert!(rs.take_acknowledged(base.plus(1), base.plus(1), &mut lost));
+        assert_eq!(lost, vec![Item::Destroy(flow(2).key())]);
+        lost.clear();
+        assert!(!rs.take_acknowledged(base, base.plus(1), &mut lost), "told once");
+        assert!(lost.is_empty());
+    }
+
+    #[test]
+    fn acknowledged_spans_are_not_kept_unless_asked() {
+        let mut rs = ResendQueue::new(16, Seq(5));
+        rs.push(Seq(5), Item::Destroy(flow(2).key()));
+        let mut lost = Vec::new();
+        rs.ack(Seq(5), Seq(5), &mut lost);
+        assert!(!rs.take_acknowledged(Seq(5), Seq(5), &mut lost));
     }
 }

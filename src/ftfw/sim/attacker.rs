@@ -14,7 +14,7 @@
 //!   messages: a CTL with HELLO and/or ALIVE (or HELLO_BACK) at a sequence
 //!   number near the one the target expects or anywhere; two CT_NEW at Y
 //!   and Y + 1 that plant a flow of [`PLANTED_NET`]; with `forge_acks`,
-//!   also ACK and NACK ranges over what the target recently sent.
+//!   also (or only) ACK and NACK ranges over what the target recently sent.
 //!
 //! It records at delivery, so a replay never arrives before its original:
 //! whatever a replay changes, it changes after the genuine copy did.
@@ -39,13 +39,23 @@ pub(crate) struct Attack {
     pub prior_runs: usize,
     /// conntrackd dialect: forge HELLO, ALIVE and data messages.
     pub forge: bool,
-    /// conntrackd dialect: forge ACK and NACK too.
+    /// conntrackd dialect: forge ACK and NACK (with `forge` or alone).
     pub forge_acks: bool,
+    /// Flip bits in copies (in the conntrackd dialect, which has no
+    /// checksum, that forges a message too); else replay instead.
+    pub flip: bool,
 }
 
 impl Default for Attack {
     fn default() -> Attack {
-        Attack { every_ms: 50, until_ms: None, prior_runs: 1, forge: false, forge_acks: false }
+        Attack {
+            every_ms: 50,
+            until_ms: None,
+            prior_runs: 1,
+            forge: false,
+            forge_acks: false,
+            flip: true,
+        }
     }
 }
 
@@ -144,12 +154,18 @@ impl Attacker {
         self.next_at = now + Duration::from_millis(1 + self.rng.below(2 * self.cfg.every_ms));
         let to = self.rng.below(2) as usize;
         let compat = self.dialect == Dialect::Conntrackd;
-        let kinds = if compat && self.cfg.forge { 8 } else { 5 };
+        let kinds = match (compat, self.cfg.forge, self.cfg.forge_acks) {
+            (true, true, _) => 8,
+            (true, false, true) => 6,
+            _ => 5,
+        };
         let out = match self.rng.below(kinds) {
             0 | 1 => self.replay(),
             2 => self.duplicate(to),
             3 => self.reorder(to),
-            4 => self.flip(),
+            4 if self.cfg.flip => self.flip(),
+            4 => self.replay(),
+            5 if !self.cfg.forge => self.forge_ack(to),
             5 => self.forge_ctl(to),
             6 => self.plant(to),
             _ if self.cfg.forge_acks => self.forge_ack(to),
