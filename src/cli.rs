@@ -20,6 +20,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{ArgAction, CommandFactory, Parser};
@@ -48,6 +49,9 @@ pub enum Invocation {
         request: Request,
         /// Ask for JSON instead of text.
         json: bool,
+        /// Give up if the whole exchange takes longer (`--check-ready`
+        /// only; other requests wait for the answer).
+        timeout: Option<Duration>,
     },
     /// Print the effective configuration as YAML and exit; fails if the
     /// file or its key file does not load.
@@ -92,6 +96,11 @@ where
 pub fn command() -> clap::Command {
     Args::command()
 }
+
+/// How long `--check-ready` waits for the daemon's answer unless
+/// `--timeout` says otherwise: a running daemon answers in milliseconds,
+/// and keepalived's script `timeout` in docs/keepalived.md is longer.
+pub const CHECK_READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which table a conntrackd sub-argument `ct|expect` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,10 +230,17 @@ struct Args {
     reload: bool,
 
     /// Exit 0 only if the running daemon holds the peer's complete table
-    /// (for keepalived's vrrp_script and for monitoring); non-zero if it
-    /// does not yet, or if no daemon answers.
+    /// (for keepalived's vrrp_script and for monitoring); 1 if it does not
+    /// yet, if no daemon runs, or if it does not answer within --timeout
+    /// (stopped or stuck); 2 if the configuration file does not load.
     #[arg(long = "check-ready")]
     check_ready: bool,
+
+    /// With --check-ready: give up and exit 1 (not ready) if the daemon has
+    /// not answered within SECONDS (default 2; fractions allowed). Keep it
+    /// below keepalived's script timeout.
+    #[arg(long = "timeout", value_name = "SECONDS", value_parser = seconds)]
+    timeout: Option<Duration>,
 
     /// Test suites only: the daemon honours test-only control requests.
     #[arg(long = "test-hooks", hide = true)]
@@ -372,6 +388,10 @@ impl Args {
         if self.json && !json_ok {
             return Err(invalid("Invalid parameters: --json goes with -s, -i or -e".into()));
         }
+        let check_ready = matches!(actions.as_slice(), [(_, Request::CheckReady)]);
+        if self.timeout.is_some() && !check_ready {
+            return Err(invalid("Invalid parameters: --timeout goes with --check-ready".into()));
+        }
         let mut standalone: Vec<&str> = Vec::new();
         if self.check {
             standalone.push("--check");
@@ -407,9 +427,12 @@ impl Args {
             ([], true, true) => {
                 Err(invalid("Invalid parameters: --print-config cannot be combined with -d".into()))
             }
-            ([(_, request)], false, false) => {
-                Ok(Invocation::Client { config: self.config, request: *request, json: self.json })
-            }
+            ([(_, request)], false, false) => Ok(Invocation::Client {
+                config: self.config,
+                request: *request,
+                json: self.json,
+                timeout: check_ready.then(|| self.timeout.unwrap_or(CHECK_READY_TIMEOUT)),
+            }),
             ([(flag, _)], true, _) => Err(invalid(format!(
                 "Invalid parameters: -d runs the daemon, {flag} talks to a running one"
             ))),
@@ -434,6 +457,17 @@ fn prefix_match<T: Copy>(arg: &str, names: &[(&str, T)]) -> Result<T, String> {
             let all: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
             format!("expected one of {}", all.join(", "))
         })
+}
+
+/// A timeout in seconds: more than 0, at most an hour, fractions allowed.
+fn seconds(arg: &str) -> Result<Duration, String> {
+    let expected =
+        || "expected a number of seconds from 0.001 to 3600, such as 2 or 0.5".to_string();
+    let secs: f64 = arg.parse().map_err(|_| expected())?;
+    if !(0.001..=3600.0).contains(&secs) {
+        return Err(expected());
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn on_off(arg: &str) -> Result<bool, String> {
@@ -651,6 +685,28 @@ mod tests {
         fails("--print-config -c", "--print-config cannot be combined with -c");
         fails("--print-config -d", "--print-config cannot be combined with -d");
         fails("-s -s", "cannot be used multiple times");
+    }
+
+    #[test]
+    fn check_ready_has_a_timeout_and_nothing_else_does() {
+        let timeout = |args: &str| match run(args) {
+            Ok(Invocation::Client { timeout, .. }) => timeout,
+            other => panic!("{args}: {other:?}"),
+        };
+        assert_eq!(timeout("--check-ready"), Some(CHECK_READY_TIMEOUT));
+        assert_eq!(timeout("--check-ready --timeout 5"), Some(Duration::from_secs(5)));
+        assert_eq!(timeout("--timeout 0.5 --check-ready"), Some(Duration::from_millis(500)));
+        // A commit of a big table takes seconds: it waits for its answer.
+        for args in ["-c", "-s", "-i", "-f", "-k"] {
+            assert_eq!(timeout(args), None, "{args}");
+        }
+        fails("-c --timeout 5", "Invalid parameters: --timeout goes with --check-ready");
+        fails("-s --timeout 5", "--timeout goes with --check-ready");
+        fails("--timeout 5", "--timeout goes with --check-ready");
+        fails("-d --timeout 5", "--timeout goes with --check-ready");
+        for bad in ["0", "-1", "abc", "3601", "NaN", "inf"] {
+            fails(&format!("--check-ready --timeout={bad}"), "expected a number of seconds");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Protocol version carried by every request.
 pub const VERSION: u8 = 1;
@@ -438,6 +438,14 @@ pub enum ClientError {
         /// What was wrong.
         error: ControlError,
     },
+    /// The daemon did not accept, read or answer the request within the
+    /// caller's timeout: it is stopped (SIGSTOP), hung, or busy.
+    Timeout {
+        /// The control socket.
+        path: PathBuf,
+        /// The timeout that ran out.
+        after: Duration,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -462,6 +470,13 @@ impl fmt::Display for ClientError {
             ),
             ClientError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             ClientError::Protocol { path, error } => write!(f, "{}: {error}", path.display()),
+            ClientError::Timeout { path, after } => write!(
+                f,
+                "the daemon at {} did not answer within {} s (stopped or busy: see `systemctl \
+                 status ctsyncd` and its log)",
+                path.display(),
+                after.as_secs_f64()
+            ),
         }
     }
 }
@@ -480,26 +495,49 @@ impl std::error::Error for ClientError {
 /// it arrives, and return whether the daemon reported success. A failure's
 /// message is written to `out` too (after the body), ending in a newline.
 ///
-/// Blocks until the daemon answers: a commit of a large table takes seconds,
-/// like conntrackd's.
+/// With no `timeout`, blocks until the daemon answers: a commit of a large
+/// table takes seconds, like conntrackd's. With one, connecting, sending
+/// and the whole answer must fit in it, or the call fails with
+/// [`ClientError::Timeout`]: a stopped daemon's socket still accepts
+/// connections (the kernel queues them) but nothing ever answers.
 pub fn call(
     socket: &Path,
     req: &Request,
     json: bool,
+    timeout: Option<Duration>,
     out: &mut impl Write,
 ) -> Result<bool, ClientError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let timed_out =
+        || ClientError::Timeout { path: socket.to_owned(), after: timeout.unwrap_or_default() };
+    // Time left before the deadline; `Err` once it has passed.
+    let left = || match deadline {
+        None => Ok(None),
+        Some(at) => match at.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(Some(left)),
+            _ => Err(timed_out()),
+        },
+    };
+    // A read or write that ran into its timeout, or a connect that found
+    // the listen queue full until then (EAGAIN).
+    let is_timeout = |e: &io::Error| {
+        timeout.is_some() && matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    };
     let io_err = |source| ClientError::Io { path: socket.to_owned(), source };
-    let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+    let mut stream = connect(socket, left()?).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
             ClientError::NotRunning { path: socket.to_owned() }
         }
         io::ErrorKind::PermissionDenied => {
             ClientError::PermissionDenied { path: socket.to_owned() }
         }
+        _ if is_timeout(&e) => timed_out(),
         _ => io_err(e),
     })?;
-    stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(io_err)?;
+    let write_timeout = left()?.map_or(Duration::from_secs(5), |l| l.min(Duration::from_secs(5)));
+    stream.set_write_timeout(Some(write_timeout)).map_err(io_err)?;
     match stream.write_all(&encode_request(req, json)) {
+        Err(e) if is_timeout(&e) => return Err(timed_out()),
         // A busy daemon answers and closes without reading: its answer is
         // still there to read.
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(io_err(e)),
@@ -526,14 +564,28 @@ pub fn call(
                 }
             }
         }
+        stream.set_read_timeout(left()?).map_err(io_err)?;
         let n = match stream.read(&mut buf) {
             Ok(0) => return Err(ClientError::Closed { path: socket.to_owned() }),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if is_timeout(&e) => return Err(timed_out()),
             Err(e) => return Err(io_err(e)),
         };
         decoder.push(&buf[..n]);
     }
+}
+
+/// Connect to `socket`. With a `timeout`, a connect that finds the
+/// daemon's listen queue full (a stopped daemon accepts nothing, so its
+/// queue fills with keepalived's checks) waits at most that long and fails
+/// with `WouldBlock`: Linux bounds that wait by the socket's send timeout.
+fn connect(socket: &Path, timeout: Option<Duration>) -> io::Result<UnixStream> {
+    let Some(timeout) = timeout else { return UnixStream::connect(socket) };
+    let client = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    client.set_write_timeout(Some(timeout))?;
+    client.connect(&socket2::SockAddr::unix(socket)?)?;
+    Ok(client.into())
 }
 
 const FLAG_JSON: u8 = 0x01;
@@ -903,7 +955,8 @@ mod tests {
             conn.write_all(&reply).unwrap();
         });
         let mut out = Vec::new();
-        let ok = call(&path, &Request::Stats(Some(StatsSection::Cache)), true, &mut out).unwrap();
+        let ok =
+            call(&path, &Request::Stats(Some(StatsSection::Cache)), true, None, &mut out).unwrap();
         server.join().unwrap();
         let _ = std::fs::remove_file(&path);
         assert!(!ok);
@@ -914,7 +967,7 @@ mod tests {
     fn client_reports_a_missing_daemon_and_a_hang_up() {
         let path = temp_socket("missing");
         let _ = std::fs::remove_file(&path);
-        let e = call(&path, &Request::Commit, false, &mut Vec::new()).unwrap_err();
+        let e = call(&path, &Request::Commit, false, None, &mut Vec::new()).unwrap_err();
         assert!(matches!(e, ClientError::NotRunning { .. }));
         assert_eq!(
             e.to_string(),
@@ -926,19 +979,117 @@ mod tests {
         );
         // A socket file nobody listens on any more: connection refused.
         drop(UnixListener::bind(&path).unwrap());
-        let e = call(&path, &Request::Commit, false, &mut Vec::new()).unwrap_err();
+        let e = call(&path, &Request::Commit, false, None, &mut Vec::new()).unwrap_err();
         assert!(matches!(e, ClientError::NotRunning { .. }), "{e}");
         let _ = std::fs::remove_file(&path);
 
         let listener = UnixListener::bind(&path).unwrap();
         let server = std::thread::spawn(move || drop(listener.accept().unwrap()));
-        let e = call(&path, &Request::Commit, false, &mut Vec::new()).unwrap_err();
+        let e = call(&path, &Request::Commit, false, None, &mut Vec::new()).unwrap_err();
         server.join().unwrap();
         let _ = std::fs::remove_file(&path);
         assert!(
             matches!(e, ClientError::Closed { .. }) || matches!(e, ClientError::Io { .. }),
             "{e}"
         );
+    }
+
+    /// `call(CheckReady)` with `timeout`, in a thread so that a client that
+    /// hangs fails the test instead of hanging it; its error and duration.
+    fn check_ready_failing(path: &Path, timeout: Duration) -> (ClientError, Duration) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let result = call(&path, &Request::CheckReady, false, Some(timeout), &mut Vec::new());
+            let _ = tx.send((result, started.elapsed()));
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok((Err(e), took)) => (e, took),
+            Ok((Ok(ok), _)) => panic!("answered {ok} instead of timing out"),
+            Err(_) => panic!("--check-ready with a {timeout:?} timeout still waits after 10 s"),
+        }
+    }
+
+    /// `--check-ready` against a stopped daemon (DESIGN.md principle 8):
+    /// its socket still takes connections, the kernel queues them, and
+    /// nothing answers. The timeout ends the call, not the caller.
+    #[test]
+    fn client_gives_up_at_its_timeout_when_nothing_answers() {
+        let path = temp_socket("silent");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let timeout = Duration::from_millis(300);
+        let (e, took) = check_ready_failing(&path, timeout);
+        assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
+        assert!(took >= timeout && took < Duration::from_secs(3), "{took:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the daemon at {} did not answer within 0.3 s (stopped or busy: see \
+                 `systemctl status ctsyncd` and its log)",
+                path.display()
+            )
+        );
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// The timeout bounds the whole answer, not each read: a daemon that
+    /// trickles bytes cannot keep the check waiting.
+    #[test]
+    fn client_timeout_bounds_the_whole_answer() {
+        let path = temp_socket("trickle");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut req = [0u8; 8];
+            conn.read_exact(&mut req).unwrap();
+            let reply = encode_status(true, "ready: this node holds the peer's complete table");
+            for byte in reply {
+                if conn.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let timeout = Duration::from_millis(300);
+        let (e, took) = check_ready_failing(&path, timeout);
+        assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        server.join().unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A daemon stopped long enough has a full listen queue: connecting
+    /// would block until it accepts, so the timeout must cover the connect.
+    #[test]
+    fn client_timeout_covers_a_connect_to_a_full_listen_queue() {
+        use socket2::{Domain, SockAddr, Socket, Type};
+        let path = temp_socket("full");
+        let _ = std::fs::remove_file(&path);
+        let addr = SockAddr::unix(&path).unwrap();
+        let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        listener.bind(&addr).unwrap();
+        listener.listen(0).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let client = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+            client.set_nonblocking(true).unwrap();
+            match client.connect(&addr) {
+                Ok(()) => queued.push(client),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(queued.len() < 64, "the listen queue never filled");
+        }
+        let timeout = Duration::from_millis(300);
+        let (e, took) = check_ready_failing(&path, timeout);
+        assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
+        assert!(took >= timeout && took < Duration::from_secs(3), "{took:?}");
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
     }
 
     proptest! {

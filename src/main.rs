@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         Invocation::Daemon { config, daemonize, test_hooks } => {
             daemon::run(&config, daemonize, test_hooks)
         }
-        Invocation::Client { config, request, json } => {
+        Invocation::Client { config, request, json, timeout } => {
             let cfg = match config::load(&config) {
                 Ok(cfg) => cfg,
                 Err(e) => {
@@ -19,9 +19,16 @@ fn main() -> ExitCode {
                 }
             };
             let mut stdout = std::io::stdout().lock();
-            match control::call(&cfg.general.control_socket, &request, json, &mut stdout) {
+            let socket = &cfg.general.control_socket;
+            match control::call(socket, &request, json, timeout, &mut stdout) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
+                // Exit 1 as for "not ready": keepalived and monitoring must
+                // read a stuck daemon as not ready.
+                Err(e @ control::ClientError::Timeout { .. }) => {
+                    eprintln!("ctsyncd --check-ready: {e}: not ready");
+                    ExitCode::FAILURE
+                }
                 Err(e) => {
                     eprintln!("ctsyncd: {e}");
                     ExitCode::FAILURE

@@ -758,6 +758,88 @@ fn check_ready_succeeds_only_while_a_running_daemon_holds_the_peer_table() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A daemon that is stopped (SIGSTOP) or stuck answers nothing, yet its
+/// control socket still accepts connections: `--check-ready` must give up
+/// on its own, within its timeout, and read as not ready (DESIGN.md
+/// principle 8 "Fail closed"), not wait for keepalived's script timeout.
+/// Once the daemon runs again, the check answers as before.
+#[test]
+fn check_ready_fails_within_its_timeout_while_the_daemon_is_stopped() {
+    let pair = Pair::new("rdystop");
+    wait_for(Duration::from_secs(10), || pair.cli(1, &["--check-ready"]).status.success())
+        .unwrap_or_else(|| panic!("fw2 never became ready: {}", pair.log(1)));
+    let pid = pair.daemons[1].as_ref().unwrap().id();
+    // Declared after the pair, so dropped first: a stopped daemon would
+    // never act on the pair's SIGTERM.
+    let stopped = Stopped::stop(pid);
+    let socket = pair.dir.join("fw2.sock");
+
+    for (args, bound) in
+        [(&["--check-ready"][..], "2 s"), (&["--check-ready", "--timeout", "0.5"], "0.5 s")]
+    {
+        let started = Instant::now();
+        let out = cli_within(&pair, 1, args, Duration::from_secs(10));
+        let took = started.elapsed();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?} against a stopped daemon: {text:?}");
+        assert_eq!(text.lines().count(), 1, "{args:?}: not one line: {text:?}");
+        assert!(
+            text.contains(&format!(
+                "the daemon at {} did not answer within {bound}",
+                socket.display()
+            )),
+            "{args:?}: {text}"
+        );
+        assert!(text.trim_end().ends_with("not ready"), "{args:?}: {text}");
+        assert!(took < Duration::from_secs(5), "{args:?} took {took:?}");
+    }
+
+    drop(stopped);
+    let out = pair.cli(1, &["--check-ready"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "not ready once running again: {text}{}", pair.log(1));
+    assert!(text.starts_with("ready: this node holds the peer's complete table"), "{text}");
+}
+
+/// A process stopped with SIGSTOP, continued with SIGCONT when dropped.
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// Run the CLI on fw`i`; if it has not exited within `limit`, kill it and
+/// fail, so that a client that hangs fails the test instead of hanging it.
+fn cli_within(pair: &Pair, i: usize, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", pair.fw[i].name(), BIN, "-C", &pair.config(i)])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ctsyncd {args:?} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// docs/SECURITY.md's rotation: add the new key on both, send with it on
 /// both, drop the old one — each step a reload, with no datagram refused
 /// and sync going on.

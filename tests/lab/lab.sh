@@ -204,7 +204,7 @@ keepalived_conf() {
         ;;
     script)
         track="sync_group_tracking_weight\\n    track_script {\\n        ctsync_ready weight -100\\n    }"
-        printf 'vrrp_script ctsync_ready {\n    script "%s -C %s --check-ready"\n    interval 1\n    fall 2\n    rise 1\n    init_fail\n}\n' \
+        printf 'vrrp_script ctsync_ready {\n    script "%s -C %s --check-ready"\n    interval 1\n    timeout 3\n    fall 2\n    rise 1\n    init_fail\n}\n' \
             "$CTSYNCD" "$WORK/$fw/ctsyncd.yaml"
         ;;
     esac
