@@ -676,7 +676,7 @@ impl Daemon {
                 Ok(Some(Recv::Datagram { len, from })) => (len, from),
                 Ok(Some(Recv::PeerMoved { len, from, was })) => {
                     log::info!(
-                        "sync link {}: peer now sends from port {} (was {was}): nothing came from port {was} for {:?}, the peer restarted",
+                        "sync link {}: peer now sends from port {} (was {was}): nothing came from port {was} for {:?} or more, the peer restarted",
                         self.channels.name(link),
                         from.port(),
                         self.channels.port_holdoff()
