@@ -8,6 +8,15 @@
 //! core does not know about links). Datagrams are accepted on every link,
 //! but only from the configured peer address (unicast) — conntrackd accepts
 //! anything that reaches its port.
+//!
+//! A unicast link also pins the port the peer sends from: the first
+//! datagram from the peer's address pins its source port, and datagrams
+//! from the peer's address but another port are refused (`foreign_port`).
+//! ctsyncd sends from its bound sync port; conntrackd sends from an unbound
+//! socket, a new ephemeral port at every start. So once nothing has come
+//! from the pinned port for a hold-off (half `sync.peer_timeout`), the next
+//! port the peer's address sends from is taken instead: the peer restarted.
+//! Multicast links accept any member but ourselves.
 
 use std::fmt;
 use std::io;
@@ -46,6 +55,9 @@ pub struct LinkStats {
     pub recv_errors: u64,
     /// Datagrams from an address that is not the configured peer.
     pub foreign_source: u64,
+    /// Datagrams from the peer's address but not from the port it sends
+    /// from (unicast links).
+    pub foreign_port: u64,
 }
 
 /// A link's state for statistics.
@@ -72,8 +84,15 @@ pub struct LinkStatus {
 pub enum Recv {
     /// `len` bytes from the peer (or a multicast member) at `from`.
     Datagram { len: usize, from: SocketAddr },
+    /// `len` bytes from the peer's address at a new source port, taken
+    /// (and pinned from now on) because nothing came from port `was` for
+    /// the hold-off: the peer restarted. Handled like [`Recv::Datagram`].
+    PeerMoved { len: usize, from: SocketAddr, was: u16 },
     /// A datagram from an address that is not the peer, dropped.
     Foreign { from: SocketAddr },
+    /// A datagram from the peer's address but not from `pinned`, the port
+    /// the peer sends from, dropped.
+    WrongPort { from: SocketAddr, pinned: u16 },
 }
 
 /// A link could not be opened.
@@ -112,7 +131,27 @@ struct Link {
     /// Administratively up (`IFF_UP`), with or without carrier.
     admin_up: bool,
     failed_until: Option<Instant>,
+    /// The port the unicast peer sends from, once it sent.
+    peer_port: Option<PinnedPort>,
+    /// How long the pinned port must be silent before another is taken.
+    port_holdoff: Duration,
     stats: LinkStats,
+}
+
+/// The source port a unicast peer sends from, and when it was last heard.
+#[derive(Clone, Copy, Debug)]
+struct PinnedPort {
+    port: u16,
+    last_heard: Instant,
+}
+
+/// What [`Link::admit`] decided about a datagram's source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admit {
+    Peer,
+    PeerMoved { was: u16 },
+    Foreign,
+    WrongPort { pinned: u16 },
 }
 
 /// The set of links and which one is active.
@@ -120,16 +159,21 @@ pub struct Channels {
     links: Vec<Link>,
     active: usize,
     switches: u64,
+    port_holdoff: Duration,
 }
 
 impl Channels {
     /// Open every link. Fails on the first link that cannot be opened, naming it.
-    pub fn open(specs: &[LinkSpec]) -> Result<Channels, ChannelError> {
+    ///
+    /// `port_holdoff` is how long a unicast peer's pinned source port must
+    /// be silent before datagrams from another port of its address are
+    /// taken (the daemon uses half `sync.peer_timeout`).
+    pub fn open(specs: &[LinkSpec], port_holdoff: Duration) -> Result<Channels, ChannelError> {
         let mut links = Vec::with_capacity(specs.len());
         for spec in specs {
-            links.push(Link::open(spec)?);
+            links.push(Link::open(spec, port_holdoff)?);
         }
-        let mut channels = Channels { links, active: 0, switches: 0 };
+        let mut channels = Channels { links, active: 0, switches: 0, port_holdoff };
         channels.refresh(Instant::now());
         Ok(channels)
     }
@@ -182,21 +226,34 @@ impl Channels {
         }
     }
 
-    /// Read one datagram from link `index` into `buf`. Returns `Ok(None)`
-    /// when the socket is drained; a datagram from anyone but the peer is
-    /// counted and reported as [`Recv::Foreign`], its bytes unread.
-    pub fn recv(&mut self, index: usize, buf: &mut [u8]) -> io::Result<Option<Recv>> {
+    /// Read one datagram from link `index` into `buf`, received at `now`.
+    /// Returns `Ok(None)` when the socket is drained. A datagram from
+    /// anyone but the peer is counted and reported as [`Recv::Foreign`],
+    /// one from the peer's address but another port than the pinned one as
+    /// [`Recv::WrongPort`]; their bytes are not to be read.
+    pub fn recv(&mut self, index: usize, now: Instant, buf: &mut [u8]) -> io::Result<Option<Recv>> {
         let Some(link) = self.links.get_mut(index) else { return Ok(None) };
         loop {
             match link.socket.recv_from(buf) {
                 Ok((n, from)) => {
-                    if !link.accepts_from(from) {
-                        link.stats.foreign_source += 1;
-                        return Ok(Some(Recv::Foreign { from }));
-                    }
+                    let was = match link.admit(from, now) {
+                        Admit::Peer => None,
+                        Admit::PeerMoved { was } => Some(was),
+                        Admit::Foreign => {
+                            link.stats.foreign_source += 1;
+                            return Ok(Some(Recv::Foreign { from }));
+                        }
+                        Admit::WrongPort { pinned } => {
+                            link.stats.foreign_port += 1;
+                            return Ok(Some(Recv::WrongPort { from, pinned }));
+                        }
+                    };
                     link.stats.packets_recv += 1;
                     link.stats.bytes_recv += n as u64;
-                    return Ok(Some(Recv::Datagram { len: n, from }));
+                    return Ok(Some(match was {
+                        None => Recv::Datagram { len: n, from },
+                        Some(was) => Recv::PeerMoved { len: n, from, was },
+                    }));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -235,6 +292,12 @@ impl Channels {
             return Some((from, best));
         }
         None
+    }
+
+    /// How long a unicast peer's pinned source port must be silent before
+    /// another port of its address is taken.
+    pub fn port_holdoff(&self) -> Duration {
+        self.port_holdoff
     }
 
     /// Name of link `i` for logs.
@@ -280,7 +343,7 @@ impl Channels {
 }
 
 impl Link {
-    fn open(spec: &LinkSpec) -> Result<Link, ChannelError> {
+    fn open(spec: &LinkSpec, port_holdoff: Duration) -> Result<Link, ChannelError> {
         let name = link_name(spec);
         let err = |what: &'static str| {
             let name = name.clone();
@@ -347,6 +410,8 @@ impl Link {
             interface_up: true,
             admin_up: true,
             failed_until: None,
+            peer_port: None,
+            port_holdoff,
             stats: LinkStats::default(),
         })
     }
@@ -376,12 +441,39 @@ impl Link {
         }
     }
 
-    fn accepts_from(&self, from: SocketAddr) -> bool {
-        match self.spec.kind {
-            ChannelKind::Udp { peer } => canonical(from.ip()) == canonical(peer),
+    /// Decide on a datagram's source, pinning the unicast peer's port.
+    fn admit(&mut self, from: SocketAddr, now: Instant) -> Admit {
+        let peer = match self.spec.kind {
+            ChannelKind::Udp { peer } => peer,
             // Multicast members are not known in advance; the protocol's
             // session and (with a key) authentication decide.
-            ChannelKind::Multicast { .. } => Some(from.ip()) != self.spec.local,
+            ChannelKind::Multicast { .. } if Some(from.ip()) == self.spec.local => {
+                return Admit::Foreign;
+            }
+            ChannelKind::Multicast { .. } => return Admit::Peer,
+        };
+        if canonical(from.ip()) != canonical(peer) {
+            return Admit::Foreign;
+        }
+        let port = from.port();
+        match &mut self.peer_port {
+            Some(pinned) if pinned.port == port => {
+                pinned.last_heard = now;
+                Admit::Peer
+            }
+            // Silent for the hold-off: the peer restarted on a new port.
+            Some(pinned)
+                if now.saturating_duration_since(pinned.last_heard) >= self.port_holdoff =>
+            {
+                let was = pinned.port;
+                *pinned = PinnedPort { port, last_heard: now };
+                Admit::PeerMoved { was }
+            }
+            Some(pinned) => Admit::WrongPort { pinned: pinned.port },
+            None => {
+                self.peer_port = Some(PinnedPort { port, last_heard: now });
+                Admit::Peer
+            }
         }
     }
 }
@@ -453,33 +545,116 @@ mod tests {
         }
     }
 
+    /// Wait up to half a second for a datagram on link 0 of `ch`.
+    fn recv_wait(ch: &mut Channels, now: Instant, buf: &mut [u8]) -> Recv {
+        for _ in 0..100 {
+            if let Some(r) = ch.recv(0, now, buf).unwrap() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("no datagram within 0.5 s");
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[test]
     fn loopback_pair_exchanges_and_filters_sources() {
         // Two links on loopback addresses, each other's peer.
         let port = 40000 + (std::process::id() % 20000) as u16;
-        let mut a = Channels::open(&[unicast("127.0.0.1", "127.0.0.2", port)]).unwrap();
-        let mut b = Channels::open(&[unicast("127.0.0.2", "127.0.0.1", port)]).unwrap();
+        let mut a = Channels::open(&[unicast("127.0.0.1", "127.0.0.2", port)], HOUR).unwrap();
+        let mut b = Channels::open(&[unicast("127.0.0.2", "127.0.0.1", port)], HOUR).unwrap();
         let now = Instant::now();
         a.send(now, b"hello").unwrap();
         let mut buf = [0u8; 64];
-        let mut got = None;
-        for _ in 0..100 {
-            if let Some(Recv::Datagram { len, from }) = b.recv(0, &mut buf).unwrap() {
-                assert_eq!(from.ip(), IpAddr::from([127, 0, 0, 1]));
-                got = Some(len);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(&buf[..got.expect("datagram")], b"hello");
+        // It leaves from the bound sync port, which the peer pins.
+        let Recv::Datagram { len, from } = recv_wait(&mut b, now, &mut buf) else {
+            panic!("not a datagram from the peer")
+        };
+        assert_eq!(from, SocketAddr::from(([127, 0, 0, 1], port)));
+        assert_eq!(&buf[..len], b"hello");
         // A stranger on loopback is refused and counted.
         let stranger = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
         stranger.send_to(b"forged", ("127.0.0.2", port)).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
         let from = stranger.local_addr().unwrap();
-        assert_eq!(b.recv(0, &mut buf).unwrap(), Some(Recv::Foreign { from }));
-        assert_eq!(b.recv(0, &mut buf).unwrap(), None);
+        assert_eq!(recv_wait(&mut b, now, &mut buf), Recv::Foreign { from });
+        assert_eq!(b.recv(0, now, &mut buf).unwrap(), None);
         assert_eq!(b.status()[0].stats.foreign_source, 1);
+        assert_eq!(b.status()[0].stats.foreign_port, 0);
+    }
+
+    #[test]
+    fn the_peers_address_from_another_port_is_refused_while_its_port_is_heard() {
+        let port = 40000 + (std::process::id() % 20000) as u16 + 3;
+        let holdoff = Duration::from_millis(50);
+        let mut a = Channels::open(&[unicast("127.0.0.1", "127.0.0.2", port)], holdoff).unwrap();
+        let mut b = Channels::open(&[unicast("127.0.0.2", "127.0.0.1", port)], holdoff).unwrap();
+        // The forger has the peer's address, not its port.
+        let forger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let forged_from = forger.local_addr().unwrap();
+        let mut buf = [0u8; 64];
+        let t0 = Instant::now();
+        a.send(t0, b"real").unwrap();
+        assert!(matches!(recv_wait(&mut b, t0, &mut buf), Recv::Datagram { .. }));
+        // Times on a virtual clock: the hold-off counts from the last
+        // datagram of the pinned port, and refusals do not move it.
+        for ms in [1, 20, 49] {
+            forger.send_to(b"forged", ("127.0.0.2", port)).unwrap();
+            let now = t0 + Duration::from_millis(ms);
+            let got = recv_wait(&mut b, now, &mut buf);
+            assert_eq!(got, Recv::WrongPort { from: forged_from, pinned: port }, "at {ms} ms");
+        }
+        // The peer is heard again at 49 ms: the forger must wait until 99.
+        a.send(t0, b"real").unwrap();
+        let at49 = t0 + Duration::from_millis(49);
+        assert!(matches!(recv_wait(&mut b, at49, &mut buf), Recv::Datagram { .. }));
+        forger.send_to(b"forged", ("127.0.0.2", port)).unwrap();
+        let at98 = t0 + Duration::from_millis(98);
+        assert_eq!(
+            recv_wait(&mut b, at98, &mut buf),
+            Recv::WrongPort { from: forged_from, pinned: port }
+        );
+        let stats = b.status()[0].stats;
+        assert_eq!((stats.foreign_port, stats.foreign_source), (4, 0));
+        assert_eq!(stats.packets_recv, 2);
+    }
+
+    #[test]
+    fn a_peer_silent_for_the_holdoff_is_followed_to_its_new_port() {
+        let port = 40000 + (std::process::id() % 20000) as u16 + 4;
+        let holdoff = Duration::from_millis(50);
+        let mut b = Channels::open(&[unicast("127.0.0.2", "127.0.0.1", port)], holdoff).unwrap();
+        // Like conntrackd: an unbound socket, a new port at each start.
+        let first = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let restarted = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (was, now_at) = (first.local_addr().unwrap(), restarted.local_addr().unwrap());
+        let mut buf = [0u8; 64];
+        let t0 = Instant::now();
+        first.send_to(b"before", ("127.0.0.2", port)).unwrap();
+        assert_eq!(recv_wait(&mut b, t0, &mut buf), Recv::Datagram { len: 6, from: was });
+        restarted.send_to(b"early", ("127.0.0.2", port)).unwrap();
+        let early = t0 + Duration::from_millis(10);
+        assert_eq!(
+            recv_wait(&mut b, early, &mut buf),
+            Recv::WrongPort { from: now_at, pinned: was.port() }
+        );
+        restarted.send_to(b"after", ("127.0.0.2", port)).unwrap();
+        let later = t0 + holdoff;
+        assert_eq!(
+            recv_wait(&mut b, later, &mut buf),
+            Recv::PeerMoved { len: 5, from: now_at, was: was.port() }
+        );
+        assert_eq!(&buf[..5], b"after");
+        // The new port is pinned now; the old one is the stranger.
+        restarted.send_to(b"again", ("127.0.0.2", port)).unwrap();
+        assert_eq!(recv_wait(&mut b, later, &mut buf), Recv::Datagram { len: 5, from: now_at });
+        first.send_to(b"stale", ("127.0.0.2", port)).unwrap();
+        assert_eq!(
+            recv_wait(&mut b, later + holdoff / 2, &mut buf),
+            Recv::WrongPort { from: was, pinned: now_at.port() }
+        );
+        let stats = b.status()[0].stats;
+        assert_eq!((stats.packets_recv, stats.foreign_port), (3, 2));
     }
 
     #[test]
@@ -488,7 +663,7 @@ mod tests {
         let mut down = unicast("127.0.0.1", "127.0.0.2", port);
         down.interface = Some("ctsync-nonexistent0".into());
         // SO_BINDTODEVICE on a missing device fails at open, naming the link.
-        let err = Channels::open(&[down]).err().expect("must fail");
+        let err = Channels::open(&[down], HOUR).err().expect("must fail");
         assert!(err.to_string().contains("SO_BINDTODEVICE"), "{err}");
     }
 
@@ -498,7 +673,7 @@ mod tests {
         let mut lo = unicast("127.0.0.1", "127.0.0.2", port);
         lo.interface = Some("lo".into());
         let second = unicast("127.0.0.1", "127.0.0.2", port + 1);
-        let mut ch = Channels::open(&[lo, second]).unwrap();
+        let mut ch = Channels::open(&[lo, second], HOUR).unwrap();
         assert_eq!(ch.active(), 0);
         let now = Instant::now();
         ch.links[0].failed_until = Some(now + Duration::from_secs(1));

@@ -211,6 +211,7 @@ pub const SPECS: &[Spec] = &[
     Spec { path: "links.send_errors", metric: Metric::Counter("links_send_errors"), help: "Sync link: sends that failed (socket errors)" },
     Spec { path: "links.recv_errors", metric: Metric::Counter("links_recv_errors"), help: "Sync link: receives that failed (socket errors)" },
     Spec { path: "links.foreign_source", metric: Metric::Counter("links_foreign_source"), help: "Sync link: datagrams from an address that is not the peer (dropped)" },
+    Spec { path: "links.foreign_port", metric: Metric::Counter("links_foreign_port"), help: "Sync link: datagrams from the peer's address but not from the port it sends from (dropped)" },
     Spec { path: "expectations.internal.active", metric: Metric::Gauge("expectations_internal_active"), help: "Expectation cache internal (this firewall's expectations): expectations in the cache" },
     Spec { path: "expectations.internal.created", metric: Metric::Counter("expectations_internal_created"), help: "Expectation cache internal (this firewall's expectations): expectations added" },
     Spec { path: "expectations.internal.updated", metric: Metric::Counter("expectations_internal_updated"), help: "Expectation cache internal (this firewall's expectations): updates of an expectation already there" },

@@ -249,7 +249,10 @@ impl Daemon {
                 cfg.links.len()
             ));
         }
-        let mut channels = Channels::open(&cfg.links).map_err(|e| e.to_string())?;
+        // A restarted conntrackd sends from a new port: followed once its
+        // old one has been silent for half the time that declares it down.
+        let port_holdoff = cfg.ftfw.peer_timeout / 2;
+        let mut channels = Channels::open(&cfg.links, port_holdoff).map_err(|e| e.to_string())?;
         let mut control = bind_control(&cfg.control_socket, cfg.control_gid)?;
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -669,21 +672,36 @@ impl Daemon {
                 self.links_pending |= 1 << link;
                 break;
             }
-            match self.channels.recv(link, &mut buf) {
-                Ok(Some(Recv::Datagram { len, from })) => {
-                    if let Some(refusal) = self.ftfw.handle_datagram(now, &buf[..len]) {
-                        let name = self.channels.name(link);
-                        self.reject_log.note(refusal.into(), from, name, now);
-                    }
+            let (len, from) = match self.channels.recv(link, now, &mut buf) {
+                Ok(Some(Recv::Datagram { len, from })) => (len, from),
+                Ok(Some(Recv::PeerMoved { len, from, was })) => {
+                    log::info!(
+                        "sync link {}: peer now sends from port {} (was {was}): nothing came from port {was} for {:?} or more, the peer restarted",
+                        self.channels.name(link),
+                        from.port(),
+                        self.channels.port_holdoff()
+                    );
+                    (len, from)
                 }
                 Ok(Some(Recv::Foreign { from })) => {
                     let name = self.channels.name(link);
                     self.reject_log.note(reject::Reason::WrongSource, from, name, now);
+                    continue;
+                }
+                Ok(Some(Recv::WrongPort { from, .. })) => {
+                    let name = self.channels.name(link);
+                    self.reject_log.note(reject::Reason::WrongPort, from, name, now);
+                    continue;
                 }
                 Ok(None) => break,
                 Err(e) => {
                     log::debug!("sync link {}: {e}", self.channels.name(link));
+                    continue;
                 }
+            };
+            if let Some(refusal) = self.ftfw.handle_datagram(now, &buf[..len]) {
+                let name = self.channels.name(link);
+                self.reject_log.note(refusal.into(), from, name, now);
             }
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! The refusal is decided and counted where it happens (the protocol
 //! core returns a [`Refusal`] and counts it in its `drop_*`; a link counts
-//! `foreign_source`); this module only turns it into a log line, so the
+//! `foreign_source` and `foreign_port`); this module only turns it into a log line, so the
 //! core stays free of logging and a storm of forgeries costs one line per
 //! interval, not one per datagram.
 
@@ -31,9 +31,11 @@ pub enum Reason {
     Malformed,
     /// Not from the configured peer address.
     WrongSource,
+    /// From the peer's address, but not from the port it sends from.
+    WrongPort,
 }
 
-const ALL: [Reason; 7] = [
+const ALL: [Reason; 8] = [
     Reason::BadMac,
     Reason::UnknownKey,
     Reason::AuthMismatch,
@@ -41,6 +43,7 @@ const ALL: [Reason; 7] = [
     Reason::BadCrc,
     Reason::Malformed,
     Reason::WrongSource,
+    Reason::WrongPort,
 ];
 
 impl Reason {
@@ -64,6 +67,9 @@ impl Reason {
                 "malformed or truncated (protocol.drop_malformed, drop_truncated, drop_bad_magic, drop_bad_version)"
             }
             Reason::WrongSource => "not from the configured peer address (links.foreign_source)",
+            Reason::WrongPort => {
+                "from the peer's address but not from the port it sends from (links.foreign_port); a peer that restarted on a new port is followed once its old port has been silent for half sync.peer_timeout"
+            }
         }
     }
 

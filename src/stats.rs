@@ -487,14 +487,15 @@ fn link_counters(out: &mut String, link: &LinkStatus) {
         "{:>20} Bytes sent {:>20} Bytes recv\n\
          {:>20} Pckts sent {:>20} Pckts recv\n\
          {:>20} Error send {:>20} Error recv\n\
-         {:>20} Foreign src\n\n",
+         {:>20} Foreign src {:>19} Foreign port\n\n",
         s.bytes_sent,
         s.bytes_recv,
         s.packets_sent,
         s.packets_recv,
         s.send_errors,
         s.recv_errors,
-        s.foreign_source
+        s.foreign_source,
+        s.foreign_port
     );
 }
 

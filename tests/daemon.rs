@@ -427,21 +427,19 @@ fn garbage_datagrams_are_dropped_and_counted_and_sync_goes_on() {
     let pair = Pair::new("junk");
     pair.commit_flows(0, (0..10).map(tcp_flow).collect());
     pair.converge(0, Duration::from_secs(10));
-    // From the peer's own address (so the source check lets them through):
-    // random bytes, a truncated header, and a valid-looking header with a
-    // bad checksum.
-    let script = "import os,socket\n\
-        s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-        s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-        s.bind(('10.255.0.1',0))\n\
-        import time\n\
-        for i in range(200):\n    s.sendto(os.urandom(i*7%1400+1),('10.255.0.2',3780)); time.sleep(0.002)\n\
-        s.sendto(b'CT\\x01',('10.255.0.2',3780))\n";
-    let out = Command::new("ip")
-        .args(["netns", "exec", pair.fw[0].name(), "python3", "-c", script])
-        .output()
+    // From the peer's own address and port (so the source check lets them
+    // through): random bytes, a truncated header, and a valid-looking
+    // header with a bad checksum.
+    let mut random = [0u8; 1400];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let spoofer = Spoofer::open(&pair.fw[0]);
+    for i in 0..200 {
+        spoofer.send(3780, &random[..i * 7 % 1400 + 1]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    spoofer.send(3780, b"CT\x01").unwrap();
     pair.commit_flows(0, (10..30).map(tcp_flow).collect());
     pair.converge(0, Duration::from_secs(10));
     let stats: serde_json::Value =
@@ -480,13 +478,11 @@ fn datagrams_with_a_wrong_key_are_dropped_as_bad_mac_and_sync_goes_on() {
             buf
         })
         .collect();
-    in_netns(pair.fw[0].name(), move || {
-        let s = std::net::UdpSocket::bind("10.255.0.1:0").unwrap();
-        for d in &forged {
-            s.send_to(d, "10.255.0.2:3780").unwrap();
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    });
+    let spoofer = Spoofer::open(&pair.fw[0]);
+    for d in &forged {
+        spoofer.send(3780, d).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
     pair.commit_flows(0, (10..30).map(tcp_flow).collect());
     pair.converge(0, Duration::from_secs(10));
     let stats: serde_json::Value =
@@ -1081,8 +1077,8 @@ fn protocol_counter(stats: &serde_json::Value, name: &str) -> u64 {
     stats["protocol"][name].as_u64().unwrap_or_else(|| panic!("no protocol.{name}: {stats:#}"))
 }
 
-/// The issue's test sender: from the peer's own address (so the source check
-/// passes), while real flows sync, it injects forged, tampered, wrong-key,
+/// The issue's test sender: from the peer's own address and port (so the
+/// source check passes), while real flows sync, it injects forged, tampered, wrong-key,
 /// unauthenticated, truncated and replayed datagrams, the replays again
 /// after the receiver restarted. Each is refused under its own counter and
 /// logged (rate-limited), fw2's external cache takes none of them, and it
@@ -1166,10 +1162,10 @@ fn injected_forged_tampered_truncated_and_replayed_datagrams_are_refused_by_reas
         .flatten()
         .cloned()
         .collect();
-    let sender = pair.fw[0].spawn(move || {
-        let s = std::net::UdpSocket::bind("10.255.0.1:0").unwrap();
+    let spoofer = Spoofer::open(&pair.fw[0]);
+    let sender = std::thread::spawn(move || {
         for d in &injections {
-            s.send_to(d, "10.255.0.2:3780").unwrap();
+            spoofer.send(3780, d).unwrap();
             std::thread::sleep(Duration::from_millis(2));
         }
     });
@@ -1239,14 +1235,11 @@ fn injected_forged_tampered_truncated_and_replayed_datagrams_are_refused_by_reas
     pair.stop(1);
     pair.start(1);
     pair.converge(0, Duration::from_secs(15));
-    let replays = recorded.clone();
-    pair.fw[0].run(move || {
-        let s = std::net::UdpSocket::bind("10.255.0.1:0").unwrap();
-        for d in &replays {
-            s.send_to(d, "10.255.0.2:3780").unwrap();
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    });
+    let spoofer = Spoofer::open(&pair.fw[0]);
+    for d in &recorded {
+        spoofer.send(3780, d).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
     pair.commit_flows(0, (400..450).map(tcp_flow).collect());
     pair.converge(0, Duration::from_secs(10));
     let stats: serde_json::Value =
@@ -1461,7 +1454,8 @@ fn forged_full_datagram(session: u32) -> Vec<u8> {
 }
 
 /// Threads sending one forged datagram each, in a loop, from the peer's
-/// address; stopped when dropped, so a failing test does not leave them on.
+/// address and port; stopped when dropped, so a failing test does not leave
+/// them on.
 struct Flood {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -1477,10 +1471,10 @@ impl Flood {
             .map(|t| {
                 let (stop, sent) = (stop.clone(), sent.clone());
                 let junk = forged_full_datagram(u32::from(t));
-                from.spawn(move || {
-                    let s = std::net::UdpSocket::bind("10.255.0.1:0").unwrap();
+                let spoofer = Spoofer::open(from);
+                std::thread::spawn(move || {
                     while !stop.load(Relaxed) {
-                        if s.send_to(&junk, "10.255.0.2:3780").is_ok() {
+                        if spoofer.send(3780, &junk).is_ok() {
                             sent.fetch_add(1, Relaxed);
                         }
                     }
@@ -1802,21 +1796,42 @@ fn conntrackd_wire_pair(tag: &str) -> Pair {
     pair
 }
 
-/// Send `payloads` to fw2's sync port from fw1's address and port, through
-/// a raw socket, as an attacker on the link can.
-fn spoof_from_fw1(pair: &Pair, payloads: &[Vec<u8>]) {
-    let hex: Vec<String> =
-        payloads.iter().map(|p| p.iter().map(|b| format!("{b:02x}")).collect()).collect();
-    let script = "import socket,struct,sys,time\n\
-        s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_RAW)\n\
-        src=socket.inet_aton('10.255.0.1'); dst=socket.inet_aton('10.255.0.2')\n\
-        for h in sys.argv[1:]:\n    p=bytes.fromhex(h)\n    udp=struct.pack('!HHHH',3780,3780,8+len(p),0)+p\n    ip=struct.pack('!BBHHHBBH4s4s',0x45,0,20+len(udp),0,0x4000,64,17,0,src,dst)\n    s.sendto(ip+udp,('10.255.0.2',0)); time.sleep(0.01)\n";
-    let out = Command::new("ip")
-        .args(["netns", "exec", pair.fw[0].name(), "python3", "-c", script])
-        .args(&hex)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+/// A raw socket in a namespace of the pair (fw1's): it sends UDP datagrams
+/// to fw2's sync port with fw1's address and any source port, as an
+/// attacker on the link can.
+struct Spoofer(socket2::Socket);
+
+impl Spoofer {
+    fn open(ns: &Netns) -> Spoofer {
+        use socket2::{Domain, Protocol, Socket, Type};
+        // IPPROTO_RAW: we write the IP header.
+        ns.run(|| Spoofer(Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(255))).unwrap()))
+    }
+
+    /// One datagram from 10.255.0.1:`sport` to 10.255.0.2:3780 (UDP
+    /// checksum 0: none; the kernel fills in the IP checksum).
+    fn send(&self, sport: u16, payload: &[u8]) -> std::io::Result<()> {
+        let udp_len = 8 + payload.len() as u16;
+        let mut packet = vec![0x45, 0];
+        packet.extend_from_slice(&(20 + udp_len).to_be_bytes());
+        packet.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0, 10, 255, 0, 1, 10, 255, 0, 2]);
+        for field in [sport, 3780, udp_len, 0] {
+            packet.extend_from_slice(&field.to_be_bytes());
+        }
+        packet.extend_from_slice(payload);
+        let to = std::net::SocketAddr::from(([10, 255, 0, 2], 0));
+        self.0.send_to(&packet, &to.into()).map(|_| ())
+    }
+}
+
+/// Send `payloads` to fw2's sync port from fw1's address and port `sport`,
+/// 10 ms apart.
+fn spoof_from_fw1(pair: &Pair, sport: u16, payloads: &[Vec<u8>]) {
+    let spoofer = Spoofer::open(&pair.fw[0]);
+    for p in payloads {
+        spoofer.send(sport, p).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// conntrackd's format has no authentication, so a forged HELLO is taken
@@ -1854,7 +1869,7 @@ fn forged_hellos_in_conntrackd_wire_mode_silence_replication_only_briefly() {
             m
         })
         .collect();
-    spoof_from_fw1(&pair, &forged);
+    spoof_from_fw1(&pair, 3780, &forged);
     pair.commit_flows(0, (10..1010).map(tcp_flow).collect());
     let start = Instant::now();
     pair.converge(0, Duration::from_secs(15));
@@ -1865,6 +1880,52 @@ fn forged_hellos_in_conntrackd_wire_mode_silence_replication_only_briefly() {
     let bulks = protocol_counter(&after, "bulks_sent") - bulks_before;
     println!("{bulks} bulks sent for 200 forged HELLOs");
     assert!(bulks <= 6, "{bulks} bulks for 200 forged HELLOs");
+}
+
+/// conntrackd's format has no authentication, but the link pins the port
+/// the peer sends from: HELLOs forged with fw1's address and another port,
+/// while fw1 is alive, are refused at the link (`links[].foreign_port`,
+/// logged once) before the protocol sees them. fw2 counts no peer restart,
+/// sends no bulk and rebases nothing, and flows keep replicating.
+#[test]
+fn forged_hellos_from_the_peers_address_but_another_port_are_refused() {
+    let pair = conntrackd_wire_pair("cdport");
+    pair.commit_flows(0, (0..10).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+    let stats = |pair: &Pair| -> serde_json::Value {
+        serde_json::from_str(&pair.cli_ok(1, &["-s", "--json"])).unwrap()
+    };
+    let before = stats(&pair);
+    // CTL messages with ALIVE|HELLO at sequence numbers all over the
+    // space: each one accepted would be a peer restart and a bulk.
+    let forged: Vec<Vec<u8>> = (0..50u32)
+        .map(|i| {
+            let mut m = vec![0x1a, 0x30, 0, 8];
+            m.extend_from_slice(&i.wrapping_mul(0x9e37_79b9).to_be_bytes());
+            m
+        })
+        .collect();
+    // A port conntrackd could have picked, and the one next to ours.
+    spoof_from_fw1(&pair, 45_678, &forged[..25]);
+    spoof_from_fw1(&pair, 3781, &forged[25..]);
+    pair.commit_flows(0, (10..510).map(tcp_flow).collect());
+    pair.converge(0, Duration::from_secs(10));
+    let after = stats(&pair);
+    let link = |v: &serde_json::Value, name: &str| v["links"][0][name].as_u64().unwrap();
+    for counter in ["peer_restarts", "bulks_sent", "rx_rebases"] {
+        let delta = protocol_counter(&after, counter) - protocol_counter(&before, counter);
+        assert_eq!(delta, 0, "{counter}: {:#}", after["protocol"]);
+    }
+    assert_eq!(link(&after, "foreign_port") - link(&before, "foreign_port"), 50, "{after:#}");
+    assert_eq!(link(&after, "foreign_source"), link(&before, "foreign_source"), "{after:#}");
+    let text = pair.cli_ok(1, &["-s", "link"]);
+    assert!(text.contains("50 Foreign port"), "{text}");
+    let log = pair.log(1);
+    let refusals: Vec<&str> =
+        log.lines().filter(|l| l.contains("not from the port it sends from")).collect();
+    assert_eq!(refusals.len(), 1, "one line per 10 s: {refusals:#?}");
+    assert!(refusals[0].contains("from 10.255.0.1:45678"), "{refusals:#?}");
+    assert!(!log.contains("peer now sends from port"), "{log}");
 }
 
 /// fw2 drops what fw1 sends but fw1 still hears fw2's keepalives: fw1's

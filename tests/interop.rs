@@ -454,6 +454,17 @@ fn restarts_of_either_side_reconverge() {
     let took = m.converge(0, Duration::from_secs(15));
     eprintln!("restarted conntrackd got ctsyncd's table in {took:?}");
     m.converge(1, Duration::from_secs(15));
+    // It came back on a new ephemeral port, which ctsyncd follows once the
+    // old one has been silent for half sync.peer_timeout: its new flows
+    // arrive.
+    m.commit_flows(1, (1150..1160).map(snat_flow).collect());
+    let took = m.converge(1, Duration::from_secs(15));
+    eprintln!("the restarted conntrackd's new flows arrived in {took:?}");
+    let log = std::fs::read_to_string(m.dir.join("fw1.out")).unwrap();
+    assert!(log.contains("peer now sends from port"), "{log}");
+    for line in log.lines().filter(|l| l.contains("sends from")) {
+        eprintln!("ctsyncd: {line}");
+    }
     // ctsyncd restarts: it asks conntrackd for its table.
     m.stop(0);
     m.commit_flows(1, (1100..1150).map(snat_flow).collect());
