@@ -1,0 +1,213 @@
+//! The conntrackd dialect (docs/PROTOCOL.md §7, "conntrackd compatibility"):
+//! every message takes a seq, ACK and NACK are sequenced and resent like
+//! data, HELLO and HELLO_BACK are flags, and nothing authenticates.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+impl Ftfw {
+    /// `poll_transmit` for conntrackd: every message takes a seq, ACK and
+    /// NACK are held for resending like data, HELLO and HELLO_BACK are
+    /// flags on every message of the datagram, ALIVE carries them when
+    /// nothing else goes.
+    pub(super) fn poll_transmit_compat(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let limit = buf.len().min(self.cfg.max_datagram).min(usize::from(u16::MAX));
+        let keepalive_due = self.timers[Timer::Keepalive as usize].is_some_and(|t| now >= t);
+        let first_seq = self.next_seq;
+        let mut dg = Builder { at: 0, limit, count: 0, seq: first_seq };
+        let mut flags = 0;
+        if self.phase == PeerState::HelloSent {
+            flags |= conntrackd::flags::HELLO;
+        }
+        if self.hello_back.is_some() {
+            flags |= conntrackd::flags::HELLO_BACK;
+        }
+        while let Some(&range) = self.ranges.front() {
+            let (msg, item) = match range {
+                Range::Ack(f, t) => (MessageRef::Ack { from: f.0, to: t.0 }, Item::Ack(f, t)),
+                Range::Nack(f, t) => (MessageRef::Nack { from: f.0, to: t.0 }, Item::Nack(f, t)),
+            };
+            if !dg.push(&*self.codec, &msg, buf) {
+                break;
+            }
+            self.ranges.pop_front();
+            match range {
+                Range::Ack(..) => self.stats.acks_sent += 1,
+                Range::Nack(..) => self.stats.nacks_sent += 1,
+            }
+            self.hold(item);
+        }
+        // conntrackd's window: ACK every `ack_window` messages and on the
+        // keepalive, each ACK starting where the previous one ended (they
+        // are reliable here, so they need not overlap).
+        if let Some(rx) = self.rx
+            && (rx.ack_due || keepalive_due)
+            && rx.expected.diff(rx.run_start) > 0
+        {
+            let (from, to) = (rx.run_start, rx.expected.minus(1));
+            if dg.push(&*self.codec, &MessageRef::Ack { from: from.0, to: to.0 }, buf) {
+                if let Some(rx) = &mut self.rx {
+                    rx.run_start = rx.expected;
+                    rx.ack_due = false;
+                    rx.since_ack = 0;
+                }
+                self.stats.acks_sent += 1;
+                self.hold(Item::Ack(from, to));
+            }
+        }
+        if self.phase == PeerState::Established {
+            self.push_data(&mut dg, buf);
+        }
+        if dg.count == 0 {
+            if !keepalive_due && self.hello_back.is_none() {
+                return None;
+            }
+            if !dg.push(&*self.codec, &MessageRef::Alive, buf) {
+                return None;
+            }
+            self.hold(Item::Alive);
+        }
+        if keepalive_due {
+            self.stats.alive_sent += 1;
+        }
+        self.hello_back = None;
+        self.finish_datagram(now, flags, first_seq, &dg, buf)
+    }
+
+    /// Give a control message just emitted its seq and hold it.
+    pub(super) fn hold(&mut self, item: Item) {
+        if self.resend.is_full() {
+            self.resend.trim_control();
+        }
+        let seq = self.next_seq;
+        self.next_seq = seq.next();
+        self.resend.push(seq, item);
+    }
+
+    /// conntrackd's `ftfw_recv` for each message of a datagram.
+    pub(super) fn process_compat(&mut self, now: Instant, msgs: &mut [Received]) {
+        use conntrackd::flags::{HELLO, HELLO_BACK};
+        for r in msgs.iter_mut() {
+            let Some(hdr) = r.header else {
+                if let Err(e) = r.msg {
+                    self.count_error(e);
+                }
+                continue;
+            };
+            self.stats.msgs_received += 1;
+            let seq = Seq(hdr.seq);
+            if hdr.flags & HELLO_BACK != 0 && self.phase == PeerState::HelloSent {
+                self.phase = PeerState::Established;
+                // As conntrackd's StartupResync, ask for the peer's table;
+                // and send ours, which conntrackd would not do.
+                self.request_resync();
+                self.events.push_back(PeerEvent::BulkRequested);
+            }
+            if hdr.flags & HELLO != 0 {
+                self.hello_back = Some((0, 0));
+                let same_start = self.peer_in_hello
+                    && self.rx.is_some_and(|rx| {
+                        let d = seq.diff(rx.expected);
+                        d >= 0 && d as u32 <= self.cfg.max_seq_jump
+                    });
+                if !same_start {
+                    self.adopt_compat(seq, true, true);
+                }
+                self.peer_in_hello = true;
+            } else if self.rx.is_none() {
+                // We restarted and the peer did not: track from here.
+                self.adopt_compat(seq, false, true);
+            }
+            let far = self.rx.is_some_and(|rx| {
+                let d = seq.diff(rx.expected);
+                d > 0 && d as u32 > self.cfg.max_seq_jump
+            });
+            // One forged or corrupted message cannot move tracking far
+            // ahead; two in a row (seq, then at most a few further) can.
+            self.jump_ok = far
+                && self
+                    .far_ahead
+                    .is_some_and(|next| (0..=MAX_FAR_RUN_GAP).contains(&seq.diff(next)));
+            self.far_ahead = far.then(|| seq.next());
+            let before = self.stats.drop_late + self.stats.drop_far_ahead;
+            let msg = std::mem::replace(&mut r.msg, Err(WireError::BadMessage));
+            self.on_sequenced(now, seq, msg);
+            self.jump_ok = false;
+            if self.stats.drop_late + self.stats.drop_far_ahead != before {
+                // Nothing authenticates this dialect: a forged HELLO can
+                // move tracking so that all the peer sends looks old. Its
+                // messages keep coming; after half the peer timeout of
+                // only refusals, follow them (and exchange tables for
+                // what was refused meanwhile) before the peer counts as
+                // down.
+                if self
+                    .rx_refused_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= self.heal_after())
+                {
+                    self.stats.rx_rebases += 1;
+                    self.rx_refused_since = None;
+                    self.events.push_back(PeerEvent::Rebased);
+                    self.adopt_compat(seq.next(), true, false);
+                    self.peer_in_hello = false;
+                }
+                continue;
+            }
+            if hdr.flags & HELLO == 0 {
+                self.peer_in_hello = false;
+            }
+            self.timers[Timer::PeerTimeout as usize] = Some(now + self.cfg.peer_timeout);
+            if !self.peer_alive {
+                self.peer_alive = true;
+                self.stats.peer_up += 1;
+                self.events.push_back(PeerEvent::PeerUp);
+            }
+        }
+    }
+
+    /// How long only refused messages may come before the peer's sequence
+    /// is followed again.
+    pub(crate) fn heal_after(&self) -> Duration {
+        self.cfg.peer_timeout / 2
+    }
+
+    /// Track the peer's sequence from `seq`. On a `hello` (the peer
+    /// started), it gets our whole table and we ask for its own; if it had
+    /// been tracked before, what it had not acknowledged goes again too
+    /// (conntrackd would drop all of this). `restart`: count and report it
+    /// as the peer's restart.
+    pub(super) fn adopt_compat(&mut self, seq: Seq, hello: bool, restart: bool) {
+        let base = self.next_epoch_stamp;
+        self.next_epoch_stamp = base + (1 << 32);
+        if self.rx.is_some() {
+            if restart {
+                self.stats.peer_restarts += 1;
+                self.events.push_back(PeerEvent::PeerRestarted);
+            }
+            self.lost.clear();
+            self.resend.drain_all(self.next_seq, &mut self.lost);
+            for item in self.lost.drain(..).rev() {
+                if !item.is_control() {
+                    self.tx.requeue(item);
+                }
+            }
+            self.ranges.clear();
+        }
+        if hello {
+            self.events.push_back(PeerEvent::BulkRequested);
+            if self.phase == PeerState::Established {
+                self.request_resync();
+            }
+        }
+        self.rx = Some(Rx {
+            session: 0,
+            expected: seq,
+            expected_stamp: base,
+            base_stamp: base,
+            run_start: seq,
+            since_ack: 0,
+            ack_due: false,
+            window: None,
+        });
+    }
+}
