@@ -23,21 +23,7 @@ impl Ftfw {
         if self.hello_back.is_some() {
             flags |= conntrackd::flags::HELLO_BACK;
         }
-        while let Some(&range) = self.ranges.front() {
-            let (msg, item) = match range {
-                Range::Ack(f, t) => (MessageRef::Ack { from: f.0, to: t.0 }, Item::Ack(f, t)),
-                Range::Nack(f, t) => (MessageRef::Nack { from: f.0, to: t.0 }, Item::Nack(f, t)),
-            };
-            if !dg.push(&*self.codec, &msg, buf) {
-                break;
-            }
-            self.ranges.pop_front();
-            match range {
-                Range::Ack(..) => self.stats.acks_sent += 1,
-                Range::Nack(..) => self.stats.nacks_sent += 1,
-            }
-            self.hold(item);
-        }
+        self.push_ranges(&mut dg, buf);
         // conntrackd's window: ACK every `ack_window` messages and on the
         // keepalive, each ACK starting where the previous one ended (they
         // are reliable here, so they need not overlap).

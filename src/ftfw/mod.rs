@@ -747,20 +747,7 @@ impl Ftfw {
         {
             self.hello_back = None;
         }
-        while let Some(&range) = self.ranges.front() {
-            let msg = match range {
-                Range::Ack(from, to) => MessageRef::Ack { from: from.0, to: to.0 },
-                Range::Nack(from, to) => MessageRef::Nack { from: from.0, to: to.0 },
-            };
-            if !dg.push(&*self.codec, &msg, buf) {
-                break;
-            }
-            self.ranges.pop_front();
-            match range {
-                Range::Ack(..) => self.stats.acks_sent += 1,
-                Range::Nack(..) => self.stats.nacks_sent += 1,
-            }
-        }
+        self.push_ranges(&mut dg, buf);
         if let Some(rx) = &mut self.rx
             && (rx.ack_due || keepalive_due)
         {
@@ -900,6 +887,28 @@ impl Ftfw {
         self.timers[Timer::Keepalive as usize] = Some(now + interval);
         self.update_gauges();
         Some(len)
+    }
+
+    /// Append the ACK and NACK ranges gaps produced, as many as fit; in
+    /// the conntrackd dialect each takes a seq and is held for resending.
+    fn push_ranges(&mut self, dg: &mut Builder, buf: &mut [u8]) {
+        while let Some(&range) = self.ranges.front() {
+            let (msg, item) = match range {
+                Range::Ack(f, t) => (MessageRef::Ack { from: f.0, to: t.0 }, Item::Ack(f, t)),
+                Range::Nack(f, t) => (MessageRef::Nack { from: f.0, to: t.0 }, Item::Nack(f, t)),
+            };
+            if !dg.push(&*self.codec, &msg, buf) {
+                break;
+            }
+            self.ranges.pop_front();
+            match range {
+                Range::Ack(..) => self.stats.acks_sent += 1,
+                Range::Nack(..) => self.stats.nacks_sent += 1,
+            }
+            if self.compat {
+                self.hold(item);
+            }
+        }
     }
 
     fn push_data(&mut self, dg: &mut Builder, buf: &mut [u8]) -> bool {

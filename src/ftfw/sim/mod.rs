@@ -1458,91 +1458,77 @@ mod tests {
         );
     }
 
+    /// A random lossy link and change schedule for the attacked properties.
+    #[derive(Clone, Debug)]
+    struct Schedule {
+        seed: u64,
+        loss: u32,
+        dup: u32,
+        jitter: u64,
+        rs: usize,
+        start: u32,
+        every: u64,
+        ops: usize,
+    }
+
+    impl Schedule {
+        fn scenario(&self, attack: Attack) -> Scenario {
+            Scenario {
+                seed: self.seed,
+                loss: f64::from(self.loss) / 100.0,
+                dup: f64::from(self.dup) / 100.0,
+                jitter_ms: self.jitter,
+                resend_queue: self.rs,
+                initial_seq: [self.start, self.start.wrapping_add(0x8000_0000)],
+                ops: self.ops,
+                attack: Some(Attack { every_ms: self.every, ..attack }),
+                ..Scenario::default()
+            }
+        }
+    }
+
+    proptest::prop_compose! {
+        fn schedule()(
+            seed in proptest::num::u64::ANY,
+            loss in 0u32..=30,
+            dup in 0u32..=10,
+            jitter in 0u64..20,
+            rs in proptest::sample::select(vec![8usize, 64, 4096]),
+            start in proptest::num::u32::ANY,
+            every in 5u64..200,
+            ops in 20usize..300,
+        ) -> Schedule {
+            Schedule { seed, loss, dup, jitter, rs, start, every, ops }
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: sim_cases(), ..Default::default() })]
         #[test]
         fn native_attacked_random_schedules_converge(
-            seed in proptest::num::u64::ANY,
-            loss in 0u32..=30,
-            dup in 0u32..=10,
-            jitter in 0u64..20,
-            rs in proptest::sample::select(vec![8usize, 64, 4096]),
-            start in proptest::num::u32::ANY,
+            s in schedule(),
             restarts in proptest::collection::vec((0u64..3000, 0usize..2), 0..3),
-            every in 5u64..200,
-            ops in 20usize..300,
         ) {
-            native_attacked(Scenario {
-                seed,
-                loss: f64::from(loss) / 100.0,
-                dup: f64::from(dup) / 100.0,
-                jitter_ms: jitter,
-                resend_queue: rs,
-                initial_seq: [start, start.wrapping_add(0x8000_0000)],
-                restarts,
-                ops,
-                attack: Some(Attack { every_ms: every, ..Attack::default() }),
-                ..Scenario::default()
-            });
+            native_attacked(Scenario { restarts, ..s.scenario(Attack::default()) });
         }
-    }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: sim_cases(), ..Default::default() })]
         #[test]
-        fn compat_replayed_random_schedules_converge_exactly(
-            seed in proptest::num::u64::ANY,
-            loss in 0u32..=30,
-            dup in 0u32..=10,
-            jitter in 0u64..20,
-            rs in proptest::sample::select(vec![8usize, 64, 4096]),
-            start in proptest::num::u32::ANY,
-            every in 5u64..200,
-            until in 0u64..4000,
-            ops in 20usize..300,
-        ) {
-            compat_attacked(Scenario {
-                seed,
-                loss: f64::from(loss) / 100.0,
-                dup: f64::from(dup) / 100.0,
-                jitter_ms: jitter,
-                resend_queue: rs,
-                initial_seq: [start, start.wrapping_add(0x8000_0000)],
-                ops,
-                attack: Some(Attack { every_ms: every, until_ms: Some(until), flip: false, ..Attack::default() }),
-                ..Scenario::default()
-            });
+        fn compat_replayed_random_schedules_converge_exactly(s in schedule(), until in 0u64..4000) {
+            compat_attacked(s.scenario(Attack { until_ms: Some(until), flip: false, ..Attack::default() }));
         }
-    }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: sim_cases(), ..Default::default() })]
         #[test]
         fn compat_forged_random_schedules_resume_within_peer_timeout(
-            seed in proptest::num::u64::ANY,
-            loss in 0u32..=30,
-            dup in 0u32..=10,
-            jitter in 0u64..20,
-            rs in proptest::sample::select(vec![8usize, 64, 4096]),
-            start in proptest::num::u32::ANY,
-            every in 5u64..200,
+            s in schedule(),
             until in 0u64..4000,
             forge in proptest::bool::ANY,
             forge_acks in proptest::bool::ANY,
-            ops in 20usize..300,
         ) {
+            let attack = Attack { until_ms: Some(until), forge, forge_acks, ..Attack::default() };
             let out = run(&Scenario {
                 exact: false,
                 dialect: Dialect::Conntrackd,
-                seed,
-                loss: f64::from(loss) / 100.0,
-                dup: f64::from(dup) / 100.0,
-                jitter_ms: jitter,
-                resend_queue: rs,
-                initial_seq: [start, start.wrapping_add(0x8000_0000)],
-                ops,
-                attack: Some(Attack { every_ms: every, until_ms: Some(until), forge, forge_acks, ..Attack::default() }),
-                ..Scenario::default()
+                ..s.scenario(attack)
             });
             assert_forgeries_cost_little(&out);
         }
