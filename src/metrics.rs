@@ -156,6 +156,7 @@ pub const SPECS: &[Spec] = &[
     Spec { path: "protocol.hello_probes", metric: Metric::Counter("protocol_hello_probes"), help: "FTFW protocol: HELLOs of another peer session while one was live, answered with a probe while the live session goes on" },
     Spec { path: "protocol.rx_rebases", metric: Metric::Counter("protocol_rx_rebases"), help: "FTFW protocol, conntrackd wire: times the peer's sequence was followed again after only refused messages came for half sync.peer_timeout (a forged HELLO or a missed restart)" },
     Spec { path: "protocol.nacks_of_acked", metric: Metric::Counter("protocol_nacks_of_acked"), help: "FTFW protocol, conntrackd wire: NACKs naming flow messages the peer had acknowledged (a forged ACK, or a peer that lost them), each answered with our whole table" },
+    Spec { path: "protocol.rx_collisions", metric: Metric::Counter("protocol_rx_collisions"), help: "FTFW protocol, conntrackd wire: late messages under a seq already taken by a different message (one of the two was forged), each answered with a request for the peer's table" },
     Spec { path: "protocol.bulks_sent", metric: Metric::Counter("protocol_bulks_sent"), help: "FTFW protocol: full-table transfers" },
     Spec { path: "protocol.bulks_received", metric: Metric::Counter("protocol_bulks_received"), help: "FTFW protocol: full-table transfers" },
     Spec { path: "protocol.resync_requests_sent", metric: Metric::Counter("protocol_resync_requests_sent"), help: "FTFW protocol: full-table requests" },

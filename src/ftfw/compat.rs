@@ -117,9 +117,16 @@ impl Ftfw {
                     .is_some_and(|next| (0..=MAX_FAR_RUN_GAP).contains(&seq.diff(next)));
             self.far_ahead = far.then(|| seq.next());
             let before = self.stats.drop_late + self.stats.drop_far_ahead;
+            let late_before = self.stats.drop_late;
             let msg = std::mem::replace(&mut r.msg, Err(WireError::BadMessage));
+            let print = fingerprint(&msg);
             self.on_sequenced(now, seq, msg);
             self.jump_ok = false;
+            if self.stats.drop_late != late_before {
+                self.check_collision(now, seq, print);
+            } else if self.stats.drop_late + self.stats.drop_far_ahead == before {
+                self.note_taken(seq, print);
+            }
             if self.stats.drop_late + self.stats.drop_far_ahead != before {
                 // Nothing authenticates this dialect: a forged HELLO can
                 // move tracking so that all the peer sends looks old. Its
@@ -151,6 +158,34 @@ impl Ftfw {
         }
     }
 
+    fn note_taken(&mut self, seq: Seq, print: u64) {
+        if self.taken.is_empty() {
+            self.taken = vec![(Seq(0), 0); TAKEN_SLOTS];
+        }
+        self.taken[seq.0 as usize % TAKEN_SLOTS] = (seq, print);
+    }
+
+    /// A late message: if we took another message under its seq, one of
+    /// the two was forged and what the genuine one carried may be missing
+    /// here. Which one cannot be told; the peer's whole table repairs what
+    /// it holds (a lost destroy stays: this format has no end of table).
+    fn check_collision(&mut self, now: Instant, seq: Seq, print: u64) {
+        let Some(&(taken, taken_print)) = self.taken.get(seq.0 as usize % TAKEN_SLOTS) else {
+            return;
+        };
+        if taken != seq || taken_print == print {
+            return;
+        }
+        self.stats.rx_collisions += 1;
+        if self
+            .collision_resync_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.heal_after())
+        {
+            self.collision_resync_at = Some(now);
+            self.request_resync();
+        }
+    }
+
     /// How long only refused messages may come before the peer's sequence
     /// is followed again.
     pub(crate) fn heal_after(&self) -> Duration {
@@ -165,6 +200,7 @@ impl Ftfw {
     pub(super) fn adopt_compat(&mut self, seq: Seq, hello: bool, restart: bool) {
         let base = self.next_epoch_stamp;
         self.next_epoch_stamp = base + (1 << 32);
+        self.taken.clear();
         if self.rx.is_some() {
             if restart {
                 self.stats.peer_restarts += 1;
@@ -196,4 +232,30 @@ impl Ftfw {
             window: None,
         });
     }
+}
+
+/// Recent seqs remembered for [`Ftfw::check_collision`].
+const TAKEN_SLOTS: usize = 1024;
+
+/// What tells two messages under one seq apart: their kind and the flow,
+/// expectation or range they name.
+pub(super) fn fingerprint(msg: &Result<Message, WireError>) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
+    match msg {
+        Ok(m) => {
+            std::mem::discriminant(m).hash(&mut h);
+            match m {
+                Message::FlowNew(f) | Message::FlowUpdate(f) | Message::FlowRepair(f) => {
+                    f.key().hash(&mut h)
+                }
+                Message::FlowDestroy(k) => k.hash(&mut h),
+                Message::ExpNew(e) | Message::ExpDestroy(e) => e.key().hash(&mut h),
+                Message::Ack { from, to } | Message::Nack { from, to } => (from, to).hash(&mut h),
+                _ => {}
+            }
+        }
+        Err(e) => e.hash(&mut h),
+    }
+    h.finish()
 }

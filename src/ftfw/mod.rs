@@ -320,6 +320,10 @@ pub struct FtfwStats {
     /// acknowledged (a forged ACK, or a peer that lost them), each
     /// answered with our whole table.
     pub nacks_of_acked: u64,
+    /// conntrackd dialect: late messages whose seq we had taken for a
+    /// different message (one of the two was forged), each answered with a
+    /// request for the peer's table (at most one per half peer timeout).
+    pub rx_collisions: u64,
     /// New peer session ids seen after a first one.
     pub peer_restarts: u64,
     /// Bulks we started.
@@ -429,6 +433,12 @@ pub struct Ftfw {
     last_tx: Option<Instant>,
     /// When the first message refused since the last accepted one came.
     rx_refused_since: Option<Instant>,
+    /// conntrackd dialect: what was taken at each recent seq, by
+    /// `seq % TAKEN_SLOTS` ([`compat::fingerprint`]), to tell a late copy
+    /// from a different message under the same seq.
+    taken: Vec<(Seq, u64)>,
+    /// conntrackd dialect: when a collision last asked for the peer's table.
+    collision_resync_at: Option<Instant>,
     /// The oldest unacknowledged seq, and since when it has been.
     tx_progress: (Seq, Instant),
     /// Stalled as last reported.
@@ -530,6 +540,8 @@ impl Ftfw {
             peer_alive: false,
             last_tx: None,
             rx_refused_since: None,
+            taken: Vec::new(),
+            collision_resync_at: None,
             tx_progress: (next_seq, now),
             stalled: false,
             stamping: false,
