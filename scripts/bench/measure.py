@@ -426,6 +426,14 @@ def kernel_starts(ns):
     return starts
 
 
+def quantiles(ordered):
+    """The 0th to 100th percentile of a sorted, non-empty list (nearest
+    rank, in steps of 1 %), rounded to the microsecond: the distribution
+    in 101 numbers, enough for scripts/bench/chart.py to draw its CDF."""
+    last = len(ordered) - 1
+    return [round(ordered[last * i // 100], 3) for i in range(101)]
+
+
 def latency(args):
     """From a flow's creation in fw1's kernel to its creation in fw2's, with
     both daemons writing the peer's flows straight into the kernel
@@ -433,7 +441,8 @@ def latency(args):
     ends are the kernel's own creation timestamps (`nf_conntrack_timestamp`,
     same clock), read from a dump of each table afterwards: no listener's
     scheduling enters the figure. Idle (200 creates/s) and under load
-    (args.flows creates/s)."""
+    (args.flows creates/s): p50, p99 and the 101 percentiles `lat_*_q`
+    (ms)."""
     n, (ns1, ns2) = args.flows, args.ns
     sides = pair(args, n, defaults=True, direct=True)
     res = {"mode": "latency"}
@@ -462,6 +471,7 @@ def latency(args):
             if lat:
                 res[f"lat_{label}_p50_ms"] = lat[len(lat) // 2]
                 res[f"lat_{label}_p99_ms"] = lat[min(len(lat) - 1, len(lat) * 99 // 100)]
+                res[f"lat_{label}_q"] = quantiles(lat)
     finally:
         for d in sides:
             d.stop()
