@@ -27,8 +27,9 @@ cd "$(dirname "$0")/.."
 command -v conntrackd >/dev/null || { echo "bench.sh: conntrackd not installed" >&2; exit 1; }
 
 cargo build --release --examples --bins
-CTSYNCD=$PWD/target/release/ctsyncd
-LOAD=$PWD/target/release/examples/ctload
+BUILT=${CARGO_TARGET_DIR:-$PWD/target}/release
+CTSYNCD=$BUILT/ctsyncd
+LOAD=$BUILT/examples/ctload
 
 NS1=ctbench-$$-fw1
 NS2=ctbench-$$-fw2
