@@ -9,9 +9,9 @@
 # BENCH_REPS sets the repetitions. The table (medians, [min-max]) is printed
 # and written to target/bench-results.txt; the same runs drawn as a chart
 # (latency CDFs, ctsyncd/conntrackd ratios, rates against the kernel's own
-# create rate) go to target/bench-chart.svg, and the raw JSON lines of every
-# run to target/bench-results.jsonl (scripts/bench/chart.py redraws from
-# them). Needs root and conntrackd.
+# create and event rates) go to target/bench-chart.svg, and the JSON lines of
+# every run to target/bench-results.jsonl (scripts/bench/chart.py redraws
+# from them). Needs root and conntrackd.
 set -euo pipefail
 
 FLOWS=${BENCH_FLOWS:-100000}

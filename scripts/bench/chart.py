@@ -6,8 +6,9 @@ comparison at a glance beside the table of scripts/bench/table.py:
       ctsyncd and of conntrackd (from the `lat_*_q` percentiles);
   (b) ctsyncd/conntrackd per throughput or cost figure, on a log scale
       around 1.0, each bar saying which direction is better;
-  (c) the rates against the kernel's own limit: ctload's create rate with
-      no daemon running (`raw_rate`, measured in the same run).
+  (c) the rates against the kernel's own limits, measured in the same run
+      with no daemon running: ctload's batched create rate (`raw_rate`) and
+      the rate at which queued events are read (`raw_event_rate`).
 
 A panel or bar whose keys the results lack (a mode skipped with
 BENCH_*=0, results from before a key existed) is left out. Standard
@@ -42,12 +43,14 @@ RATIOS = [
     ("bulk", "bulk_B_s", "bulk -B into a fresh fw2, time", False),
 ]
 
-# mode, key, label (panel c: flows inserted into a kernel table per
-# second, each bounded by the kernel's own create rate; the drain rate is
-# not: its flows were inserted before it is timed)
+# mode, key, label, key of the kernel's limit in the `none` runs, what
+# that limit is (panel c). Creates and commits insert into a kernel table;
+# a drain reads events the kernel queued before it was timed.
+CREATES = "limit: ctload's batched creates"
 RATES = [
-    ("main", "load_rate", "ctload creates/s while syncing"),
-    ("main", "commit_rate", "commit rate, -c on fw2 (flows/s)"),
+    ("main", "load_rate", "ctload creates/s while syncing", "raw_rate", CREATES),
+    ("main", "commit_rate", "commit rate, -c on fw2 (flows/s)", "raw_rate", CREATES),
+    ("drain", "drain_rate", "drain rate (events/s)", "raw_event_rate", "limit: queued events read"),
 ]
 
 DAEMONS = ("ctsyncd", "conntrackd")
@@ -92,11 +95,13 @@ def num(x):
     return f"{x:.3g}"
 
 
-def text(x, y, s, size=12, anchor="start", weight="normal", fill="#222"):
+def text(x, y, s, size=12, anchor="start", weight="normal", fill="#222", halo=False):
     bold = ' font-weight="bold"' if weight == "bold" else ""
+    # A white outline under the glyphs keeps a label readable over a line.
+    under = ' stroke="white" stroke-width="3" paint-order="stroke"' if halo else ""
     return (
         f'<text x="{x:.1f}" y="{y:.1f}" {FONT} font-size="{size}" text-anchor="{anchor}"'
-        f'{bold} fill="{fill}">{escape(s)}</text>'
+        f'{bold} fill="{fill}"{under}>{escape(s)}</text>'
     )
 
 
@@ -264,52 +269,56 @@ def panel_ratios(runs, y):
 
 
 def panel_rates(runs, y):
-    """(c): absolute rates with the kernel's create rate as the limit line."""
-    raw = median(values(runs, "none", "main", "raw_rate"))
-    bars = []
-    for mode, key, label in RATES:
-        for daemon in DAEMONS:
-            v = median(values(runs, daemon, mode, key))
-            if v is not None:
-                bars.append((label, daemon, v))
-    if not bars:
+    """(c): absolute rates, each group with its kernel limit as a line."""
+    groups = []
+    for mode, key, label, limit_key, limit_label in RATES:
+        bars = [(d, v) for d in DAEMONS if (v := median(values(runs, d, mode, key))) is not None]
+        if bars:
+            limits = values(runs, "none", "main", limit_key)
+            groups.append((label, bars, median(limits), len(limits), limit_label))
+    if not groups:
         return [], y
     out = [
-        text(MARGIN, y + 16, "(c) Rates against the physical limit, median of each", 15, weight="bold")
+        text(MARGIN, y + 16, "(c) Rates against the physical limits, median of each", 15, weight="bold")
     ]
-    top, row = y + 44, 18
-    x0, w = MARGIN + 250, 520
-    top_value = max([v for *_, v in bars] + ([raw] if raw else []))
-    scale = w / (top_value * 1.08)
-    h = row * len(bars) + 6 * len(RATES)
-    cy, previous = top, None
-    for label, daemon, v in bars:
-        if previous is not None and label != previous:
-            cy += 6
-        if label != previous:
-            out.append(text(x0 - 8, cy + 13, label, 11, "end"))
-        previous = label
+    top, row, gap = y + 36, 18, 14
+    x0, w = MARGIN + 250, 500
+    top_value = max(v for g in groups for v in [*(b[1] for b in g[1]), g[2] or 0])
+    scale = w / (top_value * 1.05)
+    cy = top
+    notes = []
+    for label, bars, limit, runs_of_limit, limit_label in groups:
+        first, at = cy, len(out)
+        out.append(text(x0 - 8, cy + 13, label, 11, "end"))
+        if limit:
+            out.append(text(x0 - 8, cy + 13 + row, f"limit {num(limit)}/s", 10, "end", fill="#555"))
+        for daemon, v in bars:
+            out.append(
+                f'<rect x="{x0}" y="{cy + 2:.1f}" width="{max(v * scale, 1):.1f}" height="13" '
+                f'fill="{COLOR[daemon]}"/>'
+            )
+            share = f" = {100 * v / limit:.0f} % of the limit" if limit else ""
+            out.append(text(x0 + v * scale + 6, cy + 13, f"{daemon} {num(v)}{share}", 10, halo=True))
+            cy += row
+        if limit:
+            # Under the bars and their labels.
+            lx = x0 + limit * scale
+            out.insert(at, line(lx, first - 2, lx, cy + 2, "#222", 1.5, ' stroke-dasharray="4 3"'))
+            note = f"{limit_label}: {num(limit)}/s (median of {runs_of_limit} run(s))"
+            if note not in notes:
+                notes.append(note)
+        cy += gap
+    out.append(line(x0, top - 2, x0, cy - gap + 2, "#888"))
+    if notes:
         out.append(
-            f'<rect x="{x0}" y="{cy + 2:.1f}" width="{max(v * scale, 1):.1f}" height="13" '
-            f'fill="{COLOR[daemon]}"/>'
+            text(MARGIN, cy + 10, "Dashed: the kernel alone, no daemon running, measured in this benchmark.", 11)
         )
-        share = f" = {100 * v / raw:.0f} % of the limit" if raw else ""
-        out.append(text(x0 + v * scale + 6, cy + 13, f"{daemon} {num(v)}{share}", 10))
-        cy += row
-    out.append(line(x0, top - 4, x0, cy, "#888"))
-    if raw:
-        lx = x0 + raw * scale
-        out.append(line(lx, top - 8, lx, cy + 2, "#222", 1.5, ' stroke-dasharray="4 3"'))
-        out.append(text(lx, top - 10, f"kernel limit {num(raw)}/s", 10, "middle"))
-        note = (
-            f"Physical limit: ctload alone, no daemon, creates {num(raw)} flows/s in fw1's kernel "
-            f"(median of {len(values(runs, 'none', 'main', 'raw_rate'))} run(s) of this benchmark), "
-            "in batches."
-        )
+        for note in notes:
+            cy += 15
+            out.append(text(MARGIN, cy + 10, note, 11))
     else:
-        note = "No run without a daemon in these results: the kernel's own create rate is not shown."
-    out.append(text(MARGIN, cy + 24, note, 11))
-    return out, cy + 38
+        out.append(text(MARGIN, cy + 10, "No run without a daemon in these results: no limit shown.", 11))
+    return out, cy + 24
 
 
 def main():

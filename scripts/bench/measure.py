@@ -3,7 +3,9 @@
 UDP) in two namespaces joined by `sync0`, N flows created on fw1 by ctload
 at full speed, then measured on both sides. Prints one JSON object.
 
-With `--daemon none` only the load tool runs (the kernel's own create rate).
+With `--daemon none` only the load tool runs: the kernel's own create rate
+(`raw_rate`) and the rate at which it delivers queued events
+(`raw_event_rate`, `ctload events`).
 Run by scripts/bench.sh, which owns the namespaces and their removal.
 """
 
@@ -585,7 +587,13 @@ def main():
     if args.daemon == "none":
         done, rate = load_result(sh(ns1, args.load, "create", str(n), check=False))
         flush(ns1)
-        print(json.dumps({"raw_rate": rate, "created": done}))
+        # The kernel's delivery of queued events (the drain's limit), for at
+        # most 200 000 flows: their events must fit one socket buffer.
+        out = sh(ns1, args.load, "events", str(min(n, 200000)), check=False)
+        m = re.search(r"= (\d+) events/s \(0 overruns, 0 failed\)", out)
+        flush(ns1)
+        print(json.dumps({"raw_rate": rate, "created": done,
+                          "raw_event_rate": float(m.group(1)) if m else None}))
         return
 
     sides = pair(args, n, defaults=args.defaults)
