@@ -14,7 +14,7 @@ A panel or bar whose keys the results lack (a mode skipped with
 BENCH_*=0, results from before a key existed) is left out. Standard
 library only; the same input gives the same bytes.
 
-usage: chart.py RESULTS.jsonl OUT.svg [TITLE]
+usage: chart.py RESULTS.jsonl OUT.svg [TITLE [LINE...]]   (LINEs go under the title)
 """
 
 import json
