@@ -4,20 +4,26 @@
 //!
 //! ```text
 //! ip netns exec NS ctload create|update|destroy COUNT [--start N] [--rate PER_SEC] [--batch N]
+//! ip netns exec NS ctload events COUNT [--start N] [--batch N]
 //! ```
 //! Flow `i` is TCP ESTABLISHED `10.(i>>16).(i>>8).(i) :(1024 + i % 60000) → 198.51.100.7:443`;
 //! every tenth flow is source-NATed to 203.0.113.5 (203.0.114.5 past 600k, ...). `update` changes the
 //! mark, so each update is a real change that a sync daemon must carry.
+//!
+//! `events` measures the kernel's event delivery with nobody else in the
+//! way: it subscribes to conntrack events with a receive buffer that holds
+//! them all, creates COUNT flows without reading, then times reading the
+//! queued events (read, not decoded) and reports the rate.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ctsync::flow::{Dir, Flow, proto, status, tcp_state};
-use ctsync::netlink::{CommitOptions, Kernel};
+use ctsync::netlink::{CommitOptions, EventConfig, EventSocket, Kernel};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: ctload create|update|destroy COUNT [--start N] [--rate PER_SEC] [--batch N] [--mark M]";
+    let usage = "usage: ctload create|update|destroy|events COUNT [--start N] [--rate PER_SEC] [--batch N] [--mark M]";
     let (Some(op), Some(count)) = (args.first(), args.get(1).and_then(|c| c.parse::<u32>().ok()))
     else {
         eprintln!("{usage}");
@@ -40,6 +46,15 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Opened before the creates so that their events queue in it: about
+    // 1 KiB of buffer each, up to the kernel's limit on a socket buffer.
+    let mut events = (op == "events").then(|| {
+        let rcvbuf = (count as usize).saturating_mul(2048).clamp(8 << 20, 1 << 30);
+        EventSocket::open(&EventConfig { rcvbuf, ..EventConfig::default() }).unwrap_or_else(|e| {
+            eprintln!("ctload: cannot subscribe to conntrack events: {e} (run as root)");
+            std::process::exit(1);
+        })
+    });
     let began = Instant::now();
     let (mut done, mut failed) = (0u64, 0u64);
     let mut i = start;
@@ -47,7 +62,7 @@ fn main() {
         let end = (i + batch).min(start + count);
         let flows: Vec<Flow> = (i..end).map(|n| flow(n, mark)).collect();
         let result = match op.as_str() {
-            "create" | "update" => kernel.commit(
+            "create" | "update" | "events" => kernel.commit(
                 flows.iter(),
                 &CommitOptions { timeout: None, be_liberal: false, create_only: false },
             ),
@@ -78,6 +93,25 @@ fn main() {
                 std::thread::sleep(wait);
             }
         }
+    }
+    if let Some(socket) = events.as_mut() {
+        // Every event is queued now: one message each, read until empty.
+        let began = Instant::now();
+        let read = socket.discard_queued().unwrap_or_else(|e| {
+            eprintln!("ctload: {e}");
+            std::process::exit(1);
+        });
+        let secs = began.elapsed().as_secs_f64();
+        let overruns = socket.stats().overruns;
+        println!(
+            "events: {read} events of {done} creates read in {secs:.3} s = {:.0} events/s \
+             ({overruns} overruns, {failed} failed)",
+            read as f64 / secs.max(1e-9)
+        );
+        if overruns > 0 || failed > 0 {
+            std::process::exit(1);
+        }
+        return;
     }
     let secs = began.elapsed().as_secs_f64();
     println!(

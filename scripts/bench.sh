@@ -7,7 +7,11 @@
 #   sudo BENCH_FLOWS=1000000 scripts/bench.sh # the big run
 #
 # BENCH_REPS sets the repetitions. The table (medians, [min-max]) is printed
-# and written to target/bench-results.txt. Needs root and conntrackd.
+# and written to target/bench-results.txt; the same runs drawn as a chart
+# (latency CDFs, ctsyncd/conntrackd ratios, rates against the kernel's own
+# create and event rates) go to target/bench-chart.svg, and the JSON lines of
+# every run to target/bench-results.jsonl (scripts/bench/chart.py redraws
+# from them). Needs root and conntrackd.
 set -euo pipefail
 
 FLOWS=${BENCH_FLOWS:-100000}
@@ -27,8 +31,9 @@ cd "$(dirname "$0")/.."
 command -v conntrackd >/dev/null || { echo "bench.sh: conntrackd not installed" >&2; exit 1; }
 
 cargo build --release --examples --bins
-CTSYNCD=$PWD/target/release/ctsyncd
-LOAD=$PWD/target/release/examples/ctload
+BUILT=${CARGO_TARGET_DIR:-$PWD/target}/release
+CTSYNCD=$BUILT/ctsyncd
+LOAD=$BUILT/examples/ctload
 
 NS1=ctbench-$$-fw1
 NS2=ctbench-$$-fw2
@@ -90,8 +95,14 @@ for rep in $(seq "$REPS"); do
     done
 done
 
+mkdir -p target
+cp "$results" target/bench-results.jsonl
+title="ctsyncd vs conntrackd $(conntrackd -v 2>&1 | sed -n 's/.*daemon \(v[0-9.]*[0-9]\).*/\1/p'), FTFW over UDP"
+machine="$(date -u +%F), kernel $(uname -r), $(nproc) CPUs: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)"
 {
-    echo "ctsyncd vs conntrackd $(conntrackd -v 2>&1 | sed -n 's/.*daemon \(v[0-9.]*[0-9]\).*/\1/p'), FTFW over UDP"
-    echo "$(date -u +%F), kernel $(uname -r), $(nproc) CPUs: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)"
+    echo "$title"
+    echo "$machine"
     python3 scripts/bench/table.py "$FLOWS" "$results"
 } | tee target/bench-results.txt
+python3 scripts/bench/chart.py "$results" target/bench-chart.svg "$title" "$machine"
+echo "chart: target/bench-chart.svg" >&2

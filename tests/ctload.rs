@@ -14,12 +14,15 @@ use common::Netns;
 fn ctload() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "--quiet", "--example", "ctload"]);
-    if profile_dir.file_name().is_some_and(|p| p == "release") {
-        build.arg("--release");
-    }
-    let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo");
+    let dir_name = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    // Cargo puts the `dev` profile in target/debug, every other in its name
+    // (`ci` too: built as `dev`, the binary run here would be a stale one).
+    let profile = if dir_name == "debug" { "dev" } else { dir_name };
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", "ctload", "--profile", profile])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo");
     assert!(status.success(), "cargo build --example ctload failed");
     profile_dir.join("examples").join("ctload")
 }
@@ -70,4 +73,21 @@ fn creates_updates_and_destroys_the_documented_flows() {
     let failed = ns.try_exec(&format!("{} destroy 10", tool.display()));
     assert!(!failed.status.success(), "destroying missing flows must fail");
     assert!(String::from_utf8_lossy(&failed.stdout).contains("(10 failed)"));
+}
+
+#[test]
+fn events_reads_one_queued_event_per_create() {
+    let tool = ctload();
+    let ns = Netns::new("ctload-ev");
+
+    let out = ns.exec(&format!("{} events 5000 --batch 700", tool.display()));
+    let rate: f64 = out
+        .split("= ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no rate in {out:?}"));
+    assert!(out.starts_with("events: 5000 events of 5000 creates read in ") && rate > 0.0, "{out}");
+    assert!(out.contains("(0 overruns, 0 failed)"), "{out}");
+    assert_eq!(count(&ns), 5000, "the flows were created");
 }

@@ -3,7 +3,9 @@
 UDP) in two namespaces joined by `sync0`, N flows created on fw1 by ctload
 at full speed, then measured on both sides. Prints one JSON object.
 
-With `--daemon none` only the load tool runs (the kernel's own create rate).
+With `--daemon none` only the load tool runs: the kernel's own create rate
+(`raw_rate`) and the rate at which it delivers queued events
+(`raw_event_rate`, `ctload events`).
 Run by scripts/bench.sh, which owns the namespaces and their removal.
 """
 
@@ -426,6 +428,14 @@ def kernel_starts(ns):
     return starts
 
 
+def quantiles(ordered):
+    """The 0th to 100th percentile of a sorted, non-empty list (nearest
+    rank, in steps of 1 %), rounded to the microsecond: the distribution
+    in 101 numbers, enough for scripts/bench/chart.py to draw its CDF."""
+    last = len(ordered) - 1
+    return [round(ordered[last * i // 100], 3) for i in range(101)]
+
+
 def latency(args):
     """From a flow's creation in fw1's kernel to its creation in fw2's, with
     both daemons writing the peer's flows straight into the kernel
@@ -433,7 +443,8 @@ def latency(args):
     ends are the kernel's own creation timestamps (`nf_conntrack_timestamp`,
     same clock), read from a dump of each table afterwards: no listener's
     scheduling enters the figure. Idle (200 creates/s) and under load
-    (args.flows creates/s)."""
+    (args.flows creates/s): p50, p99 and the 101 percentiles `lat_*_q`
+    (ms)."""
     n, (ns1, ns2) = args.flows, args.ns
     sides = pair(args, n, defaults=True, direct=True)
     res = {"mode": "latency"}
@@ -462,6 +473,7 @@ def latency(args):
             if lat:
                 res[f"lat_{label}_p50_ms"] = lat[len(lat) // 2]
                 res[f"lat_{label}_p99_ms"] = lat[min(len(lat) - 1, len(lat) * 99 // 100)]
+                res[f"lat_{label}_q"] = quantiles(lat)
     finally:
         for d in sides:
             d.stop()
@@ -575,7 +587,13 @@ def main():
     if args.daemon == "none":
         done, rate = load_result(sh(ns1, args.load, "create", str(n), check=False))
         flush(ns1)
-        print(json.dumps({"raw_rate": rate, "created": done}))
+        # The kernel's delivery of queued events (the drain's limit), for at
+        # most 200 000 flows: their events must fit one socket buffer.
+        out = sh(ns1, args.load, "events", str(min(n, 200000)), check=False)
+        m = re.search(r"= (\d+) events/s \(0 overruns, 0 failed\)", out)
+        flush(ns1)
+        print(json.dumps({"raw_rate": rate, "created": done,
+                          "raw_event_rate": float(m.group(1)) if m else None}))
         return
 
     sides = pair(args, n, defaults=args.defaults)

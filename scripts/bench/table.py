@@ -103,6 +103,10 @@ def main():
     out += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
     raw, _ = cell([r["raw_rate"] for r in runs["none"]], "{:.0f}")
     out.append(f"kernel limit: ctload create rate with no daemon running: {raw} flows/s")
+    events = [r.get("raw_event_rate") for r in runs["none"]]
+    if any(e is not None for e in events):
+        raw, _ = cell(events, "{:.0f}")
+        out.append(f"kernel limit: queued conntrack events read with no daemon running: {raw} events/s")
     checks = []
     for name in ("ctsyncd", "conntrackd"):
         rs = main_runs[name]
