@@ -8,7 +8,7 @@
 //! [`crate::netlink`].
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -22,7 +22,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::cache::{Cache, Removal, Upsert};
 use crate::channel::{Channels, LinkSpec, Recv};
-use crate::control::{self, CacheSel, Request};
+use crate::control::{self, CacheSel, ControlError, ControlReply, Request};
 use crate::defer::{Deferral, Skip};
 use crate::digest::{self, RepairLedger};
 use crate::direct::{DirectToKernel, Role};
@@ -1182,21 +1182,20 @@ impl Daemon {
     /// daemon started with): a rotation without dropping sync. Nothing else
     /// is re-read; on any error the keys in use stay. systemd hears
     /// `RELOADING=1` before and `READY=1` after.
-    fn reload(&mut self) -> Result<String, String> {
+    fn reload(&mut self) -> Result<String, RequestError> {
         systemd::notify_reloading();
         let result = self.reload_keys();
         systemd::notify_reloaded();
         result
     }
 
-    fn reload_keys(&mut self) -> Result<String, String> {
+    fn reload_keys(&mut self) -> Result<String, RequestError> {
         let Some(file) = self.cfg.key_file.clone() else {
             return Ok(
                 "no key file configured: nothing to reload (other settings need a restart)".into()
             );
         };
-        let keys = crate::config::load_key_file(&file)
-            .map_err(|e| format!("key reload failed, keeping the current keys: {e}"))?;
+        let keys = crate::config::load_key_file(&file).map_err(RequestError::KeyFile)?;
         let ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
         self.ftfw.set_auth_keys(keys);
         let line = format!(
@@ -1226,7 +1225,7 @@ impl Daemon {
                         // client that does not read it loses nothing.
                         self.stats.control_busy += 1;
                         self.busy_unlogged += 1;
-                        let _ = stream.write(&control::encode_status(false, &busy.to_string()));
+                        let _ = stream.write(&ControlReply::Failed(busy.to_string()).encode());
                         continue;
                     }
                     let token = Token(LINKS.0 + MAX_LINKS + self.next_client % (1 << 20));
@@ -1356,20 +1355,10 @@ impl Daemon {
                     }
                     Err(e) => {
                         self.stats.control_errors += 1;
-                        Err(format!("bad request: {e}"))
+                        Err(RequestError::Malformed(e))
                     }
                 };
-                match reply {
-                    Ok(body) => {
-                        for chunk in body.as_bytes().chunks(60 * 1024) {
-                            client.output.extend_from_slice(&control::encode_chunk(chunk));
-                        }
-                        client.output.extend_from_slice(&control::encode_status(true, ""));
-                    }
-                    Err(msg) => {
-                        client.output.extend_from_slice(&control::encode_status(false, &msg))
-                    }
-                }
+                ControlReply::from(reply).encode_into(&mut client.output);
                 client.done = true;
                 client.deadline = now + ANSWER_TIMEOUT;
                 keep = true;
@@ -1410,7 +1399,7 @@ impl Daemon {
 
     /// Carry out one operator request; the text (or JSON) to print, or an
     /// error line.
-    fn execute(&mut self, request: Request, json: bool) -> Result<String, String> {
+    fn execute(&mut self, request: Request, json: bool) -> Result<String, RequestError> {
         match request {
             Request::Commit => {
                 if let Some(direct) = &mut self.direct {
@@ -1452,15 +1441,12 @@ impl Daemon {
                 if let Some(direct) = &mut self.direct {
                     direct.lost_track();
                 }
-                self.kernel
-                    .flush()
-                    .map_err(|e| format!("flushing the kernel table failed: {e}"))?;
+                self.kernel.flush().map_err(KernelOp::Flush.failed())?;
                 Ok("kernel conntrack table flushed\n".into())
             }
             Request::ResyncKernel => {
-                let (changed, gone) = self
-                    .resync_kernel(true, true)
-                    .map_err(|e| format!("dumping the kernel table failed: {e}"))?;
+                let (changed, gone) =
+                    self.resync_kernel(true, true).map_err(KernelOp::Dump.failed())?;
                 self.internal_flushed = false;
                 Ok(format!(
                     "internal cache resynced with the kernel: {} flows, {changed} new or changed, {gone} gone\n",
@@ -1491,7 +1477,7 @@ impl Daemon {
                 let n = self
                     .kernel
                     .set_timeout_all(self.cfg.purge_timeout)
-                    .map_err(|e| format!("setting kernel timeouts failed: {e}"))?;
+                    .map_err(KernelOp::SetTimeouts.failed())?;
                 Ok(format!(
                     "{n} kernel flows now expire in {} s unless traffic refreshes them\n",
                     self.cfg.purge_timeout
@@ -1519,12 +1505,10 @@ impl Daemon {
             Request::CheckReady if self.readiness.is_ready() => {
                 Ok("ready: this node holds the peer's complete table and may take over\n".into())
             }
-            Request::CheckReady => Err(
-                "not ready: the peer's complete table has not arrived since the daemon started (is the peer's ctsyncd running and the sync link up? see ctsyncd -s link)".into(),
-            ),
+            Request::CheckReady => Err(RequestError::NotReady),
             Request::TestDropPeerFlows(on) => {
                 if !self.cfg.test_hooks {
-                    return Err("test hooks are off: they are honoured only by a daemon started with --test-hooks, which test suites use".into());
+                    return Err(RequestError::TestHooksOff);
                 }
                 self.test_drop_peer_flows = on;
                 log::warn!(
@@ -1557,7 +1541,7 @@ impl Daemon {
         }
     }
 
-    fn commit(&mut self) -> Result<String, String> {
+    fn commit(&mut self) -> Result<String, RequestError> {
         let started = Instant::now();
         // What the kernel made until now must be in the internal cache
         // before the conflicts are looked for.
@@ -1570,9 +1554,8 @@ impl Daemon {
         let displaced = if conflicts.is_empty() {
             0
         } else {
-            let report = self.kernel.delete(&conflicts).map_err(|e| {
-                format!("deleting the entries in the way of synced flows failed: {e}")
-            })?;
+            let report =
+                self.kernel.delete(&conflicts).map_err(KernelOp::DeleteConflicts.failed())?;
             log::warn!(
                 "commit: {} kernel entries stood in the way of synced flows' NAT mappings and were deleted (first: {}); packets that reached this node's virtual IPs before the commit made them",
                 report.deleted,
@@ -1606,7 +1589,7 @@ impl Daemon {
         let result =
             self.kernel.commit_with(order.into_iter().map(|(_, f)| f), &opts, &mut read_events);
         self.handle_kernel_events(Instant::now(), &mut during);
-        let report = result.map_err(|e| format!("commit to the kernel failed: {e}"))?;
+        let report = result.map_err(KernelOp::Commit.failed())?;
         if let Some(direct) = &mut self.direct {
             direct.set_missing(report.failed.iter().map(|(k, _)| *k));
         }
@@ -1646,11 +1629,13 @@ impl Daemon {
     fn commit_expectations(
         &mut self,
         failed: &std::collections::HashSet<crate::flow::FlowKey>,
-    ) -> Result<String, String> {
+    ) -> Result<String, RequestError> {
         let (external, internal) = (&self.external, &self.internal);
-        self.exp.commit(&mut self.kernel, |m| {
-            (external.get(m).is_some() && !failed.contains(m)) || internal.get(m).is_some()
-        })
+        self.exp
+            .commit(&mut self.kernel, |m| {
+                (external.get(m).is_some() && !failed.contains(m)) || internal.get(m).is_some()
+            })
+            .map_err(KernelOp::CommitExpectations.failed())
     }
 
     /// Start a bulk of the internal cache now.
@@ -1740,6 +1725,96 @@ impl Daemon {
     }
 }
 
+/// Why an operator request failed. Its text is the status line the client
+/// prints to stderr (and, for a SIGHUP reload, the logged error).
+#[derive(Debug)]
+pub enum RequestError {
+    /// The request frame could not be decoded: a CLI of another version, or
+    /// a client that does not speak the control protocol.
+    Malformed(ControlError),
+    /// A kernel operation failed; nothing after it in the request was done.
+    Kernel {
+        /// Which operation.
+        op: KernelOp,
+        /// The kernel's (or the socket's) error.
+        source: io::Error,
+    },
+    /// The sync key file could not be read or is invalid; the keys in use
+    /// stay. The text names the file and the problem.
+    KeyFile(String),
+    /// `--check-ready` on a node that has not received the peer's whole
+    /// table since it started.
+    NotReady,
+    /// A test-suite request to a daemon started without `--test-hooks`.
+    TestHooksOff,
+}
+
+/// The kernel operations an operator request runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelOp {
+    /// `-F`: flush the conntrack table.
+    Flush,
+    /// `-R`: dump the table into the internal cache.
+    Dump,
+    /// `-t`: set every entry's timeout.
+    SetTimeouts,
+    /// `-c`: delete the local entries holding synced flows' NAT mappings.
+    DeleteConflicts,
+    /// `-c`: write the external cache's flows.
+    Commit,
+    /// `-c`: write the external cache's expectations.
+    CommitExpectations,
+}
+
+impl KernelOp {
+    /// What the operation does, as the start of its error line.
+    pub fn description(self) -> &'static str {
+        match self {
+            KernelOp::Flush => "flushing the kernel table",
+            KernelOp::Dump => "dumping the kernel table",
+            KernelOp::SetTimeouts => "setting kernel timeouts",
+            KernelOp::DeleteConflicts => "deleting the entries in the way of synced flows",
+            KernelOp::Commit => "commit to the kernel",
+            KernelOp::CommitExpectations => "commit of expectations to the kernel",
+        }
+    }
+
+    /// A `map_err` adapter: this operation failed with the given error.
+    pub fn failed(self) -> impl FnOnce(io::Error) -> RequestError {
+        move |source| RequestError::Kernel { op: self, source }
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::Malformed(e) => write!(f, "bad request: {e}"),
+            RequestError::Kernel { op, source } => {
+                write!(f, "{} failed: {source}", op.description())
+            }
+            RequestError::KeyFile(e) => {
+                write!(f, "key reload failed, keeping the current keys: {e}")
+            }
+            RequestError::NotReady => f.write_str(
+                "not ready: the peer's complete table has not arrived since the daemon started (is the peer's ctsyncd running and the sync link up? see ctsyncd -s link)",
+            ),
+            RequestError::TestHooksOff => f.write_str(
+                "test hooks are off: they are honoured only by a daemon started with --test-hooks, which test suites use",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RequestError::Malformed(e) => Some(e),
+            RequestError::Kernel { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 fn dump(cache: &Cache, json: bool) -> String {
     let mut out = String::with_capacity(cache.len() * 160);
     for entry in cache.iter() {
@@ -1792,4 +1867,43 @@ fn bind_control(path: &Path, group: Option<u32>) -> Result<UnixListener, String>
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("cannot set the mode of control socket {}: {e}", path.display()))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines `ctsyncd -c`, `-F`, `-R`, `-t`, `--reload` and
+    /// `--check-ready` print on failure, which scripts and operators read.
+    #[test]
+    fn request_error_lines() {
+        let eperm = || io::Error::from_raw_os_error(libc::EPERM);
+        let eperm_text = eperm().to_string();
+        for (e, line) in [
+            (KernelOp::Flush.failed()(eperm()), "flushing the kernel table failed: "),
+            (KernelOp::Dump.failed()(eperm()), "dumping the kernel table failed: "),
+            (KernelOp::SetTimeouts.failed()(eperm()), "setting kernel timeouts failed: "),
+            (
+                KernelOp::DeleteConflicts.failed()(eperm()),
+                "deleting the entries in the way of synced flows failed: ",
+            ),
+            (KernelOp::Commit.failed()(eperm()), "commit to the kernel failed: "),
+            (
+                KernelOp::CommitExpectations.failed()(eperm()),
+                "commit of expectations to the kernel failed: ",
+            ),
+        ] {
+            assert_eq!(e.to_string(), format!("{line}{eperm_text}"));
+        }
+        assert_eq!(
+            RequestError::Malformed(ControlError::BadRequest(99)).to_string(),
+            "bad request: unknown control request 99"
+        );
+        assert_eq!(
+            RequestError::KeyFile("/etc/ctsync/sync.key: empty".into()).to_string(),
+            "key reload failed, keeping the current keys: /etc/ctsync/sync.key: empty"
+        );
+        assert!(RequestError::NotReady.to_string().starts_with("not ready: the peer's complete"));
+        assert!(RequestError::TestHooksOff.to_string().contains("--test-hooks"));
+    }
 }
