@@ -21,7 +21,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::cache::{Cache, Removal, Upsert};
-use crate::channel::{Channels, LinkSpec, Recv};
+use crate::channel::{ChannelError, Channels, LinkSpec, Recv};
 use crate::control::{self, CacheSel, ControlError, ControlReply, Request};
 use crate::defer::{Deferral, Skip};
 use crate::digest::{self, RepairLedger};
@@ -234,41 +234,44 @@ impl Daemon {
     ///
     /// The event socket is opened before the dump, so that a flow that
     /// changes during the dump is not lost (conntrackd dumps first).
-    pub fn open(cfg: DaemonConfig, session_id: u32, initial_seq: u32) -> Result<Daemon, String> {
-        let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
-        let mut events = EventSocket::open(&cfg.events).map_err(|e| {
-            format!("cannot subscribe to conntrack events: {e} (needs root or CAP_NET_ADMIN and the nf_conntrack_netlink module)")
-        })?;
-        let kernel = Kernel::open().map_err(|e| format!("cannot open a ctnetlink socket: {e}"))?;
+    pub fn open(
+        cfg: DaemonConfig,
+        session_id: u32,
+        initial_seq: u32,
+    ) -> Result<Daemon, StartError> {
+        let poll = Poll::new().map_err(StartError::EventLoop)?;
+        let mut events = EventSocket::open(&cfg.events).map_err(StartError::Events)?;
+        let kernel = Kernel::open().map_err(StartError::Ctnetlink)?;
         if let Err(e) = events.ignore_origin(kernel.port_id()) {
             log::warn!("{e}: our own commits will come back as events and be dropped one by one");
         }
         if cfg.links.len() > MAX_LINKS {
-            return Err(format!(
-                "sync.channels: {} channels configured, at most {MAX_LINKS} are supported",
-                cfg.links.len()
-            ));
+            return Err(StartError::TooManyChannels(cfg.links.len()));
         }
         // A restarted conntrackd sends from a new port: followed once its
         // old one has been silent for half the time that declares it down.
         let port_holdoff = cfg.ftfw.peer_timeout / 2;
-        let mut channels = Channels::open(&cfg.links, port_holdoff).map_err(|e| e.to_string())?;
+        let mut channels = Channels::open(&cfg.links, port_holdoff).map_err(StartError::Channel)?;
         let mut control = bind_control(&cfg.control_socket, cfg.control_gid)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
-            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let mut signals =
+            Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(StartError::Signals)?;
         let registry = poll.registry();
-        let reg = |e: io::Error| format!("cannot register a socket with the event loop: {e}");
+        let reg = StartError::Register;
         registry.register(&mut events, EVENTS, Interest::READABLE).map_err(reg)?;
         registry.register(&mut signals, SIGNALS, Interest::READABLE).map_err(reg)?;
         registry.register(&mut control, CONTROL, Interest::READABLE).map_err(reg)?;
         channels.register(registry, LINKS).map_err(reg)?;
-        let metrics = cfg.metrics_listen.map(|a| metrics::Server::bind(a, registry)).transpose()?;
+        let metrics = cfg
+            .metrics_listen
+            .map(|a| metrics::Server::bind(a, registry))
+            .transpose()
+            .map_err(StartError::Metrics)?;
         let defer = match cfg.defer {
             Some(d) => {
                 // The kernel queue is longer than what we hold, so that our
                 // cap (counted) is reached before the kernel's fail-open.
                 let mut queue = QueueSocket::open(d.queue, d.max_held.saturating_mul(2))
-                    .map_err(|e| format!("sync.defer: {e}"))?;
+                    .map_err(StartError::Defer)?;
                 registry.register(&mut queue, QUEUE, Interest::READABLE).map_err(reg)?;
                 if !queue.with_conntrack() {
                     log::info!(
@@ -340,14 +343,10 @@ impl Daemon {
             daemon.internal.enable_digests();
             daemon.external.enable_digests();
         }
-        daemon
-            .resync_kernel(false, true)
-            .map_err(|e| format!("cannot dump the conntrack table: {e}"))?;
-        daemon.readiness.publish().map_err(|e| {
-            format!(
-                "cannot write the ready file {}: {e}",
-                readiness_file.unwrap_or_default().display()
-            )
+        daemon.resync_kernel(false, true).map_err(StartError::Dump)?;
+        daemon.readiness.publish().map_err(|source| StartError::ReadyFile {
+            path: readiness_file.unwrap_or_default(),
+            source,
         })?;
         Ok(daemon)
     }
@@ -1725,6 +1724,139 @@ impl Daemon {
     }
 }
 
+/// Why the daemon could not start. Its text is the one line `ctsyncd`
+/// logs before it exits with status 1.
+#[derive(Debug)]
+pub enum StartError {
+    /// `epoll` could not be created.
+    EventLoop(io::Error),
+    /// The conntrack event subscription failed: no root or CAP_NET_ADMIN,
+    /// or no `nf_conntrack_netlink` module.
+    Events(io::Error),
+    /// The ctnetlink socket for commits and dumps could not be opened.
+    Ctnetlink(io::Error),
+    /// More sync channels than the daemon can poll.
+    TooManyChannels(usize),
+    /// A sync channel could not be opened.
+    Channel(ChannelError),
+    /// The control socket's directory could not be created.
+    ControlDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why not.
+        source: io::Error,
+    },
+    /// Another daemon answers on the control socket.
+    ControlInUse(PathBuf),
+    /// The control socket could not be bound, given to its group, or set
+    /// to its mode.
+    Control {
+        /// Which of these.
+        step: ControlStep,
+        /// The control socket.
+        path: PathBuf,
+        /// Why not.
+        source: io::Error,
+    },
+    /// The signal handlers could not be installed.
+    Signals(io::Error),
+    /// A socket could not join the event loop.
+    Register(io::Error),
+    /// The metrics endpoint could not be opened.
+    Metrics(metrics::BindError),
+    /// The `sync.defer` packet queue could not be opened.
+    Defer(io::Error),
+    /// The first dump of the conntrack table failed.
+    Dump(io::Error),
+    /// The ready file could not be written.
+    ReadyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        source: io::Error,
+    },
+}
+
+/// What was done to the control socket when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlStep {
+    /// Binding it.
+    Bind,
+    /// Giving it to `general.control_group`.
+    Group,
+    /// Setting its mode.
+    Mode,
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::EventLoop(e) => write!(f, "cannot create the event loop: {e}"),
+            StartError::Events(e) => write!(
+                f,
+                "cannot subscribe to conntrack events: {e} (needs root or CAP_NET_ADMIN and the nf_conntrack_netlink module)"
+            ),
+            StartError::Ctnetlink(e) => write!(f, "cannot open a ctnetlink socket: {e}"),
+            StartError::TooManyChannels(n) => write!(
+                f,
+                "sync.channels: {n} channels configured, at most {MAX_LINKS} are supported"
+            ),
+            StartError::Channel(e) => e.fmt(f),
+            StartError::ControlDir { dir, source } => {
+                write!(f, "cannot create {}: {source}", dir.display())
+            }
+            StartError::ControlInUse(path) => write!(
+                f,
+                "control socket {} is in use: another ctsyncd runs with this config (stop it with ctsyncd -k)",
+                path.display()
+            ),
+            StartError::Control { step, path, source } => {
+                let path = path.display();
+                match step {
+                    ControlStep::Bind => write!(f, "cannot bind control socket {path}: {source}"),
+                    ControlStep::Group => write!(
+                        f,
+                        "cannot give control socket {path} to general.control_group: {source}"
+                    ),
+                    ControlStep::Mode => {
+                        write!(f, "cannot set the mode of control socket {path}: {source}")
+                    }
+                }
+            }
+            StartError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            StartError::Register(e) => {
+                write!(f, "cannot register a socket with the event loop: {e}")
+            }
+            StartError::Metrics(e) => e.fmt(f),
+            StartError::Defer(e) => write!(f, "sync.defer: {e}"),
+            StartError::Dump(e) => write!(f, "cannot dump the conntrack table: {e}"),
+            StartError::ReadyFile { path, source } => {
+                write!(f, "cannot write the ready file {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::EventLoop(e)
+            | StartError::Events(e)
+            | StartError::Ctnetlink(e)
+            | StartError::Signals(e)
+            | StartError::Register(e)
+            | StartError::Defer(e)
+            | StartError::Dump(e)
+            | StartError::ControlDir { source: e, .. }
+            | StartError::Control { source: e, .. }
+            | StartError::ReadyFile { source: e, .. } => Some(e),
+            StartError::Channel(e) => Some(e),
+            StartError::Metrics(e) => Some(e),
+            StartError::TooManyChannels(_) | StartError::ControlInUse(_) => None,
+        }
+    }
+}
+
 /// Why an operator request failed. Its text is the status line the client
 /// prints to stderr (and, for a SIGHUP reload, the logged error).
 #[derive(Debug)]
@@ -1832,40 +1964,32 @@ fn dump(cache: &Cache, json: bool) -> String {
 /// Bind the control socket with mode 0600, or group-owned by `group` with
 /// mode 0660. A socket file left by a dead daemon is replaced; one that
 /// answers belongs to a running daemon.
-fn bind_control(path: &Path, group: Option<u32>) -> Result<UnixListener, String> {
+fn bind_control(path: &Path, group: Option<u32>) -> Result<UnixListener, StartError> {
+    let failed = |step| move |source| StartError::Control { step, path: path.to_owned(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            .map_err(|source| StartError::ControlDir { dir: dir.to_owned(), source })?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "control socket {} is in use: another ctsyncd runs with this config (stop it with ctsyncd -k)",
-                path.display()
-            ));
+            return Err(StartError::ControlInUse(path.to_owned()));
         }
         let _ = std::fs::remove_file(path);
     }
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let bound = UnixListener::bind(path);
     nix::sys::stat::umask(old);
-    let listener =
-        bound.map_err(|e| format!("cannot bind control socket {}: {e}", path.display()))?;
+    let listener = bound.map_err(failed(ControlStep::Bind))?;
     // Created 0600 by the umask, so the group gets in only once it owns it.
     let mode = match group {
         Some(gid) => {
-            std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
-                format!(
-                    "cannot give control socket {} to general.control_group: {e}",
-                    path.display()
-                )
-            })?;
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(failed(ControlStep::Group))?;
             0o660
         }
         None => 0o600,
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set the mode of control socket {}: {e}", path.display()))?;
+        .map_err(failed(ControlStep::Mode))?;
     Ok(listener)
 }
 
@@ -1905,5 +2029,36 @@ mod tests {
         );
         assert!(RequestError::NotReady.to_string().starts_with("not ready: the peer's complete"));
         assert!(RequestError::TestHooksOff.to_string().contains("--test-hooks"));
+    }
+
+    /// A second daemon on the same control socket stops with the line that
+    /// says which socket and how to stop the first; a socket path under a
+    /// regular file names the directory that cannot be made.
+    #[test]
+    fn control_socket_start_errors() {
+        let dir = std::env::temp_dir().join(format!("ctsync-start-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("ctl.sock");
+        let first = bind_control(&path, None).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let second = bind_control(&path, None).map(|_| ()).unwrap_err();
+        let file = dir.join("file");
+        std::fs::write(&file, "").unwrap();
+        let under_file = bind_control(&file.join("ctl.sock"), None).map(|_| ()).unwrap_err();
+        drop(first);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(mode, 0o600);
+        assert!(matches!(second, StartError::ControlInUse(_)));
+        assert_eq!(
+            second.to_string(),
+            format!(
+                "control socket {} is in use: another ctsyncd runs with this config (stop it with ctsyncd -k)",
+                path.display()
+            )
+        );
+        assert!(
+            under_file.to_string().starts_with(&format!("cannot create {}: ", file.display())),
+            "{under_file}"
+        );
     }
 }
