@@ -739,9 +739,7 @@ fn convert(raw: &RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         ignore_loopback: f.ignore_loopback,
         ignore_sync_addresses: f.ignore_sync_addresses,
         protocols: lists(ctx, "general.filter.protocols", &f.protocols, value::protocol)?,
-        addresses: lists(ctx, "general.filter.addresses", &f.addresses, |s| {
-            s.parse::<Cidr>().map_err(|e| format!("invalid address or prefix \"{s}\": {e}"))
-        })?,
+        addresses: lists(ctx, "general.filter.addresses", &f.addresses, value::address)?,
         tcp_states: lists(ctx, "general.filter.tcp_states", &f.tcp_states, value::tcp_state)?,
     };
     if let Some(group) = g.control_group.as_ref().filter(|g| g.is_empty() || g.contains(':')) {
@@ -1110,14 +1108,15 @@ fn lists<T>(
     ctx: &Ctx<'_>,
     key: &str,
     raw: &RawLists,
-    parse: impl Fn(&str) -> Result<T, String>,
+    parse: impl Fn(&str) -> Result<T, value::FilterValueError>,
 ) -> Result<AcceptIgnore<T>, ConfigError> {
     let list = |name: &str, items: &[Scalar]| {
         items
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                parse(&v.to_string()).map_err(|m| ctx.err(&format!("{key}.{name}[{i}]"), m))
+                parse(&v.to_string())
+                    .map_err(|e| ctx.err(&format!("{key}.{name}[{i}]"), e.to_string()))
             })
             .collect::<Result<Vec<T>, ConfigError>>()
     };
