@@ -24,9 +24,8 @@ use crate::wire::native::{AuthKey, MIN_KEY_LEN};
 /// configuration line, the key and the key file, and says how to make one.
 pub fn keys(cfg: &Config) -> Result<Vec<AuthKey>, ConfigError> {
     match &cfg.sync.auth {
-        SyncAuth::KeyFile(file) => {
-            config::load_key_file(file).map_err(|e| cfg.error_at("sync.auth.key_file", e))
-        }
+        SyncAuth::KeyFile(file) => config::load_key_file(file)
+            .map_err(|e| cfg.error_at("sync.auth.key_file", e.to_string())),
         SyncAuth::Insecure => Ok(Vec::new()),
     }
 }

@@ -1872,8 +1872,8 @@ pub enum RequestError {
         source: io::Error,
     },
     /// The sync key file could not be read or is invalid; the keys in use
-    /// stay. The text names the file and the problem.
-    KeyFile(String),
+    /// stay.
+    KeyFile(crate::config::KeyFileError),
     /// `--check-ready` on a node that has not received the peer's whole
     /// table since it started.
     NotReady,
@@ -1941,6 +1941,7 @@ impl std::error::Error for RequestError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             RequestError::Malformed(e) => Some(e),
+            RequestError::KeyFile(e) => Some(e),
             RequestError::Kernel { source, .. } => Some(source),
             _ => None,
         }
@@ -2024,8 +2025,13 @@ mod tests {
             "bad request: unknown control request 99"
         );
         assert_eq!(
-            RequestError::KeyFile("/etc/ctsync/sync.key: empty".into()).to_string(),
-            "key reload failed, keeping the current keys: /etc/ctsync/sync.key: empty"
+            RequestError::KeyFile(crate::config::KeyFileError {
+                file: "/etc/ctsync/sync.key".into(),
+                line: Some(3),
+                problem: crate::config::KeyProblem::NotHex,
+            })
+            .to_string(),
+            "key reload failed, keeping the current keys: /etc/ctsync/sync.key:3: key is not hex"
         );
         assert!(RequestError::NotReady.to_string().starts_with("not ready: the peer's complete"));
         assert!(RequestError::TestHooksOff.to_string().contains("--test-hooks"));
