@@ -11,11 +11,11 @@
 //! a path the operator must change (exit status 2) from a directory that
 //! may still appear (exit status 1, which the unit restarts).
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::{self, ChannelKind, Config, ConfigError, SyncAuth};
 use crate::wire::native::{AuthKey, MIN_KEY_LEN};
@@ -24,9 +24,8 @@ use crate::wire::native::{AuthKey, MIN_KEY_LEN};
 /// configuration line, the key and the key file, and says how to make one.
 pub fn keys(cfg: &Config) -> Result<Vec<AuthKey>, ConfigError> {
     match &cfg.sync.auth {
-        SyncAuth::KeyFile(file) => {
-            config::load_key_file(file).map_err(|e| cfg.error_at("sync.auth.key_file", e))
-        }
+        SyncAuth::KeyFile(file) => config::load_key_file(file)
+            .map_err(|e| cfg.error_at("sync.auth.key_file", e.to_string())),
         SyncAuth::Insecure => Ok(Vec::new()),
     }
 }
@@ -206,7 +205,7 @@ pub fn summary(cfg: &Config, keys: &[AuthKey]) -> String {
 
 /// Write a new random key (id 1, [`MIN_KEY_LEN`] bytes) to `path` with mode
 /// 0600. An existing file is kept unless `force`. Returns what to do next.
-pub fn gen_key(path: &Path, force: bool) -> Result<String, String> {
+pub fn gen_key(path: &Path, force: bool) -> Result<String, GenKeyError> {
     let file = path.display();
     let secret: [u8; MIN_KEY_LEN] = rand::random();
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
@@ -222,26 +221,76 @@ pub fn gen_key(path: &Path, force: bool) -> Result<String, String> {
     } else {
         options.create_new(true);
     }
-    let mut out = options.open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => format!(
-            "{file} exists: keep it, or add --force to replace it (the peer then needs the new one too)"
-        ),
-        std::io::ErrorKind::NotFound => {
-            let dir = path.parent().map(|d| d.display().to_string()).unwrap_or_default();
-            format!("cannot create {file}: no directory {dir} (mkdir -p {dir})")
-        }
-        _ => format!("cannot create {file}: {e}"),
+    let file_path = || path.to_owned();
+    let mut out = options.open(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => GenKeyError::Exists(file_path()),
+        std::io::ErrorKind::NotFound => GenKeyError::NoDirectory(file_path()),
+        _ => GenKeyError::Create { file: file_path(), source },
     })?;
     // An existing file keeps its mode through open: set it.
     use std::os::unix::fs::PermissionsExt;
     out.set_permissions(std::fs::Permissions::from_mode(0o600))
         .and_then(|()| out.write_all(text.as_bytes()))
         .and_then(|()| out.sync_all())
-        .map_err(|e| format!("cannot write {file}: {e}"))?;
+        .map_err(|source| GenKeyError::Write { file: file_path(), source })?;
     Ok(format!(
         "wrote a new key to {file} (mode 0600): copy it to the peer with the same mode and owner \
          (e.g. `scp -p {file} root@PEER:{file}`) and set `sync.auth: {{ key_file: {file} }}` on both"
     ))
+}
+
+/// Why `--gen-key` wrote no key.
+#[derive(Debug)]
+pub enum GenKeyError {
+    /// The file exists and `--force` was not given.
+    Exists(PathBuf),
+    /// The file's directory does not exist.
+    NoDirectory(PathBuf),
+    /// The file could not be created.
+    Create {
+        /// The key file.
+        file: PathBuf,
+        /// Why not.
+        source: std::io::Error,
+    },
+    /// The key could not be written to the file.
+    Write {
+        /// The key file.
+        file: PathBuf,
+        /// Why not.
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for GenKeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GenKeyError::Exists(file) => write!(
+                f,
+                "{} exists: keep it, or add --force to replace it (the peer then needs the new one too)",
+                file.display()
+            ),
+            GenKeyError::NoDirectory(file) => {
+                let dir = file.parent().map(|d| d.display().to_string()).unwrap_or_default();
+                write!(f, "cannot create {}: no directory {dir} (mkdir -p {dir})", file.display())
+            }
+            GenKeyError::Create { file, source } => {
+                write!(f, "cannot create {}: {source}", file.display())
+            }
+            GenKeyError::Write { file, source } => {
+                write!(f, "cannot write {}: {source}", file.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for GenKeyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GenKeyError::Create { source, .. } | GenKeyError::Write { source, .. } => Some(source),
+            GenKeyError::Exists(_) | GenKeyError::NoDirectory(_) => None,
+        }
+    }
 }
 
 fn local_addresses() -> nix::Result<Vec<IpAddr>> {
@@ -279,7 +328,8 @@ mod tests {
         assert_eq!(keys.len(), 1);
         let first = std::fs::read_to_string(&path).unwrap();
         let refused = gen_key(&path, false).unwrap_err();
-        assert!(refused.contains("--force"), "{refused}");
+        assert!(matches!(refused, GenKeyError::Exists(_)));
+        assert!(refused.to_string().contains("--force"), "{refused}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .unwrap();
@@ -287,6 +337,26 @@ mod tests {
         assert_ne!(std::fs::read_to_string(&path).unwrap(), first, "a new random key");
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A key file in a directory that does not exist: the line says which
+    /// directory and the command that makes it.
+    #[test]
+    fn gen_key_names_a_missing_directory() {
+        let dir = temp_dir("nodir");
+        let path = dir.join("absent").join("sync.key");
+        let e = gen_key(&path, false).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let absent = dir.join("absent");
+        assert!(matches!(e, GenKeyError::NoDirectory(_)));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot create {}: no directory {1} (mkdir -p {1})",
+                path.display(),
+                absent.display()
+            )
+        );
     }
 
     #[test]

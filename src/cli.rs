@@ -19,6 +19,7 @@
 //! `-F` and `-R` are refused: expectations go with their flows.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -446,47 +447,68 @@ impl Args {
     }
 }
 
+/// Why a flag's value was refused; clap prints it after the flag and the
+/// value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValueError {
+    /// The value is a prefix of none of these names.
+    NotOneOf(Vec<&'static str>),
+    /// `--timeout` is not a number of seconds in range.
+    Seconds,
+    /// Neither `on` nor `off`.
+    OnOff,
+}
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueError::NotOneOf(names) => write!(f, "expected one of {}", names.join(", ")),
+            ValueError::Seconds => {
+                f.write_str("expected a number of seconds from 0.001 to 3600, such as 2 or 0.5")
+            }
+            ValueError::OnOff => f.write_str("expected on or off"),
+        }
+    }
+}
+
+impl std::error::Error for ValueError {}
+
 /// conntrackd's matching: `arg` is a non-empty prefix of the first name in
 /// `names` that it fits.
-fn prefix_match<T: Copy>(arg: &str, names: &[(&str, T)]) -> Result<T, String> {
+fn prefix_match<T: Copy>(arg: &str, names: &[(&'static str, T)]) -> Result<T, ValueError> {
     names
         .iter()
         .find(|(name, _)| !arg.is_empty() && name.starts_with(arg))
         .map(|&(_, v)| v)
-        .ok_or_else(|| {
-            let all: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
-            format!("expected one of {}", all.join(", "))
-        })
+        .ok_or_else(|| ValueError::NotOneOf(names.iter().map(|(n, _)| *n).collect()))
 }
 
 /// A timeout in seconds: more than 0, at most an hour, fractions allowed.
-fn seconds(arg: &str) -> Result<Duration, String> {
-    let expected =
-        || "expected a number of seconds from 0.001 to 3600, such as 2 or 0.5".to_string();
-    let secs: f64 = arg.parse().map_err(|_| expected())?;
+fn seconds(arg: &str) -> Result<Duration, ValueError> {
+    let secs: f64 = arg.parse().map_err(|_| ValueError::Seconds)?;
     if !(0.001..=3600.0).contains(&secs) {
-        return Err(expected());
+        return Err(ValueError::Seconds);
     }
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn on_off(arg: &str) -> Result<bool, String> {
+fn on_off(arg: &str) -> Result<bool, ValueError> {
     match arg {
         "on" => Ok(true),
         "off" => Ok(false),
-        _ => Err("expected on or off".into()),
+        _ => Err(ValueError::OnOff),
     }
 }
 
-fn table(arg: &str) -> Result<Table, String> {
+fn table(arg: &str) -> Result<Table, ValueError> {
     prefix_match(arg, &[("ct", Table::Ct), ("expect", Table::Expect)])
 }
 
-fn cache_sel(arg: &str) -> Result<CacheSel, String> {
+fn cache_sel(arg: &str) -> Result<CacheSel, ValueError> {
     prefix_match(arg, &[("internal", CacheSel::Internal), ("external", CacheSel::External)])
 }
 
-fn stats_section(arg: &str) -> Result<StatsSection, String> {
+fn stats_section(arg: &str) -> Result<StatsSection, ValueError> {
     use StatsSection::*;
     // conntrackd's order decides ambiguous prefixes: `c` is cache, not ct.
     prefix_match(
@@ -634,6 +656,11 @@ mod tests {
         fails("-s networks", "expected one of");
         fails("-f both", "expected one of internal, external");
         fails("-c all", "expected one of ct, expect");
+        fails(
+            "-f both",
+            "invalid value 'both' for '--flush-cache [<internal|external>]': expected one of internal, external",
+        );
+        fails("--test-drop-peer-flows yes", "expected on or off");
     }
 
     #[test]

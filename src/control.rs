@@ -136,38 +136,53 @@ impl StatsSection {
     }
 }
 
-/// A complete answer, as the daemon builds it for short replies.
+/// Largest body frame the daemon sends: a long answer (a dump of a large
+/// cache) goes out as many frames of this size.
+pub const REPLY_CHUNK: usize = 60 * 1024;
+
+/// The daemon's answer to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Response {
-    /// Whether the request succeeded.
-    pub ok: bool,
-    /// Text for humans, or JSON when the request asked for it.
-    pub body: String,
+pub enum ControlReply {
+    /// The request succeeded: text, or JSON when the request asked for it,
+    /// that the client prints to stdout.
+    Ok(String),
+    /// The request failed: the line that says why, which the client prints
+    /// to stderr.
+    Failed(String),
 }
 
-impl Response {
-    /// A success with a body.
-    pub fn ok(body: impl Into<String>) -> Response {
-        Response { ok: true, body: body.into() }
-    }
-
-    /// A failure; the body says why.
-    pub fn error(body: impl Into<String>) -> Response {
-        Response { ok: false, body: body.into() }
-    }
-
-    /// The frames for this answer: the body (if any) then the status. A
-    /// failure's body travels as the status message, so the client can print
-    /// it to stderr.
+impl ControlReply {
+    /// The frames for this answer: a success's body in frames of at most
+    /// [`REPLY_CHUNK`] bytes (none for an empty body) then an ok status; a
+    /// failure's reason travels as the status message.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.body.len() + 16);
-        if self.ok {
-            encode_chunk_into(&mut out, self.body.as_bytes());
-            encode_status_into(&mut out, true, "");
-        } else {
-            encode_status_into(&mut out, false, &self.body);
-        }
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
         out
+    }
+
+    /// [`ControlReply::encode`], appending to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            ControlReply::Ok(body) => {
+                out.reserve(body.len() + 16);
+                for chunk in body.as_bytes().chunks(REPLY_CHUNK) {
+                    encode_chunk_into(out, chunk);
+                }
+                encode_status_into(out, true, "");
+            }
+            ControlReply::Failed(reason) => encode_status_into(out, false, reason),
+        }
+    }
+}
+
+impl<E: fmt::Display> From<Result<String, E>> for ControlReply {
+    /// A request's outcome: its output, or its error's text.
+    fn from(result: Result<String, E>) -> ControlReply {
+        match result {
+            Ok(body) => ControlReply::Ok(body),
+            Err(e) => ControlReply::Failed(e.to_string()),
+        }
     }
 }
 
@@ -924,7 +939,7 @@ mod tests {
 
     #[test]
     fn response_encoding() {
-        let frames = decode_all(&Response::ok("stats\n").encode(), 5).unwrap();
+        let frames = decode_all(&ControlReply::Ok("stats\n".into()).encode(), 5).unwrap();
         assert_eq!(
             frames,
             vec![
@@ -932,8 +947,29 @@ mod tests {
                 ResponseFrame::Status { ok: true, message: String::new() }
             ]
         );
-        let frames = decode_all(&Response::error("no peer").encode(), 5).unwrap();
+        let frames = decode_all(&ControlReply::Failed("no peer".into()).encode(), 5).unwrap();
         assert_eq!(frames, vec![ResponseFrame::Status { ok: false, message: "no peer".into() }]);
+    }
+
+    /// The bytes a reply puts on the wire: a long body in frames of
+    /// [`REPLY_CHUNK`] bytes, each `[len][1][bytes]`, then `[len][2][ok]`;
+    /// an empty body in no frame; a failure in the status frame alone.
+    #[test]
+    fn reply_bytes_on_the_wire() {
+        let body = "x".repeat(REPLY_CHUNK + 1);
+        let bytes = ControlReply::Ok(body.clone()).encode();
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&(REPLY_CHUNK as u32 + 1).to_be_bytes());
+        expected.push(1);
+        expected.extend_from_slice(&body.as_bytes()[..REPLY_CHUNK]);
+        expected.extend_from_slice(&[0, 0, 0, 2, 1, b'x']);
+        expected.extend_from_slice(&[0, 0, 0, 2, 2, 1]);
+        assert_eq!(bytes, expected);
+        assert_eq!(ControlReply::Ok(String::new()).encode(), [0, 0, 0, 2, 2, 1]);
+        assert_eq!(
+            ControlReply::from(Err::<String, _>("no peer")).encode(),
+            [&[0u8, 0, 0, 9, 2, 0][..], b"no peer"].concat()
+        );
     }
 
     fn temp_socket(name: &str) -> PathBuf {

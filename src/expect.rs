@@ -446,16 +446,14 @@ impl ExpState {
 
     /// Commit the external expectations whose master `has_master` says the
     /// kernel holds (call it after the flows' commit); returns the line
-    /// `-c` prints, or the error.
+    /// `-c` prints, or the kernel's error.
     pub fn commit(
         &mut self,
         kernel: &mut crate::netlink::Kernel,
         has_master: impl Fn(&FlowKey) -> bool,
-    ) -> Result<String, String> {
+    ) -> std::io::Result<String> {
         let (ready, no_master) = self.committable(has_master);
-        let done = kernel
-            .commit_expectations(ready)
-            .map_err(|e| format!("commit of expectations to the kernel failed: {e}"))?;
+        let done = kernel.commit_expectations(ready)?;
         let report = ExpCommitReport {
             created: done.created,
             existing: done.updated,

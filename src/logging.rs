@@ -107,14 +107,30 @@ pub fn detach() -> bool {
 /// Open the log file again (after logrotate renamed it), keeping the old
 /// one when the new one cannot be opened. `Ok(None)` when the log is not a
 /// file.
-pub fn reopen() -> Result<Option<PathBuf>, String> {
+pub fn reopen() -> Result<Option<PathBuf>, ReopenError> {
     let Some(logger) = LOGGER.get() else { return Ok(None) };
     let Ok(mut sink) = logger.sink.lock() else { return Ok(None) };
     let Sink::File { file, path } = &mut *sink else { return Ok(None) };
     let _ = file.flush();
-    *file = open_log(path)
-        .map_err(|e| format!("cannot reopen the log: {e}; still writing to the old file"))?;
+    *file = open_log(path).map_err(ReopenError)?;
     Ok(Some(path.clone()))
+}
+
+/// The log file could not be opened again; the daemon goes on writing to
+/// the old one.
+#[derive(Debug)]
+pub struct ReopenError(pub std::io::Error);
+
+impl std::fmt::Display for ReopenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot reopen the log: {}; still writing to the old file", self.0)
+    }
+}
+
+impl std::error::Error for ReopenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 /// Whether `journal_stream` (the `JOURNAL_STREAM` variable, `DEV:INODE`)

@@ -24,6 +24,7 @@
 //! stall replication.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
@@ -417,14 +418,48 @@ struct Connection {
     serial: usize,
 }
 
+/// Why the metrics endpoint could not be opened.
+#[derive(Debug)]
+pub enum BindError {
+    /// `general.metrics_listen` cannot be bound: in use, or an address
+    /// this host does not have.
+    Listen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The socket's error.
+        source: io::Error,
+    },
+    /// The listener could not join the event loop.
+    Register(io::Error),
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindError::Listen { addr, source } => {
+                write!(f, "cannot listen for metrics on {addr}: {source}")
+            }
+            BindError::Register(e) => write!(f, "cannot register the metrics listener: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BindError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BindError::Listen { source, .. } | BindError::Register(source) => Some(source),
+        }
+    }
+}
+
 impl Server {
     /// Listen on `addr` and register with `registry` under [`LISTENER`].
-    pub fn bind(addr: SocketAddr, registry: &Registry) -> Result<Server, String> {
-        let mut listener = TcpListener::bind(addr)
-            .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+    pub fn bind(addr: SocketAddr, registry: &Registry) -> Result<Server, BindError> {
+        let mut listener =
+            TcpListener::bind(addr).map_err(|source| BindError::Listen { addr, source })?;
         registry
             .register(&mut listener, LISTENER, Interest::READABLE)
-            .map_err(|e| format!("cannot register the metrics listener: {e}"))?;
+            .map_err(BindError::Register)?;
         Ok(Server { listener, connections: HashMap::new(), next: 0 })
     }
 
@@ -576,6 +611,18 @@ fn collect<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An address already in use is named in the start-up error.
+    #[test]
+    fn bind_error_names_the_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let e = Server::bind(addr, poll.registry()).map(|_| ()).unwrap_err();
+        assert!(matches!(e, BindError::Listen { .. }));
+        let in_use = io::Error::from_raw_os_error(libc::EADDRINUSE);
+        assert_eq!(e.to_string(), format!("cannot listen for metrics on {addr}: {in_use}"));
+    }
 
     /// Every JSON path of a report with every optional part present.
     fn paths(value: &Value, path: &str, out: &mut Vec<String>) {

@@ -8,7 +8,7 @@
 //! [`crate::netlink`].
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -21,8 +21,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::cache::{Cache, Removal, Upsert};
-use crate::channel::{Channels, LinkSpec, Recv};
-use crate::control::{self, CacheSel, Request};
+use crate::channel::{ChannelError, Channels, LinkSpec, Recv};
+use crate::control::{self, CacheSel, ControlError, ControlReply, Request};
 use crate::defer::{Deferral, Skip};
 use crate::digest::{self, RepairLedger};
 use crate::direct::{DirectToKernel, Role};
@@ -234,41 +234,44 @@ impl Daemon {
     ///
     /// The event socket is opened before the dump, so that a flow that
     /// changes during the dump is not lost (conntrackd dumps first).
-    pub fn open(cfg: DaemonConfig, session_id: u32, initial_seq: u32) -> Result<Daemon, String> {
-        let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
-        let mut events = EventSocket::open(&cfg.events).map_err(|e| {
-            format!("cannot subscribe to conntrack events: {e} (needs root or CAP_NET_ADMIN and the nf_conntrack_netlink module)")
-        })?;
-        let kernel = Kernel::open().map_err(|e| format!("cannot open a ctnetlink socket: {e}"))?;
+    pub fn open(
+        cfg: DaemonConfig,
+        session_id: u32,
+        initial_seq: u32,
+    ) -> Result<Daemon, StartError> {
+        let poll = Poll::new().map_err(StartError::EventLoop)?;
+        let mut events = EventSocket::open(&cfg.events).map_err(StartError::Events)?;
+        let kernel = Kernel::open().map_err(StartError::Ctnetlink)?;
         if let Err(e) = events.ignore_origin(kernel.port_id()) {
             log::warn!("{e}: our own commits will come back as events and be dropped one by one");
         }
         if cfg.links.len() > MAX_LINKS {
-            return Err(format!(
-                "sync.channels: {} channels configured, at most {MAX_LINKS} are supported",
-                cfg.links.len()
-            ));
+            return Err(StartError::TooManyChannels(cfg.links.len()));
         }
         // A restarted conntrackd sends from a new port: followed once its
         // old one has been silent for half the time that declares it down.
         let port_holdoff = cfg.ftfw.peer_timeout / 2;
-        let mut channels = Channels::open(&cfg.links, port_holdoff).map_err(|e| e.to_string())?;
+        let mut channels = Channels::open(&cfg.links, port_holdoff).map_err(StartError::Channel)?;
         let mut control = bind_control(&cfg.control_socket, cfg.control_gid)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
-            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let mut signals =
+            Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(StartError::Signals)?;
         let registry = poll.registry();
-        let reg = |e: io::Error| format!("cannot register a socket with the event loop: {e}");
+        let reg = StartError::Register;
         registry.register(&mut events, EVENTS, Interest::READABLE).map_err(reg)?;
         registry.register(&mut signals, SIGNALS, Interest::READABLE).map_err(reg)?;
         registry.register(&mut control, CONTROL, Interest::READABLE).map_err(reg)?;
         channels.register(registry, LINKS).map_err(reg)?;
-        let metrics = cfg.metrics_listen.map(|a| metrics::Server::bind(a, registry)).transpose()?;
+        let metrics = cfg
+            .metrics_listen
+            .map(|a| metrics::Server::bind(a, registry))
+            .transpose()
+            .map_err(StartError::Metrics)?;
         let defer = match cfg.defer {
             Some(d) => {
                 // The kernel queue is longer than what we hold, so that our
                 // cap (counted) is reached before the kernel's fail-open.
                 let mut queue = QueueSocket::open(d.queue, d.max_held.saturating_mul(2))
-                    .map_err(|e| format!("sync.defer: {e}"))?;
+                    .map_err(StartError::Defer)?;
                 registry.register(&mut queue, QUEUE, Interest::READABLE).map_err(reg)?;
                 if !queue.with_conntrack() {
                     log::info!(
@@ -340,14 +343,10 @@ impl Daemon {
             daemon.internal.enable_digests();
             daemon.external.enable_digests();
         }
-        daemon
-            .resync_kernel(false, true)
-            .map_err(|e| format!("cannot dump the conntrack table: {e}"))?;
-        daemon.readiness.publish().map_err(|e| {
-            format!(
-                "cannot write the ready file {}: {e}",
-                readiness_file.unwrap_or_default().display()
-            )
+        daemon.resync_kernel(false, true).map_err(StartError::Dump)?;
+        daemon.readiness.publish().map_err(|source| StartError::ReadyFile {
+            path: readiness_file.unwrap_or_default(),
+            source,
         })?;
         Ok(daemon)
     }
@@ -1182,21 +1181,20 @@ impl Daemon {
     /// daemon started with): a rotation without dropping sync. Nothing else
     /// is re-read; on any error the keys in use stay. systemd hears
     /// `RELOADING=1` before and `READY=1` after.
-    fn reload(&mut self) -> Result<String, String> {
+    fn reload(&mut self) -> Result<String, RequestError> {
         systemd::notify_reloading();
         let result = self.reload_keys();
         systemd::notify_reloaded();
         result
     }
 
-    fn reload_keys(&mut self) -> Result<String, String> {
+    fn reload_keys(&mut self) -> Result<String, RequestError> {
         let Some(file) = self.cfg.key_file.clone() else {
             return Ok(
                 "no key file configured: nothing to reload (other settings need a restart)".into()
             );
         };
-        let keys = crate::config::load_key_file(&file)
-            .map_err(|e| format!("key reload failed, keeping the current keys: {e}"))?;
+        let keys = crate::config::load_key_file(&file).map_err(RequestError::KeyFile)?;
         let ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
         self.ftfw.set_auth_keys(keys);
         let line = format!(
@@ -1226,7 +1224,7 @@ impl Daemon {
                         // client that does not read it loses nothing.
                         self.stats.control_busy += 1;
                         self.busy_unlogged += 1;
-                        let _ = stream.write(&control::encode_status(false, &busy.to_string()));
+                        let _ = stream.write(&ControlReply::Failed(busy.to_string()).encode());
                         continue;
                     }
                     let token = Token(LINKS.0 + MAX_LINKS + self.next_client % (1 << 20));
@@ -1356,20 +1354,10 @@ impl Daemon {
                     }
                     Err(e) => {
                         self.stats.control_errors += 1;
-                        Err(format!("bad request: {e}"))
+                        Err(RequestError::Malformed(e))
                     }
                 };
-                match reply {
-                    Ok(body) => {
-                        for chunk in body.as_bytes().chunks(60 * 1024) {
-                            client.output.extend_from_slice(&control::encode_chunk(chunk));
-                        }
-                        client.output.extend_from_slice(&control::encode_status(true, ""));
-                    }
-                    Err(msg) => {
-                        client.output.extend_from_slice(&control::encode_status(false, &msg))
-                    }
-                }
+                ControlReply::from(reply).encode_into(&mut client.output);
                 client.done = true;
                 client.deadline = now + ANSWER_TIMEOUT;
                 keep = true;
@@ -1410,7 +1398,7 @@ impl Daemon {
 
     /// Carry out one operator request; the text (or JSON) to print, or an
     /// error line.
-    fn execute(&mut self, request: Request, json: bool) -> Result<String, String> {
+    fn execute(&mut self, request: Request, json: bool) -> Result<String, RequestError> {
         match request {
             Request::Commit => {
                 if let Some(direct) = &mut self.direct {
@@ -1452,15 +1440,12 @@ impl Daemon {
                 if let Some(direct) = &mut self.direct {
                     direct.lost_track();
                 }
-                self.kernel
-                    .flush()
-                    .map_err(|e| format!("flushing the kernel table failed: {e}"))?;
+                self.kernel.flush().map_err(KernelOp::Flush.failed())?;
                 Ok("kernel conntrack table flushed\n".into())
             }
             Request::ResyncKernel => {
-                let (changed, gone) = self
-                    .resync_kernel(true, true)
-                    .map_err(|e| format!("dumping the kernel table failed: {e}"))?;
+                let (changed, gone) =
+                    self.resync_kernel(true, true).map_err(KernelOp::Dump.failed())?;
                 self.internal_flushed = false;
                 Ok(format!(
                     "internal cache resynced with the kernel: {} flows, {changed} new or changed, {gone} gone\n",
@@ -1491,7 +1476,7 @@ impl Daemon {
                 let n = self
                     .kernel
                     .set_timeout_all(self.cfg.purge_timeout)
-                    .map_err(|e| format!("setting kernel timeouts failed: {e}"))?;
+                    .map_err(KernelOp::SetTimeouts.failed())?;
                 Ok(format!(
                     "{n} kernel flows now expire in {} s unless traffic refreshes them\n",
                     self.cfg.purge_timeout
@@ -1519,12 +1504,10 @@ impl Daemon {
             Request::CheckReady if self.readiness.is_ready() => {
                 Ok("ready: this node holds the peer's complete table and may take over\n".into())
             }
-            Request::CheckReady => Err(
-                "not ready: the peer's complete table has not arrived since the daemon started (is the peer's ctsyncd running and the sync link up? see ctsyncd -s link)".into(),
-            ),
+            Request::CheckReady => Err(RequestError::NotReady),
             Request::TestDropPeerFlows(on) => {
                 if !self.cfg.test_hooks {
-                    return Err("test hooks are off: they are honoured only by a daemon started with --test-hooks, which test suites use".into());
+                    return Err(RequestError::TestHooksOff);
                 }
                 self.test_drop_peer_flows = on;
                 log::warn!(
@@ -1557,7 +1540,7 @@ impl Daemon {
         }
     }
 
-    fn commit(&mut self) -> Result<String, String> {
+    fn commit(&mut self) -> Result<String, RequestError> {
         let started = Instant::now();
         // What the kernel made until now must be in the internal cache
         // before the conflicts are looked for.
@@ -1570,9 +1553,8 @@ impl Daemon {
         let displaced = if conflicts.is_empty() {
             0
         } else {
-            let report = self.kernel.delete(&conflicts).map_err(|e| {
-                format!("deleting the entries in the way of synced flows failed: {e}")
-            })?;
+            let report =
+                self.kernel.delete(&conflicts).map_err(KernelOp::DeleteConflicts.failed())?;
             log::warn!(
                 "commit: {} kernel entries stood in the way of synced flows' NAT mappings and were deleted (first: {}); packets that reached this node's virtual IPs before the commit made them",
                 report.deleted,
@@ -1606,7 +1588,7 @@ impl Daemon {
         let result =
             self.kernel.commit_with(order.into_iter().map(|(_, f)| f), &opts, &mut read_events);
         self.handle_kernel_events(Instant::now(), &mut during);
-        let report = result.map_err(|e| format!("commit to the kernel failed: {e}"))?;
+        let report = result.map_err(KernelOp::Commit.failed())?;
         if let Some(direct) = &mut self.direct {
             direct.set_missing(report.failed.iter().map(|(k, _)| *k));
         }
@@ -1646,11 +1628,13 @@ impl Daemon {
     fn commit_expectations(
         &mut self,
         failed: &std::collections::HashSet<crate::flow::FlowKey>,
-    ) -> Result<String, String> {
+    ) -> Result<String, RequestError> {
         let (external, internal) = (&self.external, &self.internal);
-        self.exp.commit(&mut self.kernel, |m| {
-            (external.get(m).is_some() && !failed.contains(m)) || internal.get(m).is_some()
-        })
+        self.exp
+            .commit(&mut self.kernel, |m| {
+                (external.get(m).is_some() && !failed.contains(m)) || internal.get(m).is_some()
+            })
+            .map_err(KernelOp::CommitExpectations.failed())
     }
 
     /// Start a bulk of the internal cache now.
@@ -1740,6 +1724,230 @@ impl Daemon {
     }
 }
 
+/// Why the daemon could not start. Its text is the one line `ctsyncd`
+/// logs before it exits with status 1.
+#[derive(Debug)]
+pub enum StartError {
+    /// `epoll` could not be created.
+    EventLoop(io::Error),
+    /// The conntrack event subscription failed: no root or CAP_NET_ADMIN,
+    /// or no `nf_conntrack_netlink` module.
+    Events(io::Error),
+    /// The ctnetlink socket for commits and dumps could not be opened.
+    Ctnetlink(io::Error),
+    /// More sync channels than the daemon can poll.
+    TooManyChannels(usize),
+    /// A sync channel could not be opened.
+    Channel(ChannelError),
+    /// The control socket's directory could not be created.
+    ControlDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why not.
+        source: io::Error,
+    },
+    /// Another daemon answers on the control socket.
+    ControlInUse(PathBuf),
+    /// The control socket could not be bound, given to its group, or set
+    /// to its mode.
+    Control {
+        /// Which of these.
+        step: ControlStep,
+        /// The control socket.
+        path: PathBuf,
+        /// Why not.
+        source: io::Error,
+    },
+    /// The signal handlers could not be installed.
+    Signals(io::Error),
+    /// A socket could not join the event loop.
+    Register(io::Error),
+    /// The metrics endpoint could not be opened.
+    Metrics(metrics::BindError),
+    /// The `sync.defer` packet queue could not be opened.
+    Defer(io::Error),
+    /// The first dump of the conntrack table failed.
+    Dump(io::Error),
+    /// The ready file could not be written.
+    ReadyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        source: io::Error,
+    },
+}
+
+/// What was done to the control socket when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlStep {
+    /// Binding it.
+    Bind,
+    /// Giving it to `general.control_group`.
+    Group,
+    /// Setting its mode.
+    Mode,
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::EventLoop(e) => write!(f, "cannot create the event loop: {e}"),
+            StartError::Events(e) => write!(
+                f,
+                "cannot subscribe to conntrack events: {e} (needs root or CAP_NET_ADMIN and the nf_conntrack_netlink module)"
+            ),
+            StartError::Ctnetlink(e) => write!(f, "cannot open a ctnetlink socket: {e}"),
+            StartError::TooManyChannels(n) => write!(
+                f,
+                "sync.channels: {n} channels configured, at most {MAX_LINKS} are supported"
+            ),
+            StartError::Channel(e) => e.fmt(f),
+            StartError::ControlDir { dir, source } => {
+                write!(f, "cannot create {}: {source}", dir.display())
+            }
+            StartError::ControlInUse(path) => write!(
+                f,
+                "control socket {} is in use: another ctsyncd runs with this config (stop it with ctsyncd -k)",
+                path.display()
+            ),
+            StartError::Control { step, path, source } => {
+                let path = path.display();
+                match step {
+                    ControlStep::Bind => write!(f, "cannot bind control socket {path}: {source}"),
+                    ControlStep::Group => write!(
+                        f,
+                        "cannot give control socket {path} to general.control_group: {source}"
+                    ),
+                    ControlStep::Mode => {
+                        write!(f, "cannot set the mode of control socket {path}: {source}")
+                    }
+                }
+            }
+            StartError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            StartError::Register(e) => {
+                write!(f, "cannot register a socket with the event loop: {e}")
+            }
+            StartError::Metrics(e) => e.fmt(f),
+            StartError::Defer(e) => write!(f, "sync.defer: {e}"),
+            StartError::Dump(e) => write!(f, "cannot dump the conntrack table: {e}"),
+            StartError::ReadyFile { path, source } => {
+                write!(f, "cannot write the ready file {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::EventLoop(e)
+            | StartError::Events(e)
+            | StartError::Ctnetlink(e)
+            | StartError::Signals(e)
+            | StartError::Register(e)
+            | StartError::Defer(e)
+            | StartError::Dump(e)
+            | StartError::ControlDir { source: e, .. }
+            | StartError::Control { source: e, .. }
+            | StartError::ReadyFile { source: e, .. } => Some(e),
+            StartError::Channel(e) => Some(e),
+            StartError::Metrics(e) => Some(e),
+            StartError::TooManyChannels(_) | StartError::ControlInUse(_) => None,
+        }
+    }
+}
+
+/// Why an operator request failed. Its text is the status line the client
+/// prints to stderr (and, for a SIGHUP reload, the logged error).
+#[derive(Debug)]
+pub enum RequestError {
+    /// The request frame could not be decoded: a CLI of another version, or
+    /// a client that does not speak the control protocol.
+    Malformed(ControlError),
+    /// A kernel operation failed; nothing after it in the request was done.
+    Kernel {
+        /// Which operation.
+        op: KernelOp,
+        /// The kernel's (or the socket's) error.
+        source: io::Error,
+    },
+    /// The sync key file could not be read or is invalid; the keys in use
+    /// stay.
+    KeyFile(crate::config::KeyFileError),
+    /// `--check-ready` on a node that has not received the peer's whole
+    /// table since it started.
+    NotReady,
+    /// A test-suite request to a daemon started without `--test-hooks`.
+    TestHooksOff,
+}
+
+/// The kernel operations an operator request runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelOp {
+    /// `-F`: flush the conntrack table.
+    Flush,
+    /// `-R`: dump the table into the internal cache.
+    Dump,
+    /// `-t`: set every entry's timeout.
+    SetTimeouts,
+    /// `-c`: delete the local entries holding synced flows' NAT mappings.
+    DeleteConflicts,
+    /// `-c`: write the external cache's flows.
+    Commit,
+    /// `-c`: write the external cache's expectations.
+    CommitExpectations,
+}
+
+impl KernelOp {
+    /// What the operation does, as the start of its error line.
+    pub fn description(self) -> &'static str {
+        match self {
+            KernelOp::Flush => "flushing the kernel table",
+            KernelOp::Dump => "dumping the kernel table",
+            KernelOp::SetTimeouts => "setting kernel timeouts",
+            KernelOp::DeleteConflicts => "deleting the entries in the way of synced flows",
+            KernelOp::Commit => "commit to the kernel",
+            KernelOp::CommitExpectations => "commit of expectations to the kernel",
+        }
+    }
+
+    /// A `map_err` adapter: this operation failed with the given error.
+    pub fn failed(self) -> impl FnOnce(io::Error) -> RequestError {
+        move |source| RequestError::Kernel { op: self, source }
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::Malformed(e) => write!(f, "bad request: {e}"),
+            RequestError::Kernel { op, source } => {
+                write!(f, "{} failed: {source}", op.description())
+            }
+            RequestError::KeyFile(e) => {
+                write!(f, "key reload failed, keeping the current keys: {e}")
+            }
+            RequestError::NotReady => f.write_str(
+                "not ready: the peer's complete table has not arrived since the daemon started (is the peer's ctsyncd running and the sync link up? see ctsyncd -s link)",
+            ),
+            RequestError::TestHooksOff => f.write_str(
+                "test hooks are off: they are honoured only by a daemon started with --test-hooks, which test suites use",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RequestError::Malformed(e) => Some(e),
+            RequestError::KeyFile(e) => Some(e),
+            RequestError::Kernel { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 fn dump(cache: &Cache, json: bool) -> String {
     let mut out = String::with_capacity(cache.len() * 160);
     for entry in cache.iter() {
@@ -1757,39 +1965,106 @@ fn dump(cache: &Cache, json: bool) -> String {
 /// Bind the control socket with mode 0600, or group-owned by `group` with
 /// mode 0660. A socket file left by a dead daemon is replaced; one that
 /// answers belongs to a running daemon.
-fn bind_control(path: &Path, group: Option<u32>) -> Result<UnixListener, String> {
+fn bind_control(path: &Path, group: Option<u32>) -> Result<UnixListener, StartError> {
+    let failed = |step| move |source| StartError::Control { step, path: path.to_owned(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            .map_err(|source| StartError::ControlDir { dir: dir.to_owned(), source })?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "control socket {} is in use: another ctsyncd runs with this config (stop it with ctsyncd -k)",
-                path.display()
-            ));
+            return Err(StartError::ControlInUse(path.to_owned()));
         }
         let _ = std::fs::remove_file(path);
     }
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let bound = UnixListener::bind(path);
     nix::sys::stat::umask(old);
-    let listener =
-        bound.map_err(|e| format!("cannot bind control socket {}: {e}", path.display()))?;
+    let listener = bound.map_err(failed(ControlStep::Bind))?;
     // Created 0600 by the umask, so the group gets in only once it owns it.
     let mode = match group {
         Some(gid) => {
-            std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
-                format!(
-                    "cannot give control socket {} to general.control_group: {e}",
-                    path.display()
-                )
-            })?;
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(failed(ControlStep::Group))?;
             0o660
         }
         None => 0o600,
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set the mode of control socket {}: {e}", path.display()))?;
+        .map_err(failed(ControlStep::Mode))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines `ctsyncd -c`, `-F`, `-R`, `-t`, `--reload` and
+    /// `--check-ready` print on failure, which scripts and operators read.
+    #[test]
+    fn request_error_lines() {
+        let eperm = || io::Error::from_raw_os_error(libc::EPERM);
+        let eperm_text = eperm().to_string();
+        for (e, line) in [
+            (KernelOp::Flush.failed()(eperm()), "flushing the kernel table failed: "),
+            (KernelOp::Dump.failed()(eperm()), "dumping the kernel table failed: "),
+            (KernelOp::SetTimeouts.failed()(eperm()), "setting kernel timeouts failed: "),
+            (
+                KernelOp::DeleteConflicts.failed()(eperm()),
+                "deleting the entries in the way of synced flows failed: ",
+            ),
+            (KernelOp::Commit.failed()(eperm()), "commit to the kernel failed: "),
+            (
+                KernelOp::CommitExpectations.failed()(eperm()),
+                "commit of expectations to the kernel failed: ",
+            ),
+        ] {
+            assert_eq!(e.to_string(), format!("{line}{eperm_text}"));
+        }
+        assert_eq!(
+            RequestError::Malformed(ControlError::BadRequest(99)).to_string(),
+            "bad request: unknown control request 99"
+        );
+        assert_eq!(
+            RequestError::KeyFile(crate::config::KeyFileError {
+                file: "/etc/ctsync/sync.key".into(),
+                line: Some(3),
+                problem: crate::config::KeyProblem::NotHex,
+            })
+            .to_string(),
+            "key reload failed, keeping the current keys: /etc/ctsync/sync.key:3: key is not hex"
+        );
+        assert!(RequestError::NotReady.to_string().starts_with("not ready: the peer's complete"));
+        assert!(RequestError::TestHooksOff.to_string().contains("--test-hooks"));
+    }
+
+    /// A second daemon on the same control socket stops with the line that
+    /// says which socket and how to stop the first; a socket path under a
+    /// regular file names the directory that cannot be made.
+    #[test]
+    fn control_socket_start_errors() {
+        let dir = std::env::temp_dir().join(format!("ctsync-start-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("ctl.sock");
+        let first = bind_control(&path, None).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let second = bind_control(&path, None).map(|_| ()).unwrap_err();
+        let file = dir.join("file");
+        std::fs::write(&file, "").unwrap();
+        let under_file = bind_control(&file.join("ctl.sock"), None).map(|_| ()).unwrap_err();
+        drop(first);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(mode, 0o600);
+        assert!(matches!(second, StartError::ControlInUse(_)));
+        assert_eq!(
+            second.to_string(),
+            format!(
+                "control socket {} is in use: another ctsyncd runs with this config (stop it with ctsyncd -k)",
+                path.display()
+            )
+        );
+        assert!(
+            under_file.to_string().starts_with(&format!("cannot create {}: ", file.display())),
+            "{under_file}"
+        );
+    }
 }

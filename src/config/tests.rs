@@ -409,23 +409,27 @@ fn key_file_permissions_and_lengths_are_checked() {
         let keys = load_key_file(&good).unwrap();
         assert_eq!(keys.iter().map(|k| k.id).collect::<Vec<_>>(), vec![7, 8]);
         let open = write("open", &format!("1 {k1}\n"), 0o640);
-        let e = load_key_file(&open).unwrap_err();
+        let e = load_key_file(&open).unwrap_err().to_string();
         assert!(e.contains("open: mode 0640") && e.contains("chmod 600"), "{e}");
         let short = write("short", &format!("1 {k1}\n2 {}\n", "ab".repeat(31)), 0o600);
-        let e = load_key_file(&short).unwrap_err();
+        let e = load_key_file(&short).unwrap_err().to_string();
         assert!(e.contains("short:2: key is 31 bytes, at least 32"), "{e}");
         let three = write("three", &format!("1 {k1}\n2 {k2}\n3 {k1}\n"), 0o600);
-        assert!(load_key_file(&three).unwrap_err().contains("three:3: at most two keys"));
+        assert!(
+            load_key_file(&three).unwrap_err().to_string().contains("three:3: at most two keys")
+        );
         let bad = write("bad", "1 zz\n", 0o600);
-        assert!(load_key_file(&bad).unwrap_err().contains("bad:1: key is not hex"));
+        assert!(load_key_file(&bad).unwrap_err().to_string().contains("bad:1: key is not hex"));
         let dup = write("dup", &format!("1 {k1}\n1 {k2}\n"), 0o600);
-        assert!(load_key_file(&dup).unwrap_err().contains("dup:2: key id 1 appears twice"));
+        assert!(
+            load_key_file(&dup).unwrap_err().to_string().contains("dup:2: key id 1 appears twice")
+        );
         let empty = write("empty", "# nothing\n", 0o600);
-        assert!(load_key_file(&empty).unwrap_err().contains("no key"));
+        assert!(load_key_file(&empty).unwrap_err().to_string().contains("no key"));
         nix::unistd::chown(&good, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
     }
     // Not owned by root (always true for an unprivileged run).
-    let e = load_key_file(&good).unwrap_err();
+    let e = load_key_file(&good).unwrap_err().to_string();
     assert!(e.contains("good: owned by uid") && e.contains("root"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

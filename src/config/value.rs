@@ -98,19 +98,16 @@ const PROTOCOLS: [(&str, u8); 9] = [
 ];
 
 /// A protocol name (case-insensitive) or number 0-255.
-pub(super) fn protocol(s: &str) -> Result<u8, String> {
+pub(super) fn protocol(s: &str) -> Result<u8, FilterValueError> {
     let s = s.trim();
     if let Ok(n) = s.parse::<u8>() {
         return Ok(n);
     }
-    PROTOCOLS.iter().find(|(name, _)| name.eq_ignore_ascii_case(s)).map(|&(_, n)| n).ok_or_else(
-        || {
-            format!(
-                "unknown protocol \"{s}\" (use tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite \
-                 or a number 0-255)"
-            )
-        },
-    )
+    PROTOCOLS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(s))
+        .map(|&(_, n)| n)
+        .ok_or_else(|| FilterValueError::Protocol(s.to_owned()))
 }
 
 /// The name [`protocol`] reads back for `n`.
@@ -123,7 +120,7 @@ pub(super) fn protocol_name(n: u8) -> String {
 
 /// A TCP state name as conntrack prints it (`ESTABLISHED`), case-insensitive;
 /// `CLOSED` is conntrackd's alias of `CLOSE`.
-pub(super) fn tcp_state(s: &str) -> Result<u8, String> {
+pub(super) fn tcp_state(s: &str) -> Result<u8, FilterValueError> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("CLOSED") {
         return Ok(tcp_state::CLOSE);
@@ -133,13 +130,52 @@ pub(super) fn tcp_state(s: &str) -> Result<u8, String> {
         .position(|name| name.eq_ignore_ascii_case(s))
         .filter(|&i| i != usize::from(tcp_state::NONE))
         .map(|i| i as u8)
-        .ok_or_else(|| {
-            format!(
+        .ok_or_else(|| FilterValueError::TcpState(s.to_owned()))
+}
+
+/// An address or prefix of `general.filter.addresses`.
+pub(super) fn address(s: &str) -> Result<Cidr, FilterValueError> {
+    s.parse().map_err(|error| FilterValueError::Address { text: s.to_owned(), error })
+}
+
+/// A `general.filter` list item that is not a protocol, TCP state or
+/// address; the config error adds the file, line and key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum FilterValueError {
+    /// No protocol has this name or number.
+    Protocol(String),
+    /// No TCP state has this name.
+    TcpState(String),
+    /// Not an address or prefix.
+    Address {
+        /// The item as written.
+        text: String,
+        /// What is wrong with it.
+        error: CidrError,
+    },
+}
+
+impl fmt::Display for FilterValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FilterValueError::Protocol(s) => write!(
+                f,
+                "unknown protocol \"{s}\" (use tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite \
+                 or a number 0-255)"
+            ),
+            FilterValueError::TcpState(s) => write!(
+                f,
                 "unknown TCP state \"{s}\" (use SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, \
                  CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE or SYN_SENT2)"
-            )
-        })
+            ),
+            FilterValueError::Address { text, error } => {
+                write!(f, "invalid address or prefix \"{text}\": {error}")
+            }
+        }
+    }
 }
+
+impl std::error::Error for FilterValueError {}
 
 /// An IPv4 or IPv6 prefix, such as `10.0.0.0/8` or `fe80::/10`; a bare
 /// address is a host prefix.
@@ -319,7 +355,7 @@ mod tests {
         assert_eq!(protocol("ipv6-icmp"), Ok(58));
         assert_eq!(protocol("132"), Ok(132));
         assert!(protocol("256").is_err());
-        assert!(protocol("tcpp").unwrap_err().contains("\"tcpp\""));
+        assert!(protocol("tcpp").unwrap_err().to_string().contains("\"tcpp\""));
         for n in 0..=255u8 {
             assert_eq!(protocol(&protocol_name(n)), Ok(n));
         }
@@ -328,6 +364,18 @@ mod tests {
         assert_eq!(tcp_state("TIME_WAIT"), Ok(tcp_state::TIME_WAIT));
         assert!(tcp_state("NONE").is_err());
         assert!(tcp_state("OPEN").is_err());
+        assert_eq!(
+            protocol("tcpp").unwrap_err().to_string(),
+            "unknown protocol \"tcpp\" (use tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite or a number 0-255)"
+        );
+        assert_eq!(
+            tcp_state(" OPEN ").unwrap_err().to_string(),
+            "unknown TCP state \"OPEN\" (use SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE or SYN_SENT2)"
+        );
+        assert_eq!(
+            address("10.0.0.1/8").unwrap_err().to_string(),
+            "invalid address or prefix \"10.0.0.1/8\": address has bits set beyond the prefix length"
+        );
     }
 
     fn cidr(s: &str) -> Cidr {
