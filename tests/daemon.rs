@@ -1668,7 +1668,8 @@ fn each_stats_section_prints_its_own_part() {
         ("cache", "cache:internal\tactive objects:\t\t           0", "network statistics:"),
         ("runtime", "netlink stats:", "cache internal:"),
         ("link", "UDP traffic device=sync0 status=RUNNING role=ACTIVE:", "message tracking:"),
-        ("rsqueue", "resent queue (len=0)", "cache internal:"),
+        // Its length moves with the ACKs of the moment.
+        ("rsqueue", "resent queue (len=", "cache internal:"),
         ("queue", "queue rsqueue:", "cache internal:"),
     ];
     // The carrier of a new veth comes up within a second (linkwatch), and
@@ -1677,7 +1678,7 @@ fn each_stats_section_prints_its_own_part() {
         .unwrap_or_else(|| panic!("sync0 not running: {}", pair.cli_ok(1, &["-s", "link"])));
     for (section, has, lacks) in sections {
         let text = pair.cli_ok(1, &["-s", section]);
-        assert!(text.lines().any(|l| l == has), "-s {section} lacks {has:?}:\n{text}");
+        assert!(text.lines().any(|l| l.starts_with(has)), "-s {section} lacks {has:?}:\n{text}");
         assert!(!text.contains(lacks), "-s {section} has {lacks:?}:\n{text}");
     }
     let runtime = pair.cli_ok(1, &["-s", "runtime"]);
