@@ -21,7 +21,6 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::ftfw::Seq;
-use crate::metrics::HistogramSnapshot;
 
 /// Counters of deferral, as `-s` and the metrics show them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -239,6 +238,18 @@ impl Histogram {
         }
         self.max_us
     }
+}
+
+/// A histogram already counted elsewhere (the deferred packets' hold
+/// times): per-bucket counts with their upper bounds, `+Inf` last.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Sum of the observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+    /// (upper bound, observations in this bucket only).
+    pub buckets: Vec<(f64, u64)>,
 }
 
 #[cfg(test)]

@@ -347,6 +347,15 @@ pub enum ExpChange {
     Destroy(Box<Expectation>),
 }
 
+/// What a kernel write of expectations did, for [`ExpState::commit`].
+#[derive(Debug, Default)]
+pub struct ExpWritten {
+    pub created: usize,
+    pub updated: usize,
+    /// Refused by the kernel: expected tuple and errno.
+    pub failed: Vec<(FlowKey, i32)>,
+}
+
 /// What a commit of the external expectations did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExpCommitReport {
@@ -445,15 +454,16 @@ impl ExpState {
     }
 
     /// Commit the external expectations whose master `has_master` says the
-    /// kernel holds (call it after the flows' commit); returns the line
-    /// `-c` prints, or the kernel's error.
+    /// kernel holds (call it after the flows' commit) with `write`, which
+    /// puts them in the kernel and says what it created, updated and
+    /// refused; returns the line `-c` prints, or the kernel's error.
     pub fn commit(
         &mut self,
-        kernel: &mut crate::netlink::Kernel,
         has_master: impl Fn(&FlowKey) -> bool,
+        write: impl FnOnce(Vec<&Expectation>) -> std::io::Result<ExpWritten>,
     ) -> std::io::Result<String> {
         let (ready, no_master) = self.committable(has_master);
-        let done = kernel.commit_expectations(ready)?;
+        let done = write(ready)?;
         let report = ExpCommitReport {
             created: done.created,
             existing: done.updated,

@@ -38,6 +38,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use serde_json::Value;
 
+use crate::defer::HistogramSnapshot;
 use crate::stats::StatsReport;
 
 /// The listening socket's token.
@@ -303,18 +304,6 @@ pub fn render(report: &StatsReport) -> String {
     let mut out = String::new();
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
     out
-}
-
-/// A histogram already counted elsewhere (the deferred packets' hold
-/// times): per-bucket counts with their upper bounds, `+Inf` last.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct HistogramSnapshot {
-    /// Sum of the observations.
-    pub sum: f64,
-    /// Number of observations.
-    pub count: u64,
-    /// (upper bound, observations in this bucket only).
-    pub buckets: Vec<(f64, u64)>,
 }
 
 impl TypedMetric for HistogramSnapshot {

@@ -26,7 +26,7 @@ use crate::control::{self, CacheSel, ControlReply, Request};
 use crate::defer::{Deferral, Skip};
 use crate::digest::{self, RepairLedger};
 use crate::direct::{DirectToKernel, Role};
-use crate::expect::{ExpChange, ExpState, ExpectSync};
+use crate::expect::{ExpChange, ExpState, ExpWritten, ExpectSync};
 use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey, proto, tcp_state};
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent, PeerState, Seq};
@@ -36,7 +36,7 @@ use crate::netlink::queue::{QueueSocket, QueuedPacket};
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
 use crate::readiness::Readiness;
 use crate::reject;
-use crate::stats::{DeferReport, ExpReport, PeerPhase, PeerView, StatsReport};
+use crate::stats::{DeferReport, ExpReport, PeerPhase, PeerView, RuntimeStats, StatsReport};
 use crate::systemd;
 
 mod error;
@@ -79,35 +79,6 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Honour the test-only control requests (`--test-hooks`).
     pub test_hooks: bool,
-}
-
-/// Daemon-wide counters, as `-s runtime` shows them.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct RuntimeStats {
-    pub events_received: u64,
-    pub events_filtered: u64,
-    pub events_own: u64,
-    /// Destroy events of a kernel entry that another one with the same
-    /// tuples has replaced since (see `flow::EntryId`), ignored.
-    pub events_stale: u64,
-    pub netlink_overruns: u64,
-    pub kernel_resyncs: u64,
-    pub commits: u64,
-    pub commit_failures: u64,
-    /// Kernel entries deleted by commits because they held a synced flow's
-    /// NAT mapping.
-    pub commit_displaced: u64,
-    pub control_requests: u64,
-    pub control_errors: u64,
-    /// Control clients refused: neither root nor in `general.control_group`.
-    pub control_refused: u64,
-    /// Permitted control clients turned away: all connections taken, or
-    /// the user's share (see `control::admit`).
-    pub control_busy: u64,
-    /// Control clients closed for sending no request, or leaving the
-    /// answer unread, for too long.
-    pub control_timeouts: u64,
-    pub datagrams_unsent: u64,
 }
 
 const EVENTS: Token = Token(0);
@@ -1632,11 +1603,19 @@ impl Daemon {
         &mut self,
         failed: &std::collections::HashSet<crate::flow::FlowKey>,
     ) -> Result<String, RequestError> {
-        let (external, internal) = (&self.external, &self.internal);
+        let (external, internal, kernel) = (&self.external, &self.internal, &mut self.kernel);
         self.exp
-            .commit(&mut self.kernel, |m| {
-                (external.get(m).is_some() && !failed.contains(m)) || internal.get(m).is_some()
-            })
+            .commit(
+                |m| (external.get(m).is_some() && !failed.contains(m)) || internal.get(m).is_some(),
+                |ready| {
+                    let done = kernel.commit_expectations(ready)?;
+                    Ok(ExpWritten {
+                        created: done.created,
+                        updated: done.updated,
+                        failed: done.failed,
+                    })
+                },
+            )
             .map_err(KernelOp::CommitExpectations.failed())
     }
 

@@ -17,15 +17,42 @@ use std::time::{Duration, SystemTime};
 use crate::cache::CacheStats;
 use crate::channel::LinkStatus;
 use crate::control::StatsSection;
-use crate::defer::DeferStats;
+use crate::defer::{DeferStats, HistogramSnapshot};
 use crate::digest::AntiEntropyStats;
 use crate::direct::DirectStats;
 use crate::expect::{ExpCacheStats, ExpStats};
 use crate::ftfw::FtfwStats;
-use crate::metrics::HistogramSnapshot;
 use crate::netlink::EventStats;
 use crate::netlink::queue::QueueStats;
-use crate::reactor::RuntimeStats;
+
+/// Daemon-wide counters, as `-s runtime` shows them.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct RuntimeStats {
+    pub events_received: u64,
+    pub events_filtered: u64,
+    pub events_own: u64,
+    /// Destroy events of a kernel entry that another one with the same
+    /// tuples has replaced since (see `flow::EntryId`), ignored.
+    pub events_stale: u64,
+    pub netlink_overruns: u64,
+    pub kernel_resyncs: u64,
+    pub commits: u64,
+    pub commit_failures: u64,
+    /// Kernel entries deleted by commits because they held a synced flow's
+    /// NAT mapping.
+    pub commit_displaced: u64,
+    pub control_requests: u64,
+    pub control_errors: u64,
+    /// Control clients refused: neither root nor in `general.control_group`.
+    pub control_refused: u64,
+    /// Permitted control clients turned away: all connections taken, or
+    /// the user's share (see `control::admit`).
+    pub control_busy: u64,
+    /// Control clients closed for sending no request, or leaving the
+    /// answer unread, for too long.
+    pub control_timeouts: u64,
+    pub datagrams_unsent: u64,
+}
 
 /// Every counter of the daemon at one moment. Serialised, it is the
 /// `-s --json` document (`docs/metrics.md`); fields marked `skip` are for
