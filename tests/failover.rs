@@ -13,6 +13,8 @@
 //! Run alone with its report:
 //! `cargo nextest run --cargo-profile ci --test failover --no-capture`.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -323,23 +325,6 @@ fn a_pushed_udp_stream_survives_datagrams_that_reach_the_vip_before_the_commit()
     );
 }
 
-/// examples/ctload (the load tool), built with this test binary's profile;
-/// it fills a firewall's table with 200k flows in a few seconds.
-fn ctload() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let dir_name = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-    // Cargo puts the `dev` profile in target/debug, every other in its name.
-    let profile = if dir_name == "debug" { "dev" } else { dir_name };
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "ctload", "--profile", profile])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "cargo build --example ctload failed");
-    profile_dir.join("examples").join("ctload")
-}
-
 /// One `OUTAGE phase=P switch=S n=N median_ms=M max_ms=X` line of the
 /// lab's report: the longest gap the TCP stream saw after each switch.
 #[derive(Debug, Clone, Copy)]
@@ -377,7 +362,7 @@ fn loaded_vars(direct: bool, tcp_loose: &str) -> Vec<(&'static str, String)> {
         ("LAB_DIRECT", if direct { "1" } else { "0" }.to_string()),
         ("LAB_TCP_LOOSE", tcp_loose.to_string()),
         ("LAB_FLOWS", env_or("CTSYNC_LAB_LOADED_FLOWS", "200000")),
-        ("LAB_CTLOAD", ctload().display().to_string()),
+        ("LAB_CTLOAD", common::ctload().display().to_string()),
         ("LAB_HOLD", "2".to_string()),
         ("LAB_USER_TIMEOUT_MS", "1500".to_string()),
         ("LAB_GAP_LOG_MS", "20".to_string()),

@@ -158,3 +158,21 @@ impl Drop for SysctlGuard {
         let _ = std::fs::write(&self.path, &self.old);
     }
 }
+
+/// examples/ctload (the load tool), built with the profile of this test
+/// binary; returns its path (`target/<profile>/examples/ctload`, beside this binary's `deps/`).
+pub fn ctload() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let dir_name = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    // Cargo puts the `dev` profile in target/debug, every other in its name
+    // (`ci` too: built as `dev`, the binary run here would be a stale one).
+    let profile = if dir_name == "debug" { "dev" } else { dir_name };
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", "ctload", "--profile", profile])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo build --example ctload failed");
+    profile_dir.join("examples").join("ctload")
+}
