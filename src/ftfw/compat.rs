@@ -160,9 +160,9 @@ impl Ftfw {
 
     fn note_taken(&mut self, seq: Seq, print: u64) {
         if self.taken.is_empty() {
-            self.taken = vec![(Seq(0), 0); TAKEN_SLOTS];
+            self.taken = vec![None; TAKEN_SLOTS];
         }
-        self.taken[seq.0 as usize % TAKEN_SLOTS] = (seq, print);
+        self.taken[seq.0 as usize % TAKEN_SLOTS] = Some((seq, print));
     }
 
     /// A late message: if we took another message under its seq, one of
@@ -170,7 +170,7 @@ impl Ftfw {
     /// here. Which one cannot be told; the peer's whole table repairs what
     /// it holds (a lost destroy stays: this format has no end of table).
     fn check_collision(&mut self, now: Instant, seq: Seq, print: u64) {
-        let Some(&(taken, taken_print)) = self.taken.get(seq.0 as usize % TAKEN_SLOTS) else {
+        let Some(&Some((taken, taken_print))) = self.taken.get(seq.0 as usize % TAKEN_SLOTS) else {
             return;
         };
         if taken != seq || taken_print == print {

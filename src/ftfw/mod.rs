@@ -436,7 +436,7 @@ pub struct Ftfw {
     /// conntrackd dialect: what was taken at each recent seq, by
     /// `seq % TAKEN_SLOTS` ([`compat::fingerprint`]), to tell a late copy
     /// from a different message under the same seq.
-    taken: Vec<(Seq, u64)>,
+    taken: Vec<Option<(Seq, u64)>>,
     /// conntrackd dialect: when a collision last asked for the peer's table.
     collision_resync_at: Option<Instant>,
     /// The oldest unacknowledged seq, and since when it has been.
