@@ -2,6 +2,7 @@
 # Runs every cargo-fuzz target (or those named) for a fixed time each, one
 # after the other in a single process, and prints executions and crashes per
 # target. A crash fails the run; its input is in fuzz/artifacts/<target>/.
+# Inputs kept in fuzz/regressions/<target>/ (past crashes) run every time.
 # Builds as cargo-fuzz does by default: optimized, with debug assertions,
 # overflow checks and AddressSanitizer.
 # Usage: scripts/fuzz.sh SECONDS_PER_TARGET [TARGET...]
@@ -34,6 +35,8 @@ summary=()
 for t in "${targets[@]}"; do
   log=$(mktemp)
   mkdir -p "fuzz/corpus/$t"
+  # Inputs that once crashed a target are replayed first on every run.
+  if [ -d "fuzz/regressions/$t" ]; then cp -f "fuzz/regressions/$t"/* "fuzz/corpus/$t/"; fi
   limits=(-max_total_time="$secs")
   [ -n "${FUZZ_RUNS:-}" ] && limits+=(-runs="$FUZZ_RUNS")
   start=$SECONDS

@@ -59,7 +59,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(sent < 10_000, "poll_transmit never ends");
         }
         let stats = core.stats();
-        assert!(stats.resend_queue_len <= RESEND_QUEUE as u64, "{stats:?}");
+        // Keepalives, ACKs and NACKs take seqs in this dialect even when
+        // data waits for ACKs; the queue is given up at twice its size.
+        assert!(stats.resend_queue_len <= 2 * RESEND_QUEUE as u64, "{stats:?}");
         // Every local change and bulk entry is for one of the 20 flows.
         assert!(stats.tx_queue_len <= 64, "{stats:?}");
     }

@@ -65,10 +65,30 @@ impl Ftfw {
     pub(super) fn hold(&mut self, item: Item) {
         if self.resend.is_full() {
             self.resend.trim_control();
+            // Data waits for ACKs that never come (a dead peer, a cut
+            // link) while keepalives keep taking seqs: past twice the
+            // capacity, give the held data up to the transmit queue, which
+            // sends it again under new seqs, rather than grow for ever.
+            if self.resend.len() >= 2 * self.resend.capacity() {
+                self.stats.resend_resets += 1;
+                self.requeue_resend();
+            }
         }
         let seq = self.next_seq;
         self.next_seq = seq.next();
         self.resend.push(seq, item);
+    }
+
+    /// Empty the resend queue, putting what it held that says something
+    /// about our table back at the head of the transmit queue.
+    fn requeue_resend(&mut self) {
+        self.lost.clear();
+        self.resend.drain_all(self.next_seq, &mut self.lost);
+        for item in self.lost.drain(..).rev() {
+            if !item.is_control() {
+                self.tx.requeue(item);
+            }
+        }
     }
 
     /// conntrackd's `ftfw_recv` for each message of a datagram.
@@ -206,13 +226,7 @@ impl Ftfw {
                 self.stats.peer_restarts += 1;
                 self.events.push_back(PeerEvent::PeerRestarted);
             }
-            self.lost.clear();
-            self.resend.drain_all(self.next_seq, &mut self.lost);
-            for item in self.lost.drain(..).rev() {
-                if !item.is_control() {
-                    self.tx.requeue(item);
-                }
-            }
+            self.requeue_resend();
             self.ranges.clear();
         }
         if hello {

@@ -320,6 +320,10 @@ pub struct FtfwStats {
     /// acknowledged (a forged ACK, or a peer that lost them), each
     /// answered with our whole table.
     pub nacks_of_acked: u64,
+    /// conntrackd dialect: the resend queue reached twice its capacity while
+    /// the peer acknowledged nothing; what it held was queued to be sent
+    /// again.
+    pub resend_resets: u64,
     /// conntrackd dialect: late messages whose seq we had taken for a
     /// different message (one of the two was forged), each answered with a
     /// request for the peer's table (at most one per half peer timeout).

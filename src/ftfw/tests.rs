@@ -1029,3 +1029,32 @@ fn compat_a_late_message_under_a_taken_seq_asks_for_the_table() {
     let out: Vec<_> = compat_sent(&mut core, now).into_iter().map(|(_, m)| m).collect();
     assert!(!out.contains(&Message::ResyncRequest), "{out:?}");
 }
+
+#[test]
+fn compat_keepalives_to_a_silent_peer_keep_the_resend_queue_bounded() {
+    let mut now = Instant::now();
+    let cfg = FtfwConfig { dialect: Dialect::Conntrackd, resend_queue: 16, ..cfg() };
+    let mut core = Ftfw::new(cfg, US, 500, now);
+    compat_sent(&mut core, now);
+    let hello_back =
+        compat_message(crate::wire::conntrackd::flags::HELLO_BACK, 100, &Message::Alive);
+    core.handle_datagram(now, &hello_back);
+    for port in 0..40 {
+        core.queue(LocalChange::New(flow(port)));
+    }
+    // Backpressure stops new data at the queue's capacity; the peer never
+    // answers, and every keepalive takes a seq in this dialect.
+    let first = compat_sent(&mut core, now);
+    assert!(first.iter().any(|(_, m)| matches!(m, Message::FlowNew(_))));
+    let mut most = 0;
+    for _ in 0..2000 {
+        now += Duration::from_millis(250);
+        core.handle_timeout(now);
+        compat_sent(&mut core, now);
+        most = most.max(core.stats().resend_queue_len);
+    }
+    assert!(most <= 32, "the resend queue grew to {most} entries for a silent peer");
+    // What the peer never acknowledged is sent again after the queue is
+    // given up, so none of it is lost when the peer comes back.
+    assert!(core.stats().resend_resets > 0, "{:?}", core.stats());
+}
