@@ -1,0 +1,359 @@
+//! Operator requests: what `-c`, `-f`, `-R`, `-n`, `-s`, `-i`/`-e` and
+//! the others do, and the reports and metrics they read.
+
+use super::*;
+
+impl Daemon {
+    /// Carry out one operator request; the text (or JSON) to print, or an
+    /// error line.
+    pub(super) fn execute(&mut self, request: Request, json: bool) -> Result<String, RequestError> {
+        match request {
+            Request::Commit => {
+                if let Some(direct) = &mut self.direct {
+                    direct.set_role(Role::Master);
+                }
+                self.commit()
+            }
+            Request::FlushCache(which) => {
+                let (i, e) = match which {
+                    Some(CacheSel::Internal) => (true, false),
+                    Some(CacheSel::External) => (false, true),
+                    None => (true, true),
+                };
+                let mut out = String::new();
+                if i {
+                    let _ = writeln!(
+                        out,
+                        "flushed {} flows from the internal cache",
+                        self.internal.len()
+                    );
+                    self.internal.clear();
+                    self.internal_flushed = true;
+                }
+                if e {
+                    let _ = writeln!(
+                        out,
+                        "flushed {} flows from the external cache",
+                        self.external.len()
+                    );
+                    self.external.clear();
+                    self.exp.external.clear();
+                }
+                if i {
+                    self.exp.internal.clear();
+                }
+                Ok(out)
+            }
+            Request::FlushKernel => {
+                if let Some(direct) = &mut self.direct {
+                    direct.lost_track();
+                }
+                self.kernel.flush().map_err(KernelOp::Flush.failed())?;
+                Ok("kernel conntrack table flushed\n".into())
+            }
+            Request::ResyncKernel => {
+                let (changed, gone) =
+                    self.resync_kernel(true, true).map_err(KernelOp::Dump.failed())?;
+                self.internal_flushed = false;
+                Ok(format!(
+                    "internal cache resynced with the kernel: {} flows, {changed} new or changed, {gone} gone\n",
+                    self.internal.len()
+                ))
+            }
+            Request::BulkSend => {
+                self.bulk_send();
+                Ok(format!("bulk send of {} flows queued\n", self.internal.len()))
+            }
+            Request::RequestResync => {
+                self.ftfw.request_resync();
+                Ok("resync requested from the peer\n".into())
+            }
+            Request::Purge => {
+                if let Some(direct) = &mut self.direct {
+                    // The peer's flows in our kernel are its replicas, not
+                    // zombies of our time as master; which are which is
+                    // known once the new master's table is here.
+                    direct.schedule_purge(
+                        Instant::now() + Duration::from_secs(self.cfg.purge_timeout.into()),
+                    );
+                    return Ok(format!(
+                        "in {0} s, kernel flows the peer does not hold will be set to expire in {0} s unless traffic refreshes them\n",
+                        self.cfg.purge_timeout
+                    ));
+                }
+                let n = self
+                    .kernel
+                    .set_timeout_all(self.cfg.purge_timeout)
+                    .map_err(KernelOp::SetTimeouts.failed())?;
+                Ok(format!(
+                    "{n} kernel flows now expire in {} s unless traffic refreshes them\n",
+                    self.cfg.purge_timeout
+                ))
+            }
+            Request::Kill => {
+                self.stop = true;
+                Ok("ctsyncd stopping\n".into())
+            }
+            Request::Stats(section) => Ok(self.stats_report(section, json)),
+            Request::Metrics => Ok(metrics::render(&self.report())),
+            Request::DumpInternal => Ok(dump(&self.internal, json)),
+            Request::DumpExternal => Ok(dump(&self.external, json)),
+            Request::DumpExpectations(which) => {
+                let cache = match which {
+                    CacheSel::Internal => &self.exp.internal,
+                    CacheSel::External => &self.exp.external,
+                };
+                Ok(crate::expect::dump(cache, json))
+            }
+            Request::Reload => self.reload().map(|line| line + "\n"),
+            // The answer itself is the proof of life: keepalived's check
+            // fails when nothing answers, so only a running daemon with
+            // the peer's table can make a node look ready.
+            Request::CheckReady if self.readiness.is_ready() => {
+                Ok("ready: this node holds the peer's complete table and may take over\n".into())
+            }
+            Request::CheckReady => Err(RequestError::NotReady),
+            Request::TestDropPeerFlows(on) => {
+                if !self.cfg.test_hooks {
+                    return Err(RequestError::TestHooksOff);
+                }
+                self.test_drop_peer_flows = on;
+                log::warn!(
+                    "test hook: the peer's flow messages are {}",
+                    if on { "dropped" } else { "applied again" }
+                );
+                Ok(format!("peer flow messages {}\n", if on { "dropped" } else { "applied" }))
+            }
+        }
+    }
+
+    pub(super) fn commit_options(&self) -> CommitOptions {
+        CommitOptions {
+            timeout: self.cfg.commit_timeout,
+            be_liberal: self.cfg.be_liberal,
+            // In direct-to-kernel mode what the kernel holds is the peer's
+            // latest state or newer local state: only fill in what expired.
+            create_only: self.direct.is_some(),
+        }
+    }
+
+    /// Entries our own request deleted: their destroy events carry our
+    /// port id and never come back, so the internal cache and the peer
+    /// learn it here.
+    pub(super) fn forget_deleted(&mut self, keys: &[FlowKey]) {
+        for key in keys {
+            if self.internal.remove(key).is_some() {
+                self.ftfw.queue(LocalChange::Destroy(*key));
+            }
+        }
+    }
+
+    pub(super) fn commit(&mut self) -> Result<String, RequestError> {
+        let started = Instant::now();
+        // What the kernel made until now must be in the internal cache
+        // before the conflicts are looked for.
+        self.drain_kernel_events(started);
+        let conflicts = if self.direct.is_none() {
+            crate::cache::nat_conflicts(&self.internal, &self.external)
+        } else {
+            Vec::new()
+        };
+        let displaced = if conflicts.is_empty() {
+            0
+        } else {
+            let report =
+                self.kernel.delete(&conflicts).map_err(KernelOp::DeleteConflicts.failed())?;
+            log::warn!(
+                "commit: {} kernel entries stood in the way of synced flows' NAT mappings and were deleted (first: {}); packets that reached this node's virtual IPs before the commit made them",
+                report.deleted,
+                conflicts[0]
+            );
+            report.deleted
+        };
+        self.forget_deleted(&conflicts);
+        // Most recently updated first: the flows carrying traffic now reach
+        // the kernel before a long tail of idle ones.
+        // In direct-to-kernel mode only the replicas the kernel dropped need
+        // it, when the daemon knows which they are.
+        let missing = self.direct.as_ref().and_then(DirectToKernel::missing);
+        let mut order: Vec<(u64, &Flow)> = self
+            .external
+            .iter()
+            .filter(|e| missing.is_none_or(|m| m.contains(&e.flow.key())))
+            .map(|e| (e.stamp, &e.flow))
+            .collect();
+        order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
+        let opts = self.commit_options();
+        // The events of the commit's moments are read between its batches
+        // (see Kernel::commit_with) and applied once it is done.
+        let mut during = Vec::new();
+        let events = &mut self.events;
+        let mut read_events = || {
+            if let Err(e) = events.recv(&mut during, usize::MAX) {
+                log::warn!("reading conntrack events during the commit failed: {e}");
+            }
+        };
+        let result =
+            self.kernel.commit_with(order.into_iter().map(|(_, f)| f), &opts, &mut read_events);
+        self.handle_kernel_events(Instant::now(), &mut during);
+        let report = result.map_err(KernelOp::Commit.failed())?;
+        if let Some(direct) = &mut self.direct {
+            direct.set_missing(report.failed.iter().map(|(k, _)| *k));
+        }
+        self.stats.commits += 1;
+        self.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.stats.commit_failures += report.failed.len() as u64;
+        for (key, errno) in report.failed.iter().take(5) {
+            log::warn!("commit of {key} failed: {}", io::Error::from_raw_os_error(*errno));
+        }
+        self.stats.commit_displaced += (displaced + report.displaced.len()) as u64;
+        self.forget_deleted(&report.displaced);
+        if let Some(first) = report.displaced.first() {
+            log::warn!(
+                "commit: {} kernel entries held the NAT mapping of a synced flow and were deleted for it (first: {first}); they were made by packets that reached this node's virtual IPs before the commit",
+                report.displaced.len()
+            );
+        }
+        let mut line = format!("committed {}", report.summary());
+        if displaced > 0 {
+            let _ = write!(
+                line,
+                "; {displaced} entries in the way of synced flows' NAT mappings deleted first"
+            );
+        }
+        log::info!("{line}");
+        if !self.exp.sync.enabled() {
+            return Ok(line + "\n");
+        }
+        let failed: std::collections::HashSet<_> = report.failed.iter().map(|(k, _)| *k).collect();
+        let exp_line = self.commit_expectations(&failed)?;
+        Ok(format!("{line}\n{exp_line}\n"))
+    }
+
+    /// Commit the external expectations whose master is now in the kernel:
+    /// committed from the external cache just now (and not in `failed`),
+    /// or one of this kernel's own flows.
+    pub(super) fn commit_expectations(
+        &mut self,
+        failed: &std::collections::HashSet<crate::flow::FlowKey>,
+    ) -> Result<String, RequestError> {
+        let (external, internal, kernel) = (&self.external, &self.internal, &mut self.kernel);
+        self.exp
+            .commit(
+                |m| (external.get(m).is_some() && !failed.contains(m)) || internal.get(m).is_some(),
+                |ready| {
+                    let done = kernel.commit_expectations(ready)?;
+                    Ok(ExpWritten {
+                        created: done.created,
+                        updated: done.updated,
+                        failed: done.failed,
+                    })
+                },
+            )
+            .map_err(KernelOp::CommitExpectations.failed())
+    }
+
+    /// Start a bulk of the internal cache now.
+    pub(super) fn bulk_now(&mut self, now: Instant) {
+        self.last_bulk = Some(now);
+        self.bulk_pending = false;
+        log::info!("sending all {} internal flows to the peer", self.internal.len());
+        self.bulk_send();
+    }
+
+    pub(super) fn bulk_send(&mut self) {
+        let exps = self.exp.internal.iter().map(|e| &e.exp);
+        self.ftfw.bulk_send_with_expectations(self.internal.iter().map(|e| &e.flow), exps);
+    }
+
+    pub(super) fn stats_report(
+        &self,
+        section: Option<control::StatsSection>,
+        json: bool,
+    ) -> String {
+        let report = self.report();
+        if json {
+            return serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
+        }
+        report.to_text(section)
+    }
+
+    /// The counters `-s` and the metrics show.
+    pub(super) fn report(&self) -> StatsReport {
+        let links = self.channels.status();
+        let state = match self.ftfw.peer_state() {
+            PeerState::Established => PeerPhase::Up,
+            PeerState::Silent => PeerPhase::Down,
+            PeerState::HelloSent if self.peer_down_since.is_some() => PeerPhase::Down,
+            PeerState::HelloSent => PeerPhase::Waiting,
+        };
+        let active = self.channels.active();
+        StatsReport {
+            uptime_seconds: self.started.elapsed().as_secs(),
+            synced: self.ftfw.is_synced(),
+            ready: self.readiness.is_ready(),
+            internal: self.internal.stats(),
+            external: self.external.stats(),
+            runtime: self.stats,
+            netlink: self.events.stats(),
+            netlink_rcvbuf: self.events.rcvbuf(),
+            protocol: self.ftfw.stats().clone(),
+            anti_entropy: self.repairs.stats,
+            links,
+            expectations: self.exp.sync.enabled().then(|| ExpReport {
+                internal: self.exp.internal.stats(),
+                external: self.exp.external.stats(),
+                runtime: self.exp.stats,
+            }),
+            direct: self.direct.as_ref().map(DirectToKernel::stats).unwrap_or_default(),
+            defer: self
+                .defer
+                .as_ref()
+                .map(|d| DeferReport { held: d.held.stats(), queue: d.queue.stats() }),
+            peer: PeerView {
+                addr: self.channels.peer_addr(active).map(|a| a.to_string()).unwrap_or_default(),
+                state,
+                down_since: self.peer_down_since,
+            },
+            resend_queue_max: self.cfg.ftfw.resend_queue as u64,
+            unsent_pending: self.unsent.is_some(),
+            defer_max_held: self.cfg.defer.as_ref().map_or(0, |d| u64::from(d.max_held)),
+            defer_hold: self.defer.as_ref().map(|d| d.held.hold_histogram()),
+            commit_seconds: self.commit_seconds.clone(),
+        }
+    }
+
+    /// Send the systemd status line if it changed (called once a second).
+    pub(super) fn update_status(&mut self) {
+        let line = self.report().status_line();
+        if line != self.status_sent {
+            systemd::notify_status(&line);
+            self.status_sent = line;
+        }
+    }
+
+    /// A metrics scrape is ready to accept, read or write.
+    pub(super) fn on_metrics(&mut self, token: Token) {
+        let Some(mut server) = self.metrics.take() else { return };
+        if token == metrics::LISTENER {
+            server.accept(self.poll.registry());
+        } else {
+            server.on_ready(self.poll.registry(), token, || metrics::render(&self.report()));
+        }
+        self.metrics = Some(server);
+    }
+}
+
+fn dump(cache: &Cache, json: bool) -> String {
+    let mut out = String::with_capacity(cache.len() * 160);
+    for entry in cache.iter() {
+        if json {
+            // One JSON object per line, so a million flows stream and parse
+            // line by line.
+            let _ = writeln!(out, "{}", serde_json::to_string(&entry.flow).unwrap_or_default());
+        } else {
+            let _ = writeln!(out, "{}", entry.flow);
+        }
+    }
+    out
+}
