@@ -24,6 +24,7 @@ mod handover_sim;
 pub mod logging;
 pub mod metrics;
 pub mod netlink;
+pub mod node;
 pub mod reactor;
 pub mod readiness;
 pub mod reject;

@@ -29,16 +29,16 @@ use crate::cache::{Cache, Removal, Upsert};
 use crate::channel::{Channels, LinkSpec, Recv};
 use crate::control::{self, CacheSel, ControlReply, Request};
 use crate::defer::{Deferral, Skip};
-use crate::digest::{self, RepairLedger};
 use crate::direct::{DirectToKernel, Role};
-use crate::expect::{ExpChange, ExpState, ExpWritten, ExpectSync};
+use crate::expect::{ExpChange, ExpWritten, ExpectSync};
 use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey, proto, tcp_state};
-use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerEvent, PeerState, Seq};
+use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerState, Seq};
 use crate::logging::RateLimit;
 use crate::metrics;
 use crate::netlink::queue::{QueueSocket, QueuedPacket};
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
+use crate::node::{Action, Node};
 use crate::readiness::Readiness;
 use crate::reject;
 use crate::stats::{DeferReport, ExpReport, PeerPhase, PeerView, RuntimeStats, StatsReport};
@@ -117,12 +117,6 @@ const DATAGRAM_BATCH: usize = 256;
 const MASTER_REFRESH_DELAY: Duration = Duration::from_millis(5);
 const LINK_CHECK: Duration = Duration::from_secs(1);
 const MAX_REQUEST: usize = 4096;
-/// At most one log line about HELLO probes this often.
-const PROBE_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// Bulks to the peer start at least this far apart: in conntrackd's wire
-/// format anyone can send a HELLO, and each would cost a walk of the
-/// whole table. Requests in between are served by one bulk at the end.
-const BULK_SPACING: Duration = Duration::from_secs(1);
 
 /// The running daemon.
 pub struct Daemon {
@@ -137,50 +131,29 @@ pub struct Daemon {
     client_uids: HashMap<u32, usize>,
     /// Clients turned away as busy since the last log line about it.
     busy_unlogged: u64,
-    /// When a HELLO probe was last logged.
-    last_probe_log: Option<Instant>,
     next_client: usize,
     signals: Signals,
     metrics: Option<metrics::Server>,
-    ftfw: Ftfw,
-    internal: Cache,
-    external: Cache,
-    exp: ExpState,
+    /// The replication state and its decisions.
+    node: Node,
     stats: RuntimeStats,
     started: Instant,
     internal_stamp: u64,
     event_buf: Vec<netlink::EventItem>,
     unsent: Option<Vec<u8>>,
     resync_at: Option<Instant>,
-    /// When the last bulk to the peer started, and whether another one was
-    /// asked for since that must wait for [`BULK_SPACING`].
-    last_bulk: Option<Instant>,
-    bulk_pending: bool,
-    /// Peer restarts since the last log line about one.
-    restarts_unlogged: u64,
-    last_restart_log: Option<Instant>,
     /// Masters of new expectations to read back from the kernel, and when.
     master_refresh: Vec<(Instant, FlowKey)>,
     next_link_check: Instant,
     watchdog: Option<(Duration, Instant)>,
-    full_log: RateLimit,
     reject_log: reject::RejectLog,
-    readiness: Readiness,
     events_pending: bool,
     /// Sync links left unread when their turn's budget ran out (bit per
     /// link): mio reports a socket once, so the next turns read on.
     links_pending: u64,
-    /// `Some` in direct-to-kernel mode.
-    direct: Option<DirectToKernel>,
     stop: bool,
-    /// Anti-entropy repairs of the external cache, counted.
-    repairs: RepairLedger,
-    /// Test hook: the peer's flow messages are dropped (drift on purpose).
-    test_drop_peer_flows: bool,
     /// `Some` with `sync.defer`.
     defer: Option<Defer>,
-    /// `-f` emptied the internal cache and no `-R` has refilled it yet.
-    internal_flushed: bool,
     /// When the peer went down (wall clock, for the status line); `None`
     /// while it is up or before it was ever up.
     peer_down_since: Option<SystemTime>,
@@ -263,12 +236,18 @@ impl Daemon {
         };
         let now = Instant::now();
         let readiness_file = cfg.ready_file.clone();
-        let direct = cfg.direct_to_kernel.then(DirectToKernel::new);
         let ftfw = Ftfw::new(cfg.ftfw.clone(), session_id, initial_seq, now);
+        let node = Node::new(
+            ftfw,
+            cfg.ftfw.peer_timeout,
+            cfg.cache_limit,
+            cfg.expectations.clone(),
+            Readiness::new(readiness_file.clone()),
+            cfg.direct_to_kernel,
+            !cfg.ftfw.anti_entropy_interval.is_zero(),
+        );
         let mut daemon = Daemon {
-            internal: Cache::new(cfg.cache_limit),
-            external: Cache::new(cfg.cache_limit),
-            exp: ExpState::new(cfg.expectations.clone(), cfg.cache_limit),
+            node,
             cfg,
             poll,
             events,
@@ -278,45 +257,29 @@ impl Daemon {
             clients: HashMap::new(),
             client_uids: HashMap::new(),
             busy_unlogged: 0,
-            last_probe_log: None,
             next_client: 0,
             signals,
             metrics,
-            ftfw,
             stats: RuntimeStats::default(),
             started: now,
             internal_stamp: 0,
             event_buf: Vec::with_capacity(EVENT_BATCH),
             unsent: None,
             resync_at: None,
-            last_bulk: None,
-            bulk_pending: false,
-            restarts_unlogged: 0,
-            last_restart_log: None,
             master_refresh: Vec::new(),
             next_link_check: now + LINK_CHECK,
             watchdog: systemd::watchdog_interval().map(|d| (d, now)),
-            full_log: RateLimit::new(Duration::from_secs(10)),
             reject_log: reject::RejectLog::default(),
-            readiness: Readiness::new(readiness_file.clone()),
             events_pending: false,
             links_pending: 0,
-            direct,
             stop: false,
-            repairs: RepairLedger::default(),
-            test_drop_peer_flows: false,
             defer,
-            internal_flushed: false,
             peer_down_since: None,
             status_sent: String::new(),
             commit_seconds: metrics::commit_histogram(),
         };
-        if !daemon.cfg.ftfw.anti_entropy_interval.is_zero() {
-            daemon.internal.enable_digests();
-            daemon.external.enable_digests();
-        }
         daemon.resync_kernel(false, true).map_err(StartError::Dump)?;
-        daemon.readiness.publish().map_err(|source| StartError::ReadyFile {
+        daemon.node.readiness.publish().map_err(|source| StartError::ReadyFile {
             path: readiness_file.unwrap_or_default(),
             source,
         })?;
@@ -330,9 +293,9 @@ impl Daemon {
         systemd::notify_ready(&self.status_sent);
         log::info!(
             "ctsyncd started: {} flows in the internal cache, sync via {}{}",
-            self.internal.len(),
+            self.node.internal.len(),
             self.channels.name(self.channels.active()),
-            if self.direct.is_some() {
+            if self.node.direct.is_some() {
                 ", the peer's flows go straight into the kernel"
             } else {
                 ""
@@ -392,7 +355,7 @@ impl Daemon {
             d.held.release_all(&mut d.release);
             let _ = d.queue.accept(&d.release);
         }
-        if let Err(e) = self.readiness.withdraw() {
+        if let Err(e) = self.node.readiness.withdraw() {
             log::warn!("cannot mark this node not ready for keepalived: {e}");
         }
         let _ = std::fs::remove_file(&self.cfg.control_socket);
@@ -405,11 +368,11 @@ impl Daemon {
     fn next_deadline(&self) -> Option<Instant> {
         let mut next = self.next_link_check;
         for t in [
-            self.ftfw.poll_timeout(),
+            self.node.ftfw.poll_timeout(),
             self.resync_at,
-            self.bulk_pending.then(|| self.last_bulk.map(|t| t + BULK_SPACING)).flatten(),
+            self.node.bulk_deadline(),
             self.master_refresh.iter().map(|(t, _)| *t).min(),
-            self.direct.as_ref().and_then(DirectToKernel::purge_at),
+            self.node.direct.as_ref().and_then(DirectToKernel::purge_at),
             self.watchdog.map(|(interval, last)| last + interval),
             self.defer.as_ref().and_then(|d| d.held.next_deadline()),
         ]
@@ -429,13 +392,11 @@ impl Daemon {
     }
 
     fn on_timers(&mut self, now: Instant) {
-        if self.bulk_pending && self.last_bulk.is_none_or(|t| now >= t + BULK_SPACING) {
-            self.bulk_now(now);
-        }
+        self.node.bulk_if_due(now);
         if self.master_refresh.iter().any(|(t, _)| *t <= now) {
             self.refresh_masters(now);
         }
-        if self.direct.as_mut().is_some_and(|d| d.take_purge(now)) {
+        if self.node.direct.as_mut().is_some_and(|d| d.take_purge(now)) {
             self.purge_zombies();
         }
         if self.resync_at.is_some_and(|t| t <= now) {
@@ -512,7 +473,7 @@ impl Daemon {
         };
         let keys = crate::config::load_key_file(&file).map_err(RequestError::KeyFile)?;
         let ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
-        self.ftfw.set_auth_keys(keys);
+        self.node.ftfw.set_auth_keys(keys);
         let line = format!(
             "reloaded the sync keys from {}: sending with key {}, accepting {}",
             file.display(),

@@ -16,7 +16,7 @@ impl Daemon {
         {
             log::warn!("sync.defer: {e}");
         }
-        let up = self.ftfw.peer_state() == PeerState::Established;
+        let up = self.node.ftfw.peer_state() == PeerState::Established;
         for p in std::mem::take(&mut d.packets) {
             // No peer to wait for: no lookup either.
             let flow = if up { p.flow.or_else(|| self.flow_of_packet(p.headers)) } else { None };
@@ -25,16 +25,16 @@ impl Daemon {
                 None => Some(Skip::NotReplicated),
                 Some(flow) => {
                     let key = flow.key();
-                    let born =
-                        self.external.get(&key).is_none() && self.internal.get(&key).is_none();
+                    let born = self.node.external.get(&key).is_none()
+                        && self.node.internal.get(&key).is_none();
                     self.local_upsert(flow, born);
-                    if self.internal.get(&key).is_none() {
+                    if self.node.internal.get(&key).is_none() {
                         Some(Skip::NotReplicated)
                     } else if !d.held.hold(p.id, now) {
                         d.release.push(p.id);
                         None
                     } else {
-                        self.ftfw.request_ack();
+                        self.node.ftfw.request_ack();
                         None
                     }
                 }
@@ -57,7 +57,7 @@ impl Daemon {
         // request per new connection for nothing. A retransmitted SYN of a
         // flow the events already brought is taken from the cache.
         if headers.l4proto == proto::TCP && headers.proto_state == tcp_state::SYN_SENT {
-            let cached = self.internal.get(&headers.key()).map(|e| e.flow.clone());
+            let cached = self.node.internal.get(&headers.key()).map(|e| e.flow.clone());
             return Some(cached.unwrap_or(headers));
         }
         match self.kernel.get(&headers.key()) {
@@ -71,15 +71,15 @@ impl Daemon {
     /// acknowledged or that waited long enough.
     pub(super) fn drive_defer(&mut self, now: Instant) {
         let Some(d) = &mut self.defer else { return };
-        let resent = self.ftfw.stats().resent;
+        let resent = self.node.ftfw.stats().resent;
         if resent != d.resent {
             d.resent = resent;
             d.held.forget_barriers();
         }
-        if d.held.needs_barrier() && self.ftfw.tx_is_empty() {
-            d.held.set_barrier(Seq(self.ftfw.next_seq()));
+        if d.held.needs_barrier() && self.node.ftfw.tx_is_empty() {
+            d.held.set_barrier(Seq(self.node.ftfw.next_seq()));
         }
-        d.held.release_acked(self.ftfw.acked_before(), now, &mut d.release);
+        d.held.release_acked(self.node.ftfw.acked_before(), now, &mut d.release);
         d.held.release_expired(now, &mut d.release);
         if let Err(e) = d.queue.accept(&d.release)
             && d.log.allow(now).is_some()

@@ -58,55 +58,55 @@ impl Daemon {
     /// `born`: the kernel just created this flow, so the peer cannot know it
     /// and a destroy before it is sent cancels both.
     pub(super) fn local_upsert(&mut self, mut flow: Flow, born: bool) {
-        if !born && let Some(old) = self.internal.get(&flow.key()) {
+        if !born && let Some(old) = self.node.internal.get(&flow.key()) {
             flow.inherit_unreported(&old.flow);
         }
         if !self.cfg.filter.accepts(&flow) {
             self.stats.events_filtered += 1;
             // A flow that moved into an ignored state leaves the peer too.
             let key = flow.key();
-            if self.internal.remove(&key).is_some() {
-                self.ftfw.queue(LocalChange::Destroy(key));
+            if self.node.internal.remove(&key).is_some() {
+                self.node.ftfw.queue(LocalChange::Destroy(key));
             }
             return;
         }
         self.internal_stamp += 1;
-        match self.internal.upsert(flow.clone(), self.internal_stamp) {
-            Upsert::Created if born => self.ftfw.queue(LocalChange::New(flow)),
+        match self.node.internal.upsert(flow.clone(), self.internal_stamp) {
+            Upsert::Created if born => self.node.ftfw.queue(LocalChange::New(flow)),
             Upsert::Created | Upsert::Updated { changed: true } => {
-                self.ftfw.queue(LocalChange::Upsert(flow));
+                self.node.ftfw.queue(LocalChange::Upsert(flow));
             }
             Upsert::Updated { changed: false } => {}
-            Upsert::Full => self.log_full("internal", Instant::now()),
+            Upsert::Full => self.node.log_full("internal", Instant::now()),
         }
     }
 
     pub(super) fn local_destroy(&mut self, flow: &Flow) {
         let key = flow.key();
-        let removal = self.internal.remove_entry(&key, flow.entry_id);
+        let removal = self.node.internal.remove_entry(&key, flow.entry_id);
         if removal == Removal::Stale {
             self.stats.events_stale += 1;
             return;
         }
-        if let Some(direct) = &mut self.direct
-            && self.external.get(&key).is_some()
+        if let Some(direct) = &mut self.node.direct
+            && self.node.external.get(&key).is_some()
         {
             direct.kernel_dropped(key);
         }
         match removal {
-            Removal::Removed(_) => self.ftfw.queue(LocalChange::Destroy(key)),
+            Removal::Removed(_) => self.node.ftfw.queue(LocalChange::Destroy(key)),
             _ => self.stats.events_filtered += 1,
         }
     }
 
     pub(super) fn local_exp(&mut self, exp: crate::expect::Expectation, destroyed: bool) {
-        if let Some(change) = self.exp.local(exp, destroyed) {
+        if let Some(change) = self.node.exp.local(exp, destroyed) {
             self.queue_exp(change);
         }
     }
 
     pub(super) fn queue_exp(&mut self, change: ExpChange) {
-        self.ftfw.queue(match change {
+        self.node.ftfw.queue(match change {
             ExpChange::Upsert(exp) => LocalChange::ExpUpsert(exp),
             ExpChange::Destroy(exp) => LocalChange::ExpDestroy(exp),
         });
@@ -129,6 +129,7 @@ impl Daemon {
         });
         for key in due {
             let natted = self
+                .node
                 .internal
                 .get(&key)
                 .is_some_and(|e| e.flow.snat().is_some() || e.flow.dnat().is_some());
@@ -148,7 +149,7 @@ impl Daemon {
 
     pub(super) fn on_overrun(&mut self, now: Instant) {
         self.stats.netlink_overruns += 1;
-        if let Some(direct) = &mut self.direct {
+        if let Some(direct) = &mut self.node.direct {
             direct.lost_track();
         }
         let current = self.events.rcvbuf();
@@ -189,33 +190,33 @@ impl Daemon {
         self.events_pending = false;
         let mut dumped = Vec::new();
         self.kernel.dump_into(|flow| dumped.push(flow))?;
-        if let Some(direct) = &mut self.direct {
+        if let Some(direct) = &mut self.node.direct {
             let in_kernel: std::collections::HashSet<_> = dumped.iter().map(Flow::key).collect();
-            let missing = self.external.iter().map(|e| e.flow.key());
+            let missing = self.node.external.iter().map(|e| e.flow.key());
             direct.set_missing(missing.filter(|k| !in_kernel.contains(k)));
         }
         let ours: Vec<Flow> = dumped
             .into_iter()
             .filter(|f| self.cfg.filter.accepts(f) && (claim_all || !self.owned_by_peer(f)))
             .collect();
-        let ftfw = &mut self.ftfw;
-        let done = self.internal.reconcile(ours, &mut self.internal_stamp, |flow| {
+        let ftfw = &mut self.node.ftfw;
+        let done = self.node.internal.reconcile(ours, &mut self.internal_stamp, |flow| {
             if tell_peer {
                 ftfw.queue(LocalChange::Upsert(flow.clone()));
             }
         });
         if done.full > 0 {
-            self.log_full("internal", Instant::now());
+            self.node.log_full("internal", Instant::now());
         }
         let (changed, gone) = (done.changed, done.vanished.len());
         if tell_peer {
             for key in done.vanished {
-                self.ftfw.queue(LocalChange::Destroy(key));
+                self.node.ftfw.queue(LocalChange::Destroy(key));
             }
         }
-        if self.exp.sync.enabled() {
+        if self.node.exp.sync.enabled() {
             let dumped = self.kernel.dump_expectations()?;
-            for change in self.exp.reconcile(dumped) {
+            for change in self.node.exp.reconcile(dumped) {
                 if tell_peer {
                     self.queue_exp(change);
                 }
@@ -228,17 +229,8 @@ impl Daemon {
     /// we have not changed since: a dump must not claim it as ours.
     pub(super) fn owned_by_peer(&self, flow: &Flow) -> bool {
         let key = flow.key();
-        self.direct.is_some()
-            && self.internal.get(&key).is_none()
-            && self.external.get(&key).is_some()
-    }
-
-    pub(super) fn log_full(&mut self, which: &str, now: Instant) {
-        if let Some(repeats) = self.full_log.allow(now) {
-            log::warn!(
-                "{which} cache is full ({} flows): new flows are not replicated ({repeats} more refused since the last message); raise general.cache_limit",
-                self.cfg.cache_limit
-            );
-        }
+        self.node.direct.is_some()
+            && self.node.internal.get(&key).is_none()
+            && self.node.external.get(&key).is_some()
     }
 }

@@ -9,7 +9,7 @@ impl Daemon {
     pub(super) fn execute(&mut self, request: Request, json: bool) -> Result<String, RequestError> {
         match request {
             Request::Commit => {
-                if let Some(direct) = &mut self.direct {
+                if let Some(direct) = &mut self.node.direct {
                     direct.set_role(Role::Master);
                 }
                 self.commit()
@@ -25,27 +25,27 @@ impl Daemon {
                     let _ = writeln!(
                         out,
                         "flushed {} flows from the internal cache",
-                        self.internal.len()
+                        self.node.internal.len()
                     );
-                    self.internal.clear();
-                    self.internal_flushed = true;
+                    self.node.internal.clear();
+                    self.node.internal_flushed = true;
                 }
                 if e {
                     let _ = writeln!(
                         out,
                         "flushed {} flows from the external cache",
-                        self.external.len()
+                        self.node.external.len()
                     );
-                    self.external.clear();
-                    self.exp.external.clear();
+                    self.node.external.clear();
+                    self.node.exp.external.clear();
                 }
                 if i {
-                    self.exp.internal.clear();
+                    self.node.exp.internal.clear();
                 }
                 Ok(out)
             }
             Request::FlushKernel => {
-                if let Some(direct) = &mut self.direct {
+                if let Some(direct) = &mut self.node.direct {
                     direct.lost_track();
                 }
                 self.kernel.flush().map_err(KernelOp::Flush.failed())?;
@@ -54,22 +54,22 @@ impl Daemon {
             Request::ResyncKernel => {
                 let (changed, gone) =
                     self.resync_kernel(true, true).map_err(KernelOp::Dump.failed())?;
-                self.internal_flushed = false;
+                self.node.internal_flushed = false;
                 Ok(format!(
                     "internal cache resynced with the kernel: {} flows, {changed} new or changed, {gone} gone\n",
-                    self.internal.len()
+                    self.node.internal.len()
                 ))
             }
             Request::BulkSend => {
-                self.bulk_send();
-                Ok(format!("bulk send of {} flows queued\n", self.internal.len()))
+                self.node.bulk_send();
+                Ok(format!("bulk send of {} flows queued\n", self.node.internal.len()))
             }
             Request::RequestResync => {
-                self.ftfw.request_resync();
+                self.node.ftfw.request_resync();
                 Ok("resync requested from the peer\n".into())
             }
             Request::Purge => {
-                if let Some(direct) = &mut self.direct {
+                if let Some(direct) = &mut self.node.direct {
                     // The peer's flows in our kernel are its replicas, not
                     // zombies of our time as master; which are which is
                     // known once the new master's table is here.
@@ -96,12 +96,12 @@ impl Daemon {
             }
             Request::Stats(section) => Ok(self.stats_report(section, json)),
             Request::Metrics => Ok(metrics::render(&self.report())),
-            Request::DumpInternal => Ok(dump(&self.internal, json)),
-            Request::DumpExternal => Ok(dump(&self.external, json)),
+            Request::DumpInternal => Ok(dump(&self.node.internal, json)),
+            Request::DumpExternal => Ok(dump(&self.node.external, json)),
             Request::DumpExpectations(which) => {
                 let cache = match which {
-                    CacheSel::Internal => &self.exp.internal,
-                    CacheSel::External => &self.exp.external,
+                    CacheSel::Internal => &self.node.exp.internal,
+                    CacheSel::External => &self.node.exp.external,
                 };
                 Ok(crate::expect::dump(cache, json))
             }
@@ -109,7 +109,7 @@ impl Daemon {
             // The answer itself is the proof of life: keepalived's check
             // fails when nothing answers, so only a running daemon with
             // the peer's table can make a node look ready.
-            Request::CheckReady if self.readiness.is_ready() => {
+            Request::CheckReady if self.node.readiness.is_ready() => {
                 Ok("ready: this node holds the peer's complete table and may take over\n".into())
             }
             Request::CheckReady => Err(RequestError::NotReady),
@@ -117,7 +117,7 @@ impl Daemon {
                 if !self.cfg.test_hooks {
                     return Err(RequestError::TestHooksOff);
                 }
-                self.test_drop_peer_flows = on;
+                self.node.test_drop_peer_flows = on;
                 log::warn!(
                     "test hook: the peer's flow messages are {}",
                     if on { "dropped" } else { "applied again" }
@@ -133,7 +133,7 @@ impl Daemon {
             be_liberal: self.cfg.be_liberal,
             // In direct-to-kernel mode what the kernel holds is the peer's
             // latest state or newer local state: only fill in what expired.
-            create_only: self.direct.is_some(),
+            create_only: self.node.direct.is_some(),
         }
     }
 
@@ -142,8 +142,8 @@ impl Daemon {
     /// learn it here.
     pub(super) fn forget_deleted(&mut self, keys: &[FlowKey]) {
         for key in keys {
-            if self.internal.remove(key).is_some() {
-                self.ftfw.queue(LocalChange::Destroy(*key));
+            if self.node.internal.remove(key).is_some() {
+                self.node.ftfw.queue(LocalChange::Destroy(*key));
             }
         }
     }
@@ -153,8 +153,8 @@ impl Daemon {
         // What the kernel made until now must be in the internal cache
         // before the conflicts are looked for.
         self.drain_kernel_events(started);
-        let conflicts = if self.direct.is_none() {
-            crate::cache::nat_conflicts(&self.internal, &self.external)
+        let conflicts = if self.node.direct.is_none() {
+            crate::cache::nat_conflicts(&self.node.internal, &self.node.external)
         } else {
             Vec::new()
         };
@@ -175,8 +175,9 @@ impl Daemon {
         // the kernel before a long tail of idle ones.
         // In direct-to-kernel mode only the replicas the kernel dropped need
         // it, when the daemon knows which they are.
-        let missing = self.direct.as_ref().and_then(DirectToKernel::missing);
+        let missing = self.node.direct.as_ref().and_then(DirectToKernel::missing);
         let mut order: Vec<(u64, &Flow)> = self
+            .node
             .external
             .iter()
             .filter(|e| missing.is_none_or(|m| m.contains(&e.flow.key())))
@@ -197,7 +198,7 @@ impl Daemon {
             self.kernel.commit_with(order.into_iter().map(|(_, f)| f), &opts, &mut read_events);
         self.handle_kernel_events(Instant::now(), &mut during);
         let report = result.map_err(KernelOp::Commit.failed())?;
-        if let Some(direct) = &mut self.direct {
+        if let Some(direct) = &mut self.node.direct {
             direct.set_missing(report.failed.iter().map(|(k, _)| *k));
         }
         self.stats.commits += 1;
@@ -222,7 +223,7 @@ impl Daemon {
             );
         }
         log::info!("{line}");
-        if !self.exp.sync.enabled() {
+        if !self.node.exp.sync.enabled() {
             return Ok(line + "\n");
         }
         let failed: std::collections::HashSet<_> = report.failed.iter().map(|(k, _)| *k).collect();
@@ -237,8 +238,10 @@ impl Daemon {
         &mut self,
         failed: &std::collections::HashSet<crate::flow::FlowKey>,
     ) -> Result<String, RequestError> {
-        let (external, internal, kernel) = (&self.external, &self.internal, &mut self.kernel);
-        self.exp
+        let (external, internal, kernel) =
+            (&self.node.external, &self.node.internal, &mut self.kernel);
+        self.node
+            .exp
             .commit(
                 |m| (external.get(m).is_some() && !failed.contains(m)) || internal.get(m).is_some(),
                 |ready| {
@@ -254,18 +257,6 @@ impl Daemon {
     }
 
     /// Start a bulk of the internal cache now.
-    pub(super) fn bulk_now(&mut self, now: Instant) {
-        self.last_bulk = Some(now);
-        self.bulk_pending = false;
-        log::info!("sending all {} internal flows to the peer", self.internal.len());
-        self.bulk_send();
-    }
-
-    pub(super) fn bulk_send(&mut self) {
-        let exps = self.exp.internal.iter().map(|e| &e.exp);
-        self.ftfw.bulk_send_with_expectations(self.internal.iter().map(|e| &e.flow), exps);
-    }
-
     pub(super) fn stats_report(
         &self,
         section: Option<control::StatsSection>,
@@ -281,7 +272,7 @@ impl Daemon {
     /// The counters `-s` and the metrics show.
     pub(super) fn report(&self) -> StatsReport {
         let links = self.channels.status();
-        let state = match self.ftfw.peer_state() {
+        let state = match self.node.ftfw.peer_state() {
             PeerState::Established => PeerPhase::Up,
             PeerState::Silent => PeerPhase::Down,
             PeerState::HelloSent if self.peer_down_since.is_some() => PeerPhase::Down,
@@ -290,22 +281,22 @@ impl Daemon {
         let active = self.channels.active();
         StatsReport {
             uptime_seconds: self.started.elapsed().as_secs(),
-            synced: self.ftfw.is_synced(),
-            ready: self.readiness.is_ready(),
-            internal: self.internal.stats(),
-            external: self.external.stats(),
+            synced: self.node.ftfw.is_synced(),
+            ready: self.node.readiness.is_ready(),
+            internal: self.node.internal.stats(),
+            external: self.node.external.stats(),
             runtime: self.stats,
             netlink: self.events.stats(),
             netlink_rcvbuf: self.events.rcvbuf(),
-            protocol: self.ftfw.stats().clone(),
-            anti_entropy: self.repairs.stats,
+            protocol: self.node.ftfw.stats().clone(),
+            anti_entropy: self.node.repairs.stats,
             links,
-            expectations: self.exp.sync.enabled().then(|| ExpReport {
-                internal: self.exp.internal.stats(),
-                external: self.exp.external.stats(),
-                runtime: self.exp.stats,
+            expectations: self.node.exp.sync.enabled().then(|| ExpReport {
+                internal: self.node.exp.internal.stats(),
+                external: self.node.exp.external.stats(),
+                runtime: self.node.exp.stats,
             }),
-            direct: self.direct.as_ref().map(DirectToKernel::stats).unwrap_or_default(),
+            direct: self.node.direct.as_ref().map(DirectToKernel::stats).unwrap_or_default(),
             defer: self
                 .defer
                 .as_ref()

@@ -1,0 +1,431 @@
+//! The replication node: our table (the internal cache), the peer's (the
+//! external cache), expectations, direct-mode ownership, readiness,
+//! anti-entropy and the protocol core that links them, with what each
+//! event of the peer does to them.
+//!
+//! Sans I/O, like the core inside it: no socket, no clock read, no
+//! kernel call. The reactor reads the clock once per turn and passes
+//! `now`, hands over the core's events, and carries out the [`Action`]s
+//! the node returns (a dump of the kernel table, the ready file, the
+//! status line). Log lines go through the `log` facade, as the core's
+//! callers expect one line per event that matters.
+
+use std::time::{Duration, Instant};
+
+use crate::cache::{Cache, Upsert};
+use crate::digest::{self, RepairLedger};
+use crate::direct::DirectToKernel;
+use crate::expect::{ExpState, ExpectSync};
+use crate::flow::Flow;
+use crate::ftfw::{Ftfw, PeerEvent};
+use crate::logging::RateLimit;
+use crate::readiness::Readiness;
+
+/// Bulks to the peer start at least this far apart: in conntrackd's wire
+/// format anyone can send a HELLO, and each would cost a walk of the
+/// whole table. Requests in between are served by one bulk at the end.
+pub const BULK_SPACING: Duration = Duration::from_secs(1);
+
+/// At most one log line about peer restarts or HELLO probes this often.
+const PROBE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the node needs done outside itself, at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The peer's complete table is here: publish readiness.
+    Ready,
+    /// The peer asked for our table while the internal cache is flushed
+    /// (`-f` without `-R` yet): refill it from the kernel, clear
+    /// [`Node::internal_flushed`], then call [`Node::bulk_requested`].
+    RefillThenBulk,
+    PeerUp,
+    PeerDown,
+    /// Replication stalled: `tx`, nothing we sent was acknowledged; `rx`,
+    /// nothing the peer sent was accepted.
+    Stalled {
+        tx: bool,
+        rx: bool,
+    },
+}
+
+/// One node of the replication.
+pub struct Node {
+    pub ftfw: Ftfw,
+    pub internal: Cache,
+    pub external: Cache,
+    pub exp: ExpState,
+    /// `Some` in direct-to-kernel mode.
+    pub direct: Option<DirectToKernel>,
+    pub readiness: Readiness,
+    /// Anti-entropy repairs of the external cache, counted.
+    pub repairs: RepairLedger,
+    /// `-f` emptied the internal cache and no `-R` has refilled it yet.
+    pub internal_flushed: bool,
+    /// Test hook: the peer's flow messages are dropped (drift on purpose).
+    pub test_drop_peer_flows: bool,
+    /// When the last bulk to the peer started, and whether another one was
+    /// asked for since that must wait for [`BULK_SPACING`].
+    last_bulk: Option<Instant>,
+    bulk_pending: bool,
+    /// Peer restarts since the last log line about one.
+    restarts_unlogged: u64,
+    last_restart_log: Option<Instant>,
+    /// When a HELLO probe was last logged.
+    last_probe_log: Option<Instant>,
+    full_log: RateLimit,
+    peer_timeout: Duration,
+}
+
+impl Node {
+    /// A node with empty caches of `cache_limit` flows each, around the
+    /// protocol core `ftfw` (configured with `peer_timeout`).
+    pub fn new(
+        ftfw: Ftfw,
+        peer_timeout: Duration,
+        cache_limit: usize,
+        expectations: ExpectSync,
+        readiness: Readiness,
+        direct: bool,
+        digests: bool,
+    ) -> Node {
+        let mut node = Node {
+            ftfw,
+            internal: Cache::new(cache_limit),
+            external: Cache::new(cache_limit),
+            exp: ExpState::new(expectations, cache_limit),
+            direct: direct.then(DirectToKernel::new),
+            readiness,
+            repairs: RepairLedger::default(),
+            internal_flushed: false,
+            test_drop_peer_flows: false,
+            last_bulk: None,
+            bulk_pending: false,
+            restarts_unlogged: 0,
+            last_restart_log: None,
+            last_probe_log: None,
+            full_log: RateLimit::new(Duration::from_secs(10)),
+            peer_timeout,
+        };
+        if digests {
+            node.internal.enable_digests();
+            node.external.enable_digests();
+        }
+        node
+    }
+
+    /// The peer asked for our table: send it now, or once [`BULK_SPACING`]
+    /// has passed since the last one ([`Node::bulk_if_due`]).
+    pub fn bulk_requested(&mut self, now: Instant) {
+        if self.last_bulk.is_some_and(|t| now < t + BULK_SPACING) {
+            self.bulk_pending = true;
+        } else {
+            self.bulk_now(now);
+        }
+    }
+
+    /// When a bulk asked for during the spacing may start.
+    pub fn bulk_deadline(&self) -> Option<Instant> {
+        self.bulk_pending.then(|| self.last_bulk.map(|t| t + BULK_SPACING)).flatten()
+    }
+
+    /// Start the bulk that waited for the spacing, if it is time.
+    pub fn bulk_if_due(&mut self, now: Instant) {
+        if self.bulk_pending && self.last_bulk.is_none_or(|t| now >= t + BULK_SPACING) {
+            self.bulk_now(now);
+        }
+    }
+
+    /// Send our whole table now.
+    pub fn bulk_now(&mut self, now: Instant) {
+        self.last_bulk = Some(now);
+        self.bulk_pending = false;
+        log::info!("sending all {} internal flows to the peer", self.internal.len());
+        self.bulk_send();
+    }
+
+    /// Queue our whole table (flows and expectations) on the protocol.
+    pub fn bulk_send(&mut self) {
+        let exps = self.exp.internal.iter().map(|e| &e.exp);
+        self.ftfw.bulk_send_with_expectations(self.internal.iter().map(|e| &e.flow), exps);
+    }
+
+    /// Log, rate-limited, that `which` cache refused a flow.
+    pub fn log_full(&mut self, which: &str, now: Instant) {
+        if let Some(repeats) = self.full_log.allow(now) {
+            log::warn!(
+                "{which} cache is full ({} flows): new flows are not replicated ({repeats} more refused since the last message); raise general.cache_limit",
+                self.internal.limit()
+            );
+        }
+    }
+
+    /// A flow from the peer into the external cache and, in direct mode,
+    /// towards the kernel.
+    pub fn peer_upsert(&mut self, flow: Flow, stamp: u64) -> Upsert {
+        if let Some(direct) = &mut self.direct {
+            let key = flow.key();
+            let local = self.internal.get(&key).map(|e| &e.flow);
+            let held = self.external.get(&key).map(|e| &e.flow);
+            if direct.peer_upsert(flow.clone(), local, held) {
+                self.internal.remove(&key);
+            }
+        }
+        self.external.upsert(flow, stamp)
+    }
+
+    /// Apply one event of the protocol core. What it returns must be
+    /// carried out before the next event: it may be the dump that the
+    /// answer to the peer needs.
+    pub fn on_peer_event(&mut self, now: Instant, event: PeerEvent) -> Option<Action> {
+        let ready = self.readiness.observe(&event);
+        if ready {
+            log::info!("holding the peer's complete table: ready to take over");
+        }
+        let action = self.apply(now, event);
+        if ready { Some(Action::Ready) } else { action }
+    }
+
+    fn apply(&mut self, now: Instant, event: PeerEvent) -> Option<Action> {
+        if self.test_drop_peer_flows
+            && matches!(
+                event,
+                PeerEvent::Upsert { .. }
+                    | PeerEvent::Destroy { .. }
+                    | PeerEvent::RepairUpsert { .. }
+            )
+        {
+            return None;
+        }
+        match event {
+            PeerEvent::DigestDue
+            | PeerEvent::Digest { .. }
+            | PeerEvent::RepairRequested { .. }
+            | PeerEvent::RepairUpsert { .. }
+            | PeerEvent::RepairEnd { .. } => self.on_anti_entropy(now, event),
+            PeerEvent::Upsert { flow, stamp } => {
+                if self.peer_upsert(flow, stamp) == Upsert::Full {
+                    self.log_full("external", now);
+                }
+            }
+            PeerEvent::Destroy { key } => {
+                self.external.remove(&key);
+                if let Some(direct) = &mut self.direct {
+                    direct.peer_destroy(key, self.internal.get(&key).is_some());
+                }
+            }
+            PeerEvent::ExpUpsert { exp, stamp } => self.exp.peer_upsert(*exp, stamp),
+            PeerEvent::ExpDestroy { key } => self.exp.peer_destroy(&key),
+            PeerEvent::BulkEnd { floor } => {
+                self.exp.peer_bulk_end(floor);
+                let mut gone = Vec::new();
+                let direct = self.direct.is_some();
+                let stale = self.external.retain(|e| {
+                    let keep = e.stamp >= floor;
+                    if !keep && direct {
+                        gone.push(e.flow.clone());
+                    }
+                    keep
+                });
+                if let Some(direct) = &mut self.direct {
+                    // Not deleted from the kernel: a bulk can race with a
+                    // flush of the peer's caches (primary-backup.sh's -f),
+                    // so missing from it is no proof that a flow ended.
+                    for flow in &gone {
+                        direct.peer_forgot(flow.key());
+                    }
+                }
+                log::info!(
+                    "bulk update from the peer complete: {} flows in the external cache, {stale} stale ones removed",
+                    self.external.len()
+                );
+            }
+            PeerEvent::BulkRequested => {
+                if self.internal_flushed {
+                    // primary-backup.sh flushes the caches (-f) before it
+                    // resyncs (-R), and the peer's backup script asks for
+                    // our table (-n) at the same moment: an empty bulk
+                    // would end in a sweep of the peer's whole copy. The
+                    // kernel's table is the answer, as -R would make it.
+                    log::info!(
+                        "the peer asked for our table while the internal cache is flushed: resyncing it with the kernel first"
+                    );
+                    return Some(Action::RefillThenBulk);
+                }
+                self.bulk_requested(now);
+            }
+            PeerEvent::PeerUp => {
+                log::info!("peer is up");
+                return Some(Action::PeerUp);
+            }
+            PeerEvent::PeerDown => {
+                log::warn!("peer is down: no datagram for {:?}", self.peer_timeout);
+                return Some(Action::PeerDown);
+            }
+            PeerEvent::PeerRestarted => {
+                self.restarts_unlogged += 1;
+                if self.last_restart_log.is_none_or(|t| now >= t + PROBE_LOG_INTERVAL) {
+                    self.last_restart_log = Some(now);
+                    match self.restarts_unlogged {
+                        1 => log::info!("peer restarted: exchanging full tables"),
+                        n => log::warn!(
+                            "peer restarted {n} times since the last such line: exchanging full tables (at most one bulk a second); many restarts in conntrackd's wire format are forged HELLOs"
+                        ),
+                    }
+                    self.restarts_unlogged = 0;
+                }
+            }
+            PeerEvent::Stalled { tx, rx } => return Some(Action::Stalled { tx, rx }),
+            PeerEvent::StallEnded => log::info!("replication moves again after a stall"),
+            PeerEvent::HelloProbe { session } => {
+                // A stream of replayed HELLOs must not fill the log.
+                if self.last_probe_log.is_none_or(|t| now >= t + PROBE_LOG_INTERVAL) {
+                    self.last_probe_log = Some(now);
+                    log::warn!(
+                        "HELLO from peer session {session:#010x} while session {:#010x} is live: probing it, the live session goes on (a restarted peer answers at once; a replayed HELLO never does); {} such HELLOs in all",
+                        self.ftfw.peer_session(),
+                        self.ftfw.stats().hello_probes
+                    );
+                }
+            }
+            PeerEvent::Rebased => log::warn!(
+                "only refused messages from the peer for half the peer timeout (a forged HELLO, or a restart we missed): following its sequence again and exchanging full tables"
+            ),
+        }
+        None
+    }
+
+    pub fn on_anti_entropy(&mut self, now: Instant, event: PeerEvent) {
+        match event {
+            PeerEvent::DigestDue => {
+                if let Some(d) = self.internal.digests() {
+                    self.ftfw.send_digest(now, d.values());
+                }
+            }
+            PeerEvent::Digest { digests } => {
+                let Some(ours) = self.external.digests() else { return };
+                if self.test_drop_peer_flows {
+                    return;
+                }
+                if self.external.len() >= self.external.limit() {
+                    // A repair could not store what is missing.
+                    self.repairs.stats.skipped_full += 1;
+                    return;
+                }
+                self.repairs.stats.digests_compared += 1;
+                let differ = ours.differing(&digests);
+                if !differ.is_empty() {
+                    self.repairs.stats.digests_differing += 1;
+                    log::debug!(
+                        "anti-entropy: {} of {} ranges differ from the peer's table; asking for them",
+                        differ.len(),
+                        digest::RANGES
+                    );
+                    self.ftfw.request_repair(differ);
+                }
+            }
+            PeerEvent::RepairRequested { ranges } => {
+                let flows: Vec<&Flow> = self
+                    .internal
+                    .iter()
+                    .map(|e| &e.flow)
+                    .filter(|f| ranges.holds(&f.key()))
+                    .collect();
+                log::info!(
+                    "anti-entropy: the peer's copy of {} ranges of our table differs; resending their {} flows",
+                    ranges.len(),
+                    flows.len()
+                );
+                self.repairs.stats.repairs_served += 1;
+                self.repairs.stats.flows_resent += flows.len() as u64;
+                self.ftfw.repair_send(ranges, flows);
+            }
+            PeerEvent::RepairUpsert { flow, stamp } => match self.peer_upsert(flow, stamp) {
+                Upsert::Created => self.repairs.flow(true, false),
+                Upsert::Updated { changed } => self.repairs.flow(false, changed),
+                Upsert::Full => self.log_full("external", now),
+            },
+            PeerEvent::RepairEnd { floor, ranges } => {
+                let mut gone = Vec::new();
+                let direct = self.direct.is_some();
+                let removed = self.external.retain(|e| {
+                    let keep = !(e.stamp < floor && ranges.holds(&e.flow.key()));
+                    if !keep && direct {
+                        gone.push(e.flow.key());
+                    }
+                    keep
+                });
+                // The digests proved the peer no longer has these: a destroy
+                // that was lost, so the kernel's replica goes too.
+                if let Some(direct) = &mut self.direct {
+                    for key in gone {
+                        direct.peer_destroy(key, self.internal.get(&key).is_some());
+                    }
+                }
+                log::info!("{}", self.repairs.end(ranges, removed));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::proto;
+    use crate::ftfw::FtfwConfig;
+
+    fn flow(port: u16) -> Flow {
+        Flow::new_v4(proto::TCP, [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), port, 80)
+    }
+
+    fn node(now: Instant) -> Node {
+        let ftfw = Ftfw::new(FtfwConfig::default(), 1, 100, now);
+        let timeout = FtfwConfig::default().peer_timeout;
+        Node::new(ftfw, timeout, 100, ExpectSync::Off, Readiness::new(None), false, false)
+    }
+
+    #[test]
+    fn the_end_of_a_bulk_sweeps_what_it_did_not_refresh_and_makes_the_node_ready_once() {
+        let now = Instant::now();
+        let mut n = node(now);
+        for (port, stamp) in [(1, 5), (2, 9), (3, 10)] {
+            assert_eq!(n.on_peer_event(now, PeerEvent::Upsert { flow: flow(port), stamp }), None);
+        }
+        assert!(!n.readiness.is_ready());
+        assert_eq!(n.on_peer_event(now, PeerEvent::BulkEnd { floor: 9 }), Some(Action::Ready));
+        let mut left: Vec<u16> =
+            n.external.iter().map(|e| e.flow.sport(crate::flow::Dir::Orig)).collect();
+        left.sort();
+        assert_eq!(left, [2, 3]);
+        assert_eq!(n.on_peer_event(now, PeerEvent::BulkEnd { floor: 0 }), None);
+        assert!(n.readiness.is_ready());
+    }
+
+    #[test]
+    fn bulks_asked_for_within_the_spacing_go_as_one_when_it_ends() {
+        let now = Instant::now();
+        let mut n = node(now);
+        n.internal.upsert(flow(1), 1);
+        n.on_peer_event(now, PeerEvent::BulkRequested);
+        assert_eq!(n.ftfw.stats().bulks_sent, 1);
+        for ms in [10, 200, 900] {
+            n.on_peer_event(now + Duration::from_millis(ms), PeerEvent::BulkRequested);
+        }
+        assert_eq!(n.ftfw.stats().bulks_sent, 1);
+        assert_eq!(n.bulk_deadline(), Some(now + BULK_SPACING));
+        n.bulk_if_due(now + Duration::from_millis(999));
+        assert_eq!(n.ftfw.stats().bulks_sent, 1);
+        n.bulk_if_due(now + BULK_SPACING);
+        assert_eq!(n.ftfw.stats().bulks_sent, 2);
+        assert_eq!(n.bulk_deadline(), None);
+    }
+
+    #[test]
+    fn a_bulk_asked_for_while_the_internal_cache_is_flushed_waits_for_the_kernel() {
+        let now = Instant::now();
+        let mut n = node(now);
+        n.internal_flushed = true;
+        assert_eq!(n.on_peer_event(now, PeerEvent::BulkRequested), Some(Action::RefillThenBulk));
+        assert_eq!(n.ftfw.stats().bulks_sent, 0, "an empty bulk would sweep the peer's copy");
+    }
+}
