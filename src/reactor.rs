@@ -25,12 +25,12 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::cache::{Cache, Removal, Upsert};
+use crate::cache::Cache;
 use crate::channel::{Channels, LinkSpec, Recv};
 use crate::control::{self, CacheSel, ControlReply, Request};
 use crate::defer::{Deferral, Skip};
 use crate::direct::{DirectToKernel, Role};
-use crate::expect::{ExpChange, ExpWritten, ExpectSync};
+use crate::expect::{ExpWritten, ExpectSync};
 use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey, proto, tcp_state};
 use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerState, Seq};
@@ -38,7 +38,7 @@ use crate::logging::RateLimit;
 use crate::metrics;
 use crate::netlink::queue::{QueueSocket, QueuedPacket};
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
-use crate::node::{Action, Node};
+use crate::node::{Action, Node, NodeConfig};
 use crate::readiness::Readiness;
 use crate::reject;
 use crate::stats::{DeferReport, ExpReport, PeerPhase, PeerView, RuntimeStats, StatsReport};
@@ -138,7 +138,6 @@ pub struct Daemon {
     node: Node,
     stats: RuntimeStats,
     started: Instant,
-    internal_stamp: u64,
     event_buf: Vec<netlink::EventItem>,
     unsent: Option<Vec<u8>>,
     resync_at: Option<Instant>,
@@ -237,15 +236,15 @@ impl Daemon {
         let now = Instant::now();
         let readiness_file = cfg.ready_file.clone();
         let ftfw = Ftfw::new(cfg.ftfw.clone(), session_id, initial_seq, now);
-        let node = Node::new(
-            ftfw,
-            cfg.ftfw.peer_timeout,
-            cfg.cache_limit,
-            cfg.expectations.clone(),
-            Readiness::new(readiness_file.clone()),
-            cfg.direct_to_kernel,
-            !cfg.ftfw.anti_entropy_interval.is_zero(),
-        );
+        let node_cfg = NodeConfig {
+            peer_timeout: cfg.ftfw.peer_timeout,
+            cache_limit: cfg.cache_limit,
+            expectations: cfg.expectations.clone(),
+            filter: cfg.filter.clone(),
+            direct: cfg.direct_to_kernel,
+            digests: !cfg.ftfw.anti_entropy_interval.is_zero(),
+        };
+        let node = Node::new(ftfw, node_cfg, Readiness::new(readiness_file.clone()));
         let mut daemon = Daemon {
             node,
             cfg,
@@ -262,7 +261,6 @@ impl Daemon {
             metrics,
             stats: RuntimeStats::default(),
             started: now,
-            internal_stamp: 0,
             event_buf: Vec::with_capacity(EVENT_BATCH),
             unsent: None,
             resync_at: None,

@@ -29,6 +29,7 @@ use crate::netlink::queue::QueueStats;
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct RuntimeStats {
     pub events_received: u64,
+    /// Counted by the node ([`crate::node::Node::events_filtered`]).
     pub events_filtered: u64,
     pub events_own: u64,
     /// Destroy events of a kernel entry that another one with the same

@@ -12,12 +12,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cache::{Cache, Upsert};
+use crate::cache::{Cache, Removal, Upsert};
 use crate::digest::{self, RepairLedger};
 use crate::direct::DirectToKernel;
-use crate::expect::{ExpState, ExpectSync};
+use crate::expect::{ExpChange, ExpState, ExpectSync, Expectation};
+use crate::filter::Filter;
 use crate::flow::Flow;
-use crate::ftfw::{Ftfw, PeerEvent};
+use crate::ftfw::{Ftfw, LocalChange, PeerEvent};
 use crate::logging::RateLimit;
 use crate::readiness::Readiness;
 
@@ -48,6 +49,22 @@ pub enum Action {
     },
 }
 
+/// What the node is built from.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The protocol's `peer_timeout`, for the log line of a peer down.
+    pub peer_timeout: Duration,
+    /// Most flows in each cache (and expectations in each of theirs).
+    pub cache_limit: usize,
+    pub expectations: ExpectSync,
+    /// Which of our kernel's flows are replicated.
+    pub filter: Filter,
+    /// Direct-to-kernel mode: the peer's flows go to our kernel at once.
+    pub direct: bool,
+    /// Keep anti-entropy digests of both caches.
+    pub digests: bool,
+}
+
 /// One node of the replication.
 pub struct Node {
     pub ftfw: Ftfw,
@@ -63,6 +80,15 @@ pub struct Node {
     pub internal_flushed: bool,
     /// Test hook: the peer's flow messages are dropped (drift on purpose).
     pub test_drop_peer_flows: bool,
+    /// Which flows are replicated.
+    pub filter: Filter,
+    /// Stamp of the latest change of the internal cache.
+    internal_stamp: u64,
+    /// Kernel events about flows the filter refuses, or about flows the
+    /// internal cache does not hold.
+    pub events_filtered: u64,
+    /// Destroy events of kernel entries the cache had already replaced.
+    pub events_stale: u64,
     /// When the last bulk to the peer started, and whether another one was
     /// asked for since that must wait for [`BULK_SPACING`].
     last_bulk: Option<Instant>,
@@ -77,17 +103,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node with empty caches of `cache_limit` flows each, around the
-    /// protocol core `ftfw` (configured with `peer_timeout`).
-    pub fn new(
-        ftfw: Ftfw,
-        peer_timeout: Duration,
-        cache_limit: usize,
-        expectations: ExpectSync,
-        readiness: Readiness,
-        direct: bool,
-        digests: bool,
-    ) -> Node {
+    /// A node with empty caches, around the protocol core `ftfw`.
+    pub fn new(ftfw: Ftfw, cfg: NodeConfig, readiness: Readiness) -> Node {
+        let NodeConfig { peer_timeout, cache_limit, expectations, filter, direct, digests } = cfg;
         let mut node = Node {
             ftfw,
             internal: Cache::new(cache_limit),
@@ -98,6 +116,10 @@ impl Node {
             repairs: RepairLedger::default(),
             internal_flushed: false,
             test_drop_peer_flows: false,
+            filter,
+            internal_stamp: 0,
+            events_filtered: 0,
+            events_stale: 0,
             last_bulk: None,
             bulk_pending: false,
             restarts_unlogged: 0,
@@ -147,6 +169,125 @@ impl Node {
     pub fn bulk_send(&mut self) {
         let exps = self.exp.internal.iter().map(|e| &e.exp);
         self.ftfw.bulk_send_with_expectations(self.internal.iter().map(|e| &e.flow), exps);
+    }
+
+    // ----- our kernel's changes -----------------------------------------
+
+    /// `born`: the kernel just created this flow, so the peer cannot know it
+    /// and a destroy before it is sent cancels both.
+    pub fn local_upsert(&mut self, now: Instant, mut flow: Flow, born: bool) {
+        if !born && let Some(old) = self.internal.get(&flow.key()) {
+            flow.inherit_unreported(&old.flow);
+        }
+        if !self.filter.accepts(&flow) {
+            self.events_filtered += 1;
+            // A flow that moved into an ignored state leaves the peer too.
+            let key = flow.key();
+            if self.internal.remove(&key).is_some() {
+                self.ftfw.queue(LocalChange::Destroy(key));
+            }
+            return;
+        }
+        self.internal_stamp += 1;
+        match self.internal.upsert(flow.clone(), self.internal_stamp) {
+            Upsert::Created if born => self.ftfw.queue(LocalChange::New(flow)),
+            Upsert::Created | Upsert::Updated { changed: true } => {
+                self.ftfw.queue(LocalChange::Upsert(flow));
+            }
+            Upsert::Updated { changed: false } => {}
+            Upsert::Full => self.log_full("internal", now),
+        }
+    }
+
+    pub fn local_destroy(&mut self, flow: &Flow) {
+        let key = flow.key();
+        let removal = self.internal.remove_entry(&key, flow.entry_id);
+        if removal == Removal::Stale {
+            self.events_stale += 1;
+            return;
+        }
+        if let Some(direct) = &mut self.direct
+            && self.external.get(&key).is_some()
+        {
+            direct.kernel_dropped(key);
+        }
+        match removal {
+            Removal::Removed(_) => self.ftfw.queue(LocalChange::Destroy(key)),
+            _ => self.events_filtered += 1,
+        }
+    }
+
+    pub fn local_exp(&mut self, exp: crate::expect::Expectation, destroyed: bool) {
+        if let Some(change) = self.exp.local(exp, destroyed) {
+            self.queue_exp(change);
+        }
+    }
+
+    pub fn queue_exp(&mut self, change: ExpChange) {
+        self.ftfw.queue(match change {
+            ExpChange::Upsert(exp) => LocalChange::ExpUpsert(exp),
+            ExpChange::Destroy(exp) => LocalChange::ExpDestroy(exp),
+        });
+    }
+
+    /// In direct-to-kernel mode, a flow in our kernel that the peer wrote and
+    /// we have not changed since: a dump must not claim it as ours.
+    pub fn owned_by_peer(&self, flow: &Flow) -> bool {
+        let key = flow.key();
+        self.direct.is_some()
+            && self.internal.get(&key).is_none()
+            && self.external.get(&key).is_some()
+    }
+
+    /// Reconcile the internal cache with a dump of the kernel table: new
+    /// and changed flows are upserted, flows that vanished are destroyed;
+    /// when `tell_peer`, every difference is queued for the peer. Returns
+    /// how many changed and how many vanished.
+    ///
+    /// `claim_all`: every dumped flow becomes ours (start, `-R`); otherwise
+    /// (recovery from an overrun) the replicas that direct-to-kernel mode
+    /// wrote for the peer stay the peer's.
+    pub fn reconcile_flows(
+        &mut self,
+        now: Instant,
+        dumped: Vec<Flow>,
+        tell_peer: bool,
+        claim_all: bool,
+    ) -> (usize, usize) {
+        if let Some(direct) = &mut self.direct {
+            let in_kernel: std::collections::HashSet<_> = dumped.iter().map(Flow::key).collect();
+            let missing = self.external.iter().map(|e| e.flow.key());
+            direct.set_missing(missing.filter(|k| !in_kernel.contains(k)));
+        }
+        let ours: Vec<Flow> = dumped
+            .into_iter()
+            .filter(|f| self.filter.accepts(f) && (claim_all || !self.owned_by_peer(f)))
+            .collect();
+        let ftfw = &mut self.ftfw;
+        let done = self.internal.reconcile(ours, &mut self.internal_stamp, |flow| {
+            if tell_peer {
+                ftfw.queue(LocalChange::Upsert(flow.clone()));
+            }
+        });
+        if done.full > 0 {
+            self.log_full("internal", now);
+        }
+        let (changed, gone) = (done.changed, done.vanished.len());
+        if tell_peer {
+            for key in done.vanished {
+                self.ftfw.queue(LocalChange::Destroy(key));
+            }
+        }
+        (changed, gone)
+    }
+
+    /// Reconcile the expectations with a dump of the kernel's.
+    pub fn reconcile_expectations(&mut self, dumped: Vec<Expectation>, tell_peer: bool) {
+        for change in self.exp.reconcile(dumped) {
+            if tell_peer {
+                self.queue_exp(change);
+            }
+        }
     }
 
     /// Log, rate-limited, that `which` cache refused a flow.
@@ -380,8 +521,15 @@ mod tests {
 
     fn node(now: Instant) -> Node {
         let ftfw = Ftfw::new(FtfwConfig::default(), 1, 100, now);
-        let timeout = FtfwConfig::default().peer_timeout;
-        Node::new(ftfw, timeout, 100, ExpectSync::Off, Readiness::new(None), false, false)
+        let cfg = NodeConfig {
+            peer_timeout: FtfwConfig::default().peer_timeout,
+            cache_limit: 100,
+            expectations: ExpectSync::Off,
+            filter: Filter::accept_all(),
+            direct: false,
+            digests: false,
+        };
+        Node::new(ftfw, cfg, Readiness::new(None))
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl Daemon {
                     let key = flow.key();
                     let born = self.node.external.get(&key).is_none()
                         && self.node.internal.get(&key).is_none();
-                    self.local_upsert(flow, born);
+                    self.node.local_upsert(now, flow, born);
                     if self.node.internal.get(&key).is_none() {
                         Some(Skip::NotReplicated)
                     } else if !d.held.hold(p.id, now) {

@@ -32,14 +32,14 @@ impl Daemon {
                 continue;
             }
             match item.event {
-                CtEvent::New(flow) => self.local_upsert(flow, true),
-                CtEvent::Update(flow) => self.local_upsert(flow, false),
-                CtEvent::Destroy(flow) => self.local_destroy(&flow),
+                CtEvent::New(flow) => self.node.local_upsert(now, flow, true),
+                CtEvent::Update(flow) => self.node.local_upsert(now, flow, false),
+                CtEvent::Destroy(flow) => self.node.local_destroy(&flow),
                 CtEvent::ExpNew(exp) => {
                     self.master_refresh.push((now + MASTER_REFRESH_DELAY, exp.master));
-                    self.local_exp(*exp, false);
+                    self.node.local_exp(*exp, false);
                 }
-                CtEvent::ExpDestroy(exp) => self.local_exp(*exp, true),
+                CtEvent::ExpDestroy(exp) => self.node.local_exp(*exp, true),
                 CtEvent::Overrun => self.on_overrun(now),
             }
         }
@@ -53,63 +53,6 @@ impl Daemon {
                 break;
             }
         }
-    }
-
-    /// `born`: the kernel just created this flow, so the peer cannot know it
-    /// and a destroy before it is sent cancels both.
-    pub(super) fn local_upsert(&mut self, mut flow: Flow, born: bool) {
-        if !born && let Some(old) = self.node.internal.get(&flow.key()) {
-            flow.inherit_unreported(&old.flow);
-        }
-        if !self.cfg.filter.accepts(&flow) {
-            self.stats.events_filtered += 1;
-            // A flow that moved into an ignored state leaves the peer too.
-            let key = flow.key();
-            if self.node.internal.remove(&key).is_some() {
-                self.node.ftfw.queue(LocalChange::Destroy(key));
-            }
-            return;
-        }
-        self.internal_stamp += 1;
-        match self.node.internal.upsert(flow.clone(), self.internal_stamp) {
-            Upsert::Created if born => self.node.ftfw.queue(LocalChange::New(flow)),
-            Upsert::Created | Upsert::Updated { changed: true } => {
-                self.node.ftfw.queue(LocalChange::Upsert(flow));
-            }
-            Upsert::Updated { changed: false } => {}
-            Upsert::Full => self.node.log_full("internal", Instant::now()),
-        }
-    }
-
-    pub(super) fn local_destroy(&mut self, flow: &Flow) {
-        let key = flow.key();
-        let removal = self.node.internal.remove_entry(&key, flow.entry_id);
-        if removal == Removal::Stale {
-            self.stats.events_stale += 1;
-            return;
-        }
-        if let Some(direct) = &mut self.node.direct
-            && self.node.external.get(&key).is_some()
-        {
-            direct.kernel_dropped(key);
-        }
-        match removal {
-            Removal::Removed(_) => self.node.ftfw.queue(LocalChange::Destroy(key)),
-            _ => self.stats.events_filtered += 1,
-        }
-    }
-
-    pub(super) fn local_exp(&mut self, exp: crate::expect::Expectation, destroyed: bool) {
-        if let Some(change) = self.node.exp.local(exp, destroyed) {
-            self.queue_exp(change);
-        }
-    }
-
-    pub(super) fn queue_exp(&mut self, change: ExpChange) {
-        self.node.ftfw.queue(match change {
-            ExpChange::Upsert(exp) => LocalChange::ExpUpsert(exp),
-            ExpChange::Destroy(exp) => LocalChange::ExpDestroy(exp),
-        });
     }
 
     /// A helper that creates an expectation of a NAT flow usually rewrites
@@ -137,7 +80,7 @@ impl Daemon {
                 continue;
             }
             match self.kernel.get(&key) {
-                Ok(Some(flow)) => self.local_upsert(flow, false),
+                Ok(Some(flow)) => self.node.local_upsert(now, flow, false),
                 // Gone meanwhile: its destroy event follows.
                 Ok(None) => {}
                 Err(e) => log::warn!(
@@ -190,47 +133,11 @@ impl Daemon {
         self.events_pending = false;
         let mut dumped = Vec::new();
         self.kernel.dump_into(|flow| dumped.push(flow))?;
-        if let Some(direct) = &mut self.node.direct {
-            let in_kernel: std::collections::HashSet<_> = dumped.iter().map(Flow::key).collect();
-            let missing = self.node.external.iter().map(|e| e.flow.key());
-            direct.set_missing(missing.filter(|k| !in_kernel.contains(k)));
-        }
-        let ours: Vec<Flow> = dumped
-            .into_iter()
-            .filter(|f| self.cfg.filter.accepts(f) && (claim_all || !self.owned_by_peer(f)))
-            .collect();
-        let ftfw = &mut self.node.ftfw;
-        let done = self.node.internal.reconcile(ours, &mut self.internal_stamp, |flow| {
-            if tell_peer {
-                ftfw.queue(LocalChange::Upsert(flow.clone()));
-            }
-        });
-        if done.full > 0 {
-            self.node.log_full("internal", Instant::now());
-        }
-        let (changed, gone) = (done.changed, done.vanished.len());
-        if tell_peer {
-            for key in done.vanished {
-                self.node.ftfw.queue(LocalChange::Destroy(key));
-            }
-        }
+        let done = self.node.reconcile_flows(Instant::now(), dumped, tell_peer, claim_all);
         if self.node.exp.sync.enabled() {
             let dumped = self.kernel.dump_expectations()?;
-            for change in self.node.exp.reconcile(dumped) {
-                if tell_peer {
-                    self.queue_exp(change);
-                }
-            }
+            self.node.reconcile_expectations(dumped, tell_peer);
         }
-        Ok((changed, gone))
-    }
-
-    /// In direct-to-kernel mode, a flow in our kernel that the peer wrote and
-    /// we have not changed since: a dump must not claim it as ours.
-    pub(super) fn owned_by_peer(&self, flow: &Flow) -> bool {
-        let key = flow.key();
-        self.node.direct.is_some()
-            && self.node.internal.get(&key).is_none()
-            && self.node.external.get(&key).is_some()
+        Ok(done)
     }
 }

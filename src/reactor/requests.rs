@@ -285,7 +285,11 @@ impl Daemon {
             ready: self.node.readiness.is_ready(),
             internal: self.node.internal.stats(),
             external: self.node.external.stats(),
-            runtime: self.stats,
+            runtime: RuntimeStats {
+                events_filtered: self.node.events_filtered,
+                events_stale: self.node.events_stale,
+                ..self.stats
+            },
             netlink: self.events.stats(),
             netlink_rcvbuf: self.events.rcvbuf(),
             protocol: self.node.ftfw.stats().clone(),
