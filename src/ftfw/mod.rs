@@ -36,7 +36,7 @@
 //!   sequence numbers, the replay window;
 //! - `config.rs`, `events.rs`, `stats.rs`: the public types.
 //!
-//! Tests: `tests.rs` (the protocol rules, table-driven) and `sim/` (two
+//! Tests: `tests/` (the protocol rules, table-driven) and `sim/` (two
 //! cores on a lossy link, seeded).
 
 mod anti_entropy;
