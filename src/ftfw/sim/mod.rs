@@ -1,8 +1,12 @@
-//! Deterministic simulation: two cores joined by a lossy, reordering,
-//! duplicating, corrupting link on a virtual clock. Each side has an
-//! internal set (its "kernel") that random changes hit, and an external view
-//! built only from [`PeerEvent`]s. After a quiet period each side's external
-//! view must equal the other side's internal set exactly.
+//! Deterministic simulation: two replication nodes ([`crate::node::Node`],
+//! the daemon's own, each around its protocol core) joined by a lossy,
+//! reordering, duplicating, corrupting link on a virtual clock. Random
+//! changes reach each node's internal cache as the kernel's events do; its
+//! external cache, the view, is built by the node from the core's
+//! [`PeerEvent`]s (bulk-end sweeps, anti-entropy repairs, bulk spacing
+//! included), and a restarted side starts a new node from a dump of its
+//! table. After a quiet period each side's view must equal the other
+//! side's internal cache exactly.
 //!
 //! An [`Attacker`] (see its module) may sit on the link. A flow change that
 //! an injected datagram made in a view *taints* its key until a genuine
@@ -19,7 +23,7 @@
 mod attacker;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashSet};
 use std::hash::BuildHasherDefault;
 
 /// Maps and sets with a fixed hasher: a bulk walks the internal set, so
@@ -28,8 +32,10 @@ type Fixed = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::digest::{AntiEntropyStats, Digests, RepairLedger};
+use crate::cache::Cache;
+use crate::digest::AntiEntropyStats;
 use crate::flow::{Flow, FlowKey, proto};
+use crate::node::{Node, NodeConfig};
 use crate::wire::native;
 pub(crate) use attacker::{Attack, AttackStats, Attacker, Recorded};
 
@@ -140,10 +146,10 @@ impl Default for Scenario {
 }
 
 struct Side {
-    core: Ftfw,
-    internal: HashMap<FlowKey, Flow, Fixed>,
-    external: HashMap<FlowKey, (Flow, u64), Fixed>,
-    ledger: RepairLedger,
+    /// The daemon's node: its internal cache stands for the kernel's table
+    /// (random changes reach it as kernel events do), its external cache
+    /// is the view.
+    node: Node,
     /// Virtual time of the last completed repair of `external`.
     repaired_at: Option<Duration>,
     /// Keys whose last change in `external` came from an injected datagram.
@@ -156,8 +162,9 @@ struct Side {
 }
 
 impl Side {
-    /// Apply one event as the daemon does; `injected`: it came from a
-    /// datagram the attacker sent. Returns true for a flow message.
+    /// Apply one event as the daemon does, through its node; `injected`:
+    /// it came from a datagram the attacker sent. Returns true for a flow
+    /// message.
     fn apply(&mut self, now: Duration, t0: Instant, ev: PeerEvent, injected: bool) -> bool {
         let taint = |side: &mut Side, key: FlowKey| {
             if injected {
@@ -167,97 +174,53 @@ impl Side {
                 side.tainted.remove(&key);
             }
         };
-        match ev {
-            PeerEvent::Upsert { flow, stamp } => {
+        let flow_msg = match &ev {
+            PeerEvent::Upsert { flow, .. } => {
                 taint(self, flow.key());
-                self.external.insert(flow.key(), (flow, stamp));
-                return true;
+                true
             }
             PeerEvent::Destroy { key } => {
-                taint(self, key);
-                self.external.remove(&key);
-                return true;
+                taint(self, *key);
+                true
             }
-            PeerEvent::BulkEnd { floor } => {
+            PeerEvent::BulkEnd { .. } | PeerEvent::RepairUpsert { .. } => {
                 if injected {
                     self.tainted_events += 1;
                 }
-                self.external.retain(|_, (_, stamp)| *stamp >= floor);
+                false
             }
-            PeerEvent::BulkRequested => {
-                let Side { core, internal, .. } = self;
-                core.bulk_send(internal.values());
-            }
-            // The daemon logs these; nothing else changes.
-            PeerEvent::PeerUp
-            | PeerEvent::PeerDown
-            | PeerEvent::PeerRestarted
-            | PeerEvent::Rebased
-            | PeerEvent::Stalled { .. }
-            | PeerEvent::StallEnded
-            | PeerEvent::ExpUpsert { .. }
-            | PeerEvent::ExpDestroy { .. } => {}
-            ev @ (PeerEvent::RepairUpsert { .. } | PeerEvent::RepairEnd { .. }) => {
+            PeerEvent::RepairEnd { .. } => {
                 if injected {
                     self.tainted_events += 1;
                 }
-                self.anti_entropy(now, t0, ev);
-            }
-            ev => self.anti_entropy(now, t0, ev),
-        }
-        false
-    }
-
-    /// The caller's part of anti-entropy, as the reactor does it (with
-    /// digests computed by a scan rather than kept by a cache).
-    fn anti_entropy(&mut self, now: Duration, t0: Instant, ev: PeerEvent) {
-        match ev {
-            PeerEvent::DigestDue => {
-                let d = Digests::of(self.internal.values());
-                self.core.send_digest(t0 + now, d.values());
-            }
-            PeerEvent::Digest { digests } => {
-                self.ledger.stats.digests_compared += 1;
-                let ours = Digests::of(self.external.values().map(|(f, _)| f));
-                let differ = ours.differing(&digests);
-                if !differ.is_empty() {
-                    self.ledger.stats.digests_differing += 1;
-                    self.core.request_repair(differ);
-                }
-            }
-            PeerEvent::RepairRequested { ranges } => {
-                let flows: Vec<&Flow> =
-                    self.internal.values().filter(|f| ranges.holds(&f.key())).collect();
-                self.ledger.stats.repairs_served += 1;
-                self.core.repair_send(ranges, flows);
-            }
-            PeerEvent::RepairUpsert { flow, stamp } => {
-                let old = self.external.insert(flow.key(), (flow.clone(), stamp));
-                self.ledger.flow(old.is_none(), old.is_some_and(|(o, _)| o != flow));
-            }
-            PeerEvent::RepairEnd { floor, ranges } => {
-                let before = self.external.len();
-                self.external.retain(|k, (_, stamp)| *stamp >= floor || !ranges.holds(k));
-                self.ledger.end(ranges, before - self.external.len());
                 self.repaired_at = Some(now);
+                false
             }
-            _ => {}
-        }
+            _ => false,
+        };
+        // Readiness, the peer's ups and downs and stalls change nothing
+        // here; a refill from the kernel is never asked for (no -f here).
+        let action = self.node.on_peer_event(t0 + now, ev);
+        assert_ne!(action, Some(crate::node::Action::RefillThenBulk));
+        flow_msg
     }
 
     /// Make the drift `d` in the external view.
     fn drift(&mut self, d: &Drift, rng: &mut Rng) {
-        let mut keys: Vec<FlowKey> = self.external.keys().copied().collect();
+        let external = &mut self.node.external;
+        let mut keys: Vec<FlowKey> = external.iter().map(|e| e.flow.key()).collect();
         keys.sort_by_key(|k| (k.l4, k.src));
         assert!(keys.len() >= d.removed + d.changed, "not enough flows to drift: {d:?}");
         for _ in 0..d.removed {
             let k = keys.swap_remove(rng.below(keys.len() as u64) as usize);
-            self.external.remove(&k);
+            external.remove(&k);
         }
         for _ in 0..d.changed {
             let k = keys.swap_remove(rng.below(keys.len() as u64) as usize);
-            if let Some((f, _)) = self.external.get_mut(&k) {
+            if let Some(e) = external.get(&k) {
+                let (mut f, stamp) = (e.flow.clone(), e.stamp);
                 f.mark ^= 0x8000_0000;
+                external.upsert(f, stamp);
             }
         }
         for i in 0..d.added {
@@ -268,7 +231,7 @@ impl Side {
                 1 + i as u16,
                 53,
             );
-            self.external.insert(f.key(), (f, 0));
+            external.upsert(f, 0);
         }
     }
 }
@@ -411,12 +374,20 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
         ..config(sc.resend_queue, sc.dialect)
     };
     let mut recording = Vec::new();
+    let node = |core: Ftfw| {
+        let node_cfg = NodeConfig {
+            peer_timeout: cfg.peer_timeout,
+            cache_limit: 1 << 20,
+            expectations: crate::expect::ExpectSync::Off,
+            filter: crate::filter::Filter::accept_all(),
+            direct: false,
+            digests: !cfg.anti_entropy_interval.is_zero(),
+        };
+        Node::new(core, node_cfg, crate::readiness::Readiness::new(None))
+    };
     let mut sides: Vec<Side> = (0..2)
         .map(|i| Side {
-            core: Ftfw::new(cfg.clone(), sc.session_base + i as u32, sc.initial_seq[i], t0),
-            internal: HashMap::default(),
-            external: HashMap::default(),
-            ledger: RepairLedger::default(),
+            node: node(Ftfw::new(cfg.clone(), sc.session_base + i as u32, sc.initial_seq[i], t0)),
             repaired_at: None,
             tainted: HashSet::default(),
             tainted_events: 0,
@@ -467,7 +438,7 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
         for i in 0..2 {
             loop {
                 let mut progressed = false;
-                while let Some(n) = sides[i].core.poll_transmit(t0 + now, &mut buf) {
+                while let Some(n) = sides[i].node.ftfw.poll_transmit(t0 + now, &mut buf) {
                     progressed = true;
                     let ms = now.as_millis() as u64;
                     let cut = sc.partition.is_some_and(|(a, b)| ms >= a && ms < b);
@@ -491,7 +462,7 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
                         }));
                     }
                 }
-                while let Some(ev) = sides[i].core.poll_event() {
+                while let Some(ev) = sides[i].node.ftfw.poll_event() {
                     progressed = true;
                     delivered += u64::from(sides[i].apply(now, t0, ev, false));
                 }
@@ -514,8 +485,8 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
             match converged_at {
                 None => {
                     converged_at = Some(now);
-                    sent_at_convergence =
-                        sides[0].core.stats().datagrams_sent + sides[1].core.stats().datagrams_sent;
+                    sent_at_convergence = sides[0].node.ftfw.stats().datagrams_sent
+                        + sides[1].node.ftfw.stats().datagrams_sent;
                 }
                 Some(t) if now >= t + IDLE_CHECK => break,
                 Some(_) => {}
@@ -532,12 +503,12 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
                 "views diverged after converging in {sc:?}\nattack: {:?}\nA: synced={} \
                  state={:?} {:?}\nB: synced={} state={:?} {:?}",
                 attacker.as_ref().map(|a| a.stats),
-                sides[0].core.is_synced(),
-                sides[0].core.peer_state(),
-                sides[0].core.stats(),
-                sides[1].core.is_synced(),
-                sides[1].core.peer_state(),
-                sides[1].core.stats(),
+                sides[0].node.ftfw.is_synced(),
+                sides[0].node.ftfw.peer_state(),
+                sides[0].node.ftfw.stats(),
+                sides[1].node.ftfw.is_synced(),
+                sides[1].node.ftfw.peer_state(),
+                sides[1].node.ftfw.stats(),
             );
         }
         if now > deadline {
@@ -546,18 +517,18 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
                 "no convergence in {sc:?}\nattack: {:?}\nA's view: {}\nB's view: {}\nA: {:?} synced={} state={:?} ext={} int={}\nB: {:?} \
                  synced={} state={:?} ext={} int={}",
                 attacker.as_ref().map(|a| a.stats),
-                differences(a, &b.internal),
-                differences(b, &a.internal),
-                a.core.stats(),
-                a.core.is_synced(),
-                a.core.peer_state(),
-                a.external.len(),
-                a.internal.len(),
-                b.core.stats(),
-                b.core.is_synced(),
-                b.core.peer_state(),
-                b.external.len(),
-                b.internal.len(),
+                differences(a, &b.node.internal),
+                differences(b, &a.node.internal),
+                a.node.ftfw.stats(),
+                a.node.ftfw.is_synced(),
+                a.node.ftfw.peer_state(),
+                a.node.external.len(),
+                a.node.internal.len(),
+                b.node.ftfw.stats(),
+                b.node.ftfw.is_synced(),
+                b.node.ftfw.peer_state(),
+                b.node.external.len(),
+                b.node.internal.len(),
             );
         }
 
@@ -567,7 +538,7 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
             next = next.min(p.at);
         }
         for s in &sides {
-            if let Some(t) = s.core.poll_timeout() {
+            for t in [s.node.ftfw.poll_timeout(), s.node.bulk_deadline()].into_iter().flatten() {
                 next = next.min(t.saturating_duration_since(t0));
             }
         }
@@ -592,17 +563,17 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
             let Some(Reverse(p)) = link.pop() else { break };
             // Silence: the peer's messages keep coming and all are refused
             // (this one too, or it made the side follow the peer again).
-            let refusing = sides[p.to].core.refusing_since();
-            let rebases = sides[p.to].core.stats().rx_rebases;
+            let refusing = sides[p.to].node.ftfw.refusing_since();
+            let rebases = sides[p.to].node.ftfw.stats().rx_rebases;
             let accepted = |c: &Ftfw| c.stats().flow_msgs_accepted + c.stats().exp_msgs_accepted;
-            let before = accepted(&sides[p.to].core);
-            sides[p.to].core.handle_datagram(t0 + now, &p.bytes);
-            let applied = accepted(&sides[p.to].core) != before;
-            let healed = sides[p.to].core.stats().rx_rebases != rebases;
-            let still = sides[p.to].core.refusing_since();
+            let before = accepted(&sides[p.to].node.ftfw);
+            sides[p.to].node.ftfw.handle_datagram(t0 + now, &p.bytes);
+            let applied = accepted(&sides[p.to].node.ftfw) != before;
+            let healed = sides[p.to].node.ftfw.stats().rx_rebases != rebases;
+            let still = sides[p.to].node.ftfw.refusing_since();
             if let Some(t) = refusing
                 && still == Some(t)
-                && (t0 + now).saturating_duration_since(t) >= sides[p.to].core.heal_after()
+                && (t0 + now).saturating_duration_since(t) >= sides[p.to].node.ftfw.heal_after()
             {
                 unhealed[p.to] += 1;
             }
@@ -623,30 +594,21 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
             }
         }
         for s in &mut sides {
-            if s.core.poll_timeout().is_some_and(|t| t <= t0 + now) {
-                s.core.handle_timeout(t0 + now);
+            if s.node.ftfw.poll_timeout().is_some_and(|t| t <= t0 + now) {
+                s.node.ftfw.handle_timeout(t0 + now);
             }
+            s.node.bulk_if_due(t0 + now);
         }
         while ops.peek().is_some_and(|op| Duration::from_millis(op.0) <= now) {
             let Some((_, i, port, action)) = ops.next() else { break };
-            let side = &mut sides[i];
+            let node = &mut sides[i].node;
             let flow = flow_for(i, port, &mut rng);
-            let key = flow.key();
-            let change = match (side.internal.contains_key(&key), action) {
-                (true, 0..=2) => {
-                    side.internal.remove(&key);
-                    LocalChange::Destroy(key)
-                }
-                (true, _) => {
-                    side.internal.insert(key, flow.clone());
-                    LocalChange::Upsert(flow)
-                }
-                (false, _) => {
-                    side.internal.insert(key, flow.clone());
-                    LocalChange::New(flow)
-                }
-            };
-            side.core.queue(change);
+            // The kernel's event for the change, into the node.
+            match (node.internal.get(&flow.key()).is_some(), action) {
+                (true, 0..=2) => node.local_destroy(&flow),
+                (true, _) => node.local_upsert(t0 + now, flow, false),
+                (false, _) => node.local_upsert(t0 + now, flow, true),
+            }
         }
         while drifts.peek().is_some_and(|d| Duration::from_millis(d.at_ms) <= now) {
             let Some(d) = drifts.next() else { break };
@@ -656,8 +618,11 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
             let Some((_, i)) = restarts.next() else { break };
             session_counter += 1;
             let initial = rng.next_u64() as u32;
-            sides[i].core = Ftfw::new(cfg.clone(), session_counter, initial, t0 + now);
-            sides[i].external.clear();
+            // The daemon starts afresh and dumps the kernel's table, which
+            // its last internal cache stands for.
+            let table: Vec<Flow> = sides[i].node.internal.iter().map(|e| e.flow.clone()).collect();
+            sides[i].node = node(Ftfw::new(cfg.clone(), session_counter, initial, t0 + now));
+            sides[i].node.reconcile_flows(t0 + now, table, false, true);
         }
         if let Some((at, ahead)) = forge
             && Duration::from_millis(at) <= now
@@ -666,8 +631,8 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
             let bogus = Flow::new_v4(proto::UDP, [6, 6, 6, 6].into(), [7, 7, 7, 7].into(), 6, 6);
             let hdr = DatagramHeader {
                 flags: 0,
-                session: sides[0].core.session_id(),
-                seq: sides[0].core.next_seq().wrapping_add(ahead),
+                session: sides[0].node.ftfw.session_id(),
+                seq: sides[0].node.ftfw.next_seq().wrapping_add(ahead),
             };
             // Far ahead: a flow that must be ignored. Near ahead: a bare
             // ALIVE (a forged flow inside the window would be accepted, as
@@ -678,7 +643,7 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
                 MessageRef::Alive
             };
             let n = native::encode(&hdr, &[msg], &mut buf).unwrap();
-            sides[1].core.handle_datagram(t0 + now, &buf[..n]);
+            sides[1].node.ftfw.handle_datagram(t0 + now, &buf[..n]);
         }
         if let Some(a) = &mut attacker
             && a.due().is_some_and(|t| t <= now)
@@ -687,7 +652,7 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
                 // What genuine datagrams produced is applied first, so that
                 // only the injection's own changes count as tainted.
                 let side = &mut sides[to];
-                while let Some(ev) = side.core.poll_event() {
+                while let Some(ev) = side.node.ftfw.poll_event() {
                     delivered += u64::from(side.apply(now, t0, ev, false));
                 }
                 // Native dialect: a copy of a datagram the link delivered to
@@ -698,8 +663,8 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
                 // taints what it changes; in the conntrackd dialect, every
                 // one (nothing there tells a late copy from a fresh one).
                 let duplicate = sc.dialect == Dialect::Native && side.unapplied.contains(&bytes);
-                side.core.handle_datagram(t0 + now, &bytes);
-                while let Some(ev) = side.core.poll_event() {
+                side.node.ftfw.handle_datagram(t0 + now, &bytes);
+                while let Some(ev) = side.node.ftfw.poll_event() {
                     side.apply(now, t0, ev, !duplicate);
                 }
             }
@@ -707,18 +672,19 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
     }
     if attacker.is_none() && forge.is_none() && sc.forge.is_none() {
         // Genuine traffic never puts two messages under one seq.
-        let collisions = [sides[0].core.stats().rx_collisions, sides[1].core.stats().rx_collisions];
+        let collisions =
+            [sides[0].node.ftfw.stats().rx_collisions, sides[1].node.ftfw.stats().rx_collisions];
         assert_eq!(collisions, [0, 0], "collisions without an attacker in {sc:?}");
     }
-    let idle_datagrams = sides[0].core.stats().datagrams_sent
-        + sides[1].core.stats().datagrams_sent
+    let idle_datagrams = sides[0].node.ftfw.stats().datagrams_sent
+        + sides[1].node.ftfw.stats().datagrams_sent
         - sent_at_convergence;
     Outcome {
-        stats: [sides[0].core.stats().clone(), sides[1].core.stats().clone()],
+        stats: [sides[0].node.ftfw.stats().clone(), sides[1].node.ftfw.stats().clone()],
         virtual_time: converged_at.unwrap_or(now),
         idle_datagrams,
         delivered_flow_msgs: delivered,
-        repairs: [sides[0].ledger.stats, sides[1].ledger.stats],
+        repairs: [sides[0].node.repairs.stats, sides[1].node.repairs.stats],
         repaired_at: [sides[0].repaired_at, sides[1].repaired_at],
         attack: attacker.map(|a| a.stats).unwrap_or_default(),
         tainted_events: [sides[0].tainted_events, sides[1].tainted_events],
@@ -727,38 +693,45 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
         unhealed,
         mismatches: {
             let [a, b] = [
-                mismatches(&sides[0], &sides[1].internal),
-                mismatches(&sides[1], &sides[0].internal),
+                mismatches(&sides[0], &sides[1].node.internal),
+                mismatches(&sides[1], &sides[0].node.internal),
             ];
             [a[0] + b[0], a[1] + b[1]]
         },
-        synced: [sides[0].core.is_synced(), sides[1].core.is_synced()],
+        synced: [sides[0].node.ftfw.is_synced(), sides[1].node.ftfw.is_synced()],
         recording,
     }
 }
 
-/// How `viewer`'s view differs from the peer's table `int`, tainted keys
-/// aside: counts, and a few keys.
 /// How many keys of `viewer`'s view differ from the peer's table `int`,
-/// tainted keys aside.
-fn mismatches(viewer: &Side, int: &HashMap<FlowKey, Flow, Fixed>) -> [usize; 2] {
+/// tainted keys aside: [extra in the view, missing from it or different].
+fn mismatches(viewer: &Side, int: &Cache) -> [usize; 2] {
     let clean = |k: &FlowKey| !viewer.tainted.contains(k);
-    let ext = &viewer.external;
+    let ext = &viewer.node.external;
     [
-        ext.keys().filter(|k| clean(k) && !int.contains_key(*k)).count(),
-        int.iter().filter(|(k, f)| clean(k) && ext.get(*k).is_none_or(|(g, _)| g != *f)).count(),
+        ext.iter().filter(|e| clean(&e.flow.key()) && int.get(&e.flow.key()).is_none()).count(),
+        int.iter()
+            .filter(|e| {
+                let k = e.flow.key();
+                clean(&k) && ext.get(&k).is_none_or(|g| g.flow != e.flow)
+            })
+            .count(),
     ]
 }
 
-fn differences(viewer: &Side, int: &HashMap<FlowKey, Flow, Fixed>) -> String {
-    let ext = &viewer.external;
+/// How `viewer`'s view differs from the peer's table `int`, tainted keys
+/// aside: counts, and a few keys.
+fn differences(viewer: &Side, int: &Cache) -> String {
+    let ext = &viewer.node.external;
     let clean = |k: &FlowKey| !viewer.tainted.contains(k);
-    let extra: Vec<_> = ext.keys().filter(|k| clean(k) && !int.contains_key(*k)).collect();
-    let missing: Vec<_> = int.keys().filter(|k| clean(k) && !ext.contains_key(*k)).collect();
-    let changed: Vec<_> = int
-        .iter()
-        .filter(|(k, f)| clean(k) && ext.get(*k).is_some_and(|(g, _)| g != *f))
-        .map(|(k, _)| k)
+    let keys = |c: &Cache| -> Vec<FlowKey> {
+        c.iter().map(|e| e.flow.key()).filter(|k| clean(k)).collect()
+    };
+    let extra: Vec<_> = keys(ext).into_iter().filter(|k| int.get(k).is_none()).collect();
+    let missing: Vec<_> = keys(int).into_iter().filter(|k| ext.get(k).is_none()).collect();
+    let changed: Vec<_> = keys(int)
+        .into_iter()
+        .filter(|k| ext.get(k).zip(int.get(k)).is_some_and(|(g, f)| g.flow != f.flow))
         .collect();
     format!(
         "{} extra {:?}, {} missing {:?}, {} changed {:?}; {} tainted keys left out",
@@ -774,27 +747,19 @@ fn differences(viewer: &Side, int: &HashMap<FlowKey, Flow, Fixed>) -> String {
 
 /// Each side's view equals the other's table, tainted keys aside.
 fn views_match(sides: &[Side]) -> bool {
-    let view_matches = |viewer: &Side, int: &HashMap<FlowKey, Flow, Fixed>| {
-        let ext = &viewer.external;
-        let clean = |k: &&FlowKey| !viewer.tainted.contains(*k);
-        ext.keys().filter(clean).all(|k| int.contains_key(k))
-            && int
-                .iter()
-                .filter(|(k, _)| clean(k))
-                .all(|(k, f)| ext.get(k).is_some_and(|(g, _)| g == f))
-    };
-    view_matches(&sides[1], &sides[0].internal) && view_matches(&sides[0], &sides[1].internal)
+    mismatches(&sides[1], &sides[0].node.internal) == [0, 0]
+        && mismatches(&sides[0], &sides[1].node.internal) == [0, 0]
 }
 
 /// Both sides synced with nothing left to send (views aside).
 fn settled(sides: &[Side]) -> bool {
-    sides.iter().all(|s| s.core.is_synced() && s.core.tx_is_empty())
+    sides.iter().all(|s| s.node.ftfw.is_synced() && s.node.ftfw.tx_is_empty())
 }
 
 /// Both sides synced, and each view equals the peer's table exactly, its
 /// tainted keys aside.
 fn converged(sides: &[Side]) -> bool {
-    sides[0].core.is_synced() && sides[1].core.is_synced() && views_match(sides)
+    sides[0].node.ftfw.is_synced() && sides[1].node.ftfw.is_synced() && views_match(sides)
 }
 
 #[cfg(test)]
