@@ -1,6 +1,6 @@
 //! The YAML schema as serde sees it: every section optional, unknown keys
 //! refused, values that need checking kept as text until
-//! [`super::convert`] turns them into types with the key path at hand.
+//! [`super::validate`] turns them into types with the key path at hand.
 //!
 //! The defaults live here, once: `Default` of each struct is what an absent
 //! key means.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::Cidr;
-use crate::config::{ChannelKind, LogTarget, SyncMode, load};
+use crate::config::{ChannelKind, LogTarget, SyncMode, SyslogFacility, load};
 use crate::flow::{proto, tcp_state};
 
 const FILE: &str = "/etc/conntrackd/conntrackd.conf";
