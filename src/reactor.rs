@@ -50,6 +50,7 @@ mod deferred;
 mod error;
 mod local;
 mod peer;
+use peer::Links;
 mod requests;
 pub use error::{ControlStep, KernelOp, RequestError, StartError};
 
@@ -113,6 +114,10 @@ const EVENT_BATCH: usize = 8192;
 /// flood keeps the read loop going, and kernel events, the operator and the
 /// watchdog wait until it stops.
 const DATAGRAM_BATCH: usize = 256;
+/// How often a long commit stops between its batches to answer the peer:
+/// well inside the shortest sensible `peer_timeout`, rare enough to cost
+/// the commit nothing measurable.
+const COMMIT_INTERLUDE: Duration = Duration::from_millis(20);
 /// How long after a new expectation its master is read back.
 const MASTER_REFRESH_DELAY: Duration = Duration::from_millis(5);
 const LINK_CHECK: Duration = Duration::from_secs(1);

@@ -1977,3 +1977,46 @@ fn conntrackd_wire_mode_warns_about_a_channel_without_an_interface() {
         pair.log(1)
     );
 }
+
+/// A commit of many flows used to hold the loop from start to end: the
+/// peer heard nothing for longer than its `peer_timeout` and declared this
+/// node down in the middle of a failover (and a long enough one missed the
+/// unit's watchdog). The loop now answers the peer between the commit's
+/// batches.
+#[test]
+fn a_commit_longer_than_the_peer_timeout_keeps_both_sides_up() {
+    let pair = Pair::with_options(
+        "longcommit",
+        "",
+        "  alive_interval: 100ms\n  peer_timeout: 300ms\n",
+        &[],
+    );
+    let flows: Vec<Flow> = (0..200_000).map(tcp_flow).collect();
+    pair.commit_flows(0, flows);
+    pair.converge(0, Duration::from_secs(120));
+    let downs = |i: usize| -> u64 {
+        let stats: serde_json::Value =
+            serde_json::from_str(&pair.cli_ok(i, &["-s", "--json"])).unwrap();
+        stats["protocol"]["peer_down"].as_u64().unwrap()
+    };
+    let before = [downs(0), downs(1)];
+    let started = Instant::now();
+    let out = pair.cli_ok(1, &["-c"]);
+    let took = started.elapsed();
+    println!("fw2 -c of 200k flows in {took:?}: {out}");
+    assert!(out.contains("200000 created"), "{out}");
+    // Let a peer timeout pass, so that a down that the commit caused shows.
+    std::thread::sleep(Duration::from_millis(600));
+    let after = [downs(0), downs(1)];
+    assert_eq!(
+        after,
+        before,
+        "a commit of {took:?} made a side declare its peer down (peer_timeout 300 ms)\nlog fw1: {}\nlog fw2: {}",
+        pair.log(0),
+        pair.log(1)
+    );
+    assert!(
+        took > Duration::from_millis(300),
+        "the commit took {took:?}, less than the peer timeout: this test needs more flows here"
+    );
+}

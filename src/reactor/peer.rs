@@ -5,13 +5,23 @@
 
 use super::*;
 
-impl Daemon {
-    pub(super) fn on_datagrams(&mut self, now: Instant, link: usize) {
+/// What reading the sync links touches, borrowed apart from the caches so
+/// that a commit can go on reading them while it walks the external cache.
+pub(super) struct Links<'a> {
+    pub channels: &'a mut Channels,
+    pub ftfw: &'a mut Ftfw,
+    pub reject_log: &'a mut reject::RejectLog,
+    pub links_pending: &'a mut u64,
+}
+
+impl Links<'_> {
+    /// Read up to [`DATAGRAM_BATCH`] datagrams from `link` into the core.
+    pub(super) fn read(&mut self, now: Instant, link: usize) {
         let mut buf = [0u8; 65536];
-        self.links_pending &= !(1 << link);
+        *self.links_pending &= !(1 << link);
         for read in 0.. {
             if read == DATAGRAM_BATCH {
-                self.links_pending |= 1 << link;
+                *self.links_pending |= 1 << link;
                 break;
             }
             let (len, from) = match self.channels.recv(link, now, &mut buf) {
@@ -41,10 +51,47 @@ impl Daemon {
                     continue;
                 }
             };
-            if let Some(refusal) = self.node.ftfw.handle_datagram(now, &buf[..len]) {
+            if let Some(refusal) = self.ftfw.handle_datagram(now, &buf[..len]) {
                 let name = self.channels.name(link);
                 self.reject_log.note(refusal.into(), from, name, now);
             }
+        }
+    }
+
+    /// Between the batches of a long commit: read every link, and let the
+    /// core answer (ACK, ALIVE, and what else it has to send), so that the
+    /// peer does not take this node for down and its stream does not
+    /// stall. The peer's changes wait in the core until the commit is
+    /// done: the external cache is what is being committed.
+    pub(super) fn interlude(&mut self, now: Instant) {
+        for link in 0..self.channels.len() {
+            self.read(now, link);
+        }
+        if self.ftfw.poll_timeout().is_some_and(|t| t <= now) {
+            self.ftfw.handle_timeout(now);
+        }
+        let mut buf = [0u8; 65536];
+        while let Some(n) = self.ftfw.poll_transmit(now, &mut buf) {
+            // A full socket loses the datagram, as a lossy link would; the
+            // protocol sends its content again.
+            if self.channels.send(now, &buf[..n]).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+impl Daemon {
+    pub(super) fn on_datagrams(&mut self, now: Instant, link: usize) {
+        self.links().read(now, link);
+    }
+
+    pub(super) fn links(&mut self) -> Links<'_> {
+        Links {
+            channels: &mut self.channels,
+            ftfw: &mut self.node.ftfw,
+            reject_log: &mut self.reject_log,
+            links_pending: &mut self.links_pending,
         }
     }
 

@@ -171,31 +171,56 @@ impl Daemon {
             report.deleted
         };
         self.forget_deleted(&conflicts);
+        let opts = self.commit_options();
+        // Between batches, the peer is answered (not in direct-to-kernel
+        // mode, where an ACK means that the flows are in this kernel) and
+        // the watchdog fed.
+        let serve_peer = self.node.direct.is_none();
+        let Node { ftfw, external, direct, .. } = &mut self.node;
+        let mut links = Links {
+            channels: &mut self.channels,
+            ftfw,
+            reject_log: &mut self.reject_log,
+            links_pending: &mut self.links_pending,
+        };
+        let watchdog = &mut self.watchdog;
         // Most recently updated first: the flows carrying traffic now reach
         // the kernel before a long tail of idle ones.
         // In direct-to-kernel mode only the replicas the kernel dropped need
         // it, when the daemon knows which they are.
-        let missing = self.node.direct.as_ref().and_then(DirectToKernel::missing);
-        let mut order: Vec<(u64, &Flow)> = self
-            .node
-            .external
+        let missing = direct.as_ref().and_then(DirectToKernel::missing);
+        let mut order: Vec<(u64, &Flow)> = external
             .iter()
             .filter(|e| missing.is_none_or(|m| m.contains(&e.flow.key())))
             .map(|e| (e.stamp, &e.flow))
             .collect();
         order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
-        let opts = self.commit_options();
         // The events of the commit's moments are read between its batches
         // (see Kernel::commit_with) and applied once it is done.
         let mut during = Vec::new();
         let events = &mut self.events;
-        let mut read_events = || {
+        let mut next_interlude = started + COMMIT_INTERLUDE;
+        let mut between = || {
             if let Err(e) = events.recv(&mut during, usize::MAX) {
                 log::warn!("reading conntrack events during the commit failed: {e}");
             }
+            let now = Instant::now();
+            if now < next_interlude {
+                return;
+            }
+            next_interlude = now + COMMIT_INTERLUDE;
+            if serve_peer {
+                links.interlude(now);
+            }
+            if let Some((interval, last)) = *watchdog
+                && last + interval <= now
+            {
+                systemd::notify_watchdog();
+                *watchdog = Some((interval, now));
+            }
         };
         let result =
-            self.kernel.commit_with(order.into_iter().map(|(_, f)| f), &opts, &mut read_events);
+            self.kernel.commit_with(order.into_iter().map(|(_, f)| f), &opts, &mut between);
         self.handle_kernel_events(Instant::now(), &mut during);
         let report = result.map_err(KernelOp::Commit.failed())?;
         if let Some(direct) = &mut self.node.direct {
