@@ -33,7 +33,7 @@ use crate::direct::{DirectToKernel, Role};
 use crate::expect::{ExpWritten, ExpectSync};
 use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey, proto, tcp_state};
-use crate::ftfw::{Ftfw, FtfwConfig, LocalChange, PeerState, Seq};
+use crate::ftfw::{Ftfw, FtfwConfig, PeerState, Seq};
 use crate::logging::RateLimit;
 use crate::metrics;
 use crate::netlink::queue::{QueueSocket, QueuedPacket};

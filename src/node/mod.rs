@@ -17,7 +17,7 @@ use crate::digest::{self, RepairLedger};
 use crate::direct::DirectToKernel;
 use crate::expect::{ExpChange, ExpState, ExpectSync, Expectation};
 use crate::filter::Filter;
-use crate::flow::Flow;
+use crate::flow::{Flow, FlowKey};
 use crate::ftfw::{Ftfw, LocalChange, PeerEvent};
 use crate::logging::RateLimit;
 use crate::readiness::Readiness;
@@ -63,6 +63,23 @@ pub struct NodeConfig {
     pub direct: bool,
     /// Keep anti-entropy digests of both caches.
     pub digests: bool,
+}
+
+/// The flows a commit writes, most recently updated first, so that the
+/// flows carrying traffic now reach the kernel before a long tail of idle
+/// ones. In direct-to-kernel mode only the replicas the kernel dropped are
+/// written, when it is known which they are. A function of the two parts
+/// of the node it reads, so that the core can answer the peer while the
+/// commit walks the list.
+pub fn commit_order<'a>(external: &'a Cache, direct: Option<&DirectToKernel>) -> Vec<&'a Flow> {
+    let missing = direct.and_then(DirectToKernel::missing);
+    let mut order: Vec<(u64, &Flow)> = external
+        .iter()
+        .filter(|e| missing.is_none_or(|m| m.contains(&e.flow.key())))
+        .map(|e| (e.stamp, &e.flow))
+        .collect();
+    order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
+    order.into_iter().map(|(_, f)| f).collect()
 }
 
 /// One node of the replication.
@@ -286,6 +303,29 @@ impl Node {
         for change in self.exp.reconcile(dumped) {
             if tell_peer {
                 self.queue_exp(change);
+            }
+        }
+    }
+
+    // ----- the commit ------------------------------------------------------
+
+    /// Our kernel's flows that hold the NAT mapping of a synced flow: they
+    /// must go before the commit, or the synced flow cannot be created (in
+    /// direct-to-kernel mode the kernel already holds the replicas).
+    pub fn commit_conflicts(&self) -> Vec<FlowKey> {
+        if self.direct.is_some() {
+            return Vec::new();
+        }
+        crate::cache::nat_conflicts(&self.internal, &self.external)
+    }
+
+    /// Entries our own request deleted: their destroy events carry our
+    /// port id and never come back, so the internal cache and the peer
+    /// learn it here.
+    pub fn forget_deleted(&mut self, keys: &[FlowKey]) {
+        for key in keys {
+            if self.internal.remove(key).is_some() {
+                self.ftfw.queue(LocalChange::Destroy(*key));
             }
         }
     }
@@ -578,5 +618,19 @@ mod tests {
         n.internal_flushed = true;
         assert_eq!(n.on_peer_event(now, PeerEvent::BulkRequested), Some(Action::RefillThenBulk));
         assert_eq!(n.ftfw.stats().bulks_sent, 0, "an empty bulk would sweep the peer's copy");
+    }
+
+    #[test]
+    fn a_commit_writes_the_most_recently_updated_flows_first() {
+        let now = Instant::now();
+        let mut n = node(now);
+        for (port, stamp) in [(1, 7), (2, 30), (3, 12)] {
+            n.on_peer_event(now, PeerEvent::Upsert { flow: flow(port), stamp });
+        }
+        let ports: Vec<u16> = commit_order(&n.external, n.direct.as_ref())
+            .iter()
+            .map(|f| f.sport(crate::flow::Dir::Orig))
+            .collect();
+        assert_eq!(ports, [2, 3, 1]);
     }
 }

@@ -137,27 +137,12 @@ impl Daemon {
         }
     }
 
-    /// Entries our own request deleted: their destroy events carry our
-    /// port id and never come back, so the internal cache and the peer
-    /// learn it here.
-    pub(super) fn forget_deleted(&mut self, keys: &[FlowKey]) {
-        for key in keys {
-            if self.node.internal.remove(key).is_some() {
-                self.node.ftfw.queue(LocalChange::Destroy(*key));
-            }
-        }
-    }
-
     pub(super) fn commit(&mut self) -> Result<String, RequestError> {
         let started = Instant::now();
         // What the kernel made until now must be in the internal cache
         // before the conflicts are looked for.
         self.drain_kernel_events(started);
-        let conflicts = if self.node.direct.is_none() {
-            crate::cache::nat_conflicts(&self.node.internal, &self.node.external)
-        } else {
-            Vec::new()
-        };
+        let conflicts = self.node.commit_conflicts();
         let displaced = if conflicts.is_empty() {
             0
         } else {
@@ -170,7 +155,7 @@ impl Daemon {
             );
             report.deleted
         };
-        self.forget_deleted(&conflicts);
+        self.node.forget_deleted(&conflicts);
         let opts = self.commit_options();
         // Between batches, the peer is answered (not in direct-to-kernel
         // mode, where an ACK means that the flows are in this kernel) and
@@ -184,17 +169,7 @@ impl Daemon {
             links_pending: &mut self.links_pending,
         };
         let watchdog = &mut self.watchdog;
-        // Most recently updated first: the flows carrying traffic now reach
-        // the kernel before a long tail of idle ones.
-        // In direct-to-kernel mode only the replicas the kernel dropped need
-        // it, when the daemon knows which they are.
-        let missing = direct.as_ref().and_then(DirectToKernel::missing);
-        let mut order: Vec<(u64, &Flow)> = external
-            .iter()
-            .filter(|e| missing.is_none_or(|m| m.contains(&e.flow.key())))
-            .map(|e| (e.stamp, &e.flow))
-            .collect();
-        order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
+        let order = crate::node::commit_order(external, direct.as_ref());
         // The events of the commit's moments are read between its batches
         // (see Kernel::commit_with) and applied once it is done.
         let mut during = Vec::new();
@@ -219,8 +194,7 @@ impl Daemon {
                 *watchdog = Some((interval, now));
             }
         };
-        let result =
-            self.kernel.commit_with(order.into_iter().map(|(_, f)| f), &opts, &mut between);
+        let result = self.kernel.commit_with(order, &opts, &mut between);
         self.handle_kernel_events(Instant::now(), &mut during);
         let report = result.map_err(KernelOp::Commit.failed())?;
         if let Some(direct) = &mut self.node.direct {
@@ -233,7 +207,7 @@ impl Daemon {
             log::warn!("commit of {key} failed: {}", io::Error::from_raw_os_error(*errno));
         }
         self.stats.commit_displaced += (displaced + report.displaced.len()) as u64;
-        self.forget_deleted(&report.displaced);
+        self.node.forget_deleted(&report.displaced);
         if let Some(first) = report.displaced.first() {
             log::warn!(
                 "commit: {} kernel entries held the NAT mapping of a synced flow and were deleted for it (first: {first}); they were made by packets that reached this node's virtual IPs before the commit",
