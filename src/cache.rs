@@ -229,9 +229,10 @@ impl Cache {
     }
 
     /// Make the cache equal a dump of the kernel table: every dumped flow
-    /// is upserted (`changed` sees the new and changed ones), every cached
-    /// flow the dump did not show is removed. `stamp` is the cache's change
-    /// counter; dumped flows get stamps above its value on entry.
+    /// is upserted ([`Cache::reconcile_one`]; `changed` sees the new and
+    /// changed ones), every cached flow the dump did not show is removed.
+    /// `stamp` is the cache's change counter; dumped flows get stamps above
+    /// its value on entry.
     pub fn reconcile(
         &mut self,
         dumped: impl IntoIterator<Item = Flow>,
@@ -241,8 +242,7 @@ impl Cache {
         let floor = *stamp + 1;
         let mut out = Reconciled::default();
         for flow in dumped {
-            *stamp += 1;
-            match self.upsert(flow.clone(), *stamp) {
+            match self.reconcile_one(flow.clone(), stamp) {
                 Upsert::Created | Upsert::Updated { changed: true } => {
                     out.changed += 1;
                     changed(&flow);
@@ -251,14 +251,41 @@ impl Cache {
                 Upsert::Full => out.full += 1,
             }
         }
+        out.vanished = self.sweep(floor);
+        out
+    }
+
+    /// One flow of a dump, upserted with the next `stamp`. A flow that
+    /// differs from the cached one only in the seconds left keeps the
+    /// cached state (its stamp moves on): traffic refreshes a timeout
+    /// without an event, so the peer's copy holds the cached one, and a
+    /// dump must not resend every flow for the time that passed.
+    pub fn reconcile_one(&mut self, mut flow: Flow, stamp: &mut u64) -> Upsert {
+        *stamp += 1;
+        if let Some(e) = self.get(&flow.key())
+            && e.flow.timeout != flow.timeout
+        {
+            let left = flow.timeout;
+            flow.timeout = e.flow.timeout;
+            if e.flow != flow {
+                flow.timeout = left;
+            }
+        }
+        self.upsert(flow, *stamp)
+    }
+
+    /// Remove every flow stamped below `floor` (a dump that started at
+    /// `floor` did not show it); returns their keys.
+    pub fn sweep(&mut self, floor: u64) -> Vec<FlowKey> {
+        let mut vanished = Vec::new();
         self.retain(|e| {
             let keep = e.stamp >= floor;
             if !keep {
-                out.vanished.push(e.flow.key());
+                vanished.push(e.flow.key());
             }
             keep
         });
-        out
+        vanished
     }
 
     /// Remove every flow for which `keep` returns false; returns how many.
@@ -556,5 +583,25 @@ mod tests {
         }
         let per_flow = c.heap_bytes() as f64 / f64::from(N);
         assert!(per_flow <= 150.0, "{per_flow}");
+    }
+
+    #[test]
+    fn a_dump_that_only_moved_the_seconds_left_changes_nothing() {
+        let mut c = Cache::new(16);
+        let mut stamp = 0;
+        let mut f = flow(1);
+        f.timeout = 100;
+        c.reconcile([f.clone(), flow(2)], &mut stamp, |_| {});
+        let mut later = f.clone();
+        later.timeout = 40;
+        let mut changed = Vec::new();
+        let done = c.reconcile([later.clone(), flow(2)], &mut stamp, |f| changed.push(f.clone()));
+        assert_eq!((done.changed, done.vanished.len()), (0, 0), "{changed:?}");
+        assert_eq!(c.get(&f.key()).unwrap().flow.timeout, 100, "the peer's copy has 100");
+        // A real change goes, with the timeout the kernel reports.
+        later.mark = 7;
+        let done = c.reconcile([later.clone()], &mut stamp, |_| {});
+        assert_eq!((done.changed, done.vanished.len()), (1, 1));
+        assert_eq!(c.get(&f.key()).unwrap().flow, later);
     }
 }

@@ -44,13 +44,31 @@ use crate::reject;
 use crate::stats::{DeferReport, ExpReport, PeerPhase, PeerView, RuntimeStats, StatsReport};
 use crate::systemd;
 
+/// An [`Interlude`] over the daemon's links and watchdog, borrowing only
+/// those fields: a method would borrow the whole daemon, whose kernel
+/// socket and caches the long operation is using.
+macro_rules! interlude {
+    ($daemon:expr, $next:expr) => {
+        Interlude {
+            links: $daemon.node.direct.is_none().then(|| Links {
+                channels: &mut $daemon.channels,
+                ftfw: &mut $daemon.node.ftfw,
+                reject_log: &mut $daemon.reject_log,
+                links_pending: &mut $daemon.links_pending,
+            }),
+            watchdog: &mut $daemon.watchdog,
+            next: $next,
+        }
+    };
+}
+
 mod clients;
 use clients::{Client, bind_control};
 mod deferred;
 mod error;
 mod local;
 mod peer;
-use peer::Links;
+use peer::{Interlude, Links};
 mod requests;
 pub use error::{ControlStep, KernelOp, RequestError, StartError};
 
@@ -114,10 +132,13 @@ const EVENT_BATCH: usize = 8192;
 /// flood keeps the read loop going, and kernel events, the operator and the
 /// watchdog wait until it stops.
 const DATAGRAM_BATCH: usize = 256;
-/// How often a long commit stops between its batches to answer the peer:
-/// well inside the shortest sensible `peer_timeout`, rare enough to cost
-/// the commit nothing measurable.
-const COMMIT_INTERLUDE: Duration = Duration::from_millis(20);
+/// How often a long kernel operation (a commit, a dump) stops to answer
+/// the peer: well inside the shortest sensible `peer_timeout`, rare enough
+/// to cost it nothing measurable.
+const INTERLUDE: Duration = Duration::from_millis(20);
+/// Dumped flows reconciled with the internal cache between two looks at
+/// the clock for an [`INTERLUDE`].
+const RESYNC_STEP: usize = 4096;
 /// How long after a new expectation its master is read back.
 const MASTER_REFRESH_DELAY: Duration = Duration::from_millis(5);
 const LINK_CHECK: Duration = Duration::from_secs(1);

@@ -358,7 +358,10 @@ fn operator_flags_do_what_they_say() {
     pair.cli_ok(0, &["-f", "i"]);
     assert!(pair.cache_lines(0, "-i").is_empty());
     // ... -R refills the internal cache from the kernel, -B sends it.
-    pair.cli_ok(0, &["-R"]);
+    let resync = pair.cli_ok(0, &["-R"]);
+    // Only the seconds left moved since the flows were made: nothing to
+    // tell the peer.
+    assert!(resync.contains("200000 flows, 0 new or changed, 0 gone"), "{resync}");
     assert_eq!(pair.cache_lines(0, "-i").len(), 20);
     pair.cli_ok(1, &["-f", "external"]);
     pair.cli_ok(0, &["-B"]);
@@ -1985,13 +1988,9 @@ fn conntrackd_wire_mode_warns_about_a_channel_without_an_interface() {
 /// batches.
 #[test]
 fn a_commit_longer_than_the_peer_timeout_keeps_both_sides_up() {
-    let pair = Pair::with_options(
-        "longcommit",
-        "",
-        "  alive_interval: 100ms\n  peer_timeout: 300ms\n",
-        &[],
-    );
-    let flows: Vec<Flow> = (0..200_000).map(tcp_flow).collect();
+    let pair =
+        Pair::with_options("longcommit", "", "  alive_interval: 200ms\n  peer_timeout: 1s\n", &[]);
+    let flows: Vec<Flow> = (0..250_000).map(tcp_flow).collect();
     pair.commit_flows(0, flows);
     pair.converge(0, Duration::from_secs(120));
     let downs = |i: usize| -> u64 {
@@ -2003,20 +2002,36 @@ fn a_commit_longer_than_the_peer_timeout_keeps_both_sides_up() {
     let started = Instant::now();
     let out = pair.cli_ok(1, &["-c"]);
     let took = started.elapsed();
-    println!("fw2 -c of 200k flows in {took:?}: {out}");
-    assert!(out.contains("200000 created"), "{out}");
+    println!("fw2 -c of 250k flows in {took:?}: {out}");
+    assert!(out.contains("250000 created"), "{out}");
     // Let a peer timeout pass, so that a down that the commit caused shows.
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(1500));
     let after = [downs(0), downs(1)];
     assert_eq!(
         after,
         before,
-        "a commit of {took:?} made a side declare its peer down (peer_timeout 300 ms)\nlog fw1: {}\nlog fw2: {}",
+        "a commit of {took:?} made a side declare its peer down (peer_timeout 1 s)\nlog fw1: {}\nlog fw2: {}",
         pair.log(0),
         pair.log(1)
     );
     assert!(
-        took > Duration::from_millis(300),
+        took > Duration::from_secs(1),
         "the commit took {took:?}, less than the peer timeout: this test needs more flows here"
     );
+    // A resync with the kernel's table (-R) dumps all of it, just as long.
+    let started = Instant::now();
+    let resync = pair.cli_ok(0, &["-R"]);
+    // Only the seconds left moved since the flows were made: nothing to
+    // tell the peer.
+    assert!(resync.contains("250000 flows, 0 new or changed, 0 gone"), "{resync}");
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        [downs(0), downs(1)],
+        before,
+        "a resync of {took:?} made a side declare its peer down\nlog fw1: {}\nlog fw2: {}",
+        pair.log(0),
+        pair.log(1)
+    );
+    println!("fw1 -R of 250k flows in {took:?}");
 }

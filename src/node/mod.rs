@@ -82,6 +82,18 @@ pub fn commit_order<'a>(external: &'a Cache, direct: Option<&DirectToKernel>) ->
     order.into_iter().map(|(_, f)| f).collect()
 }
 
+/// A reconciliation of the internal cache with a dump, under way.
+pub struct Resync {
+    dumped: std::vec::IntoIter<Flow>,
+    /// The internal cache's stamp when it began: what stays below was not
+    /// in the dump.
+    floor: u64,
+    tell_peer: bool,
+    claim_all: bool,
+    changed: usize,
+    full: usize,
+}
+
 /// One node of the replication.
 pub struct Node {
     pub ftfw: Ftfw,
@@ -259,7 +271,9 @@ impl Node {
     /// Reconcile the internal cache with a dump of the kernel table: new
     /// and changed flows are upserted, flows that vanished are destroyed;
     /// when `tell_peer`, every difference is queued for the peer. Returns
-    /// how many changed and how many vanished.
+    /// how many changed and how many vanished. In one go; the reactor runs
+    /// [`Node::resync_begin`] and its steps instead, to answer the peer
+    /// between them.
     ///
     /// `claim_all`: every dumped flow becomes ours (start, `-R`); otherwise
     /// (recovery from an overrun) the replicas that direct-to-kernel mode
@@ -271,31 +285,64 @@ impl Node {
         tell_peer: bool,
         claim_all: bool,
     ) -> (usize, usize) {
+        let mut job = self.resync_begin(dumped, tell_peer, claim_all);
+        while self.resync_step(&mut job, usize::MAX) {}
+        self.resync_end(now, job)
+    }
+
+    /// Start reconciling the internal cache with this dump (see
+    /// [`Node::reconcile_flows`]).
+    pub fn resync_begin(&mut self, dumped: Vec<Flow>, tell_peer: bool, claim_all: bool) -> Resync {
         if let Some(direct) = &mut self.direct {
             let in_kernel: std::collections::HashSet<_> = dumped.iter().map(Flow::key).collect();
             let missing = self.external.iter().map(|e| e.flow.key());
             direct.set_missing(missing.filter(|k| !in_kernel.contains(k)));
         }
-        let ours: Vec<Flow> = dumped
-            .into_iter()
-            .filter(|f| self.filter.accepts(f) && (claim_all || !self.owned_by_peer(f)))
-            .collect();
-        let ftfw = &mut self.ftfw;
-        let done = self.internal.reconcile(ours, &mut self.internal_stamp, |flow| {
-            if tell_peer {
-                ftfw.queue(LocalChange::Upsert(flow.clone()));
+        Resync {
+            dumped: dumped.into_iter(),
+            floor: self.internal_stamp + 1,
+            tell_peer,
+            claim_all,
+            changed: 0,
+            full: 0,
+        }
+    }
+
+    /// Reconcile up to `n` more dumped flows; false once all are done.
+    pub fn resync_step(&mut self, job: &mut Resync, n: usize) -> bool {
+        for flow in job.dumped.by_ref().take(n) {
+            if !self.filter.accepts(&flow) || (!job.claim_all && self.owned_by_peer(&flow)) {
+                continue;
             }
-        });
-        if done.full > 0 {
+            let told = job.tell_peer.then(|| flow.clone());
+            match self.internal.reconcile_one(flow, &mut self.internal_stamp) {
+                Upsert::Created | Upsert::Updated { changed: true } => {
+                    job.changed += 1;
+                    if let Some(flow) = told {
+                        self.ftfw.queue(LocalChange::Upsert(flow));
+                    }
+                }
+                Upsert::Updated { changed: false } => {}
+                Upsert::Full => job.full += 1,
+            }
+        }
+        job.dumped.len() > 0
+    }
+
+    /// Finish: remove (and tell the peer about) what the dump did not show.
+    /// Returns how many flows changed and how many vanished.
+    pub fn resync_end(&mut self, now: Instant, job: Resync) -> (usize, usize) {
+        if job.full > 0 {
             self.log_full("internal", now);
         }
-        let (changed, gone) = (done.changed, done.vanished.len());
-        if tell_peer {
-            for key in done.vanished {
+        let vanished = self.internal.sweep(job.floor);
+        let gone = vanished.len();
+        if job.tell_peer {
+            for key in vanished {
                 self.ftfw.queue(LocalChange::Destroy(key));
             }
         }
-        (changed, gone)
+        (job.changed, gone)
     }
 
     /// Reconcile the expectations with a dump of the kernel's.

@@ -132,8 +132,25 @@ impl Daemon {
         self.events.discard_queued()?;
         self.events_pending = false;
         let mut dumped = Vec::new();
-        self.kernel.dump_into(|flow| dumped.push(flow))?;
-        let done = self.node.reconcile_flows(Instant::now(), dumped, tell_peer, claim_all);
+        let mut pause = interlude!(self, Instant::now() + INTERLUDE);
+        let mut n = 0u32;
+        self.kernel.dump_into(|flow| {
+            dumped.push(flow);
+            n = n.wrapping_add(1);
+            if n.is_multiple_of(1024) {
+                pause.tick();
+            }
+        })?;
+        // Reconciled in steps, answering the peer in between: a million
+        // flows take about a second.
+        let mut job = self.node.resync_begin(dumped, tell_peer, claim_all);
+        let mut next = Instant::now() + INTERLUDE;
+        while self.node.resync_step(&mut job, RESYNC_STEP) {
+            let mut pause = interlude!(self, next);
+            pause.tick();
+            next = pause.next;
+        }
+        let done = self.node.resync_end(Instant::now(), job);
         if self.node.exp.sync.enabled() {
             let dumped = self.kernel.dump_expectations()?;
             self.node.reconcile_expectations(dumped, tell_peer);

@@ -81,6 +81,36 @@ impl Links<'_> {
     }
 }
 
+/// Keeps the peer answered and the watchdog fed while a long kernel
+/// operation (a commit, a dump of the table) holds the loop: every
+/// [`INTERLUDE`] at most, when [`Interlude::tick`] is called between its
+/// steps. Not in direct-to-kernel mode (`links` is `None`), where an ACK
+/// says that the peer's flows are in this kernel.
+pub(super) struct Interlude<'a> {
+    pub links: Option<Links<'a>>,
+    pub watchdog: &'a mut Option<(Duration, Instant)>,
+    pub next: Instant,
+}
+
+impl Interlude<'_> {
+    pub(super) fn tick(&mut self) {
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        self.next = now + INTERLUDE;
+        if let Some(links) = &mut self.links {
+            links.interlude(now);
+        }
+        if let Some((interval, last)) = *self.watchdog
+            && last + interval <= now
+        {
+            systemd::notify_watchdog();
+            *self.watchdog = Some((interval, now));
+        }
+    }
+}
+
 impl Daemon {
     pub(super) fn on_datagrams(&mut self, now: Instant, link: usize) {
         self.links().read(now, link);

@@ -157,42 +157,18 @@ impl Daemon {
         };
         self.node.forget_deleted(&conflicts);
         let opts = self.commit_options();
-        // Between batches, the peer is answered (not in direct-to-kernel
-        // mode, where an ACK means that the flows are in this kernel) and
-        // the watchdog fed.
-        let serve_peer = self.node.direct.is_none();
-        let Node { ftfw, external, direct, .. } = &mut self.node;
-        let mut links = Links {
-            channels: &mut self.channels,
-            ftfw,
-            reject_log: &mut self.reject_log,
-            links_pending: &mut self.links_pending,
-        };
-        let watchdog = &mut self.watchdog;
-        let order = crate::node::commit_order(external, direct.as_ref());
+        let order = crate::node::commit_order(&self.node.external, self.node.direct.as_ref());
+        // Between batches the peer is answered and the watchdog fed.
+        let mut pause = interlude!(self, started + INTERLUDE);
         // The events of the commit's moments are read between its batches
         // (see Kernel::commit_with) and applied once it is done.
         let mut during = Vec::new();
         let events = &mut self.events;
-        let mut next_interlude = started + COMMIT_INTERLUDE;
         let mut between = || {
             if let Err(e) = events.recv(&mut during, usize::MAX) {
                 log::warn!("reading conntrack events during the commit failed: {e}");
             }
-            let now = Instant::now();
-            if now < next_interlude {
-                return;
-            }
-            next_interlude = now + COMMIT_INTERLUDE;
-            if serve_peer {
-                links.interlude(now);
-            }
-            if let Some((interval, last)) = *watchdog
-                && last + interval <= now
-            {
-                systemd::notify_watchdog();
-                *watchdog = Some((interval, now));
-            }
+            pause.tick();
         };
         let result = self.kernel.commit_with(order, &opts, &mut between);
         self.handle_kernel_events(Instant::now(), &mut during);
