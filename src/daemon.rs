@@ -7,7 +7,7 @@ use crate::channel::LinkSpec;
 use crate::config::{self, Config};
 use crate::filter::Filter;
 use crate::ftfw::{Dialect, FtfwConfig};
-use crate::logging::{self, LogTarget};
+use crate::logging;
 use crate::netlink::EventConfig;
 use crate::reactor::{Daemon, DaemonConfig};
 use crate::systemd::LockFile;
@@ -35,7 +35,7 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    if let Err(e) = logging::init(&log_target(&cfg), log_level(&cfg)) {
+    if let Err(e) = logging::init(&cfg.general.log) {
         eprintln!("ctsyncd: cannot open the log: {e}");
         // A directory that appeared or a disk that filled may let the next
         // start succeed: only a path the operator must change is final.
@@ -211,28 +211,5 @@ fn daemon_config(
         },
         metrics_listen: cfg.general.metrics_listen,
         test_hooks: false,
-    }
-}
-
-fn log_target(cfg: &Config) -> LogTarget {
-    let log = &cfg.general.log;
-    match log.target {
-        config::LogTarget::Stderr => LogTarget::Stderr,
-        config::LogTarget::Syslog => {
-            LogTarget::Syslog { facility: (log.syslog_facility.code() / 8) as u8 }
-        }
-        config::LogTarget::File => LogTarget::File(
-            log.file.clone().unwrap_or_else(|| "/var/log/ctsync/ctsyncd.log".into()),
-        ),
-    }
-}
-
-fn log_level(cfg: &Config) -> log::LevelFilter {
-    match cfg.general.log.level {
-        config::LogLevel::Error => log::LevelFilter::Error,
-        config::LogLevel::Warn => log::LevelFilter::Warn,
-        config::LogLevel::Info => log::LevelFilter::Info,
-        config::LogLevel::Debug => log::LevelFilter::Debug,
-        config::LogLevel::Trace => log::LevelFilter::Trace,
     }
 }
