@@ -151,18 +151,6 @@ fn daemon_config(
     control_gid: Option<u32>,
 ) -> DaemonConfig {
     let sync = &cfg.sync;
-    let links: Vec<LinkSpec> = sync
-        .channels
-        .iter()
-        .map(|c| LinkSpec {
-            kind: c.kind,
-            local: Some(c.local),
-            interface: c.interface.clone(),
-            port: c.port,
-            sndbuf: c.sndbuf.map(|n| n.get()),
-            rcvbuf: c.rcvbuf.map(|n| n.get()),
-        })
-        .collect();
     DaemonConfig {
         control_socket: cfg.general.control_socket.clone(),
         control_gid,
@@ -196,7 +184,7 @@ fn daemon_config(
                 Dialect::Conntrackd => std::time::Duration::ZERO,
             },
         },
-        links,
+        links: sync.channels.iter().map(LinkSpec::from_config).collect(),
         commit_timeout: sync.commit_timeout.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32),
         purge_timeout: sync.purge_timeout.as_secs().min(u64::from(u32::MAX)) as u32,
         be_liberal: !sync.tcp_window_tracking,
