@@ -162,28 +162,7 @@ fn daemon_config(
         },
         rcvbuf_max: cfg.general.netlink.rcvbuf_max.get(),
         overrun_resync: cfg.general.netlink.overrun_resync,
-        ftfw: FtfwConfig {
-            dialect: sync.wire,
-            resend_queue: sync.resend_queue.get() as usize,
-            ack_window: sync.ack_window.get(),
-            alive_interval: sync.alive_interval,
-            peer_timeout: sync.peer_timeout,
-            stall_timeout: sync.stall_timeout,
-            max_datagram: match sync.wire {
-                Dialect::Native => usize::from(sync.max_datagram),
-                // conntrackd's own limit on a 1500-byte link.
-                Dialect::Conntrackd => usize::from(sync.max_datagram)
-                    .min(crate::wire::conntrackd::DEFAULT_MAX_DATAGRAM),
-            },
-            max_seq_jump: sync.resend_queue.get(),
-            auth_keys,
-            encrypt: sync.encrypt,
-            // conntrackd has no digests to compare.
-            anti_entropy_interval: match sync.wire {
-                Dialect::Native => sync.anti_entropy_interval,
-                Dialect::Conntrackd => std::time::Duration::ZERO,
-            },
-        },
+        ftfw: FtfwConfig::from_sync(sync, auth_keys),
         links: sync.channels.iter().map(LinkSpec::from_config).collect(),
         commit_timeout: sync.commit_timeout.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32),
         purge_timeout: sync.purge_timeout.as_secs().min(u64::from(u32::MAX)) as u32,
