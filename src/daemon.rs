@@ -155,11 +155,7 @@ fn daemon_config(
         control_socket: cfg.general.control_socket.clone(),
         control_gid,
         cache_limit: cfg.general.cache_limit.get(),
-        events: EventConfig {
-            rcvbuf: cfg.general.netlink.rcvbuf.get(),
-            reliable: cfg.general.netlink.reliable_events,
-            expectations: cfg.sync.expectations.enabled(),
-        },
+        events: EventConfig::from_config(cfg),
         rcvbuf_max: cfg.general.netlink.rcvbuf_max.get(),
         overrun_resync: cfg.general.netlink.overrun_resync,
         ftfw: FtfwConfig::from_sync(sync, auth_keys),
@@ -172,10 +168,7 @@ fn daemon_config(
         filter: Filter::from_config(cfg),
         expectations: cfg.sync.expectations.clone(),
         ready_file: cfg.general.ready_file.clone(),
-        key_file: match &cfg.sync.auth {
-            config::SyncAuth::KeyFile(file) => Some(file.clone()),
-            config::SyncAuth::Insecure => None,
-        },
+        key_file: cfg.sync.auth.key_file().map(Path::to_path_buf),
         metrics_listen: cfg.general.metrics_listen,
         test_hooks: false,
     }
