@@ -4,9 +4,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::channel::LinkSpec;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::filter::Filter;
-use crate::ftfw::{Dialect, FtfwConfig};
+use crate::ftfw::FtfwConfig;
 use crate::logging;
 use crate::netlink::EventConfig;
 use crate::reactor::{Daemon, DaemonConfig};
@@ -49,27 +49,8 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
     for warning in &cfg.warnings {
         log::warn!("{warning}");
     }
-    if cfg.sync.wire == Dialect::Conntrackd {
-        log::warn!(
-            "{}: speaking conntrackd's wire format, which is unauthenticated and unchecksummed: anyone who can send to the sync port can inject or delete flows; use a dedicated link",
-            path.display()
-        );
-        // Without a MAC, only the address filter stands between the sync
-        // port and anyone who can reach it.
-        for (i, c) in cfg.sync.channels.iter().enumerate() {
-            if matches!(c.kind, config::ChannelKind::Multicast { .. }) {
-                log::warn!(
-                    "{}: sync.channels[{i}] is multicast in conntrackd's wire format: every host that can send to the group is taken for the peer; use a unicast channel",
-                    path.display()
-                );
-            }
-            if c.interface.is_none() {
-                log::warn!(
-                    "{}: sync.channels[{i}] has no interface in conntrackd's wire format: a datagram with the peer's address is taken from any interface; set sync.channels[{i}].interface to the sync link",
-                    path.display()
-                );
-            }
-        }
+    for exposure in crate::check::exposures(&cfg, path) {
+        log::warn!("{exposure}");
     }
     if test_hooks {
         log::warn!(
@@ -83,12 +64,6 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if cfg.sync.auth == config::SyncAuth::Insecure && cfg.sync.wire == Dialect::Native {
-        log::warn!(
-            "{}: sync.auth.insecure: the sync link is unauthenticated: anyone who can send to the sync port can inject or delete flows",
-            path.display()
-        );
-    }
     let control_gid = match &cfg.general.control_group {
         None => None,
         Some(name) => match nix::unistd::Group::from_name(name) {
