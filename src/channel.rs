@@ -27,7 +27,7 @@ use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::ChannelKind;
+use crate::config::{ChannelConfig, ChannelKind};
 
 /// One configured link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +42,20 @@ pub struct LinkSpec {
     pub port: u16,
     pub sndbuf: Option<usize>,
     pub rcvbuf: Option<usize>,
+}
+
+impl LinkSpec {
+    /// The link that one `sync.channels[i]` entry describes.
+    pub fn from_config(channel: &ChannelConfig) -> LinkSpec {
+        LinkSpec {
+            kind: channel.kind,
+            local: Some(channel.local),
+            interface: channel.interface.clone(),
+            port: channel.port,
+            sndbuf: channel.sndbuf.map(|n| n.get()),
+            rcvbuf: channel.rcvbuf.map(|n| n.get()),
+        }
+    }
 }
 
 /// Counters of one link, as `-s link` shows them.
@@ -543,6 +557,23 @@ mod tests {
             sndbuf: None,
             rcvbuf: None,
         }
+    }
+
+    #[test]
+    fn a_configured_channel_becomes_a_link_bound_to_its_local_address() {
+        let cfg = crate::config::Config::default_for_tests();
+        let spec = LinkSpec::from_config(&cfg.sync.channels[0]);
+        assert_eq!(
+            spec,
+            LinkSpec {
+                kind: ChannelKind::Udp { peer: "10.255.0.2".parse().unwrap() },
+                local: Some("10.255.0.1".parse().unwrap()),
+                interface: Some("sync0".to_owned()),
+                port: cfg.sync.channels[0].port,
+                sndbuf: None,
+                rcvbuf: None,
+            }
+        );
     }
 
     /// Wait up to half a second for a datagram on link 0 of `ch`.

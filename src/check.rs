@@ -10,6 +10,8 @@
 //! the start-up check of the directories the daemon writes in, which tells
 //! a path the operator must change (exit status 2) from a directory that
 //! may still appear (exit status 1, which the unit restarts).
+//! [`exposures`] lists what a valid configuration leaves open on the sync
+//! link, which the daemon warns about at every start.
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
@@ -18,6 +20,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{self, ChannelKind, Config, ConfigError, SyncAuth};
+use crate::ftfw::Dialect;
 use crate::wire::native::{AuthKey, MIN_KEY_LEN};
 
 /// The keys of `sync.auth.key_file` (none without one); an error names the
@@ -203,6 +206,41 @@ pub fn summary(cfg: &Config, keys: &[AuthKey]) -> String {
     out
 }
 
+/// What the configuration leaves open on the sync link, one line per
+/// exposure, each naming the file at `path` and the key to change: the
+/// daemon logs them as warnings at every start. conntrackd's wire format
+/// has no MAC, so only the address filter (a unicast peer, an interface)
+/// stands between the sync port and anyone who can reach it; the native
+/// format with `sync.auth.insecure` has no MAC either.
+pub fn exposures(cfg: &Config, path: &Path) -> Vec<String> {
+    let path = path.display();
+    let mut lines = Vec::new();
+    match (cfg.sync.wire, &cfg.sync.auth) {
+        (Dialect::Conntrackd, _) => {
+            lines.push(format!(
+                "{path}: speaking conntrackd's wire format, which is unauthenticated and unchecksummed: anyone who can send to the sync port can inject or delete flows; use a dedicated link"
+            ));
+            for (i, c) in cfg.sync.channels.iter().enumerate() {
+                if matches!(c.kind, ChannelKind::Multicast { .. }) {
+                    lines.push(format!(
+                        "{path}: sync.channels[{i}] is multicast in conntrackd's wire format: every host that can send to the group is taken for the peer; use a unicast channel"
+                    ));
+                }
+                if c.interface.is_none() {
+                    lines.push(format!(
+                        "{path}: sync.channels[{i}] has no interface in conntrackd's wire format: a datagram with the peer's address is taken from any interface; set sync.channels[{i}].interface to the sync link"
+                    ));
+                }
+            }
+        }
+        (Dialect::Native, SyncAuth::Insecure) => lines.push(format!(
+            "{path}: sync.auth.insecure: the sync link is unauthenticated: anyone who can send to the sync port can inject or delete flows"
+        )),
+        (Dialect::Native, SyncAuth::KeyFile(_)) => {}
+    }
+    lines
+}
+
 /// Write a new random key (id 1, [`MIN_KEY_LEN`] bytes) to `path` with mode
 /// 0600. An existing file is kept unless `force`. Returns what to do next.
 pub fn gen_key(path: &Path, force: bool) -> Result<String, GenKeyError> {
@@ -376,6 +414,31 @@ mod tests {
         assert!(shown.contains(&format!("ctsyncd --gen-key {}", key.display())), "{shown}");
         assert_eq!(environment(&cfg).len(), 1, "only the key is missing: {shown}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// docs/SECURITY.md: conntrackd's format and `insecure: true` leave the
+    /// sync port open, and each start says how; a key file says nothing.
+    #[test]
+    fn exposures_name_each_open_door_of_the_sync_link() {
+        let file = Path::new("/etc/ctsync/ctsyncd.yaml");
+        let load = |text: &str| config::from_str(text, file).unwrap();
+        let conntrackd = load(
+            "sync:\n  wire: conntrackd\n  channels:\n    - { type: multicast, local: 127.0.0.1, group: 239.1.1.1, \
+             interface: lo }\n    - { local: 127.0.0.1, peer: 127.0.0.2 }\n",
+        );
+        let lines = exposures(&conntrackd, file);
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[0].contains("conntrackd's wire format, which is unauthenticated"));
+        assert!(lines[1].contains("sync.channels[0] is multicast"), "{}", lines[1]);
+        assert!(lines[2].contains("sync.channels[1] has no interface"), "{}", lines[2]);
+        assert!(lines.iter().all(|l| l.starts_with("/etc/ctsync/ctsyncd.yaml: ")));
+        let insecure = Config::default_for_tests();
+        let lines = exposures(&insecure, file);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(lines[0].contains("sync.auth.insecure: the sync link is unauthenticated"));
+        let mut keyed = insecure;
+        keyed.sync.auth = SyncAuth::KeyFile("/etc/ctsync/sync.key".into());
+        assert!(exposures(&keyed, file).is_empty());
     }
 
     #[test]

@@ -4,10 +4,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::channel::LinkSpec;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::filter::Filter;
-use crate::ftfw::{Dialect, FtfwConfig};
-use crate::logging::{self, LogTarget};
+use crate::ftfw::FtfwConfig;
+use crate::logging;
 use crate::netlink::EventConfig;
 use crate::reactor::{Daemon, DaemonConfig};
 use crate::systemd::LockFile;
@@ -35,7 +35,7 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    if let Err(e) = logging::init(&log_target(&cfg), log_level(&cfg)) {
+    if let Err(e) = logging::init(&cfg.general.log) {
         eprintln!("ctsyncd: cannot open the log: {e}");
         // A directory that appeared or a disk that filled may let the next
         // start succeed: only a path the operator must change is final.
@@ -49,27 +49,8 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
     for warning in &cfg.warnings {
         log::warn!("{warning}");
     }
-    if cfg.sync.wire == Dialect::Conntrackd {
-        log::warn!(
-            "{}: speaking conntrackd's wire format, which is unauthenticated and unchecksummed: anyone who can send to the sync port can inject or delete flows; use a dedicated link",
-            path.display()
-        );
-        // Without a MAC, only the address filter stands between the sync
-        // port and anyone who can reach it.
-        for (i, c) in cfg.sync.channels.iter().enumerate() {
-            if matches!(c.kind, config::ChannelKind::Multicast { .. }) {
-                log::warn!(
-                    "{}: sync.channels[{i}] is multicast in conntrackd's wire format: every host that can send to the group is taken for the peer; use a unicast channel",
-                    path.display()
-                );
-            }
-            if c.interface.is_none() {
-                log::warn!(
-                    "{}: sync.channels[{i}] has no interface in conntrackd's wire format: a datagram with the peer's address is taken from any interface; set sync.channels[{i}].interface to the sync link",
-                    path.display()
-                );
-            }
-        }
+    for exposure in crate::check::exposures(&cfg, path) {
+        log::warn!("{exposure}");
     }
     if test_hooks {
         log::warn!(
@@ -83,12 +64,6 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if cfg.sync.auth == config::SyncAuth::Insecure && cfg.sync.wire == Dialect::Native {
-        log::warn!(
-            "{}: sync.auth.insecure: the sync link is unauthenticated: anyone who can send to the sync port can inject or delete flows",
-            path.display()
-        );
-    }
     let control_gid = match &cfg.general.control_group {
         None => None,
         Some(name) => match nix::unistd::Group::from_name(name) {
@@ -151,52 +126,15 @@ fn daemon_config(
     control_gid: Option<u32>,
 ) -> DaemonConfig {
     let sync = &cfg.sync;
-    let links: Vec<LinkSpec> = sync
-        .channels
-        .iter()
-        .map(|c| LinkSpec {
-            kind: c.kind,
-            local: Some(c.local),
-            interface: c.interface.clone(),
-            port: c.port,
-            sndbuf: c.sndbuf.map(|n| n.get()),
-            rcvbuf: c.rcvbuf.map(|n| n.get()),
-        })
-        .collect();
     DaemonConfig {
         control_socket: cfg.general.control_socket.clone(),
         control_gid,
         cache_limit: cfg.general.cache_limit.get(),
-        events: EventConfig {
-            rcvbuf: cfg.general.netlink.rcvbuf.get(),
-            reliable: cfg.general.netlink.reliable_events,
-            expectations: cfg.sync.expectations.enabled(),
-        },
+        events: EventConfig::from_config(cfg),
         rcvbuf_max: cfg.general.netlink.rcvbuf_max.get(),
         overrun_resync: cfg.general.netlink.overrun_resync,
-        ftfw: FtfwConfig {
-            dialect: sync.wire,
-            resend_queue: sync.resend_queue.get() as usize,
-            ack_window: sync.ack_window.get(),
-            alive_interval: sync.alive_interval,
-            peer_timeout: sync.peer_timeout,
-            stall_timeout: sync.stall_timeout,
-            max_datagram: match sync.wire {
-                Dialect::Native => usize::from(sync.max_datagram),
-                // conntrackd's own limit on a 1500-byte link.
-                Dialect::Conntrackd => usize::from(sync.max_datagram)
-                    .min(crate::wire::conntrackd::DEFAULT_MAX_DATAGRAM),
-            },
-            max_seq_jump: sync.resend_queue.get(),
-            auth_keys,
-            encrypt: sync.encrypt,
-            // conntrackd has no digests to compare.
-            anti_entropy_interval: match sync.wire {
-                Dialect::Native => sync.anti_entropy_interval,
-                Dialect::Conntrackd => std::time::Duration::ZERO,
-            },
-        },
-        links,
+        ftfw: FtfwConfig::from_sync(sync, auth_keys),
+        links: sync.channels.iter().map(LinkSpec::from_config).collect(),
         commit_timeout: sync.commit_timeout.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32),
         purge_timeout: sync.purge_timeout.as_secs().min(u64::from(u32::MAX)) as u32,
         be_liberal: !sync.tcp_window_tracking,
@@ -205,34 +143,8 @@ fn daemon_config(
         filter: Filter::from_config(cfg),
         expectations: cfg.sync.expectations.clone(),
         ready_file: cfg.general.ready_file.clone(),
-        key_file: match &cfg.sync.auth {
-            config::SyncAuth::KeyFile(file) => Some(file.clone()),
-            config::SyncAuth::Insecure => None,
-        },
+        key_file: cfg.sync.auth.key_file().map(Path::to_path_buf),
         metrics_listen: cfg.general.metrics_listen,
         test_hooks: false,
-    }
-}
-
-fn log_target(cfg: &Config) -> LogTarget {
-    let log = &cfg.general.log;
-    match log.target {
-        config::LogTarget::Stderr => LogTarget::Stderr,
-        config::LogTarget::Syslog => {
-            LogTarget::Syslog { facility: (log.syslog_facility.code() / 8) as u8 }
-        }
-        config::LogTarget::File => LogTarget::File(
-            log.file.clone().unwrap_or_else(|| "/var/log/ctsync/ctsyncd.log".into()),
-        ),
-    }
-}
-
-fn log_level(cfg: &Config) -> log::LevelFilter {
-    match cfg.general.log.level {
-        config::LogLevel::Error => log::LevelFilter::Error,
-        config::LogLevel::Warn => log::LevelFilter::Warn,
-        config::LogLevel::Info => log::LevelFilter::Info,
-        config::LogLevel::Debug => log::LevelFilter::Debug,
-        config::LogLevel::Trace => log::LevelFilter::Trace,
     }
 }

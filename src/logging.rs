@@ -1,5 +1,6 @@
 //! Operator logs: one line per event that matters, to stderr (what systemd's
-//! journal reads), syslog (`/dev/log`) or a file, with a level.
+//! journal reads), syslog (`/dev/log`) or a file, with a level, as the
+//! config's `general.log` section says.
 //!
 //! Each place gets what its readers expect:
 //! * stderr connected to the journal (`JOURNAL_STREAM` names stderr's
@@ -18,19 +19,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Where log lines go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LogTarget {
-    Stderr,
-    /// syslog through `/dev/log` with this facility number (daemon = 3).
-    Syslog {
-        facility: u8,
-    },
-    File(PathBuf),
-}
+use crate::config::{LogConfig, LogLevel, LogTarget};
 
 /// The syslog facility `-d` falls back to when stderr would be lost.
 pub const DAEMON_FACILITY: u8 = 3;
+
+/// The file of `general.log.target: file` when `general.log.file` is unset
+/// (validation refuses that, so only a hand-built config gets it).
+const DEFAULT_FILE: &str = "/var/log/ctsync/ctsyncd.log";
 
 enum Sink {
     /// `journal`: stderr is the journal's stream, so lines carry their
@@ -38,6 +34,7 @@ enum Sink {
     Stderr {
         journal: bool,
     },
+    /// `facility`: the syslog facility number (daemon = 3).
     Syslog {
         socket: Option<UnixDatagram>,
         facility: u8,
@@ -55,14 +52,19 @@ struct Logger {
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
-/// Install the process logger, or point the installed one at `target`.
-pub fn init(target: &LogTarget, level: log::LevelFilter) -> std::io::Result<()> {
-    let sink = match target {
+/// Install the process logger, or point the installed one at what the
+/// `general.log` section names.
+pub fn init(log: &LogConfig) -> std::io::Result<()> {
+    let level = level_filter(log.level);
+    let sink = match log.target {
         LogTarget::Stderr => Sink::Stderr {
             journal: stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref()),
         },
-        LogTarget::Syslog { facility } => syslog(*facility),
-        LogTarget::File(path) => Sink::File { file: open_log(path)?, path: path.clone() },
+        LogTarget::Syslog => syslog((log.syslog_facility.code() / 8) as u8),
+        LogTarget::File => {
+            let path = log.file.clone().unwrap_or_else(|| DEFAULT_FILE.into());
+            Sink::File { file: open_log(&path)?, path }
+        }
     };
     let logger = LOGGER.get_or_init(|| Logger {
         level: Mutex::new(level),
@@ -144,6 +146,16 @@ fn stderr_is_journal(journal_stream: Option<&str>) -> bool {
 fn names_stream(journal_stream: Option<&str>, dev: u64, ino: u64) -> bool {
     let Some((d, i)) = journal_stream.and_then(|v| v.split_once(':')) else { return false };
     d.parse::<u64>().ok() == Some(dev) && i.parse::<u64>().ok() == Some(ino)
+}
+
+fn level_filter(level: LogLevel) -> log::LevelFilter {
+    match level {
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
+    }
 }
 
 fn syslog(facility: u8) -> Sink {

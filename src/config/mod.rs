@@ -407,6 +407,16 @@ pub enum SyncAuth {
     Insecure,
 }
 
+impl SyncAuth {
+    /// The key file, when there is one.
+    pub fn key_file(&self) -> Option<&Path> {
+        match self {
+            SyncAuth::KeyFile(file) => Some(file),
+            SyncAuth::Insecure => None,
+        }
+    }
+}
+
 /// Replication protocols.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,5 +1,5 @@
 //! The core's configuration: the dialect it speaks and its tunables,
-//! filled in by the daemon from the config file.
+//! built from the config file's `sync` section by [`FtfwConfig::from_sync`].
 
 use super::*;
 
@@ -68,5 +68,73 @@ impl Default for FtfwConfig {
             anti_entropy_interval: Duration::ZERO,
             stall_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl FtfwConfig {
+    /// The core's settings from the validated `sync` section, with the
+    /// dialect's own rules applied: conntrackd's datagrams are capped at
+    /// conntrackd's limit on a 1500-byte link, and conntrackd has no
+    /// digests, so anti-entropy is off with it. `auth_keys` are the keys
+    /// of `sync.auth`'s key file, already read.
+    pub fn from_sync(
+        sync: &crate::config::SyncConfig,
+        auth_keys: Vec<native::AuthKey>,
+    ) -> FtfwConfig {
+        let max_datagram = usize::from(sync.max_datagram);
+        FtfwConfig {
+            dialect: sync.wire,
+            resend_queue: sync.resend_queue.get() as usize,
+            ack_window: sync.ack_window.get(),
+            alive_interval: sync.alive_interval,
+            peer_timeout: sync.peer_timeout,
+            stall_timeout: sync.stall_timeout,
+            max_datagram: match sync.wire {
+                Dialect::Native => max_datagram,
+                Dialect::Conntrackd => {
+                    max_datagram.min(crate::wire::conntrackd::DEFAULT_MAX_DATAGRAM)
+                }
+            },
+            max_seq_jump: sync.resend_queue.get(),
+            auth_keys,
+            encrypt: sync.encrypt,
+            anti_entropy_interval: match sync.wire {
+                Dialect::Native => sync.anti_entropy_interval,
+                Dialect::Conntrackd => Duration::ZERO,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn sync(wire: Dialect) -> crate::config::SyncConfig {
+        let mut sync = Config::default_for_tests().sync;
+        sync.wire = wire;
+        sync.max_datagram = 9000;
+        sync.anti_entropy_interval = Duration::from_secs(30);
+        sync
+    }
+
+    #[test]
+    fn native_keeps_the_configured_datagram_size_and_anti_entropy() {
+        let ftfw = FtfwConfig::from_sync(&sync(Dialect::Native), Vec::new());
+        assert_eq!(ftfw.dialect, Dialect::Native);
+        assert_eq!(ftfw.max_datagram, 9000);
+        assert_eq!(ftfw.anti_entropy_interval, Duration::from_secs(30));
+        assert_eq!(ftfw.max_seq_jump as usize, ftfw.resend_queue);
+    }
+
+    /// docs/PROTOCOL.md, "conntrackd compatibility": no anti-entropy, and
+    /// datagrams capped at conntrackd's own limit.
+    #[test]
+    fn conntrackd_caps_the_datagram_size_and_turns_anti_entropy_off() {
+        let ftfw = FtfwConfig::from_sync(&sync(Dialect::Conntrackd), Vec::new());
+        assert_eq!(ftfw.dialect, Dialect::Conntrackd);
+        assert_eq!(ftfw.max_datagram, crate::wire::conntrackd::DEFAULT_MAX_DATAGRAM);
+        assert_eq!(ftfw.anti_entropy_interval, Duration::ZERO);
     }
 }

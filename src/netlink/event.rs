@@ -39,6 +39,20 @@ pub struct EventConfig {
     pub expectations: bool,
 }
 
+impl EventConfig {
+    /// The event socket that the config asks for: `general.netlink` sizes
+    /// it and chooses reliable events, and expectation events are read
+    /// only when `sync.expectations` syncs any.
+    pub fn from_config(cfg: &crate::config::Config) -> EventConfig {
+        let netlink = &cfg.general.netlink;
+        EventConfig {
+            rcvbuf: netlink.rcvbuf.get(),
+            reliable: netlink.reliable_events,
+            expectations: cfg.sync.expectations.enabled(),
+        }
+    }
+}
+
 impl Default for EventConfig {
     fn default() -> Self {
         EventConfig { rcvbuf: 8 << 20, reliable: false, expectations: false }
