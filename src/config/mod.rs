@@ -42,7 +42,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::expect::ExpectSync;
-use crate::ftfw::Dialect;
 use locate::Locations;
 use raw::RawConfig;
 use render::unconvert;
@@ -505,3 +504,17 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+/// Which protocol the core speaks (docs/PROTOCOL.md); the config's
+/// `sync.wire`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// ctsync's own format and rules.
+    #[default]
+    Native,
+    /// conntrackd 1.4's FTFW, to pair with a real conntrackd: every message
+    /// sequenced, HELLO as a flag, no BULK_END ("conntrackd
+    /// compatibility").
+    Conntrackd,
+}

@@ -3,19 +3,9 @@
 
 use super::*;
 
-/// Which protocol the core speaks (docs/PROTOCOL.md); the config's
-/// `sync.wire`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Dialect {
-    /// ctsync's own format and rules.
-    #[default]
-    Native,
-    /// conntrackd 1.4's FTFW, to pair with a real conntrackd: every message
-    /// sequenced, HELLO as a flag, no BULK_END ("conntrackd
-    /// compatibility").
-    Conntrackd,
-}
+/// Which protocol the core speaks: defined with the config's `sync.wire`,
+/// which the config reads without knowing the core.
+pub use crate::config::Dialect;
 
 /// Tunables of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
