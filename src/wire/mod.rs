@@ -369,3 +369,14 @@ impl Writer<'_> {
         self.bytes(&v.to_be_bytes());
     }
 }
+
+/// A decoded expectation, refused unless its master, expected tuple and
+/// mask are of one address family: no kernel entry could match a mixed
+/// one, and the commit would fail on it. Both wire formats decode to this.
+pub(crate) fn one_family(exp: Expectation) -> Result<Expectation, WireError> {
+    let v6 = exp.tuple.is_ipv6();
+    if exp.master.is_ipv6() != v6 || exp.mask_src.is_ipv6() != v6 {
+        return Err(WireError::BadMessage);
+    }
+    Ok(exp)
+}

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::expect::{ExpNat, Expectation};
 use crate::flow::{FlowKey, proto};
-use crate::wire::{WireError, Writer};
+use crate::wire::{WireError, Writer, one_family};
 
 /// Protocols whose expectation tuples get a port group (conntrackd's
 /// `exp_l4proto_fcn`).
@@ -167,14 +167,11 @@ pub fn parse_exp(body: &[u8]) -> Result<Expectation, WireError> {
         None if tuple.is_ipv6() => (IpAddr::V6(Ipv6Addr::from(u128::MAX)), u16::MAX),
         None => (IpAddr::V4(Ipv4Addr::BROADCAST), u16::MAX),
     };
-    if master.is_ipv6() != tuple.is_ipv6() || mask_src.is_ipv6() != tuple.is_ipv6() {
-        return Err(WireError::BadMessage);
-    }
     let nat = match (tuples[3].addrs, dir) {
         (Some((addr, _)), Some(dir)) => Some(ExpNat { dir, addr, port: tuples[3].ports[0] }),
         _ => None,
     };
-    Ok(Expectation {
+    one_family(Expectation {
         master,
         tuple,
         mask_src,

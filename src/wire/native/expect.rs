@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use super::flow::{emit_key_as, helper_bytes, key_len, key_value};
 use super::{ATTR_HEADER_LEN, AttrIter, MAX_HELPER_LEN, attr, be16, be32, be128};
 use crate::expect::{ExpNat, Expectation};
-use crate::wire::{WireError, Writer};
+use crate::wire::{WireError, Writer, one_family};
 
 const EXP_MASTER_KINDS: [u16; 2] = [attr::EXP_MASTER_V4, attr::EXP_MASTER_V6];
 const EXP_TUPLE_KINDS: [u16; 2] = [attr::EXP_TUPLE_V4, attr::EXP_TUPLE_V6];
@@ -134,10 +134,7 @@ pub(super) fn parse_exp(body: &[u8]) -> Result<Expectation, WireError> {
     else {
         return Err(WireError::BadMessage);
     };
-    if master.is_ipv6() != tuple.is_ipv6() || mask_src.is_ipv6() != tuple.is_ipv6() {
-        return Err(WireError::BadMessage);
-    }
-    Ok(Expectation {
+    one_family(Expectation {
         master,
         tuple,
         mask_src,
