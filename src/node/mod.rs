@@ -314,12 +314,16 @@ impl Node {
             if !self.filter.accepts(&flow) || (!job.claim_all && self.owned_by_peer(&flow)) {
                 continue;
             }
-            let told = job.tell_peer.then(|| flow.clone());
+            let key = flow.key();
             match self.internal.reconcile_one(flow, &mut self.internal_stamp) {
                 Upsert::Created | Upsert::Updated { changed: true } => {
                     job.changed += 1;
-                    if let Some(flow) = told {
-                        self.ftfw.queue(LocalChange::Upsert(flow));
+                    // Copied only when it goes to the peer: most flows of a
+                    // dump are unchanged.
+                    if job.tell_peer
+                        && let Some(e) = self.internal.get(&key)
+                    {
+                        self.ftfw.queue(LocalChange::Upsert(e.flow.clone()));
                     }
                 }
                 Upsert::Updated { changed: false } => {}
