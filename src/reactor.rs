@@ -38,7 +38,7 @@ use crate::logging::RateLimit;
 use crate::metrics;
 use crate::netlink::queue::{QueueSocket, QueuedPacket};
 use crate::netlink::{self, CommitOptions, CtEvent, EventConfig, EventSocket, Kernel};
-use crate::node::{Action, Node, NodeConfig};
+use crate::node::{Action, CommitError, Committed, Node, NodeConfig};
 use crate::readiness::Readiness;
 use crate::reject;
 use crate::stats::{DeferReport, ExpReport, PeerPhase, PeerView, RuntimeStats, StatsReport};
@@ -52,7 +52,6 @@ macro_rules! interlude {
         Interlude {
             links: $daemon.node.direct.is_none().then(|| Links {
                 channels: &mut $daemon.channels,
-                ftfw: &mut $daemon.node.ftfw,
                 reject_log: &mut $daemon.reject_log,
                 links_pending: &mut $daemon.links_pending,
             }),
@@ -166,7 +165,6 @@ pub struct Daemon {
     started: Instant,
     event_buf: Vec<netlink::EventItem>,
     unsent: Option<Vec<u8>>,
-    resync_at: Option<Instant>,
     /// Masters of new expectations to read back from the kernel, and when.
     master_refresh: Vec<(Instant, FlowKey)>,
     next_link_check: Instant,
@@ -264,6 +262,7 @@ impl Daemon {
         let ftfw = Ftfw::new(cfg.ftfw.clone(), session_id, initial_seq, now);
         let node_cfg = NodeConfig {
             peer_timeout: cfg.ftfw.peer_timeout,
+            overrun_resync: cfg.overrun_resync,
             cache_limit: cfg.cache_limit,
             expectations: cfg.expectations.clone(),
             filter: cfg.filter.clone(),
@@ -289,7 +288,6 @@ impl Daemon {
             started: now,
             event_buf: Vec::with_capacity(EVENT_BATCH),
             unsent: None,
-            resync_at: None,
             master_refresh: Vec::new(),
             next_link_check: now + LINK_CHECK,
             watchdog: systemd::watchdog_interval().map(|d| (d, now)),
@@ -393,7 +391,7 @@ impl Daemon {
         let mut next = self.next_link_check;
         for t in [
             self.node.ftfw.poll_timeout(),
-            self.resync_at,
+            self.node.resync_deadline(),
             self.node.bulk_deadline(),
             self.master_refresh.iter().map(|(t, _)| *t).min(),
             self.node.direct.as_ref().and_then(DirectToKernel::purge_at),
@@ -423,8 +421,7 @@ impl Daemon {
         if self.node.direct.as_mut().is_some_and(|d| d.take_purge(now)) {
             self.purge_zombies();
         }
-        if self.resync_at.is_some_and(|t| t <= now) {
-            self.resync_at = None;
+        if self.node.resync_due(now) {
             match self.resync_kernel(true, false) {
                 Ok((changed, gone)) => log::info!(
                     "resynced with the kernel after an overrun: {changed} flows new or changed, {gone} gone"
@@ -434,7 +431,7 @@ impl Daemon {
                         "resync with the kernel failed: {e}; retrying in {:?}",
                         self.cfg.overrun_resync
                     );
-                    self.resync_at = Some(now + self.cfg.overrun_resync);
+                    self.node.resync_failed(now);
                 }
             }
         }

@@ -43,7 +43,7 @@ impl Readiness {
 
     /// Feed every peer event; returns true when readiness changed.
     pub fn observe(&mut self, event: &PeerEvent) -> bool {
-        if matches!(event, PeerEvent::BulkEnd { .. }) && !self.ready {
+        if matches!(event, PeerEvent::BulkEnd { complete: true, .. }) && !self.ready {
             self.ready = true;
             return true;
         }
@@ -90,7 +90,10 @@ mod tests {
         assert!(!r.observe(&PeerEvent::Upsert { flow, stamp: 1 }));
         assert!(!r.observe(&PeerEvent::PeerUp));
         assert!(!r.is_ready());
-        assert!(r.observe(&PeerEvent::BulkEnd { floor: 0 }));
+        // The tail of a bulk that answered an earlier incarnation.
+        assert!(!r.observe(&PeerEvent::BulkEnd { floor: 0, complete: false }));
+        assert!(!r.is_ready());
+        assert!(r.observe(&PeerEvent::BulkEnd { floor: 0, complete: true }));
         r.publish().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "0\n");
         // A peer restart or outage does not take readiness away.

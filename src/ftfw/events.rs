@@ -56,8 +56,10 @@ pub enum PeerEvent {
     /// Remove the expectation with this expected tuple.
     ExpDestroy { key: FlowKey },
     /// End of a bulk from the peer: remove every external entry whose stamp
-    /// < floor.
-    BulkEnd { floor: u64 },
+    /// < floor. `complete`: the bulk began after this session was tracked,
+    /// so the external cache now holds the peer's whole table; the end of
+    /// a bulk that answered an earlier incarnation of ours is not.
+    BulkEnd { floor: u64, complete: bool },
     /// The peer asked for our whole table, or (conntrackd dialect) NACKed
     /// flow messages it had acknowledged: the caller must call
     /// [`Ftfw::bulk_send`] with the internal cache.

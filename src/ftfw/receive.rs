@@ -206,10 +206,11 @@ impl Ftfw {
                 // The end of a bulk begun before we tracked this session
                 // (an answer to an older incarnation of ours) leaves out
                 // what that incarnation had acknowledged.
-                if self.rx.is_some_and(|rx| floor >= rx.base_stamp) {
+                let complete = self.rx.is_some_and(|rx| floor >= rx.base_stamp);
+                if complete {
                     self.awaiting_bulk = false;
                 }
-                self.events.push_back(PeerEvent::BulkEnd { floor });
+                self.events.push_back(PeerEvent::BulkEnd { floor, complete });
             }
             Ok(Message::ResyncRequest) => {
                 self.stats.resync_requests_received += 1;

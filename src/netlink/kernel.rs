@@ -133,6 +133,37 @@ pub trait CommitOps {
     fn displace(&mut self, flow: &Flow) -> io::Result<Option<FlowKey>>;
 }
 
+/// The table operations the node's plans are made of ([`crate::node::Node::commit`]):
+/// the kernel's, or, in the simulations, a table in memory
+/// ([`crate::netlink::memtable::MemTable`]), so that a plan is tested as
+/// the daemon runs it.
+pub trait Table {
+    /// [`Kernel::commit_with`]: `between` runs after every batch.
+    fn commit_flows(
+        &mut self,
+        flows: Vec<&Flow>,
+        opts: &CommitOptions,
+        between: &mut dyn FnMut(),
+    ) -> io::Result<CommitReport>;
+    /// [`Kernel::delete`]: entries by original tuple, refusals per key.
+    fn delete_flows(&mut self, keys: &[FlowKey]) -> io::Result<CommitReport>;
+}
+
+impl Table for Kernel {
+    fn commit_flows(
+        &mut self,
+        flows: Vec<&Flow>,
+        opts: &CommitOptions,
+        between: &mut dyn FnMut(),
+    ) -> io::Result<CommitReport> {
+        self.commit_with(flows, opts, between)
+    }
+
+    fn delete_flows(&mut self, keys: &[FlowKey]) -> io::Result<CommitReport> {
+        self.delete(keys)
+    }
+}
+
 /// The rest of a commit once the creates are answered: EEXIST means
 /// update (or, with `create_only`, leave alone), and the kernel's races
 /// that end in the update's ENOENT are settled as [`Kernel::commit`] says.

@@ -19,8 +19,7 @@ use std::collections::HashMap;
 use std::io;
 
 use crate::flow::{Dir, EntryId, Flow, FlowKey};
-use crate::netlink::CommitOps;
-use crate::netlink::EmitOptions;
+use crate::netlink::{CommitOps, CommitOptions, CommitReport, EmitOptions, Table, settle};
 
 /// One event of the table.
 #[derive(Clone, Debug)]
@@ -196,5 +195,36 @@ impl CommitOps for MemTable {
     fn displace(&mut self, flow: &Flow) -> io::Result<Option<FlowKey>> {
         let reply = flow.tuple_key(Dir::Reply);
         Ok((self.alive(&reply) && self.remove(&reply, true)).then_some(reply))
+    }
+}
+
+/// A commit as [`crate::netlink::Kernel::commit_with`] makes it: all the
+/// creates (one batch), then [`settle`]; `between` runs after each step.
+impl Table for MemTable {
+    fn commit_flows(
+        &mut self,
+        flows: Vec<&Flow>,
+        opts: &CommitOptions,
+        between: &mut dyn FnMut(),
+    ) -> io::Result<CommitReport> {
+        let eo = EmitOptions { timeout: opts.timeout, be_liberal: opts.be_liberal };
+        let (created, refused) = self.create(flows, &eo)?;
+        between();
+        let mut report = CommitReport { created, ..CommitReport::default() };
+        settle(self, refused, &eo, opts.create_only, &mut report)?;
+        between();
+        Ok(report)
+    }
+
+    fn delete_flows(&mut self, keys: &[FlowKey]) -> io::Result<CommitReport> {
+        let mut report = CommitReport::default();
+        for key in keys {
+            if self.alive(key) && self.remove(key, true) {
+                report.deleted += 1;
+            } else {
+                report.failed.push((*key, libc::ENOENT));
+            }
+        }
+        Ok(report)
     }
 }

@@ -52,5 +52,5 @@ pub use convert::{ConvertError, EmitOptions};
 pub use event::{
     CtEvent, DecodeStats, EventConfig, EventItem, EventSocket, EventStats, decode_events,
 };
-pub use kernel::{COMMIT_PASSES, CommitOps, CommitOptions, CommitReport, Kernel, settle};
+pub use kernel::{COMMIT_PASSES, CommitOps, CommitOptions, CommitReport, Kernel, Table, settle};
 pub use msg::{ct_message, ct_msg_type, exp_message};

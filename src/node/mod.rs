@@ -12,6 +12,9 @@
 
 use std::time::{Duration, Instant};
 
+mod commit;
+pub use commit::{CommitError, Committed};
+
 use crate::cache::{Cache, Removal, Upsert};
 use crate::digest::{self, RepairLedger};
 use crate::direct::DirectToKernel;
@@ -54,6 +57,9 @@ pub enum Action {
 pub struct NodeConfig {
     /// The protocol's `peer_timeout`, for the log line of a peer down.
     pub peer_timeout: Duration,
+    /// How long after lost kernel events the table is dumped again: the
+    /// storm that overran the socket has time to pass.
+    pub overrun_resync: Duration,
     /// Most flows in each cache (and expectations in each of theirs).
     pub cache_limit: usize,
     pub expectations: ExpectSync,
@@ -122,6 +128,10 @@ pub struct Node {
     /// asked for since that must wait for [`BULK_SPACING`].
     last_bulk: Option<Instant>,
     bulk_pending: bool,
+    /// When to reconcile the internal cache with a dump of the kernel,
+    /// after events were lost.
+    resync_at: Option<Instant>,
+    overrun_resync: Duration,
     /// Peer restarts since the last log line about one.
     restarts_unlogged: u64,
     last_restart_log: Option<Instant>,
@@ -134,7 +144,15 @@ pub struct Node {
 impl Node {
     /// A node with empty caches, around the protocol core `ftfw`.
     pub fn new(ftfw: Ftfw, cfg: NodeConfig, readiness: Readiness) -> Node {
-        let NodeConfig { peer_timeout, cache_limit, expectations, filter, direct, digests } = cfg;
+        let NodeConfig {
+            peer_timeout,
+            overrun_resync,
+            cache_limit,
+            expectations,
+            filter,
+            direct,
+            digests,
+        } = cfg;
         let mut node = Node {
             ftfw,
             internal: Cache::new(cache_limit),
@@ -151,6 +169,8 @@ impl Node {
             events_stale: 0,
             last_bulk: None,
             bulk_pending: false,
+            resync_at: None,
+            overrun_resync,
             restarts_unlogged: 0,
             last_restart_log: None,
             last_probe_log: None,
@@ -266,6 +286,61 @@ impl Node {
         self.direct.is_some()
             && self.internal.get(&key).is_none()
             && self.external.get(&key).is_some()
+    }
+
+    /// `-f`: empty the internal cache, the external one, or both (their
+    /// expectations with them); how many flows each held. An emptied
+    /// internal cache is refilled by the next `-R`, or by a dump when the
+    /// peer asks for our table before that.
+    pub fn flush_caches(&mut self, internal: bool, external: bool) -> (usize, usize) {
+        let held = (self.internal.len(), self.external.len());
+        if internal {
+            self.internal.clear();
+            self.exp.internal.clear();
+            self.internal_flushed = true;
+        }
+        if external {
+            self.external.clear();
+            self.exp.external.clear();
+        }
+        held
+    }
+
+    /// The kernel lost events for us (a netlink overrun): what the internal
+    /// cache holds, and in direct mode which replicas the kernel holds, is
+    /// no longer known. A dump reconciles both, once the storm had
+    /// [`NodeConfig::overrun_resync`] to pass; true if this overrun
+    /// scheduled it (one already scheduled covers this one too).
+    pub fn on_overrun(&mut self, now: Instant) -> bool {
+        if let Some(direct) = &mut self.direct {
+            direct.lost_track();
+        }
+        if self.resync_at.is_some() {
+            return false;
+        }
+        self.resync_at = Some(now + self.overrun_resync);
+        true
+    }
+
+    /// When the dump after an overrun is due.
+    pub fn resync_deadline(&self) -> Option<Instant> {
+        self.resync_at
+    }
+
+    /// True, once, when the dump after an overrun is due: the caller runs
+    /// it ([`Node::resync_begin`] with `tell_peer`, without `claim_all`) or,
+    /// if the kernel refuses the dump, calls [`Node::resync_failed`].
+    pub fn resync_due(&mut self, now: Instant) -> bool {
+        let due = self.resync_at.is_some_and(|t| t <= now);
+        if due {
+            self.resync_at = None;
+        }
+        due
+    }
+
+    /// The dump after an overrun failed: try again after the same delay.
+    pub fn resync_failed(&mut self, now: Instant) {
+        self.resync_at = Some(now + self.overrun_resync);
     }
 
     /// Reconcile the internal cache with a dump of the kernel table: new
@@ -447,7 +522,7 @@ impl Node {
             }
             PeerEvent::ExpUpsert { exp, stamp } => self.exp.peer_upsert(*exp, stamp),
             PeerEvent::ExpDestroy { key } => self.exp.peer_destroy(&key),
-            PeerEvent::BulkEnd { floor } => {
+            PeerEvent::BulkEnd { floor, .. } => {
                 self.exp.peer_bulk_end(floor);
                 let mut gone = Vec::new();
                 let direct = self.direct.is_some();
@@ -617,6 +692,7 @@ mod tests {
         let ftfw = Ftfw::new(FtfwConfig::default(), 1, 100, now);
         let cfg = NodeConfig {
             peer_timeout: FtfwConfig::default().peer_timeout,
+            overrun_resync: Duration::from_secs(1),
             cache_limit: 100,
             expectations: ExpectSync::Off,
             filter: Filter::accept_all(),
@@ -634,12 +710,15 @@ mod tests {
             assert_eq!(n.on_peer_event(now, PeerEvent::Upsert { flow: flow(port), stamp }), None);
         }
         assert!(!n.readiness.is_ready());
-        assert_eq!(n.on_peer_event(now, PeerEvent::BulkEnd { floor: 9 }), Some(Action::Ready));
+        assert_eq!(
+            n.on_peer_event(now, PeerEvent::BulkEnd { floor: 9, complete: true }),
+            Some(Action::Ready)
+        );
         let mut left: Vec<u16> =
             n.external.iter().map(|e| e.flow.sport(crate::flow::Dir::Orig)).collect();
         left.sort();
         assert_eq!(left, [2, 3]);
-        assert_eq!(n.on_peer_event(now, PeerEvent::BulkEnd { floor: 0 }), None);
+        assert_eq!(n.on_peer_event(now, PeerEvent::BulkEnd { floor: 0, complete: true }), None);
         assert!(n.readiness.is_ready());
     }
 

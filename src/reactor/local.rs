@@ -92,9 +92,6 @@ impl Daemon {
 
     pub(super) fn on_overrun(&mut self, now: Instant) {
         self.stats.netlink_overruns += 1;
-        if let Some(direct) = &mut self.node.direct {
-            direct.lost_track();
-        }
         let current = self.events.rcvbuf();
         if current < self.cfg.rcvbuf_max {
             let grown = (current * 2).min(self.cfg.rcvbuf_max);
@@ -102,13 +99,12 @@ impl Daemon {
                 log::warn!("cannot grow the netlink event buffer to {grown} bytes: {e}");
             }
         }
-        if self.resync_at.is_none() {
+        if self.node.on_overrun(now) {
             log::warn!(
                 "conntrack events were lost (netlink overrun, buffer {} bytes); resyncing with the kernel in {:?}",
                 self.events.rcvbuf(),
                 self.cfg.overrun_resync
             );
-            self.resync_at = Some(now + self.cfg.overrun_resync);
         }
     }
 
@@ -134,11 +130,12 @@ impl Daemon {
         let mut dumped = Vec::new();
         let mut pause = interlude!(self, Instant::now() + INTERLUDE);
         let mut n = 0u32;
+        let ftfw = &mut self.node.ftfw;
         self.kernel.dump_into(|flow| {
             dumped.push(flow);
             n = n.wrapping_add(1);
             if n.is_multiple_of(1024) {
-                pause.tick();
+                pause.tick(ftfw);
             }
         })?;
         // Reconciled in steps, answering the peer in between: a million
@@ -147,7 +144,7 @@ impl Daemon {
         let mut next = Instant::now() + INTERLUDE;
         while self.node.resync_step(&mut job, RESYNC_STEP) {
             let mut pause = interlude!(self, next);
-            pause.tick();
+            pause.tick(&mut self.node.ftfw);
             next = pause.next;
         }
         let done = self.node.resync_end(Instant::now(), job);

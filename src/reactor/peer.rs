@@ -9,14 +9,13 @@ use super::*;
 /// that a commit can go on reading them while it walks the external cache.
 pub(super) struct Links<'a> {
     pub channels: &'a mut Channels,
-    pub ftfw: &'a mut Ftfw,
     pub reject_log: &'a mut reject::RejectLog,
     pub links_pending: &'a mut u64,
 }
 
 impl Links<'_> {
     /// Read up to [`DATAGRAM_BATCH`] datagrams from `link` into the core.
-    pub(super) fn read(&mut self, now: Instant, link: usize) {
+    pub(super) fn read(&mut self, ftfw: &mut Ftfw, now: Instant, link: usize) {
         let mut buf = [0u8; 65536];
         *self.links_pending &= !(1 << link);
         for read in 0.. {
@@ -51,7 +50,7 @@ impl Links<'_> {
                     continue;
                 }
             };
-            if let Some(refusal) = self.ftfw.handle_datagram(now, &buf[..len]) {
+            if let Some(refusal) = ftfw.handle_datagram(now, &buf[..len]) {
                 let name = self.channels.name(link);
                 self.reject_log.note(refusal.into(), from, name, now);
             }
@@ -63,15 +62,15 @@ impl Links<'_> {
     /// peer does not take this node for down and its stream does not
     /// stall. The peer's changes wait in the core until the commit is
     /// done: the external cache is what is being committed.
-    pub(super) fn interlude(&mut self, now: Instant) {
+    pub(super) fn interlude(&mut self, ftfw: &mut Ftfw, now: Instant) {
         for link in 0..self.channels.len() {
-            self.read(now, link);
+            self.read(ftfw, now, link);
         }
-        if self.ftfw.poll_timeout().is_some_and(|t| t <= now) {
-            self.ftfw.handle_timeout(now);
+        if ftfw.poll_timeout().is_some_and(|t| t <= now) {
+            ftfw.handle_timeout(now);
         }
         let mut buf = [0u8; 65536];
-        while let Some(n) = self.ftfw.poll_transmit(now, &mut buf) {
+        while let Some(n) = ftfw.poll_transmit(now, &mut buf) {
             // A full socket loses the datagram, as a lossy link would; the
             // protocol sends its content again.
             if self.channels.send(now, &buf[..n]).is_err() {
@@ -93,14 +92,14 @@ pub(super) struct Interlude<'a> {
 }
 
 impl Interlude<'_> {
-    pub(super) fn tick(&mut self) {
+    pub(super) fn tick(&mut self, ftfw: &mut Ftfw) {
         let now = Instant::now();
         if now < self.next {
             return;
         }
         self.next = now + INTERLUDE;
         if let Some(links) = &mut self.links {
-            links.interlude(now);
+            links.interlude(ftfw, now);
         }
         if let Some((interval, last)) = *self.watchdog
             && last + interval <= now
@@ -113,16 +112,12 @@ impl Interlude<'_> {
 
 impl Daemon {
     pub(super) fn on_datagrams(&mut self, now: Instant, link: usize) {
-        self.links().read(now, link);
-    }
-
-    pub(super) fn links(&mut self) -> Links<'_> {
-        Links {
+        let mut links = Links {
             channels: &mut self.channels,
-            ftfw: &mut self.node.ftfw,
             reject_log: &mut self.reject_log,
             links_pending: &mut self.links_pending,
-        }
+        };
+        links.read(&mut self.node.ftfw, now, link);
     }
 
     /// Drain the protocol core: apply peer events, transmit, and let it

@@ -20,27 +20,13 @@ impl Daemon {
                     Some(CacheSel::External) => (false, true),
                     None => (true, true),
                 };
+                let (internal, external) = self.node.flush_caches(i, e);
                 let mut out = String::new();
                 if i {
-                    let _ = writeln!(
-                        out,
-                        "flushed {} flows from the internal cache",
-                        self.node.internal.len()
-                    );
-                    self.node.internal.clear();
-                    self.node.internal_flushed = true;
+                    let _ = writeln!(out, "flushed {internal} flows from the internal cache");
                 }
                 if e {
-                    let _ = writeln!(
-                        out,
-                        "flushed {} flows from the external cache",
-                        self.node.external.len()
-                    );
-                    self.node.external.clear();
-                    self.node.exp.external.clear();
-                }
-                if i {
-                    self.node.exp.internal.clear();
+                    let _ = writeln!(out, "flushed {external} flows from the external cache");
                 }
                 Ok(out)
             }
@@ -142,39 +128,30 @@ impl Daemon {
         // What the kernel made until now must be in the internal cache
         // before the conflicts are looked for.
         self.drain_kernel_events(started);
-        let conflicts = self.node.commit_conflicts();
-        let displaced = if conflicts.is_empty() {
-            0
-        } else {
-            let report =
-                self.kernel.delete(&conflicts).map_err(KernelOp::DeleteConflicts.failed())?;
-            log::warn!(
-                "commit: {} kernel entries stood in the way of synced flows' NAT mappings and were deleted (first: {}); packets that reached this node's virtual IPs before the commit made them",
-                report.deleted,
-                conflicts[0]
-            );
-            report.deleted
-        };
-        self.node.forget_deleted(&conflicts);
         let opts = self.commit_options();
-        let order = crate::node::commit_order(&self.node.external, self.node.direct.as_ref());
         // Between batches the peer is answered and the watchdog fed.
         let mut pause = interlude!(self, started + INTERLUDE);
         // The events of the commit's moments are read between its batches
         // (see Kernel::commit_with) and applied once it is done.
         let mut during = Vec::new();
         let events = &mut self.events;
-        let mut between = || {
+        let mut between = |ftfw: &mut Ftfw| {
             if let Err(e) = events.recv(&mut during, usize::MAX) {
                 log::warn!("reading conntrack events during the commit failed: {e}");
             }
-            pause.tick();
+            pause.tick(ftfw);
         };
-        let result = self.kernel.commit_with(order, &opts, &mut between);
+        let result = self.node.commit(&mut self.kernel, &opts, &mut between);
         self.handle_kernel_events(Instant::now(), &mut during);
-        let report = result.map_err(KernelOp::Commit.failed())?;
-        if let Some(direct) = &mut self.node.direct {
-            direct.set_missing(report.failed.iter().map(|(k, _)| *k));
+        let Committed { report, conflicts_deleted: displaced, first_conflict } =
+            result.map_err(|e| match e {
+                CommitError::DeleteConflicts(e) => KernelOp::DeleteConflicts.failed()(e),
+                CommitError::Commit(e) => KernelOp::Commit.failed()(e),
+            })?;
+        if let Some(first) = first_conflict {
+            log::warn!(
+                "commit: {displaced} kernel entries stood in the way of synced flows' NAT mappings and were deleted (first: {first}); packets that reached this node's virtual IPs before the commit made them"
+            );
         }
         self.stats.commits += 1;
         self.commit_seconds.observe(started.elapsed().as_secs_f64());
@@ -183,7 +160,6 @@ impl Daemon {
             log::warn!("commit of {key} failed: {}", io::Error::from_raw_os_error(*errno));
         }
         self.stats.commit_displaced += (displaced + report.displaced.len()) as u64;
-        self.node.forget_deleted(&report.displaced);
         if let Some(first) = report.displaced.first() {
             log::warn!(
                 "commit: {} kernel entries held the NAT mapping of a synced flow and were deleted for it (first: {first}); they were made by packets that reached this node's virtual IPs before the commit",

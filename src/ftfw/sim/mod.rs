@@ -17,13 +17,25 @@
 //! forged or replayed message may plant a flow: docs/SECURITY.md), and
 //! [`Outcome::tainted_events`] counts such changes.
 //!
+//! Each side's kernel table is a [`SimKernel`]: random changes are made
+//! there and reach the node as events, except while an overrun loses them
+//! ([`Scenario::overruns`]): the node then schedules a dump and reconciles
+//! its internal cache with it, as the daemon does. A failover
+//! ([`Scenario::failovers`]) runs the notify script's `primary` steps on
+//! one side (the node's commit into its kernel, `-f`, `-R`, `-B`) and the
+//! `backup` steps on the other: `-t`, after which the flows the new master
+//! took over expire in its kernel (here at once), and `-n`. From the first
+//! failover on, only the master's kernel changes (both before it: an
+//! active-active pair). At the end each side's internal
+//! cache must also equal its kernel's table.
+//!
 //! This file is the harness; the scenarios it runs, and what they assert,
 //! are in `tests.rs`.
 
 mod attacker;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 
 /// Maps and sets with a fixed hasher: a bulk walks the internal set, so
@@ -35,7 +47,8 @@ use super::*;
 use crate::cache::Cache;
 use crate::digest::AntiEntropyStats;
 use crate::flow::{Flow, FlowKey, proto};
-use crate::node::{Node, NodeConfig};
+use crate::netlink::{CommitOptions, CommitReport, Table};
+use crate::node::{Action, Node, NodeConfig};
 use crate::wire::native;
 pub(crate) use attacker::{Attack, AttackStats, Attacker, Recorded};
 
@@ -99,6 +112,12 @@ pub(crate) struct Scenario {
     pub auth: bool,
     /// Session ids of this run start here (earlier runs use others).
     pub session_base: u32,
+    /// Kernel events of side `.1` are lost from `.0` ms for `.2` ms (a
+    /// netlink overrun, reported when the burst ends).
+    pub overruns: Vec<(u64, usize, u64)>,
+    /// At `.0` ms side `.1` becomes the master (the `primary` steps) and
+    /// the other side the backup (`-n`).
+    pub failovers: Vec<(u64, usize)>,
     /// Require exact convergence; else the run ends once both sides are
     /// synced with nothing left to send, and [`Outcome::mismatches`] tells
     /// how far the views are.
@@ -140,12 +159,71 @@ impl Default for Scenario {
             attack: None,
             auth: false,
             session_base: 100,
+            overruns: Vec::new(),
+            failovers: Vec::new(),
             exact: true,
         }
     }
 }
 
+/// One side's kernel table, in memory: what the random changes change, what
+/// a dump returns and what a commit writes. The daemon's event socket
+/// filters out the events of its own requests, so a commit makes none.
+#[derive(Default)]
+pub(crate) struct SimKernel(HashMap<FlowKey, Flow, Fixed>);
+
+impl SimKernel {
+    fn dump(&self) -> Vec<Flow> {
+        self.0.values().cloned().collect()
+    }
+}
+
+impl Table for SimKernel {
+    fn commit_flows(
+        &mut self,
+        flows: Vec<&Flow>,
+        opts: &CommitOptions,
+        between: &mut dyn FnMut(),
+    ) -> std::io::Result<CommitReport> {
+        let mut report = CommitReport::default();
+        for flow in flows {
+            match self.0.insert(flow.key(), flow.clone()) {
+                Some(old) if opts.create_only => {
+                    report.existing += 1;
+                    self.0.insert(old.key(), old);
+                }
+                Some(_) => report.updated += 1,
+                None => report.created += 1,
+            }
+            between();
+        }
+        Ok(report)
+    }
+
+    fn delete_flows(&mut self, keys: &[FlowKey]) -> std::io::Result<CommitReport> {
+        let mut report = CommitReport::default();
+        for key in keys {
+            match self.0.remove(key) {
+                Some(_) => report.deleted += 1,
+                None => report.failed.push((*key, libc::ENOENT)),
+            }
+        }
+        Ok(report)
+    }
+}
+
 struct Side {
+    /// Its kernel's table.
+    kernel: SimKernel,
+    /// Kernel events are lost until then (an overrun under way).
+    deaf_until: Option<Duration>,
+    /// Kernel events lost, and dumps after an overrun.
+    events_lost: u64,
+    resyncs: u64,
+    /// This node started once the peer's table had stopped changing (no
+    /// kernel change, overrun or failover to come): when it becomes
+    /// ready, its view must equal that table exactly.
+    born_calm: bool,
     /// The daemon's node: its internal cache stands for the kernel's table
     /// (random changes reach it as kernel events do), its external cache
     /// is the view.
@@ -164,8 +242,14 @@ struct Side {
 impl Side {
     /// Apply one event as the daemon does, through its node; `injected`:
     /// it came from a datagram the attacker sent. Returns true for a flow
-    /// message.
-    fn apply(&mut self, now: Duration, t0: Instant, ev: PeerEvent, injected: bool) -> bool {
+    /// message, and whether the node became ready.
+    fn apply_ready(
+        &mut self,
+        now: Duration,
+        t0: Instant,
+        ev: PeerEvent,
+        injected: bool,
+    ) -> (bool, bool) {
         let taint = |side: &mut Side, key: FlowKey| {
             if injected {
                 side.tainted_events += 1;
@@ -201,8 +285,74 @@ impl Side {
         // Readiness, the peer's ups and downs and stalls change nothing
         // here; a refill from the kernel is never asked for (no -f here).
         let action = self.node.on_peer_event(t0 + now, ev);
-        assert_ne!(action, Some(crate::node::Action::RefillThenBulk));
-        flow_msg
+        assert_ne!(action, Some(Action::RefillThenBulk));
+        (flow_msg, action == Some(Action::Ready))
+    }
+
+    fn apply(&mut self, now: Duration, t0: Instant, ev: PeerEvent, injected: bool) -> bool {
+        self.apply_ready(now, t0, ev, injected).0
+    }
+
+    /// A change of the kernel's table, and its event to the node unless an
+    /// overrun loses it.
+    fn kernel_change(&mut self, now: Instant, flow: Flow, destroy: bool) {
+        let key = flow.key();
+        let (flow, born) = if destroy {
+            let Some(old) = self.kernel.0.remove(&key) else { return };
+            (old, false)
+        } else {
+            (flow.clone(), self.kernel.0.insert(key, flow).is_none())
+        };
+        if self.deaf_until.is_some() {
+            self.events_lost += 1;
+        } else if destroy {
+            self.node.local_destroy(&flow);
+        } else {
+            self.node.local_upsert(now, flow, born);
+        }
+    }
+
+    /// The notify script's `primary` steps: commit the peer's flows, then
+    /// `-f`, `-R` and `-B`. Every flow of the view is in the kernel after
+    /// the commit.
+    fn primary(&mut self, now: Instant) -> CommitReport {
+        let view: Vec<Flow> = self.node.external.iter().map(|e| e.flow.clone()).collect();
+        let opts = CommitOptions { timeout: None, be_liberal: false, create_only: false };
+        let done = match self.node.commit(&mut self.kernel, &opts, &mut |_| {}) {
+            Ok(done) => done,
+            Err(e) => panic!("the simulated table refused the commit: {e:?}"),
+        };
+        for f in &view {
+            assert_eq!(self.kernel.0.get(&f.key()), Some(f), "committed, not in the kernel");
+        }
+        self.node.flush_caches(true, true);
+        self.node.reconcile_flows(now, self.kernel.dump(), true, true);
+        self.node.internal_flushed = false;
+        self.node.bulk_send();
+        done.report
+    }
+
+    /// The internal cache equals the kernel's table, timeouts aside: a dump
+    /// that finds only a flow's seconds left moved keeps the cached state
+    /// (`Cache::reconcile_one`), as the peer needs nothing new.
+    fn matches_kernel(&self) -> bool {
+        self.kernel_gaps() == [0, 0]
+    }
+
+    /// [in the internal cache only, missing from it or in another state].
+    fn kernel_gaps(&self) -> [usize; 2] {
+        let int = &self.node.internal;
+        let same = |a: &Flow, b: &Flow| {
+            Flow { timeout: 0, ..a.clone() } == Flow { timeout: 0, ..b.clone() }
+        };
+        [
+            int.iter().filter(|e| !self.kernel.0.contains_key(&e.flow.key())).count(),
+            self.kernel
+                .0
+                .values()
+                .filter(|f| int.get(&f.key()).is_none_or(|e| !same(&e.flow, f)))
+                .count(),
+        ]
     }
 
     /// Make the drift `d` in the external view.
@@ -296,12 +446,24 @@ pub(crate) struct Outcome {
     pub synced: [bool; 2],
     /// Every datagram delivered (kept only for an attacker's later run).
     pub recording: Vec<Recorded>,
+    /// Kernel events each side's overruns lost, and its dumps after them.
+    pub events_lost: [u64; 2],
+    pub resyncs: [u64; 2],
+    /// Flows each failover committed into the new master's kernel.
+    pub committed: Vec<usize>,
+    /// When a side that restarted after the peer's table had stopped
+    /// changing became ready, how far its view was from that table:
+    /// [extra, missing or different].
+    pub ready_gaps: Vec<[usize; 2]>,
 }
 
 /// The auth key of [`Scenario::auth`].
 fn sim_key() -> native::AuthKey {
     native::AuthKey::new(7, b"simulated shared secret of 32 by".to_vec())
 }
+
+/// The delay between an overrun and the node's dump.
+const OVERRUN_RESYNC: Duration = Duration::from_millis(200);
 
 /// How long a converged pair is watched.
 const IDLE_CHECK: Duration = Duration::from_secs(10);
@@ -377,6 +539,7 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
     let node = |core: Ftfw| {
         let node_cfg = NodeConfig {
             peer_timeout: cfg.peer_timeout,
+            overrun_resync: OVERRUN_RESYNC,
             cache_limit: 1 << 20,
             expectations: crate::expect::ExpectSync::Off,
             filter: crate::filter::Filter::accept_all(),
@@ -387,6 +550,11 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
     };
     let mut sides: Vec<Side> = (0..2)
         .map(|i| Side {
+            kernel: SimKernel::default(),
+            deaf_until: None,
+            events_lost: 0,
+            resyncs: 0,
+            born_calm: false,
             node: node(Ftfw::new(cfg.clone(), sc.session_base + i as u32, sc.initial_seq[i], t0)),
             repaired_at: None,
             tainted: HashSet::default(),
@@ -413,6 +581,15 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
     restarts.sort();
     let mut restarts = restarts.into_iter().peekable();
     let mut forge = sc.forge;
+    let mut overruns = sc.overruns.clone();
+    overruns.sort();
+    let mut overruns = overruns.into_iter().peekable();
+    let mut failovers = sc.failovers.clone();
+    failovers.sort();
+    let mut failovers = failovers.into_iter().peekable();
+    let mut committed = Vec::new();
+    let mut ready_gaps = Vec::new();
+    let mut master: Option<usize> = None;
     let mut link: BinaryHeap<Reverse<Packet>> = BinaryHeap::new();
     let mut packet_id = 0u64;
     let mut now = Duration::ZERO;
@@ -422,7 +599,9 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
         .op_period_ms
         .max(sc.partition.map_or(0, |p| p.1))
         .max(sc.restarts.iter().map(|r| r.0).max().unwrap_or(0))
-        .max(sc.drift.iter().map(|d| d.at_ms).max().unwrap_or(0));
+        .max(sc.drift.iter().map(|d| d.at_ms).max().unwrap_or(0))
+        .max(sc.overruns.iter().map(|o| o.0 + o.2).max().unwrap_or(0))
+        .max(sc.failovers.iter().map(|f| f.0).max().unwrap_or(0));
     let attack_end = sc.attack.as_ref().and_then(|a| a.until_ms).unwrap_or(0);
     let deadline = Duration::from_millis(quiet_from.max(attack_end) + 600_000);
     let mut session_counter = sc.session_base + 900;
@@ -464,7 +643,11 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
                 }
                 while let Some(ev) = sides[i].node.ftfw.poll_event() {
                     progressed = true;
-                    delivered += u64::from(sides[i].apply(now, t0, ev, false));
+                    let (msg, ready) = sides[i].apply_ready(now, t0, ev, false);
+                    delivered += u64::from(msg);
+                    if ready && sides[i].born_calm {
+                        ready_gaps.push(mismatches(&sides[i], &sides[1 - i].node.internal));
+                    }
                 }
                 if !progressed {
                     break;
@@ -476,9 +659,20 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
             && ops.peek().is_none()
             && restarts.peek().is_none()
             && drifts.peek().is_none()
+            && overruns.peek().is_none()
+            && failovers.peek().is_none()
+            && sides.iter().all(|s| s.deaf_until.is_none() && s.node.resync_deadline().is_none())
             && forge.is_none()
             && attacker.as_ref().is_none_or(|a| a.endless() || a.due().is_none());
-        let done = if sc.exact { converged(&sides) } else { settled(&sides) };
+        let calm = ops.peek().is_none()
+            && overruns.peek().is_none()
+            && failovers.peek().is_none()
+            && sides.iter().all(|s| s.deaf_until.is_none() && s.node.resync_deadline().is_none());
+        let done = if sc.exact {
+            converged(&sides) && sides.iter().all(Side::matches_kernel)
+        } else {
+            settled(&sides)
+        };
         if quiet && done {
             // Stay a while: the views must stay equal and an idle pair must
             // only exchange keepalives.
@@ -514,9 +708,11 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
         if now > deadline {
             let [a, b] = [&sides[0], &sides[1]];
             panic!(
-                "no convergence in {sc:?}\nattack: {:?}\nA's view: {}\nB's view: {}\nA: {:?} synced={} state={:?} ext={} int={}\nB: {:?} \
+                "no convergence in {sc:?}\nattack: {:?}\nkernel gaps (internal only, missing or other): {:?} {:?}\nA's view: {}\nB's view: {}\nA: {:?} synced={} state={:?} ext={} int={}\nB: {:?} \
                  synced={} state={:?} ext={} int={}",
                 attacker.as_ref().map(|a| a.stats),
+                a.kernel_gaps(),
+                b.kernel_gaps(),
                 differences(a, &b.node.internal),
                 differences(b, &a.node.internal),
                 a.node.ftfw.stats(),
@@ -538,8 +734,14 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
             next = next.min(p.at);
         }
         for s in &sides {
-            for t in [s.node.ftfw.poll_timeout(), s.node.bulk_deadline()].into_iter().flatten() {
+            for t in [s.node.ftfw.poll_timeout(), s.node.bulk_deadline(), s.node.resync_deadline()]
+                .into_iter()
+                .flatten()
+            {
                 next = next.min(t.saturating_duration_since(t0));
+            }
+            if let Some(t) = s.deaf_until {
+                next = next.min(t);
             }
         }
         if let Some(op) = ops.peek() {
@@ -547,6 +749,12 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
         }
         if let Some(r) = restarts.peek() {
             next = next.min(Duration::from_millis(r.0));
+        }
+        if let Some(o) = overruns.peek() {
+            next = next.min(Duration::from_millis(o.0));
+        }
+        if let Some(f) = failovers.peek() {
+            next = next.min(Duration::from_millis(f.0));
         }
         if let Some(d) = drifts.peek() {
             next = next.min(Duration::from_millis(d.at_ms));
@@ -601,14 +809,43 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
         }
         while ops.peek().is_some_and(|op| Duration::from_millis(op.0) <= now) {
             let Some((_, i, port, action)) = ops.next() else { break };
-            let node = &mut sides[i].node;
             let flow = flow_for(i, port, &mut rng);
-            // The kernel's event for the change, into the node.
-            match (node.internal.get(&flow.key()).is_some(), action) {
-                (true, 0..=2) => node.local_destroy(&flow),
-                (true, _) => node.local_upsert(t0 + now, flow, false),
-                (false, _) => node.local_upsert(t0 + now, flow, true),
+            // After a failover only the master's kernel sees traffic.
+            if master.is_some_and(|m| m != i) {
+                continue;
             }
+            let destroy = action <= 2 && sides[i].kernel.0.contains_key(&flow.key());
+            sides[i].kernel_change(t0 + now, flow, destroy);
+        }
+        while overruns.peek().is_some_and(|o| Duration::from_millis(o.0) <= now) {
+            let Some((at, i, lost)) = overruns.next() else { break };
+            let until = Duration::from_millis(at + lost);
+            sides[i].deaf_until = Some(sides[i].deaf_until.map_or(until, |t| t.max(until)));
+        }
+        for s in &mut sides {
+            // The socket reports the overrun once the burst is over.
+            if s.deaf_until.is_some_and(|t| t <= now) {
+                s.deaf_until = None;
+                s.node.on_overrun(t0 + now);
+            }
+            if s.node.resync_due(t0 + now) {
+                s.resyncs += 1;
+                let table = s.kernel.dump();
+                s.node.reconcile_flows(t0 + now, table, true, false);
+            }
+        }
+        while failovers.peek().is_some_and(|f| Duration::from_millis(f.0) <= now) {
+            let Some((_, i)) = failovers.next() else { break };
+            master = Some(i);
+            let report = sides[i].primary(t0 + now);
+            committed.push(report.created + report.updated);
+            // The backup's `-t`: its flows, now the master's, expire in its
+            // kernel (here at once), and `-n`.
+            let backup = &mut sides[1 - i];
+            for flow in backup.kernel.dump() {
+                backup.kernel_change(t0 + now, flow, true);
+            }
+            backup.node.ftfw.request_resync();
         }
         while drifts.peek().is_some_and(|d| Duration::from_millis(d.at_ms) <= now) {
             let Some(d) = drifts.next() else { break };
@@ -618,10 +855,12 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
             let Some((_, i)) = restarts.next() else { break };
             session_counter += 1;
             let initial = rng.next_u64() as u32;
-            // The daemon starts afresh and dumps the kernel's table, which
-            // its last internal cache stands for.
-            let table: Vec<Flow> = sides[i].node.internal.iter().map(|e| e.flow.clone()).collect();
+            // The daemon starts afresh and dumps the kernel's table.
+            let table = sides[i].kernel.dump();
             sides[i].node = node(Ftfw::new(cfg.clone(), session_counter, initial, t0 + now));
+            sides[i].born_calm = calm;
+            // A new event socket: what the old one lost is in the dump.
+            sides[i].deaf_until = None;
             sides[i].node.reconcile_flows(t0 + now, table, false, true);
         }
         if let Some((at, ahead)) = forge
@@ -700,6 +939,10 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
         },
         synced: [sides[0].node.ftfw.is_synced(), sides[1].node.ftfw.is_synced()],
         recording,
+        events_lost: [sides[0].events_lost, sides[1].events_lost],
+        resyncs: [sides[0].resyncs, sides[1].resyncs],
+        committed,
+        ready_gaps,
     }
 }
 

@@ -352,7 +352,7 @@ fn bulk_end_from_the_peer_gives_the_sweep_floor() {
         .collect();
     assert_eq!(stamps[1], stamps[0] + 1);
     assert_eq!(stamps[2], stamps[0] + 2, "monotonic across the wrap");
-    assert!(ev.contains(&PeerEvent::BulkEnd { floor: stamps[1] }));
+    assert!(ev.contains(&PeerEvent::BulkEnd { floor: stamps[1], complete: true }));
 }
 
 #[test]
