@@ -53,7 +53,9 @@ fuzz_target!(|data: &[u8]| {
         }
         while let Some(ev) = core.poll_event() {
             match ev {
-                PeerEvent::BulkRequested => core.bulk_send(std::iter::empty()),
+                PeerEvent::BulkRequested => {
+                    core.bulk_send(std::iter::empty());
+                }
                 PeerEvent::DigestDue => {
                     core.send_digest(now, &[7; ctsync::digest::RANGES]);
                 }

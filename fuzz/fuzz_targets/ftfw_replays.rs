@@ -71,8 +71,10 @@ fn pump(sides: &mut [Side; 2], now: Instant, record: &mut Vec<Recorded>) -> usiz
                 PeerEvent::Destroy { key } => {
                     side.external.remove(&key);
                 }
-                PeerEvent::BulkEnd { floor } => side.external.retain(|_, (_, s)| *s >= floor),
-                PeerEvent::BulkRequested => side.core.bulk_send(side.internal.values()),
+                PeerEvent::BulkEnd { floor, .. } => side.external.retain(|_, (_, s)| *s >= floor),
+                PeerEvent::BulkRequested => {
+                    side.core.bulk_send(side.internal.values());
+                }
                 _ => {}
             }
         }

@@ -54,7 +54,7 @@ mod seq;
 mod sim;
 mod stats;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -363,8 +363,14 @@ impl Ftfw {
 
     /// Send our whole table, then a BULK_END that lets the peer sweep what
     /// we no longer have (see docs/PROTOCOL.md, "Bulk").
-    pub fn bulk_send<'a>(&mut self, flows: impl IntoIterator<Item = &'a Flow>) {
-        self.bulk_send_with_expectations(flows, []);
+    ///
+    /// Before the first handshake nothing is queued and false returned: the
+    /// peer asks for our table as soon as it knows our session, and gets it
+    /// as it is then. A table queued now would end in a BULK_END that the
+    /// changes made until the handshake wait behind, and a peer that takes
+    /// that end for a complete table would report ready without them.
+    pub fn bulk_send<'a>(&mut self, flows: impl IntoIterator<Item = &'a Flow>) -> bool {
+        self.bulk_send_with_expectations(flows, [])
     }
 
     /// As [`Ftfw::bulk_send`], with our expectations after the flows (their
@@ -373,7 +379,11 @@ impl Ftfw {
         &mut self,
         flows: impl IntoIterator<Item = &'a Flow>,
         exps: impl IntoIterator<Item = &'b Expectation>,
-    ) {
+    ) -> bool {
+        if self.rx.is_none() {
+            return false;
+        }
+        self.tx.drop_bulk_ends();
         let start = self.next_seq;
         for f in flows {
             self.tx.push_change(Item::Upsert { flow: f.clone(), new: false });
@@ -387,6 +397,7 @@ impl Ftfw {
         }
         self.stats.bulks_sent += 1;
         self.update_gauges();
+        true
     }
 
     /// Ask the peer for its whole table.

@@ -214,10 +214,12 @@ impl Node {
         self.bulk_send();
     }
 
-    /// Queue our whole table (flows and expectations) on the protocol.
-    pub fn bulk_send(&mut self) {
+    /// Queue our whole table (flows and expectations) on the protocol;
+    /// false before the first handshake, which sends it when it completes
+    /// ([`Ftfw::bulk_send`]).
+    pub fn bulk_send(&mut self) -> bool {
         let exps = self.exp.internal.iter().map(|e| &e.exp);
-        self.ftfw.bulk_send_with_expectations(self.internal.iter().map(|e| &e.flow), exps);
+        self.ftfw.bulk_send_with_expectations(self.internal.iter().map(|e| &e.flow), exps)
     }
 
     // ----- our kernel's changes -----------------------------------------
@@ -689,7 +691,8 @@ mod tests {
     }
 
     fn node(now: Instant) -> Node {
-        let ftfw = Ftfw::new(FtfwConfig::default(), 1, 100, now);
+        // Bulks go only to a peer that answered.
+        let ftfw = crate::ftfw::tests::established(500, now);
         let cfg = NodeConfig {
             peer_timeout: FtfwConfig::default().peer_timeout,
             overrun_resync: Duration::from_secs(1),

@@ -47,8 +47,14 @@ impl Daemon {
                 ))
             }
             Request::BulkSend => {
-                self.node.bulk_send();
-                Ok(format!("bulk send of {} flows queued\n", self.node.internal.len()))
+                if self.node.bulk_send() {
+                    Ok(format!("bulk send of {} flows queued\n", self.node.internal.len()))
+                } else {
+                    Ok(format!(
+                        "no peer has answered yet: all {} flows go to the peer when it does (it asks for them)\n",
+                        self.node.internal.len()
+                    ))
+                }
             }
             Request::RequestResync => {
                 self.node.ftfw.request_resync();

@@ -61,7 +61,7 @@ fn events(core: &mut Ftfw) -> Vec<PeerEvent> {
 
 /// A core that completed the handshake with a peer whose next seq is
 /// `peer_seq`; its own next seq is 101 (100 went to RESYNC_REQUEST).
-fn established(peer_seq: u32, now: Instant) -> Ftfw {
+pub(crate) fn established(peer_seq: u32, now: Instant) -> Ftfw {
     established_with(cfg(), peer_seq, now)
 }
 
