@@ -82,6 +82,10 @@ impl Ftfw {
         let restarted = self.rx.is_some();
         if restarted {
             self.stats.peer_restarts += 1;
+            self.peer_floor = self
+                .first_hello_back
+                .filter(|(session, _)| *session == hdr.session)
+                .map(|(_, seq)| seq);
             self.events.push_back(PeerEvent::PeerRestarted);
             // Unacknowledged data goes again to the new incarnation (it
             // also asks for a bulk): if the "restart" was a stale datagram

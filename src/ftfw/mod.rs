@@ -123,6 +123,13 @@ pub struct Ftfw {
     next_epoch_stamp: u64,
     /// A HELLO to answer: its session and round.
     hello_back: Option<(u32, u32)>,
+    /// The peer session whose HELLO we answered first, and the seq that
+    /// first answer carried: the lowest seq that session can track us from.
+    first_hello_back: Option<(u32, Seq)>,
+    /// After the peer restarted: the lowest seq it may still expect from
+    /// us, raised by its ACKs. No new data goes `max_seq_jump` past it, or
+    /// the new incarnation would drop all of it as too far ahead.
+    peer_floor: Option<Seq>,
     /// Our handshake attempt; bumped each time we restart the handshake.
     hello_round: u32,
     /// The untracked peer session whose HELLO the current round answers.
@@ -245,6 +252,8 @@ impl Ftfw {
             rx: None,
             next_epoch_stamp: 1 << 32,
             hello_back: None,
+            first_hello_back: None,
+            peer_floor: None,
             hello_round: 1,
             hello_from: None,
             ranges: VecDeque::new(),

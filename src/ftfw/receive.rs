@@ -300,6 +300,11 @@ impl Ftfw {
             }
             self.resend.nack(from, to, &mut self.lost);
         }
+        // The peer takes nothing before `to` + 1 any more.
+        if let Some(floor) = self.peer_floor {
+            let floor = if to.next().diff(floor) > 0 { to.next() } else { floor };
+            self.peer_floor = (floor.diff(self.resend.first()) < 0).then_some(floor);
+        }
         self.lost_before_digest();
         // Requeued at the front in reverse, so that they go in seq order.
         for item in self.lost.drain(..).rev() {

@@ -36,6 +36,9 @@ impl Ftfw {
             && dg.push(&*self.codec, &MessageRef::HelloBack { session, round }, buf)
         {
             self.hello_back = None;
+            if self.first_hello_back.is_none_or(|(s, _)| s != session) {
+                self.first_hello_back = Some((session, first_seq));
+            }
         }
         self.push_ranges(&mut dg, buf);
         if let Some(rx) = &mut self.rx
@@ -149,7 +152,7 @@ impl Ftfw {
     /// sending stopped for backpressure or at a bulk barrier.
     pub(super) fn push_data(&mut self, dg: &mut Builder, buf: &mut [u8]) -> bool {
         loop {
-            if self.resend.is_full() {
+            if self.resend.is_full() || self.beyond_peer_floor() {
                 self.stats.backpressure += 1;
                 return true;
             }
@@ -217,6 +220,18 @@ impl Ftfw {
             self.next_seq = seq.next();
             self.resend.push(seq, item);
         }
+    }
+}
+
+impl Ftfw {
+    /// A restarted peer tracks us from the seq of our first answer to its
+    /// HELLO, while the ring we drained for it no longer bounds how far we
+    /// run ahead of that: hold new data until its ACKs catch up.
+    fn beyond_peer_floor(&self) -> bool {
+        self.peer_floor.is_some_and(|floor| {
+            self.next_seq.diff(floor) >= 0
+                && self.next_seq.diff(floor) as u32 >= self.cfg.max_seq_jump
+        })
     }
 }
 
