@@ -172,7 +172,8 @@ struct Args {
     )]
     resync_kernel: Option<Option<Table>>,
 
-    /// Send the whole internal cache to the peers.
+    /// Send the whole internal cache to the peers (before a peer has
+    /// answered nothing is queued: it gets the table when it asks).
     #[arg(short = 'B', long = "bulk-send")]
     bulk_send: bool,
 
