@@ -75,6 +75,17 @@ pub mod tcp_state {
         "SYN_SENT2",
     ];
 
+    /// conntrack-tools' other names: `CLOSED` for CLOSE, and `LISTEN`, the
+    /// kernel's alias of SYN_SENT2 (conntrackd.conf accepts both).
+    pub const ALIASES: [(&str, u8); 2] = [("CLOSED", CLOSE), ("LISTEN", SYN_SENT2)];
+
+    /// The state called `name` in [`NAMES`] or [`ALIASES`], any case
+    /// (never NONE, which no filter can name).
+    pub fn by_name(name: &str) -> Option<u8> {
+        let named = NAMES.iter().enumerate().skip(1).map(|(i, n)| (*n, i as u8));
+        named.chain(ALIASES).find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, s)| s)
+    }
+
     /// The name `conntrack -L` prints for a state.
     pub fn name(state: u8) -> &'static str {
         NAMES.get(usize::from(state)).copied().unwrap_or("UNKNOWN")

@@ -118,19 +118,11 @@ pub(super) fn protocol_name(n: u8) -> String {
         .map_or_else(|| n.to_string(), |(name, _)| (*name).to_owned())
 }
 
-/// A TCP state name as conntrack prints it (`ESTABLISHED`), case-insensitive;
-/// `CLOSED` is conntrackd's alias of `CLOSE`.
+/// A TCP state name as conntrack prints it (`ESTABLISHED`), or one of
+/// conntrack-tools' aliases (`CLOSED`, `LISTEN`), case-insensitive.
 pub(super) fn tcp_state(s: &str) -> Result<u8, FilterValueError> {
     let s = s.trim();
-    if s.eq_ignore_ascii_case("CLOSED") {
-        return Ok(tcp_state::CLOSE);
-    }
-    tcp_state::NAMES
-        .iter()
-        .position(|name| name.eq_ignore_ascii_case(s))
-        .filter(|&i| i != usize::from(tcp_state::NONE))
-        .map(|i| i as u8)
-        .ok_or_else(|| FilterValueError::TcpState(s.to_owned()))
+    tcp_state::by_name(s).ok_or_else(|| FilterValueError::TcpState(s.to_owned()))
 }
 
 /// An address or prefix of `general.filter.addresses`.
@@ -361,6 +353,8 @@ mod tests {
         }
         assert_eq!(tcp_state("established"), Ok(tcp_state::ESTABLISHED));
         assert_eq!(tcp_state("CLOSED"), Ok(tcp_state::CLOSE));
+        assert_eq!(tcp_state("listen"), Ok(tcp_state::SYN_SENT2));
+        assert_eq!(tcp_state("syn_sent2"), Ok(tcp_state::SYN_SENT2));
         assert_eq!(tcp_state("TIME_WAIT"), Ok(tcp_state::TIME_WAIT));
         assert!(tcp_state("NONE").is_err());
         assert!(tcp_state("OPEN").is_err());

@@ -360,6 +360,11 @@ fn syntax_errors_name_the_line() {
     assert_err(&with("UNIX Path /x", ""), 11, None, "expected '{' after UNIX");
     assert_err(&with("Filter { State Accept { ESTABLISHED } }", ""), 11, Some("State"), "for TCP");
     assert_err(&with("Filter { State Accept { OPEN for TCP } }", ""), 11, Some("OPEN"), "");
+    // conntrackd's words only, case-sensitive: not our YAML's SYN_SENT2.
+    let syn_sent2 = with("Filter { State Accept { SYN_SENT2 for TCP } }", "");
+    assert_err(&syn_sent2, 11, Some("SYN_SENT2"), "unknown keyword \"SYN_SENT2\" in State");
+    let lower = with("Filter { State Accept { established for TCP } }", "");
+    assert_err(&lower, 11, Some("established"), "did you mean ESTABLISHED?");
     assert_err(&with("Filter { State Accept { CLOSE for UDP } }", ""), 11, Some("State"), "");
     assert_err(
         &with("Filter { Address Ignore { IPv4_address ::1 } }", ""),

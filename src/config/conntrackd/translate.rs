@@ -8,6 +8,7 @@ use super::lex::{Kind, bool_word, digits};
 use super::{Channel, DEFAULT_LOG_FILE, Parser, Result};
 use crate::config::raw::{ChannelType, RawChannel, RawExpectations, Scalar};
 use crate::config::{Position, SyslogFacility};
+use crate::flow::tcp_state;
 
 impl<'a> Parser<'a> {
     // ---- the grammar ----
@@ -316,7 +317,7 @@ impl<'a> Parser<'a> {
                     }
                     _ => {
                         let Some(state) = tcp_state(item) else {
-                            return Err(self.unknown(item, at, "in State", TCP_STATES));
+                            return Err(self.unknown(item, at, "in State", &tcp_state_words()));
                         };
                         pending_states.push((state, at));
                     }
@@ -687,18 +688,6 @@ const MULTICAST: &[&str] = &[
     "RcvSocketBuffer",
     "Checksum",
 ];
-const TCP_STATES: &[&str] = &[
-    "SYN_SENT",
-    "SYN_RECV",
-    "ESTABLISHED",
-    "FIN_WAIT",
-    "CLOSE_WAIT",
-    "LAST_ACK",
-    "TIME_WAIT",
-    "CLOSE",
-    "CLOSED",
-    "LISTEN",
-];
 
 #[derive(Clone, Copy)]
 enum Family {
@@ -738,16 +727,15 @@ fn facility(s: &str) -> Option<SyslogFacility> {
 /// A state keyword of conntrackd's filter, as the name our schema reads.
 /// `LISTEN` is the kernel's `TCP_CONNTRACK_LISTEN`, which is `SYN_SENT2`.
 fn tcp_state(word: &str) -> Option<&'static str> {
-    Some(match word {
-        "SYN_SENT" => "SYN_SENT",
-        "SYN_RECV" => "SYN_RECV",
-        "ESTABLISHED" => "ESTABLISHED",
-        "FIN_WAIT" => "FIN_WAIT",
-        "CLOSE_WAIT" => "CLOSE_WAIT",
-        "LAST_ACK" => "LAST_ACK",
-        "TIME_WAIT" => "TIME_WAIT",
-        "CLOSE" | "CLOSED" => "CLOSE",
-        "LISTEN" => "SYN_SENT2",
-        _ => return None,
-    })
+    // Case-sensitive, as conntrackd's lexer; our own name for the YAML.
+    let state = tcp_state_words().contains(&word).then(|| tcp_state::by_name(word)).flatten()?;
+    tcp_state::NAMES.get(usize::from(state)).copied()
+}
+
+/// The state words of conntrackd.conf: conntrack's names from SYN_SENT to
+/// CLOSE and its aliases (the grammar has no SYN_SENT2, only LISTEN).
+fn tcp_state_words() -> Vec<&'static str> {
+    let (first, last) = (usize::from(tcp_state::SYN_SENT), usize::from(tcp_state::CLOSE));
+    let names = tcp_state::NAMES[first..=last].iter().copied();
+    names.chain(tcp_state::ALIASES.iter().map(|(name, _)| *name)).collect()
 }
