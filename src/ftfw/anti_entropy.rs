@@ -39,7 +39,7 @@ impl Ftfw {
     /// Anti-entropy: ask the peer to resend the flows of these ranges of its
     /// table (their digests differ from the external cache's).
     pub fn request_repair(&mut self, ranges: RangeSet) {
-        if self.compat || ranges.is_empty() {
+        if self.is_compat() || ranges.is_empty() {
             return;
         }
         self.tx.push_marker(Item::RepairRequest(ranges.0), false);
@@ -51,7 +51,7 @@ impl Ftfw {
     /// REPAIR_END that lets the peer sweep the rest of these ranges (as
     /// [`Ftfw::bulk_send`] for the whole table).
     pub fn repair_send<'a>(&mut self, ranges: RangeSet, flows: impl IntoIterator<Item = &'a Flow>) {
-        if self.compat {
+        if self.is_compat() {
             return;
         }
         let start = self.next_seq;
@@ -112,7 +112,7 @@ impl Ftfw {
 
     /// Anti-entropy runs: native dialect, interval set.
     pub(super) fn anti_entropy(&self) -> bool {
-        !self.compat && !self.cfg.anti_entropy_interval.is_zero()
+        !self.is_compat() && !self.cfg.anti_entropy_interval.is_zero()
     }
 
     /// A DIGEST part `seq` arrived and was accepted. Once all parts are

@@ -7,6 +7,15 @@ use std::time::{Duration, Instant};
 use super::*;
 
 impl Ftfw {
+    /// This dialect's own state (none on a native core, where nothing
+    /// here runs).
+    fn state(&mut self) -> Option<&mut ConntrackdState> {
+        match &mut self.flavor {
+            Flavor::Conntrackd(state) => Some(state),
+            Flavor::Native(_) => None,
+        }
+    }
+
     /// `poll_transmit` for conntrackd: every message takes a seq, ACK and
     /// NACK are held for resending like data, HELLO and HELLO_BACK are
     /// flags on every message of the datagram, ALIVE carries them when
@@ -112,7 +121,7 @@ impl Ftfw {
             }
             if hdr.flags & HELLO != 0 {
                 self.hello_back = Some((0, 0));
-                let same_start = self.peer_in_hello
+                let same_start = self.state().is_some_and(|c| c.peer_in_hello)
                     && self.rx.is_some_and(|rx| {
                         let d = seq.diff(rx.expected);
                         d >= 0 && d as u32 <= self.cfg.max_seq_jump
@@ -120,7 +129,9 @@ impl Ftfw {
                 if !same_start {
                     self.adopt_compat(seq, true, true);
                 }
-                self.peer_in_hello = true;
+                if let Some(state) = self.state() {
+                    state.peer_in_hello = true;
+                }
             } else if self.rx.is_none() {
                 // We restarted and the peer did not: track from here.
                 self.adopt_compat(seq, false, true);
@@ -131,17 +142,21 @@ impl Ftfw {
             });
             // One forged or corrupted message cannot move tracking far
             // ahead; two in a row (seq, then at most a few further) can.
-            self.jump_ok = far
-                && self
-                    .far_ahead
-                    .is_some_and(|next| (0..=MAX_FAR_RUN_GAP).contains(&seq.diff(next)));
-            self.far_ahead = far.then(|| seq.next());
+            if let Some(state) = self.state() {
+                state.jump_ok = far
+                    && state
+                        .far_ahead
+                        .is_some_and(|next| (0..=MAX_FAR_RUN_GAP).contains(&seq.diff(next)));
+                state.far_ahead = far.then(|| seq.next());
+            }
             let before = self.stats.drop_late + self.stats.drop_far_ahead;
             let late_before = self.stats.drop_late;
             let msg = std::mem::replace(&mut r.msg, Err(WireError::BadMessage));
             let print = fingerprint(&msg);
             self.on_sequenced(now, seq, msg);
-            self.jump_ok = false;
+            if let Some(state) = self.state() {
+                state.jump_ok = false;
+            }
             if self.stats.drop_late != late_before {
                 self.check_collision(now, seq, print);
             } else if self.stats.drop_late + self.stats.drop_far_ahead == before {
@@ -162,12 +177,16 @@ impl Ftfw {
                     self.rx_refused_since = None;
                     self.events.push_back(PeerEvent::Rebased);
                     self.adopt_compat(seq.next(), true, false);
-                    self.peer_in_hello = false;
+                    if let Some(state) = self.state() {
+                        state.peer_in_hello = false;
+                    }
                 }
                 continue;
             }
-            if hdr.flags & HELLO == 0 {
-                self.peer_in_hello = false;
+            if hdr.flags & HELLO == 0
+                && let Some(state) = self.state()
+            {
+                state.peer_in_hello = false;
             }
             self.timers[Timer::PeerTimeout as usize] = Some(now + self.cfg.peer_timeout);
             if !self.peer_alive {
@@ -179,10 +198,11 @@ impl Ftfw {
     }
 
     fn note_taken(&mut self, seq: Seq, print: u64) {
-        if self.taken.is_empty() {
-            self.taken = vec![None; TAKEN_SLOTS];
+        let Some(ConntrackdState { taken, .. }) = self.state() else { return };
+        if taken.is_empty() {
+            *taken = vec![None; TAKEN_SLOTS];
         }
-        self.taken[seq.0 as usize % TAKEN_SLOTS] = Some((seq, print));
+        taken[seq.0 as usize % TAKEN_SLOTS] = Some((seq, print));
     }
 
     /// A late message: if we took another message under its seq, one of
@@ -190,18 +210,23 @@ impl Ftfw {
     /// here. Which one cannot be told; the peer's whole table repairs what
     /// it holds (a lost destroy stays: this format has no end of table).
     fn check_collision(&mut self, now: Instant, seq: Seq, print: u64) {
-        let Some(&Some((taken, taken_print))) = self.taken.get(seq.0 as usize % TAKEN_SLOTS) else {
+        let heal_after = self.heal_after();
+        let Some(state) = self.state() else { return };
+        let Some(&Some((taken, taken_print))) = state.taken.get(seq.0 as usize % TAKEN_SLOTS)
+        else {
             return;
         };
         if taken != seq || taken_print == print {
             return;
         }
-        self.stats.rx_collisions += 1;
-        if self
+        let due = state
             .collision_resync_at
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.heal_after())
-        {
-            self.collision_resync_at = Some(now);
+            .is_none_or(|t| now.saturating_duration_since(t) >= heal_after);
+        if due {
+            state.collision_resync_at = Some(now);
+        }
+        self.stats.rx_collisions += 1;
+        if due {
             self.request_resync();
         }
     }
@@ -220,7 +245,9 @@ impl Ftfw {
     pub(super) fn adopt_compat(&mut self, seq: Seq, hello: bool, restart: bool) {
         let base = self.next_epoch_stamp;
         self.next_epoch_stamp = base + (1 << 32);
-        self.taken.clear();
+        if let Some(state) = self.state() {
+            state.taken.clear();
+        }
         if self.rx.is_some() {
             if restart {
                 self.stats.peer_restarts += 1;
@@ -246,6 +273,27 @@ impl Ftfw {
             window: None,
         });
     }
+}
+
+/// What the conntrackd dialect keeps beyond the shared sequencing: how
+/// far its unauthenticated stream may move our tracking.
+#[derive(Default)]
+pub(super) struct ConntrackdState {
+    /// The peer's messages still carry HELLO (it has not yet seen our
+    /// HELLO_BACK), so another HELLO is the same start.
+    peer_in_hello: bool,
+    /// The seq after the last far-ahead message. A message that continues
+    /// it shows that the peer's sequence really moved on (its keepalives
+    /// take seqs during a partition).
+    far_ahead: Option<Seq>,
+    /// The message being admitted continues a far-ahead run and may jump.
+    pub(super) jump_ok: bool,
+    /// What was taken at each recent seq, by `seq % TAKEN_SLOTS`
+    /// ([`fingerprint`]), to tell a late copy from a different message
+    /// under the same seq.
+    taken: Vec<Option<(Seq, u64)>>,
+    /// When a collision last asked for the peer's table.
+    collision_resync_at: Option<Instant>,
 }
 
 /// Recent seqs remembered for [`Ftfw::check_collision`].

@@ -31,7 +31,8 @@
 //! - `handshake.rs`: HELLO, HELLO_BACK, tracking a peer session;
 //! - `liveness.rs`: [`Ftfw::handle_timeout`], the peer timeout, stalls;
 //! - `anti_entropy.rs`: digests and repairs (native dialect);
-//! - `compat.rs`: what the conntrackd dialect does differently;
+//! - `compat.rs`: what the conntrackd dialect does differently, with the
+//!   state only it keeps (`Flavor` holds each dialect's own);
 //! - `queues.rs`, `seq.rs`, `replay.rs`: the transmit and resend queues,
 //!   sequence numbers, the replay window;
 //! - `config.rs`, `events.rs`, `stats.rs`: the public types.
@@ -70,6 +71,7 @@ use crate::flow::{Flow, FlowKey};
 use crate::wire::conntrackd::{self, ConntrackdCodec};
 use crate::wire::native::{self, NativeCodec};
 use crate::wire::{Codec, DatagramHeader, DialectCodec, Message, MessageRef, Received, WireError};
+use compat::ConntrackdState;
 use queues::{Front, Item, ResendQueue, TxQueue};
 use receive::{MAX_FAR_RUN_GAP, Range};
 use replay::ReplayWindow;
@@ -109,6 +111,23 @@ enum Timer {
     AntiEntropy = 2,
 }
 
+/// What each wire dialect keeps beyond what both share (sequence space,
+/// resend ring, ACK/NACK, handshake): the rules that use it are in
+/// `send.rs` and `receive.rs` for the native dialect, `compat.rs` for
+/// conntrackd's.
+enum Flavor {
+    Native(NativeState),
+    Conntrackd(ConntrackdState),
+}
+
+/// The native dialect's own state.
+struct NativeState {
+    /// With keys: every datagram starts with a STAMP.
+    stamping: bool,
+    /// The counter of the last datagram sent (STAMP).
+    tx_counter: u64,
+}
+
 /// The FTFW protocol core for one peer.
 pub struct Ftfw {
     cfg: FtfwConfig,
@@ -141,36 +160,16 @@ pub struct Ftfw {
     closed_runs: VecDeque<(Seq, Seq, u8)>,
     /// We sent a RESYNC_REQUEST and have not yet seen the BULK_END.
     awaiting_bulk: bool,
-    /// Speaking conntrackd's dialect.
-    compat: bool,
-    /// conntrackd dialect: the peer's messages still carry HELLO (it has
-    /// not yet seen our HELLO_BACK), so another HELLO is the same start.
-    peer_in_hello: bool,
-    /// conntrackd dialect: the seq after the last far-ahead message. A
-    /// message that continues it shows that the peer's sequence really
-    /// moved on (its keepalives take seqs during a partition).
-    far_ahead: Option<Seq>,
-    /// conntrackd dialect: the message being admitted continues a
-    /// far-ahead run and may jump.
-    jump_ok: bool,
+    /// What the dialect spoken keeps beyond the shared sequencing.
+    flavor: Flavor,
     peer_alive: bool,
     last_tx: Option<Instant>,
     /// When the first message refused since the last accepted one came.
     rx_refused_since: Option<Instant>,
-    /// conntrackd dialect: what was taken at each recent seq, by
-    /// `seq % TAKEN_SLOTS` ([`compat::fingerprint`]), to tell a late copy
-    /// from a different message under the same seq.
-    taken: Vec<Option<(Seq, u64)>>,
-    /// conntrackd dialect: when a collision last asked for the peer's table.
-    collision_resync_at: Option<Instant>,
     /// The oldest unacknowledged seq, and since when it has been.
     tx_progress: (Seq, Instant),
     /// Stalled as last reported.
     stalled: bool,
-    /// Native dialect with keys: every datagram starts with a STAMP.
-    stamping: bool,
-    /// The counter of the last datagram sent (STAMP).
-    tx_counter: u64,
     /// Established with a live peer, another peer session said HELLO: our
     /// HELLOs go out while data keeps flowing to the live session, until a
     /// HELLO_BACK of our current round comes.
@@ -222,7 +221,9 @@ impl Ftfw {
             return false;
         };
         codec.set_auth_keys(keys.clone());
-        self.stamping = !keys.is_empty();
+        if let Flavor::Native(native) = &mut self.flavor {
+            native.stamping = !keys.is_empty();
+        }
         self.cfg.auth_keys = keys;
         true
     }
@@ -237,6 +238,7 @@ impl Ftfw {
     ) -> Ftfw {
         let next_seq = Seq(initial_seq);
         let compat = cfg.dialect == Dialect::Conntrackd;
+        let cfg_auth_empty = cfg.auth_keys.is_empty();
         let mut resend = ResendQueue::new(cfg.resend_queue, next_seq);
         if compat {
             resend.remember_acked();
@@ -259,19 +261,16 @@ impl Ftfw {
             ranges: VecDeque::new(),
             closed_runs: VecDeque::new(),
             awaiting_bulk: false,
-            compat,
-            peer_in_hello: false,
-            far_ahead: None,
-            jump_ok: false,
+            flavor: if compat {
+                Flavor::Conntrackd(ConntrackdState::default())
+            } else {
+                Flavor::Native(NativeState { stamping: !cfg_auth_empty, tx_counter: 0 })
+            },
             peer_alive: false,
             last_tx: None,
             rx_refused_since: None,
-            taken: Vec::new(),
-            collision_resync_at: None,
             tx_progress: (next_seq, now),
             stalled: false,
-            stamping: false,
-            tx_counter: 0,
             probing: false,
             pending_digest: None,
             digest_parts: None,
@@ -285,7 +284,6 @@ impl Ftfw {
             stats: FtfwStats::default(),
         };
         core.timers[Timer::Keepalive as usize] = Some(now);
-        core.stamping = !core.compat && !core.cfg.auth_keys.is_empty();
         if core.anti_entropy() {
             core.timers[Timer::AntiEntropy as usize] = Some(now + core.cfg.anti_entropy_interval);
         }
@@ -293,6 +291,16 @@ impl Ftfw {
     }
 
     // ----- getters -------------------------------------------------------
+
+    /// Speaking conntrackd's dialect.
+    fn is_compat(&self) -> bool {
+        matches!(self.flavor, Flavor::Conntrackd(_))
+    }
+
+    /// Native dialect with keys: every datagram starts with a STAMP.
+    fn stamping(&self) -> bool {
+        matches!(self.flavor, Flavor::Native(NativeState { stamping: true, .. }))
+    }
 
     /// Counters.
     pub fn stats(&self) -> &FtfwStats {
@@ -344,7 +352,7 @@ impl Ftfw {
         let mut decoded = std::mem::take(&mut self.decoded);
         decoded.clear();
         match self.codec.decode(bytes, &mut decoded) {
-            Ok(_) if self.compat => self.process_compat(now, &mut decoded),
+            Ok(_) if self.is_compat() => self.process_compat(now, &mut decoded),
             Ok(hdr) => self.process(now, &hdr, &mut decoded),
             Err(e) => self.count_error(e),
         }
@@ -401,7 +409,7 @@ impl Ftfw {
             self.tx.push_change(Item::ExpUpsert(Box::new(e.clone())));
         }
         // conntrackd has no BULK_END (and cannot parse one).
-        if !self.compat {
+        if !self.is_compat() {
             self.tx.push_marker(Item::BulkEnd(start), false);
         }
         self.stats.bulks_sent += 1;
@@ -415,7 +423,7 @@ impl Ftfw {
             self.tx.push_marker(Item::Resync, false);
         }
         // conntrackd's answer has no end marker to wait for.
-        self.awaiting_bulk = !self.compat;
+        self.awaiting_bulk = !self.is_compat();
         self.update_gauges();
     }
 

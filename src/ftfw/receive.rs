@@ -18,7 +18,7 @@ impl Ftfw {
         // A second copy of an authenticated datagram of the live session,
         // or one without the STAMP its session always sends: refused
         // before anything in it counts, handshake and ACKs included.
-        if self.stamping
+        if self.stamping()
             && let Some(rx) = self.rx.as_mut().filter(|rx| rx.session == hdr.session)
         {
             let fresh = match (stamp, &mut rx.window) {
@@ -128,12 +128,14 @@ impl Ftfw {
     /// Apply the receive rules to `seq` (docs/PROTOCOL.md, "Receiving");
     /// returns the stamp `seq` gets when it may be accepted.
     fn admit(&mut self, seq: Seq) -> Option<u64> {
+        let jump_ok = matches!(&self.flavor, Flavor::Conntrackd(c) if c.jump_ok);
+        let compat = self.is_compat();
         let rx = self.rx.as_mut()?;
         let d = seq.diff(rx.expected);
         if d < 0 {
             return None;
         }
-        if d as u32 > self.cfg.max_seq_jump && !self.jump_ok {
+        if d as u32 > self.cfg.max_seq_jump && !jump_ok {
             self.stats.drop_far_ahead += 1;
             return None;
         }
@@ -143,7 +145,7 @@ impl Ftfw {
             if rx.expected.diff(rx.run_start) > 0 {
                 let run = (rx.run_start, rx.expected.minus(1));
                 self.ranges.push_back(Range::Ack(run.0, run.1));
-                if !self.compat {
+                if !compat {
                     self.closed_runs.push_back((run.0, run.1, ACK_REPEATS));
                 }
                 if self.closed_runs.len() > MAX_CLOSED_RUNS {
@@ -289,7 +291,7 @@ impl Ftfw {
         } else if is_ack {
             self.resend.ack(from, to, &mut self.lost);
         } else {
-            if self.compat && self.resend.take_acknowledged(from, to, &mut self.lost) {
+            if self.is_compat() && self.resend.take_acknowledged(from, to, &mut self.lost) {
                 // Nothing authenticates this dialect's ACKs: one that was
                 // forged (or a peer that acknowledges what it lost, as
                 // conntrackd's ACK may span a NACKed run) released flow

@@ -12,7 +12,7 @@ use super::*;
 impl Ftfw {
     /// Build the next datagram into `buf`; `None` when nothing is due.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
-        if self.compat {
+        if self.is_compat() {
             return self.poll_transmit_compat(now, buf);
         }
         let max = buf.len().min(self.cfg.max_datagram).min(usize::from(u16::MAX));
@@ -25,7 +25,7 @@ impl Ftfw {
         let first_seq = self.next_seq;
         // The STAMP goes first, written once the datagram is known to go.
         let stamp = MessageRef::Stamp { counter: 0, peer_session: 0 };
-        let stamp_len = if self.stamping { self.codec.message_len(&stamp) } else { 0 };
+        let stamp_len = if self.stamping() { self.codec.message_len(&stamp) } else { 0 };
         let mut dg = Builder { at: header + stamp_len, limit, count: 0, seq: first_seq };
 
         if (self.phase == PeerState::HelloSent || self.probing) && keepalive_due {
@@ -90,10 +90,12 @@ impl Ftfw {
             self.ack_wanted = false;
             flags |= native::flags::ACK_REQUEST;
         }
-        if self.stamping {
-            self.tx_counter += 1;
+        if let Flavor::Native(native) = &mut self.flavor
+            && native.stamping
+        {
+            native.tx_counter += 1;
             let peer_session = self.rx.map_or(0, |rx| rx.session);
-            let stamp = MessageRef::Stamp { counter: self.tx_counter, peer_session };
+            let stamp = MessageRef::Stamp { counter: native.tx_counter, peer_session };
             self.codec.emit_message(&stamp, 0, &mut buf[header..header + stamp_len]).ok()?;
             dg.count += 1;
         }
@@ -142,7 +144,7 @@ impl Ftfw {
                 Range::Ack(..) => self.stats.acks_sent += 1,
                 Range::Nack(..) => self.stats.nacks_sent += 1,
             }
-            if self.compat {
+            if self.is_compat() {
                 self.hold(item);
             }
         }
