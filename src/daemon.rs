@@ -3,13 +3,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::channel::LinkSpec;
-use crate::config::Config;
-use crate::filter::Filter;
-use crate::ftfw::FtfwConfig;
 use crate::logging;
-use crate::netlink::EventConfig;
-use crate::reactor::{Daemon, DaemonConfig};
+use crate::reactor::{Daemon, Start};
 use crate::systemd::LockFile;
 
 /// Run the daemon with the config at `path`; `daemonize` forks into the
@@ -87,11 +82,8 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
     };
     let session_id = rand::random::<u32>();
     let initial_seq = rand::random::<u32>();
-    let mut daemon = match Daemon::open(
-        DaemonConfig { test_hooks, ..daemon_config(&cfg, auth_keys, control_gid) },
-        session_id,
-        initial_seq,
-    ) {
+    let start = Start { auth_keys, control_gid, test_hooks, session_id, initial_seq };
+    let mut daemon = match Daemon::open(cfg, start) {
         Ok(d) => d,
         Err(e) => {
             log::error!("{e}");
@@ -116,35 +108,5 @@ pub fn run(path: &Path, daemonize: bool, test_hooks: bool) -> ExitCode {
             log::error!("event loop failed: {e}");
             ExitCode::from(1)
         }
-    }
-}
-
-/// Translate the validated config into what the reactor needs.
-fn daemon_config(
-    cfg: &Config,
-    auth_keys: Vec<crate::wire::native::AuthKey>,
-    control_gid: Option<u32>,
-) -> DaemonConfig {
-    let sync = &cfg.sync;
-    DaemonConfig {
-        control_socket: cfg.general.control_socket.clone(),
-        control_gid,
-        cache_limit: cfg.general.cache_limit.get(),
-        events: EventConfig::from_config(cfg),
-        rcvbuf_max: cfg.general.netlink.rcvbuf_max.get(),
-        overrun_resync: cfg.general.netlink.overrun_resync,
-        ftfw: FtfwConfig::from_sync(sync, auth_keys),
-        links: sync.channels.iter().map(LinkSpec::from_config).collect(),
-        commit_timeout: sync.commit_timeout.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32),
-        purge_timeout: sync.purge_timeout.as_secs().min(u64::from(u32::MAX)) as u32,
-        be_liberal: !sync.tcp_window_tracking,
-        direct_to_kernel: sync.direct_to_kernel,
-        defer: sync.defer,
-        filter: Filter::from_config(cfg),
-        expectations: cfg.sync.expectations.clone(),
-        ready_file: cfg.general.ready_file.clone(),
-        key_file: cfg.sync.auth.key_file().map(Path::to_path_buf),
-        metrics_listen: cfg.general.metrics_listen,
-        test_hooks: false,
     }
 }

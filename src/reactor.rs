@@ -15,9 +15,8 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{UnixListener, UnixStream};
@@ -27,11 +26,11 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::cache::Cache;
 use crate::channel::{Channels, LinkSpec, Recv};
+use crate::config::Config;
 use crate::control::{self, CacheSel, ControlReply, Request};
 use crate::defer::{Deferral, Skip};
 use crate::direct::{DirectToKernel, Role};
-use crate::expect::{ExpWritten, ExpectSync};
-use crate::filter::Filter;
+use crate::expect::ExpWritten;
 use crate::flow::{Flow, FlowKey, proto, tcp_state};
 use crate::ftfw::{Ftfw, FtfwConfig, PeerState, Seq};
 use crate::logging::RateLimit;
@@ -71,43 +70,19 @@ use peer::{Interlude, Links};
 mod requests;
 pub use error::{ControlStep, KernelOp, RequestError, StartError};
 
-/// What the reactor needs from the configuration, already validated.
-pub struct DaemonConfig {
-    pub control_socket: PathBuf,
-    /// Besides root, members of this group (primary or supplementary) may
-    /// use the control socket (`general.control_group`, resolved); the
-    /// socket file is then group-owned by it with mode 0660.
+/// What the start decided beside the validated configuration.
+pub struct Start {
+    /// The sync keys `sync.auth` names (re-read on SIGHUP and `--reload`).
+    pub auth_keys: Vec<crate::wire::native::AuthKey>,
+    /// `general.control_group`, resolved: besides root, its members
+    /// (primary or supplementary) may use the control socket, which is
+    /// then group-owned by it with mode 0660.
     pub control_gid: Option<u32>,
-    pub cache_limit: usize,
-    pub events: EventConfig,
-    /// The event socket's buffer doubles on each overrun up to this.
-    pub rcvbuf_max: usize,
-    /// Delay between an overrun and the reconciling dump.
-    pub overrun_resync: Duration,
-    pub ftfw: FtfwConfig,
-    pub links: Vec<LinkSpec>,
-    /// Timeout given to committed flows; `None` keeps what the peer sent.
-    pub commit_timeout: Option<u32>,
-    /// Timeout `-t` gives every kernel entry.
-    pub purge_timeout: u32,
-    /// Mark committed TCP flows `BE_LIBERAL` (no window tracking).
-    pub be_liberal: bool,
-    /// Write the peer's flows into the kernel as they arrive
-    /// (`sync.direct_to_kernel`, see [`crate::direct`]).
-    pub direct_to_kernel: bool,
-    /// Hold queued packets until the peer has their flow (`sync.defer`).
-    pub defer: Option<crate::config::DeferConfig>,
-    pub filter: Filter,
-    /// Which helpers' expectations are synced (`sync.expectations`).
-    pub expectations: ExpectSync,
-    /// Where the sync keys come from, re-read on SIGHUP and `--reload`.
-    pub key_file: Option<PathBuf>,
-    /// keepalived `track_file` for readiness, if configured.
-    pub ready_file: Option<PathBuf>,
-    /// Serve Prometheus metrics here (`general.metrics_listen`).
-    pub metrics_listen: Option<SocketAddr>,
     /// Honour the test-only control requests (`--test-hooks`).
     pub test_hooks: bool,
+    /// Our session id and first seq, random per start.
+    pub session_id: u32,
+    pub initial_seq: u32,
 }
 
 const EVENTS: Token = Token(0);
@@ -145,7 +120,9 @@ const MAX_REQUEST: usize = 4096;
 
 /// The running daemon.
 pub struct Daemon {
-    cfg: DaemonConfig,
+    cfg: Config,
+    control_gid: Option<u32>,
+    test_hooks: bool,
     poll: Poll,
     events: EventSocket,
     kernel: Kernel,
@@ -202,25 +179,24 @@ impl Daemon {
     ///
     /// The event socket is opened before the dump, so that a flow that
     /// changes during the dump is not lost (conntrackd dumps first).
-    pub fn open(
-        cfg: DaemonConfig,
-        session_id: u32,
-        initial_seq: u32,
-    ) -> Result<Daemon, StartError> {
+    pub fn open(cfg: Config, start: Start) -> Result<Daemon, StartError> {
         let poll = Poll::new().map_err(StartError::EventLoop)?;
-        let mut events = EventSocket::open(&cfg.events).map_err(StartError::Events)?;
+        let mut events =
+            EventSocket::open(&EventConfig::from_config(&cfg)).map_err(StartError::Events)?;
         let kernel = Kernel::open().map_err(StartError::Ctnetlink)?;
         if let Err(e) = events.ignore_origin(kernel.port_id()) {
             log::warn!("{e}: our own commits will come back as events and be dropped one by one");
         }
-        if cfg.links.len() > MAX_LINKS {
-            return Err(StartError::TooManyChannels(cfg.links.len()));
+        let links: Vec<LinkSpec> = cfg.sync.channels.iter().map(LinkSpec::from_config).collect();
+        if links.len() > MAX_LINKS {
+            return Err(StartError::TooManyChannels(links.len()));
         }
+        let ftfw_cfg = FtfwConfig::from_sync(&cfg.sync, start.auth_keys);
         // A restarted conntrackd sends from a new port: followed once its
         // old one has been silent for half the time that declares it down.
-        let port_holdoff = cfg.ftfw.peer_timeout / 2;
-        let mut channels = Channels::open(&cfg.links, port_holdoff).map_err(StartError::Channel)?;
-        let mut control = bind_control(&cfg.control_socket, cfg.control_gid)?;
+        let port_holdoff = ftfw_cfg.peer_timeout / 2;
+        let mut channels = Channels::open(&links, port_holdoff).map_err(StartError::Channel)?;
+        let mut control = bind_control(&cfg.general.control_socket, start.control_gid)?;
         let mut signals =
             Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(StartError::Signals)?;
         let registry = poll.registry();
@@ -230,11 +206,12 @@ impl Daemon {
         registry.register(&mut control, CONTROL, Interest::READABLE).map_err(reg)?;
         channels.register(registry, LINKS).map_err(reg)?;
         let metrics = cfg
+            .general
             .metrics_listen
             .map(|a| metrics::Server::bind(a, registry))
             .transpose()
             .map_err(StartError::Metrics)?;
-        let defer = match cfg.defer {
+        let defer = match cfg.sync.defer {
             Some(d) => {
                 // The kernel queue is longer than what we hold, so that our
                 // cap (counted) is reached before the kernel's fail-open.
@@ -258,21 +235,15 @@ impl Daemon {
             None => None,
         };
         let now = Instant::now();
-        let readiness_file = cfg.ready_file.clone();
-        let ftfw = Ftfw::new(cfg.ftfw.clone(), session_id, initial_seq, now);
-        let node_cfg = NodeConfig {
-            peer_timeout: cfg.ftfw.peer_timeout,
-            overrun_resync: cfg.overrun_resync,
-            cache_limit: cfg.cache_limit,
-            expectations: cfg.expectations.clone(),
-            filter: cfg.filter.clone(),
-            direct: cfg.direct_to_kernel,
-            digests: !cfg.ftfw.anti_entropy_interval.is_zero(),
-        };
+        let readiness_file = cfg.general.ready_file.clone();
+        let node_cfg = NodeConfig::from_config(&cfg, &ftfw_cfg);
+        let ftfw = Ftfw::new(ftfw_cfg, start.session_id, start.initial_seq, now);
         let node = Node::new(ftfw, node_cfg, Readiness::new(readiness_file.clone()));
         let mut daemon = Daemon {
             node,
             cfg,
+            control_gid: start.control_gid,
+            test_hooks: start.test_hooks,
             poll,
             events,
             kernel,
@@ -323,7 +294,7 @@ impl Daemon {
                 ""
             }
         );
-        if let Some(path) = &self.cfg.ready_file {
+        if let Some(path) = &self.cfg.general.ready_file {
             // Kept for a release; said once, at start, so a log does not
             // fill with it.
             log::warn!(
@@ -380,7 +351,7 @@ impl Daemon {
         if let Err(e) = self.node.readiness.withdraw() {
             log::warn!("cannot mark this node not ready for keepalived: {e}");
         }
-        let _ = std::fs::remove_file(&self.cfg.control_socket);
+        let _ = std::fs::remove_file(&self.cfg.general.control_socket);
         Ok(())
     }
 }
@@ -429,7 +400,7 @@ impl Daemon {
                 Err(e) => {
                     log::error!(
                         "resync with the kernel failed: {e}; retrying in {:?}",
-                        self.cfg.overrun_resync
+                        self.cfg.general.netlink.overrun_resync
                     );
                     self.node.resync_failed(now);
                 }
@@ -487,7 +458,7 @@ impl Daemon {
     }
 
     fn reload_keys(&mut self) -> Result<String, RequestError> {
-        let Some(file) = self.cfg.key_file.clone() else {
+        let Some(file) = self.cfg.sync.auth.key_file().map(Path::to_path_buf) else {
             return Ok(
                 "no key file configured: nothing to reload (other settings need a restart)".into()
             );

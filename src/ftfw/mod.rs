@@ -302,6 +302,11 @@ impl Ftfw {
         matches!(self.flavor, Flavor::Native(NativeState { stamping: true, .. }))
     }
 
+    /// The settings the core runs with.
+    pub fn config(&self) -> &FtfwConfig {
+        &self.cfg
+    }
+
     /// Counters.
     pub fn stats(&self) -> &FtfwStats {
         &self.stats

@@ -48,6 +48,18 @@ pub struct CommitOptions {
     pub create_only: bool,
 }
 
+impl CommitOptions {
+    /// How `sync` asks commits to write (`commit_timeout`,
+    /// `tcp_window_tracking`); `create_only` is the caller's.
+    pub fn from_sync(sync: &crate::config::SyncConfig, create_only: bool) -> CommitOptions {
+        CommitOptions {
+            timeout: sync.commit_timeout.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32),
+            be_liberal: !sync.tcp_window_tracking,
+            create_only,
+        }
+    }
+}
+
 /// What a commit or delete did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CommitReport {

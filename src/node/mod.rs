@@ -71,6 +71,22 @@ pub struct NodeConfig {
     pub digests: bool,
 }
 
+impl NodeConfig {
+    /// The node the configuration asks for, around a core built with
+    /// `ftfw`.
+    pub fn from_config(cfg: &crate::config::Config, ftfw: &crate::ftfw::FtfwConfig) -> NodeConfig {
+        NodeConfig {
+            peer_timeout: ftfw.peer_timeout,
+            overrun_resync: cfg.general.netlink.overrun_resync,
+            cache_limit: cfg.general.cache_limit.get(),
+            expectations: cfg.sync.expectations.clone(),
+            filter: Filter::from_config(cfg),
+            direct: cfg.sync.direct_to_kernel,
+            digests: !ftfw.anti_entropy_interval.is_zero(),
+        }
+    }
+}
+
 /// The flows a commit writes, most recently updated first, so that the
 /// flows carrying traffic now reach the kernel before a long tail of idle
 /// ones. In direct-to-kernel mode only the replicas the kernel dropped are

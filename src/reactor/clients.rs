@@ -72,11 +72,11 @@ impl Daemon {
         use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
         match getsockopt(stream, PeerCredentials) {
             Ok(c) => {
-                let groups = match self.cfg.control_gid {
+                let groups = match self.control_gid {
                     Some(g) if c.uid() != 0 && c.gid() != g => control::process_groups(c.pid()),
                     _ => Vec::new(),
                 };
-                control::client_allowed(c.uid(), c.gid(), &groups, self.cfg.control_gid)
+                control::client_allowed(c.uid(), c.gid(), &groups, self.control_gid)
                     .then_some(c.uid())
             }
             Err(e) => {

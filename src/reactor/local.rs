@@ -93,8 +93,9 @@ impl Daemon {
     pub(super) fn on_overrun(&mut self, now: Instant) {
         self.stats.netlink_overruns += 1;
         let current = self.events.rcvbuf();
-        if current < self.cfg.rcvbuf_max {
-            let grown = (current * 2).min(self.cfg.rcvbuf_max);
+        let max = self.cfg.general.netlink.rcvbuf_max.get();
+        if current < max {
+            let grown = (current * 2).min(max);
             if let Err(e) = self.events.set_rcvbuf(grown) {
                 log::warn!("cannot grow the netlink event buffer to {grown} bytes: {e}");
             }
@@ -103,7 +104,7 @@ impl Daemon {
             log::warn!(
                 "conntrack events were lost (netlink overrun, buffer {} bytes); resyncing with the kernel in {:?}",
                 self.events.rcvbuf(),
-                self.cfg.overrun_resync
+                self.cfg.general.netlink.overrun_resync
             );
         }
     }

@@ -153,7 +153,7 @@ impl Daemon {
     /// not hold are leftovers of our time as master.
     pub(super) fn purge_zombies(&mut self) {
         let external = &self.node.external;
-        let secs = self.cfg.purge_timeout;
+        let secs = self.purge_timeout();
         match self.kernel.set_timeout_where(secs, |f| external.get(&f.key()).is_none()) {
             Ok(n) => log::info!(
                 "{n} kernel flows the peer does not hold now expire in {secs} s unless traffic refreshes them"
@@ -210,7 +210,7 @@ impl Daemon {
             Action::Stalled { tx, rx } => log::error!(
                 "replication with {} has stalled: the peer is heard from, but for {:?} {}; check both daemons' -s protocol counters and the sync link's filtering",
                 self.channels.name(self.channels.active()),
-                self.cfg.ftfw.stall_timeout,
+                self.node.ftfw.config().stall_timeout,
                 match (tx, rx) {
                     (true, true) =>
                         "nothing we sent was acknowledged and nothing it sent was accepted",

@@ -61,25 +61,20 @@ impl Daemon {
                 Ok("resync requested from the peer\n".into())
             }
             Request::Purge => {
+                let secs = self.purge_timeout();
                 if let Some(direct) = &mut self.node.direct {
                     // The peer's flows in our kernel are its replicas, not
                     // zombies of our time as master; which are which is
                     // known once the new master's table is here.
-                    direct.schedule_purge(
-                        Instant::now() + Duration::from_secs(self.cfg.purge_timeout.into()),
-                    );
+                    direct.schedule_purge(Instant::now() + Duration::from_secs(secs.into()));
                     return Ok(format!(
-                        "in {0} s, kernel flows the peer does not hold will be set to expire in {0} s unless traffic refreshes them\n",
-                        self.cfg.purge_timeout
+                        "in {secs} s, kernel flows the peer does not hold will be set to expire in {secs} s unless traffic refreshes them\n"
                     ));
                 }
-                let n = self
-                    .kernel
-                    .set_timeout_all(self.cfg.purge_timeout)
-                    .map_err(KernelOp::SetTimeouts.failed())?;
+                let n =
+                    self.kernel.set_timeout_all(secs).map_err(KernelOp::SetTimeouts.failed())?;
                 Ok(format!(
-                    "{n} kernel flows now expire in {} s unless traffic refreshes them\n",
-                    self.cfg.purge_timeout
+                    "{n} kernel flows now expire in {secs} s unless traffic refreshes them\n"
                 ))
             }
             Request::Kill => {
@@ -106,7 +101,7 @@ impl Daemon {
             }
             Request::CheckReady => Err(RequestError::NotReady),
             Request::TestDropPeerFlows(on) => {
-                if !self.cfg.test_hooks {
+                if !self.test_hooks {
                     return Err(RequestError::TestHooksOff);
                 }
                 self.node.test_drop_peer_flows = on;
@@ -120,13 +115,15 @@ impl Daemon {
     }
 
     pub(super) fn commit_options(&self) -> CommitOptions {
-        CommitOptions {
-            timeout: self.cfg.commit_timeout,
-            be_liberal: self.cfg.be_liberal,
-            // In direct-to-kernel mode what the kernel holds is the peer's
-            // latest state or newer local state: only fill in what expired.
-            create_only: self.node.direct.is_some(),
-        }
+        // In direct-to-kernel mode what the kernel holds is the peer's
+        // latest state or newer local state: only fill in what expired.
+        CommitOptions::from_sync(&self.cfg.sync, self.node.direct.is_some())
+    }
+
+    /// The timeout `-t` gives every kernel entry (`sync.purge_timeout`),
+    /// in seconds.
+    pub(super) fn purge_timeout(&self) -> u32 {
+        self.cfg.sync.purge_timeout.as_secs().min(u64::from(u32::MAX)) as u32
     }
 
     pub(super) fn commit(&mut self) -> Result<String, RequestError> {
@@ -267,9 +264,9 @@ impl Daemon {
                 state,
                 down_since: self.peer_down_since,
             },
-            resend_queue_max: self.cfg.ftfw.resend_queue as u64,
+            resend_queue_max: self.node.ftfw.config().resend_queue as u64,
             unsent_pending: self.unsent.is_some(),
-            defer_max_held: self.cfg.defer.as_ref().map_or(0, |d| u64::from(d.max_held)),
+            defer_max_held: self.cfg.sync.defer.as_ref().map_or(0, |d| u64::from(d.max_held)),
             defer_hold: self.defer.as_ref().map(|d| d.held.hold_histogram()),
             commit_seconds: self.commit_seconds.clone(),
         }
