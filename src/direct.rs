@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use crate::flow::{Flow, FlowKey};
 use crate::logging::RateLimit;
-use crate::netlink::{CommitOptions, Kernel};
+use crate::netlink::{CommitOptions, Table};
 
 /// Counters of direct-to-kernel mode, as `-s` shows them (all zero when the
 /// mode is off).
@@ -251,7 +251,7 @@ impl DirectToKernel {
     /// Write what is pending: upserts (created, or updated if the entry
     /// exists), then deletes. A kernel error is logged (rate-limited) and
     /// counted; the flows stay in the external cache, where `-c` finds them.
-    pub fn flush(&mut self, kernel: &mut Kernel, opts: &CommitOptions, now: Instant) {
+    pub fn flush<T: Table + ?Sized>(&mut self, kernel: &mut T, opts: &CommitOptions, now: Instant) {
         if self.pending.is_empty() {
             return;
         }
@@ -261,7 +261,7 @@ impl DirectToKernel {
         let mut failures: Vec<(FlowKey, i32)> = Vec::new();
         let mut error: Option<io::Error> = None;
         if !upserts.is_empty() {
-            match kernel.commit(&upserts, &opts) {
+            match kernel.commit_flows(upserts.iter().collect(), &opts, &mut || {}) {
                 Ok(r) => {
                     self.stats.created += r.created as u64;
                     self.stats.updated += r.updated as u64;
@@ -280,7 +280,7 @@ impl DirectToKernel {
             }
         }
         if !deletes.is_empty() && error.is_none() {
-            match kernel.delete(&deletes) {
+            match kernel.delete_flows(&deletes) {
                 Ok(r) => {
                     self.stats.deleted += r.deleted as u64;
                     for (key, errno) in r.failed {

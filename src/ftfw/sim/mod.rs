@@ -27,7 +27,9 @@
 //! took over expire in its kernel (here at once), and `-n`. From the first
 //! failover on, only the master's kernel changes (both before it: an
 //! active-active pair). At the end each side's internal
-//! cache must also equal its kernel's table.
+//! cache must also equal its kernel's table; in direct-to-kernel mode
+//! ([`Scenario::direct`]) the kernel holds the peer's flows too, exactly
+//! those of the view.
 //!
 //! This file is the harness; the scenarios it runs, and what they assert,
 //! are in `tests/`.
@@ -125,6 +127,10 @@ pub(crate) struct Scenario {
     /// synced with nothing left to send, and [`Outcome::mismatches`] tells
     /// how far the views are.
     pub exact: bool,
+    /// Direct-to-kernel mode on both sides: the peer's flows are written
+    /// into the kernel as they arrive, and each kernel must end holding
+    /// its own flows and exactly the peer's.
+    pub direct: bool,
 }
 
 /// Drift made on purpose in side `side`'s external view at `at_ms`: remove
@@ -165,6 +171,7 @@ impl Default for Scenario {
             overruns: Vec::new(),
             failovers: Vec::new(),
             exact: true,
+            direct: false,
         }
     }
 }
@@ -326,7 +333,7 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
             cache_limit: 1 << 20,
             expectations: crate::expect::ExpectSync::Off,
             filter: crate::filter::Filter::accept_all(),
-            direct: false,
+            direct: sc.direct,
             digests: !cfg.anti_entropy_interval.is_zero(),
         };
         Node::new(core, node_cfg, crate::readiness::Readiness::new(None))
@@ -435,6 +442,11 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
                 if !progressed {
                     break;
                 }
+            }
+            // As the reactor does at the end of a turn with peer changes.
+            let Side { node, kernel, .. } = &mut sides[i];
+            if let Some(direct) = &mut node.direct {
+                direct.flush(kernel, &CommitOptions::default(), t0 + now);
             }
         }
 

@@ -183,18 +183,22 @@ impl Side {
     }
 
     /// [in the internal cache only, missing from it or in another state].
+    /// In direct-to-kernel mode the view's flows count as the internal
+    /// cache's: the kernel must hold them too, as the peer reported them.
     pub(super) fn kernel_gaps(&self) -> [usize; 2] {
         let int = &self.node.internal;
+        let ext = self.node.direct.is_some().then_some(&self.node.external);
         let same = |a: &Flow, b: &Flow| {
             Flow { timeout: 0, ..a.clone() } == Flow { timeout: 0, ..b.clone() }
         };
+        let held = |f: &Flow| {
+            int.get(&f.key()).is_some_and(|e| same(&e.flow, f))
+                || ext.and_then(|x| x.get(&f.key())).is_some_and(|e| same(&e.flow, f))
+        };
+        let expected = int.iter().chain(ext.into_iter().flat_map(|x| x.iter()));
         [
-            int.iter().filter(|e| !self.kernel.0.contains_key(&e.flow.key())).count(),
-            self.kernel
-                .0
-                .values()
-                .filter(|f| int.get(&f.key()).is_none_or(|e| !same(&e.flow, f)))
-                .count(),
+            expected.filter(|e| !self.kernel.0.contains_key(&e.flow.key())).count(),
+            self.kernel.0.values().filter(|f| !held(f)).count(),
         ]
     }
 

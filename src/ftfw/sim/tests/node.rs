@@ -111,6 +111,39 @@ proptest::proptest! {
     }
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: cases(48), ..Default::default() })]
+    /// Direct-to-kernel mode, active-active (no role), under loss,
+    /// reordering, a partition and overruns: the peer's flows reach the
+    /// kernel as they arrive and leave it when destroyed or swept by a
+    /// BULK_END, and an overrun's dump does not take them for ours. Each
+    /// kernel ends holding its own flows and exactly the peer's.
+    #[test]
+    fn direct_mode_kernels_end_with_exactly_both_tables(
+        seed in proptest::num::u64::ANY,
+        loss in 0u32..=40,
+        dup in 0u32..=10,
+        jitter in 0u64..20,
+        partition in proptest::option::of((0u64..2000, 100u64..5000)),
+        overruns in proptest::collection::vec((0u64..3000, 0usize..2, 1u64..500), 0..3),
+        ops in 50usize..500,
+    ) {
+        let out = run(&Scenario {
+            seed,
+            loss: f64::from(loss) / 100.0,
+            dup: f64::from(dup) / 100.0,
+            jitter_ms: jitter,
+            partition: partition.map(|(a, len)| (a, a + len)),
+            overruns,
+            ops,
+            op_period_ms: 3000,
+            direct: true,
+            ..Scenario::default()
+        });
+        proptest::prop_assert!(out.delivered_flow_msgs > 0);
+    }
+}
+
 /// Found by the property above: side 0 restarts while side 1 is still
 /// sending a bulk to its previous incarnation. The end of that bulk swept
 /// the new view and made the node ready with 22 flows missing; only the
