@@ -406,6 +406,15 @@ impl Ftfw {
             return false;
         }
         self.tx.drop_bulk_ends();
+        if !self.is_compat() {
+            // Everything we hold goes below with a seq at or above `start`,
+            // and the BULK_END sweeps at the peer what we no longer hold: an
+            // older state still unsent, or lost and resent, would go above
+            // the floor and keep a flow we no longer have (docs/PROTOCOL.md,
+            // "Bulk").
+            self.tx.drop_states();
+            self.resend.supersede_states();
+        }
         let start = self.next_seq;
         for f in flows {
             self.tx.push_change(Item::Upsert { flow: f.clone(), new: false });

@@ -236,6 +236,16 @@ impl TxQueue {
         dropped
     }
 
+    /// A bulk begins (see [`ResendQueue::supersede_states`]): drop the
+    /// unsent flow and expectation states, which the bulk sends again for
+    /// what we still hold. Destroys stay: harmless, and the peer may hold
+    /// the flow.
+    pub fn drop_states(&mut self) {
+        self.pending.retain(|_, (item, _)| {
+            !matches!(item, Item::Upsert { .. } | Item::ExpUpsert(_) | Item::Repair(_))
+        });
+    }
+
     /// True when a RESYNC_REQUEST waits.
     pub fn has_resync(&self) -> bool {
         self.markers > 0 && self.order.iter().any(|s| matches!(s, Slot::Resync))
@@ -551,6 +561,30 @@ impl ResendQueue {
         }
         self.acked_destroys = kept;
         true
+    }
+
+    /// A bulk begins: every flow and expectation state held goes again in
+    /// it if we still hold its subject, and its BULK_END sweeps at the peer
+    /// what we do not. None of them is resent if lost (a resend would take
+    /// a seq above the bulk's floor, out of the sweep's reach). Destroys
+    /// stay live: one resent above the floor still ends the peer's copy,
+    /// and in direct-to-kernel mode only a destroy deletes the kernel
+    /// entry. Returns how many were superseded.
+    pub fn supersede_states(&mut self) -> usize {
+        let mut n = 0;
+        for (i, held) in self.ring.iter_mut().enumerate() {
+            let state =
+                matches!(held.item, Item::Upsert { .. } | Item::ExpUpsert(_) | Item::Repair(_));
+            let Some(key) = held.item.key().filter(|_| state && held.live) else { continue };
+            held.live = false;
+            self.live -= 1;
+            n += 1;
+            let seq = self.first.plus(i as u32);
+            if self.latest.get(&key) == Some(&seq) {
+                self.latest.remove(&key);
+            }
+        }
+        n
     }
 
     /// Empty the queue, returning the live entries; the next seq becomes

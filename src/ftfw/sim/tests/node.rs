@@ -96,11 +96,9 @@ proptest::proptest! {
             // conntrackd's format has no end of bulk to sweep a flow whose
             // destroy a side never told (docs/PROTOCOL.md): one lost by a
             // restart, or by an overrun before `-f` emptied the cache that
-            // knew it. Restarts in ours only. Failovers and overruns are
-            // drawn apart: a failover while events are being lost is open
-            // in ours too (a flow destroyed unseen can stay in the peer's
-            // view when its earlier change was still being resent).
-            failovers: if overruns.is_empty() { failovers } else { Vec::new() },
+            // knew it. Restarts, and failovers during overruns, in ours
+            // only.
+            failovers: if compat_dialect && !overruns.is_empty() { Vec::new() } else { failovers },
             overruns,
             restarts: restart.filter(|_| !compat_dialect).into_iter().collect(),
             ops,
@@ -226,6 +224,27 @@ fn a_restarted_peer_never_finds_our_stream_too_far_ahead() {
         initial_seq: [0, 0x8000_0000],
         restarts: vec![(355, 0)],
         ops: 336,
+        ..Scenario::default()
+    });
+}
+
+/// Found by the property above once failovers may fall within overruns:
+/// side 0 sent a change of a flow that its kernel then destroyed while
+/// its events were being lost, and the change was lost on the link. The
+/// failover's `-f`, `-R` and `-B` left the flow out of the bulk, but the
+/// lost change was resent after the bulk began, above the BULK_END's
+/// floor: side 1 kept the flow for good. A bulk now supersedes every
+/// change still unsent or unacknowledged, as it carries all we hold.
+#[test]
+fn a_change_lost_before_a_bulk_is_not_resent_above_its_floor() {
+    run(&Scenario {
+        seed: 5381798087020197432,
+        loss: 0.14,
+        jitter_ms: 10,
+        ops: 192,
+        overruns: vec![(2134, 0, 229)],
+        failovers: vec![(2363, 0)],
+        op_period_ms: 3000,
         ..Scenario::default()
     });
 }
