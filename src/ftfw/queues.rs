@@ -693,6 +693,27 @@ mod tests {
     }
 
     #[test]
+    fn a_bulk_supersedes_states_sent_or_queued_before_it_but_not_destroys() {
+        // docs/PROTOCOL.md, "Bulk": a state resent above the bulk's floor
+        // would keep at the peer a flow the bulk left out.
+        let mut ring = ResendQueue::new(8, Seq(10));
+        ring.push(Seq(10), Item::Upsert { flow: flow(1), new: true });
+        ring.push(Seq(11), Item::Destroy(flow(2).key()));
+        ring.push(Seq(12), Item::Alive);
+        assert_eq!(ring.supersede_states(), 1);
+        assert_eq!(ring.live(), 1);
+        let mut lost = Vec::new();
+        ring.nack(Seq(10), Seq(12), &mut lost);
+        assert_eq!(lost, vec![Item::Destroy(flow(2).key())]);
+
+        let mut q = TxQueue::default();
+        q.push_change(Item::Upsert { flow: flow(3), new: false });
+        q.push_change(Item::Destroy(flow(4).key()));
+        q.drop_states();
+        assert_eq!(drain(&mut q), vec![Item::Destroy(flow(4).key())]);
+    }
+
+    #[test]
     fn a_new_bulk_replaces_the_ends_that_wait_and_a_lost_older_end() {
         let mut q = TxQueue::default();
         q.push_marker(Item::BulkEnd(Seq(3)), false);
