@@ -28,11 +28,10 @@ use crate::cache::Cache;
 use crate::channel::{Channels, LinkSpec, Recv};
 use crate::config::Config;
 use crate::control::{self, CacheSel, ControlReply, Request};
-use crate::defer::{Deferral, Skip};
 use crate::direct::{DirectToKernel, Role};
 use crate::expect::ExpWritten;
-use crate::flow::{Flow, FlowKey, proto, tcp_state};
-use crate::ftfw::{Ftfw, FtfwConfig, PeerState, Seq};
+use crate::flow::{Flow, proto, tcp_state};
+use crate::ftfw::{Ftfw, FtfwConfig, PeerState};
 use crate::logging::RateLimit;
 use crate::metrics;
 use crate::netlink::queue::{QueueSocket, QueuedPacket};
@@ -113,8 +112,6 @@ const INTERLUDE: Duration = Duration::from_millis(20);
 /// Dumped flows reconciled with the internal cache between two looks at
 /// the clock for an [`INTERLUDE`].
 const RESYNC_STEP: usize = 4096;
-/// How long after a new expectation its master is read back.
-const MASTER_REFRESH_DELAY: Duration = Duration::from_millis(5);
 const LINK_CHECK: Duration = Duration::from_secs(1);
 const MAX_REQUEST: usize = 4096;
 
@@ -142,8 +139,6 @@ pub struct Daemon {
     started: Instant,
     event_buf: Vec<netlink::EventItem>,
     unsent: Option<Vec<u8>>,
-    /// Masters of new expectations to read back from the kernel, and when.
-    master_refresh: Vec<(Instant, FlowKey)>,
     next_link_check: Instant,
     watchdog: Option<(Duration, Instant)>,
     reject_log: reject::RejectLog,
@@ -163,12 +158,10 @@ pub struct Daemon {
     commit_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
-/// Deferred packets: the queue they arrive on and the packets held.
+/// `sync.defer`'s queue socket and its buffers; which packets wait is the
+/// node's (`Node::defer_packet`).
 struct Defer {
     queue: QueueSocket,
-    held: Deferral,
-    /// The protocol's loss counter when barriers were last taken.
-    resent: u64,
     packets: Vec<QueuedPacket>,
     release: Vec<u32>,
     log: RateLimit,
@@ -225,8 +218,6 @@ impl Daemon {
                 }
                 Some(Defer {
                     queue,
-                    held: Deferral::new(d.timeout, d.max_held as usize),
-                    resent: 0,
                     packets: Vec::new(),
                     release: Vec::new(),
                     log: RateLimit::new(Duration::from_secs(10)),
@@ -259,7 +250,6 @@ impl Daemon {
             started: now,
             event_buf: Vec::with_capacity(EVENT_BATCH),
             unsent: None,
-            master_refresh: Vec::new(),
             next_link_check: now + LINK_CHECK,
             watchdog: systemd::watchdog_interval().map(|d| (d, now)),
             reject_log: reject::RejectLog::default(),
@@ -343,9 +333,9 @@ impl Daemon {
         systemd::notify_stopping();
         // Flush what the protocol still has to say, best effort.
         self.drive_protocol(Instant::now());
-        if let Some(d) = &mut self.defer {
+        if let (Some(d), Some(held)) = (&mut self.defer, &mut self.node.defer) {
             // Closing the queue would drop what it holds.
-            d.held.release_all(&mut d.release);
+            held.held.release_all(&mut d.release);
             let _ = d.queue.accept(&d.release);
         }
         if let Err(e) = self.node.readiness.withdraw() {
@@ -364,10 +354,10 @@ impl Daemon {
             self.node.ftfw.poll_timeout(),
             self.node.resync_deadline(),
             self.node.bulk_deadline(),
-            self.master_refresh.iter().map(|(t, _)| *t).min(),
+            self.node.masters_deadline(),
             self.node.direct.as_ref().and_then(DirectToKernel::purge_at),
             self.watchdog.map(|(interval, last)| last + interval),
-            self.defer.as_ref().and_then(|d| d.held.next_deadline()),
+            self.node.defer.as_ref().and_then(|d| d.held.next_deadline()),
         ]
         .into_iter()
         .flatten()
@@ -386,7 +376,7 @@ impl Daemon {
 
     fn on_timers(&mut self, now: Instant) {
         self.node.bulk_if_due(now);
-        if self.master_refresh.iter().any(|(t, _)| *t <= now) {
+        if self.node.masters_deadline().is_some_and(|t| t <= now) {
             self.refresh_masters(now);
         }
         if self.node.direct.as_mut().is_some_and(|d| d.take_purge(now)) {

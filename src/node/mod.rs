@@ -13,9 +13,12 @@
 use std::time::{Duration, Instant};
 
 mod commit;
+mod defer;
 pub use commit::{CommitError, Committed};
+pub use defer::Deferred;
 
 use crate::cache::{Cache, Removal, Upsert};
+use crate::defer::Deferral;
 use crate::digest::{self, RepairLedger};
 use crate::direct::DirectToKernel;
 use crate::expect::{ExpChange, ExpState, ExpectSync, Expectation};
@@ -52,6 +55,9 @@ pub enum Action {
     },
 }
 
+/// How long after a new expectation its master is read back.
+const MASTER_REFRESH_DELAY: Duration = Duration::from_millis(5);
+
 /// What the node is built from.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -69,6 +75,9 @@ pub struct NodeConfig {
     pub direct: bool,
     /// Keep anti-entropy digests of both caches.
     pub digests: bool,
+    /// `sync.defer`: how long a queued packet may wait for the peer, and
+    /// how many may wait.
+    pub defer: Option<(Duration, usize)>,
 }
 
 impl NodeConfig {
@@ -83,6 +92,7 @@ impl NodeConfig {
             filter: Filter::from_config(cfg),
             direct: cfg.sync.direct_to_kernel,
             digests: !ftfw.anti_entropy_interval.is_zero(),
+            defer: cfg.sync.defer.map(|d| (d.timeout, d.max_held as usize)),
         }
     }
 }
@@ -124,6 +134,10 @@ pub struct Node {
     pub exp: ExpState,
     /// `Some` in direct-to-kernel mode.
     pub direct: Option<DirectToKernel>,
+    /// `Some` with `sync.defer`: the packets held for the peer's ACK.
+    pub defer: Option<Deferred>,
+    /// Masters of new expectations to read back from the kernel, and when.
+    master_refresh: Vec<(Instant, FlowKey)>,
     pub readiness: Readiness,
     /// Anti-entropy repairs of the external cache, counted.
     pub repairs: RepairLedger,
@@ -168,6 +182,7 @@ impl Node {
             filter,
             direct,
             digests,
+            defer,
         } = cfg;
         let mut node = Node {
             ftfw,
@@ -175,6 +190,8 @@ impl Node {
             external: Cache::new(cache_limit),
             exp: ExpState::new(expectations, cache_limit),
             direct: direct.then(DirectToKernel::new),
+            defer: defer.map(|(timeout, max)| Deferred::new(Deferral::new(timeout, max))),
+            master_refresh: Vec::new(),
             readiness,
             repairs: RepairLedger::default(),
             internal_flushed: false,
@@ -284,10 +301,42 @@ impl Node {
         }
     }
 
-    pub fn local_exp(&mut self, exp: crate::expect::Expectation, destroyed: bool) {
+    /// Our kernel's expectation event. A new one's master is read back
+    /// shortly after ([`Node::masters_due`]): a helper that creates an
+    /// expectation of a NAT flow usually rewrites an address in the
+    /// payload too, and the length change becomes the master's sequence
+    /// adjustment, which the kernel sets without an event (only a dump or
+    /// get reports it); a new master that lacks it mangles every later
+    /// segment of the control connection. The rewrite follows the
+    /// expectation's insertion within the same packet.
+    pub fn local_exp(&mut self, now: Instant, exp: crate::expect::Expectation, destroyed: bool) {
+        if !destroyed {
+            self.master_refresh.push((now + MASTER_REFRESH_DELAY, exp.master));
+        }
         if let Some(change) = self.exp.local(exp, destroyed) {
             self.queue_exp(change);
         }
+    }
+
+    /// The masters to read back from the kernel now (and pass to
+    /// [`Node::local_upsert`]): those of expectations that appeared
+    /// [`MASTER_REFRESH_DELAY`] ago, if they are NAT flows.
+    pub fn masters_due(&mut self, now: Instant) -> Vec<FlowKey> {
+        let mut due = Vec::new();
+        self.master_refresh.retain(|&(t, key)| {
+            if t <= now {
+                due.push(key);
+            }
+            t > now
+        });
+        let natted = |e: &crate::cache::Entry| e.flow.snat().is_some() || e.flow.dnat().is_some();
+        due.retain(|key| self.internal.get(key).is_some_and(natted));
+        due
+    }
+
+    /// When the next master is to be read back.
+    pub fn masters_deadline(&self) -> Option<Instant> {
+        self.master_refresh.iter().map(|(t, _)| *t).min()
     }
 
     pub fn queue_exp(&mut self, change: ExpChange) {
@@ -717,6 +766,7 @@ mod tests {
             filter: Filter::accept_all(),
             direct: false,
             digests: false,
+            defer: None,
         };
         Node::new(ftfw, cfg, Readiness::new(None))
     }

@@ -1,13 +1,14 @@
-//! `sync.defer`: packets the ruleset queues until the peer acknowledged
-//! their flow's state.
+//! `sync.defer`'s I/O: the packets the ruleset queues, the lookup of a
+//! flow the kernel did not send with its packet, and the releases. Which
+//! packet waits, and for what, is decided in `node/defer.rs`.
 
 use super::*;
 
 impl Daemon {
-    /// Packets queued by the ruleset (`sync.defer`): send each one's flow
-    /// state to the peer now, from the entry the queue delivers (the kernel
-    /// reports a new flow only after the packet's release), and hold the
-    /// packet until the peer acknowledges it.
+    /// Packets queued by the ruleset (`sync.defer`): each one's flow, from
+    /// the entry the queue delivers or looked up, goes to the node, which
+    /// says whether the packet waits for the peer's ACK
+    /// ([`Node::defer_packet`]).
     pub(super) fn on_queued_packets(&mut self, now: Instant) {
         let Some(mut d) = self.defer.take() else { return };
         d.packets.clear();
@@ -16,31 +17,12 @@ impl Daemon {
         {
             log::warn!("sync.defer: {e}");
         }
-        let up = self.node.ftfw.peer_state() == PeerState::Established;
+        let lookup = self.node.defer_wants_flows();
         for p in std::mem::take(&mut d.packets) {
             // No peer to wait for: no lookup either.
-            let flow = if up { p.flow.or_else(|| self.flow_of_packet(p.headers)) } else { None };
-            let skip = match flow {
-                None if !up => Some(Skip::PeerDown),
-                None => Some(Skip::NotReplicated),
-                Some(flow) => {
-                    let key = flow.key();
-                    let born = self.node.external.get(&key).is_none()
-                        && self.node.internal.get(&key).is_none();
-                    self.node.local_upsert(now, flow, born);
-                    if self.node.internal.get(&key).is_none() {
-                        Some(Skip::NotReplicated)
-                    } else if !d.held.hold(p.id, now) {
-                        d.release.push(p.id);
-                        None
-                    } else {
-                        self.node.ftfw.request_ack();
-                        None
-                    }
-                }
-            };
-            if let Some(why) = skip {
-                d.held.skip(why);
+            let flow =
+                if lookup { p.flow.or_else(|| self.flow_of_packet(p.headers)) } else { None };
+            if !self.node.defer_packet(now, p.id, flow) {
                 d.release.push(p.id);
             }
         }
@@ -67,20 +49,11 @@ impl Daemon {
         }
     }
 
-    /// Take barriers for newly held packets, release those the peer
-    /// acknowledged or that waited long enough.
+    /// Release the packets the node lets go (acknowledged, or waited long
+    /// enough).
     pub(super) fn drive_defer(&mut self, now: Instant) {
         let Some(d) = &mut self.defer else { return };
-        let resent = self.node.ftfw.stats().resent;
-        if resent != d.resent {
-            d.resent = resent;
-            d.held.forget_barriers();
-        }
-        if d.held.needs_barrier() && self.node.ftfw.tx_is_empty() {
-            d.held.set_barrier(Seq(self.node.ftfw.next_seq()));
-        }
-        d.held.release_acked(self.node.ftfw.acked_before(), now, &mut d.release);
-        d.held.release_expired(now, &mut d.release);
+        self.node.defer_tick(now, &mut d.release);
         if let Err(e) = d.queue.accept(&d.release)
             && d.log.allow(now).is_some()
         {

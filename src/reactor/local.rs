@@ -35,11 +35,8 @@ impl Daemon {
                 CtEvent::New(flow) => self.node.local_upsert(now, flow, true),
                 CtEvent::Update(flow) => self.node.local_upsert(now, flow, false),
                 CtEvent::Destroy(flow) => self.node.local_destroy(&flow),
-                CtEvent::ExpNew(exp) => {
-                    self.master_refresh.push((now + MASTER_REFRESH_DELAY, exp.master));
-                    self.node.local_exp(*exp, false);
-                }
-                CtEvent::ExpDestroy(exp) => self.node.local_exp(*exp, true),
+                CtEvent::ExpNew(exp) => self.node.local_exp(now, *exp, false),
+                CtEvent::ExpDestroy(exp) => self.node.local_exp(now, *exp, true),
                 CtEvent::Overrun => self.on_overrun(now),
             }
         }
@@ -55,30 +52,9 @@ impl Daemon {
         }
     }
 
-    /// A helper that creates an expectation of a NAT flow usually rewrites
-    /// an address in the payload too, and the length change becomes the
-    /// master's sequence adjustment. The kernel sets that without an event
-    /// (only a dump or get reports it), yet a new master that lacks it
-    /// mangles every later segment of the control connection. So the master
-    /// is read back shortly after the expectation appears (the rewrite
-    /// follows the expectation's insertion within the same packet).
+    /// Read back the masters the node asks for ([`Node::masters_due`]).
     pub(super) fn refresh_masters(&mut self, now: Instant) {
-        let mut due = Vec::new();
-        self.master_refresh.retain(|&(t, key)| {
-            if t <= now {
-                due.push(key);
-            }
-            t > now
-        });
-        for key in due {
-            let natted = self
-                .node
-                .internal
-                .get(&key)
-                .is_some_and(|e| e.flow.snat().is_some() || e.flow.dnat().is_some());
-            if !natted {
-                continue;
-            }
+        for key in self.node.masters_due(now) {
             match self.kernel.get(&key) {
                 Ok(Some(flow)) => self.node.local_upsert(now, flow, false),
                 // Gone meanwhile: its destroy event follows.

@@ -258,7 +258,8 @@ impl Daemon {
             defer: self
                 .defer
                 .as_ref()
-                .map(|d| DeferReport { held: d.held.stats(), queue: d.queue.stats() }),
+                .zip(self.node.defer.as_ref())
+                .map(|(d, n)| DeferReport { held: n.held.stats(), queue: d.queue.stats() }),
             peer: PeerView {
                 addr: self.channels.peer_addr(active).map(|a| a.to_string()).unwrap_or_default(),
                 state,
@@ -267,7 +268,7 @@ impl Daemon {
             resend_queue_max: self.node.ftfw.config().resend_queue as u64,
             unsent_pending: self.unsent.is_some(),
             defer_max_held: self.cfg.sync.defer.as_ref().map_or(0, |d| u64::from(d.max_held)),
-            defer_hold: self.defer.as_ref().map(|d| d.held.hold_histogram()),
+            defer_hold: self.node.defer.as_ref().map(|d| d.held.hold_histogram()),
             commit_seconds: self.commit_seconds.clone(),
         }
     }

@@ -335,6 +335,7 @@ fn run_recorded(sc: &Scenario, mut attacker: Option<Attacker>, record: bool) -> 
             filter: crate::filter::Filter::accept_all(),
             direct: sc.direct,
             digests: !cfg.anti_entropy_interval.is_zero(),
+            defer: None,
         };
         Node::new(core, node_cfg, crate::readiness::Readiness::new(None))
     };
