@@ -147,7 +147,7 @@ pub const SPECS: &[Spec] = &[
     Spec { path: "protocol.seq_jumps", metric: Metric::Counter("protocol_seq_jumps"), help: "FTFW protocol: times the peer acknowledged sequence numbers not sent yet" },
     Spec { path: "protocol.coalesced", metric: Metric::Counter("protocol_coalesced"), help: "FTFW protocol: local changes absorbed by a pending change of the same flow" },
     Spec { path: "protocol.cancelled", metric: Metric::Counter("protocol_cancelled"), help: "FTFW protocol: new+destroy pairs dropped before sending" },
-    Spec { path: "protocol.backpressure", metric: Metric::Counter("protocol_backpressure"), help: "FTFW protocol: times sending stopped because the resend queue was full" },
+    Spec { path: "protocol.backpressure", metric: Metric::Counter("protocol_backpressure"), help: "FTFW protocol: times sending stopped because the resend queue was full or a restarted peer was not caught up" },
     Spec { path: "protocol.tx_queue_len", metric: Metric::Gauge("protocol_tx_queue_len"), help: "FTFW protocol: changes waiting to be sent" },
     Spec { path: "protocol.resend_queue_len", metric: Metric::Gauge("protocol_resend_queue_len"), help: "FTFW protocol: messages waiting for the peer's acknowledgement" },
     Spec { path: "protocol.peer_up", metric: Metric::Counter("protocol_peer_up"), help: "FTFW protocol: transitions of the peer's state" },

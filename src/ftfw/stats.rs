@@ -71,7 +71,9 @@ pub struct FtfwStats {
     pub coalesced: u64,
     /// NEW+DESTROY pairs dropped before sending.
     pub cancelled: u64,
-    /// Times `poll_transmit` stopped because the resend queue was full.
+    /// Times `poll_transmit` stopped because the resend queue was full, or
+    /// because a restarted peer had not yet acknowledged enough to take
+    /// more (docs/PROTOCOL.md, "Resend queue").
     pub backpressure: u64,
     /// Gauge: pending distinct changes in the transmit queue.
     pub tx_queue_len: u64,
