@@ -56,6 +56,24 @@ fn operator_flags_do_what_they_say() {
         .expect("daemon still answers");
 }
 
+/// `-B` before any peer answered queues nothing and says where the table
+/// goes instead: the peer asks for it once the handshake is done
+/// (docs/PROTOCOL.md, "Bulk"), and gets all of it.
+#[test]
+fn bulk_send_before_a_peer_answered_says_the_peer_gets_the_table_when_it_asks() {
+    let mut pair = Pair::new("bulknopeer");
+    pair.commit_flows(0, (0..5).map(tcp_flow).collect());
+    pair.stop(0);
+    pair.stop(1);
+    pair.start(0);
+    let said = pair.cli_ok(0, &["-B"]);
+    assert!(said.contains("no peer has answered yet: all 5 flows go to the peer"), "{said}");
+    pair.start(1);
+    pair.converge(0, Duration::from_secs(10));
+    let said = pair.cli_ok(0, &["-B"]);
+    assert!(said.contains("bulk send of 5 flows queued"), "{said}");
+}
+
 #[test]
 fn the_cli_without_a_daemon_fails_clearly() {
     let dir = std::env::temp_dir().join(format!("ctsync-nodaemon-{}", std::process::id()));
